@@ -1,0 +1,417 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+)
+
+// maxMessageBytes bounds a single message (not a response): a larger element
+// is a ParseError rather than unbounded memory.
+const maxMessageBytes = 256 << 20
+
+// arrayReader splits a streamed JSON array into its elements without
+// holding more than one element (plus read-ahead) in memory.
+type arrayReader struct {
+	r     io.Reader
+	buf   []byte
+	start int // first unconsumed byte
+	end   int // end of buffered data
+	base  int64
+	state int // 0: before '[', 1: want element or ']', 2: want ',' or ']', 3: after ']'
+	eof   bool
+	rerr  error
+}
+
+func newArrayReader(r io.Reader) *arrayReader {
+	return &arrayReader{r: r, buf: make([]byte, 32<<10)}
+}
+
+// fill reads more data, compacting or growing the buffer as needed. It
+// returns false when no more data can be read (see a.rerr / a.eof).
+func (a *arrayReader) fill() bool {
+	if a.eof || a.rerr != nil {
+		return false
+	}
+	if a.start > 0 && (a.start == a.end || a.end == len(a.buf)) {
+		copy(a.buf, a.buf[a.start:a.end])
+		a.base += int64(a.start)
+		a.end -= a.start
+		a.start = 0
+	}
+	if a.end == len(a.buf) {
+		if len(a.buf) >= maxMessageBytes {
+			a.rerr = &ParseError{Offset: a.base, Msg: fmt.Sprintf("message larger than %d bytes", maxMessageBytes)}
+			return false
+		}
+		nb := make([]byte, 2*len(a.buf))
+		copy(nb, a.buf[:a.end])
+		a.buf = nb
+	}
+	for tries := 0; tries < 100; tries++ {
+		n, err := a.r.Read(a.buf[a.end:])
+		a.end += n
+		if err == io.EOF {
+			a.eof = true
+			return n > 0
+		}
+		if err != nil {
+			a.rerr = err
+			return n > 0
+		}
+		if n > 0 {
+			return true
+		}
+	}
+	a.rerr = io.ErrNoProgress
+	return false
+}
+
+// truncated reports the error for input that ended early.
+func (a *arrayReader) truncated() error {
+	if a.rerr != nil {
+		return a.rerr
+	}
+	return io.ErrUnexpectedEOF
+}
+
+// skipWS skips whitespace, reading as needed; it returns false at the end
+// of the input.
+func (a *arrayReader) skipWS() bool {
+	for {
+		for a.start < a.end {
+			switch a.buf[a.start] {
+			case ' ', '\t', '\n', '\r':
+				a.start++
+			default:
+				return true
+			}
+		}
+		if !a.fill() {
+			return false
+		}
+	}
+}
+
+func (a *arrayReader) syntax(msg string) error {
+	return &ParseError{Offset: a.base + int64(a.start), Msg: msg}
+}
+
+// next returns the next element of the array and its byte offset in the
+// body. The slice is valid until the next call. It returns io.EOF after the
+// closing ']' followed by the end of the input, io.ErrUnexpectedEOF (or the
+// read error) when the input ends early, and a *ParseError for malformed
+// input.
+func (a *arrayReader) next() ([]byte, int64, error) {
+	for {
+		if !a.skipWS() {
+			if a.state == 3 && a.rerr == nil {
+				return nil, 0, io.EOF
+			}
+			return nil, 0, a.truncated()
+		}
+		c := a.buf[a.start]
+		switch a.state {
+		case 0:
+			if c != '[' {
+				return nil, 0, a.syntax("response body is not a JSON array")
+			}
+			a.start++
+			a.state = 1
+		case 1:
+			if c == ']' {
+				a.start++
+				a.state = 3
+				continue
+			}
+			return a.element()
+		case 2:
+			switch c {
+			case ',':
+				a.start++
+				if !a.skipWS() {
+					return nil, 0, a.truncated()
+				}
+				if a.buf[a.start] == ']' {
+					return nil, 0, a.syntax("trailing comma in array")
+				}
+				return a.element()
+			case ']':
+				a.start++
+				a.state = 3
+			default:
+				return nil, 0, a.syntax("expected ',' or ']' after array element")
+			}
+		case 3:
+			return nil, 0, a.syntax("data after the end of the array")
+		}
+	}
+}
+
+// element scans one element starting at a.start: an object, array, string
+// or scalar. The element's syntax is validated later by the message parser;
+// here only its extent is found.
+func (a *arrayReader) element() ([]byte, int64, error) {
+	i := 0 // scan position relative to a.start
+	depth := 0
+	inStr, esc := false, false
+	first := a.buf[a.start]
+	scalar := first != '{' && first != '[' && first != '"'
+	for {
+		buf := a.buf[a.start:a.end]
+		for ; i < len(buf); i++ {
+			c := buf[i]
+			if inStr {
+				switch {
+				case esc:
+					esc = false
+				case c == '\\':
+					esc = true
+				case c == '"':
+					inStr = false
+					if depth == 0 {
+						return a.take(i + 1)
+					}
+				}
+				continue
+			}
+			if scalar {
+				switch c {
+				case ',', ']', ' ', '\t', '\n', '\r':
+					return a.take(i)
+				}
+				continue
+			}
+			switch c {
+			case '"':
+				inStr = true
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return a.take(i + 1)
+				}
+				if depth < 0 {
+					return nil, 0, a.syntax("unbalanced brackets")
+				}
+			}
+		}
+		if !a.fill() {
+			if scalar && a.eof && a.rerr == nil {
+				return a.take(a.end - a.start)
+			}
+			return nil, 0, a.truncated()
+		}
+	}
+}
+
+func (a *arrayReader) take(n int) ([]byte, int64, error) {
+	el := a.buf[a.start : a.start+n]
+	off := a.base + int64(a.start)
+	a.start += n
+	a.state = 2
+	return el, off, nil
+}
+
+// decoder turns elements into Messages.
+type decoder struct {
+	names  map[string]string // interned column names
+	schema Schema
+	parse  bool
+	parser map[string]ParseFunc
+}
+
+// parseMessage parses one array element. The returned message's strings
+// share the memory of a single copy of el.
+func (d *decoder) parseMessage(el []byte, off int64) (Message, error) {
+	s := string(el)
+	m, err := d.parseString(s)
+	if err != nil {
+		var ve *ValueError
+		if errors.As(err, &ve) {
+			return m, &ParseError{Offset: off, Msg: "message " + m.Key, Err: err}
+		}
+		return m, &ParseError{Offset: off, Msg: "malformed message", Err: err}
+	}
+	return m, nil
+}
+
+func (d *decoder) parseString(s string) (Message, error) {
+	var m Message
+	m.raw = s
+	p := &scanner{s: s}
+	p.ws()
+	if p.peek() != '{' {
+		return m, errors.New("message is not a JSON object")
+	}
+	err := p.object(func(name string) error {
+		switch name {
+		case "key":
+			k, null, err := p.strOrNull()
+			if err != nil {
+				return fmt.Errorf("key: %w", err)
+			}
+			if !null {
+				m.Key = k
+			}
+			return nil
+		case "value":
+			r, err := d.row(p)
+			if err != nil {
+				return fmt.Errorf("value: %w", err)
+			}
+			m.Value = r
+			return nil
+		case "old_value":
+			r, err := d.row(p)
+			if err != nil {
+				return fmt.Errorf("old_value: %w", err)
+			}
+			m.OldValue = r
+			return nil
+		case "headers":
+			p.ws()
+			start := p.i
+			if err := d.headers(p, &m.Headers); err != nil {
+				return fmt.Errorf("headers: %w", err)
+			}
+			m.Headers.raw = s[start:p.i]
+			return nil
+		default:
+			return p.skip(1)
+		}
+	})
+	if err != nil {
+		return m, err
+	}
+	p.ws()
+	if p.i != len(s) {
+		return m, errors.New("data after the message object")
+	}
+	if d.parse && d.schema != nil {
+		if err := d.convert(m.Value); err != nil {
+			return m, err
+		}
+		if err := d.convert(m.OldValue); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+func (d *decoder) intern(name string) string {
+	if v, ok := d.names[name]; ok {
+		return v
+	}
+	if d.names == nil {
+		d.names = make(map[string]string)
+	}
+	if len(d.names) < 4096 {
+		name = string([]byte(name)) // do not pin the message's memory
+		d.names[name] = name
+	}
+	return name
+}
+
+// row parses a value/old_value object: column name → string or null.
+func (d *decoder) row(p *scanner) (Row, error) {
+	p.ws()
+	if p.peek() == 'n' {
+		return nil, p.lit("null")
+	}
+	hint := len(d.schema)
+	if hint == 0 {
+		hint = 8
+	}
+	r := make(Row, hint)
+	err := p.object(func(name string) error {
+		v, null, err := p.strOrNull()
+		if err != nil {
+			return fmt.Errorf("column %q: expected a string or null: %w", name, err)
+		}
+		if null {
+			r[d.intern(name)] = nil
+		} else {
+			r[d.intern(name)] = v
+		}
+		return nil
+	})
+	return r, err
+}
+
+func (d *decoder) headers(p *scanner, h *Headers) error {
+	return p.object(func(name string) error {
+		var err error
+		switch name {
+		case "operation":
+			var v string
+			v, err = p.str()
+			h.Operation = Operation(v)
+		case "control":
+			var v string
+			v, err = p.str()
+			h.Control = Control(v)
+		case "event":
+			h.Event, err = p.str()
+		case "relation":
+			h.Relation = h.Relation[:0]
+			err = p.array(func() error {
+				v, err := p.str()
+				h.Relation = append(h.Relation, v)
+				return err
+			})
+		case "lsn":
+			h.LSN, err = p.strOrNumber()
+		case "global_last_seen_lsn":
+			h.GlobalLastSeenLSN, err = p.strOrNumber()
+		case "op_position":
+			var v string
+			if v, err = p.strOrNumber(); err == nil {
+				h.OpPosition, err = strconv.ParseInt(v, 10, 64)
+			}
+		case "txids":
+			h.TxIDs = h.TxIDs[:0]
+			err = p.array(func() error {
+				v, err := p.strOrNumber()
+				if err != nil {
+					return err
+				}
+				n, err := strconv.ParseInt(v, 10, 64)
+				h.TxIDs = append(h.TxIDs, n)
+				return err
+			})
+		case "last":
+			p.ws()
+			switch p.peek() {
+			case 't':
+				h.Last, err = true, p.lit("true")
+			case 'f':
+				h.Last, err = false, p.lit("false")
+			default:
+				err = errors.New("last: expected a boolean")
+			}
+		case "key_change_to":
+			h.KeyChangeTo, err = p.str()
+		case "key_change_from":
+			h.KeyChangeFrom, err = p.str()
+		default:
+			err = p.skip(1)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	})
+}
+
+// strOrNumber reads a string or a number, returning its text (LSNs are
+// decimal strings in Electric, numbers in some servers).
+func (p *scanner) strOrNumber() (string, error) {
+	p.ws()
+	if p.peek() == '"' {
+		return p.str()
+	}
+	return p.number()
+}

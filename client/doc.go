@@ -1,0 +1,76 @@
+// Package client is a Go client for the ElectricSQL Shape HTTP protocol
+// (GET /v1/shape): it follows a shape from its initial snapshot through
+// catch-up into live long polling, and never loses or duplicates a message
+// across retries, 409 rotations, truncated bodies or token refreshes.
+//
+// # Streams
+//
+// A [ShapeStream] is a pull-based reader. Every call to [ShapeStream.Next]
+// runs in the caller's goroutine: it reads the next message from the response
+// in flight, or issues the next request. No goroutine is started in the
+// background, so a stream that is not being read costs nothing, and a stream
+// whose context is cancelled stops at once.
+//
+//	s, err := client.New(client.Options{
+//		URL:    "http://localhost:3000/v1/shape",
+//		Params: client.Params{Table: "items"},
+//		Live:   true,
+//	})
+//	if err != nil { ... }
+//	for m, err := range s.Messages(ctx) {
+//		if err != nil { ... }
+//		switch {
+//		case m.IsChange():      // insert, update or delete of m.Key
+//		case m.IsUpToDate():    // a consistent view: persist s.Offset(), s.Handle()
+//		case m.IsMustRefetch(): // drop everything learnt so far
+//		}
+//	}
+//
+// Messages arrive one at a time as the response body is parsed, so memory does
+// not grow with the size of a response. A consistent view of the shape is
+// reached only at an up-to-date control message; [Shape] buffers changes and
+// applies them whole at each up-to-date.
+//
+// # Protocol
+//
+// The stream mirrors the official TypeScript client (@electric-sql/client):
+//   - offset=-1 starts an initial sync; the stream keeps requesting
+//     (offset, handle) until a response ends in up-to-date, then, when
+//     Options.Live is set, long-polls with live=true and the last cursor.
+//   - A 409 answers "the shape changed": the stream emits a synthetic
+//     must-refetch message, resets to offset -1 with the handle the server
+//     named, and adds expired_handle and a one-shot cache-buster so that no
+//     cache returns the expired shape. A later response that still carries the
+//     expired handle is a stale cached response and is re-requested with a
+//     fresh cache-buster (at most three times).
+//   - Network errors, truncated bodies, 429, 5xx (and stray 3xx) are retried
+//     with full-jitter exponential backoff (1 s, ×2, capped at 32 s by
+//     default), honouring Retry-After. Other 4xx go to Options.OnError, which
+//     may change params or headers and resume from the same offset, or stop.
+//   - A 401 with a [RefreshableTokenSource] asks the source for a new token
+//     and repeats the same request (same offset and handle). A second 401
+//     with the fresh token ends in an [*AuthError].
+//
+// When a response is interrupted after some of its messages were delivered,
+// the retry asks for the same (handle, offset) and skips what was already
+// delivered: the shape log is append-only, so the retried response starts
+// with the same messages. If the server answers the retry with a different
+// handle, a must-refetch is emitted first.
+//
+// # Values
+//
+// Electric sends every column as a JSON string in Postgres text format, or
+// null. By default a [Row] holds those strings (and nil for NULL) unchanged,
+// which is lossless. With Options.Parse set, values are converted as the
+// electric-schema header describes: int2/int4/int8 → int64,
+// float4/float8 → float64, bool → bool, json/jsonb → json.RawMessage,
+// arrays → []any, anything else stays a string. Options.Parsers overrides
+// the conversion per Postgres type.
+//
+// # Errors
+//
+// Errors are typed for errors.As: [*HTTPError] (status, body, headers, URL),
+// [*AuthError], [*MissingHeadersError], [*ParseError], [*StaleResponseError],
+// [*TransformError]. Query parameters named secret, api_secret, token and the
+// like are redacted from URLs in errors and logs; tokens are never logged.
+package client

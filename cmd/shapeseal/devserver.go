@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/shapeseal/shapeseal/electrictest"
+	"github.com/shapeseal/shapeseal/internal/pgtest"
+)
+
+func init() {
+	register(command{"devserver", "serve Electric's shape API over Postgres (embedded Postgres unless --database-url)", runDevserver})
+}
+
+func runDevserver(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("devserver", flag.ContinueOnError)
+	dbURL := fs.String("database-url", os.Getenv("DATABASE_URL"), "Postgres to serve (wal_level=logical); empty starts a private one")
+	listen := fs.String("listen", "127.0.0.1:3000", "address to listen on")
+	secret := fs.String("secret", os.Getenv("ELECTRIC_SECRET"), "API secret required as ?secret= (default $ELECTRIC_SECRET)")
+	longPoll := fs.Duration("long-poll", 20*time.Second, "live request timeout")
+	verbose := fs.Bool("v", false, "log debug events")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *dbURL == "" {
+		logger.Info("starting a private Postgres")
+		cl, err := pgtest.Start(ctx, pgtest.Options{Install: true})
+		if err != nil {
+			return err
+		}
+		defer cl.Stop()
+		*dbURL = cl.URL()
+	}
+	srv, err := electrictest.New(ctx, electrictest.Options{
+		DatabaseURL: *dbURL, Secret: *secret, LongPollTimeout: *longPoll, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	ready, _ := json.Marshal(map[string]string{
+		"electric_url": "http://" + ln.Addr().String(),
+		"database_url": *dbURL,
+	})
+	fmt.Printf("shapeseal devserver ready %s\n", ready)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,53 @@
+// Command shapeseal runs the shapeseal stack: an Electric-compatible shape
+// server for development and tests, and (as it grows) the key-sync proxy,
+// key administration, encrypt-before-write and a decrypting tail.
+//
+// Usage:
+//
+//	shapeseal devserver [--database-url URL] [--listen ADDR] [--secret S] [--long-poll D]
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, args []string) error
+}
+
+var commands []command
+
+func register(c command) { commands = append(commands, c) }
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: shapeseal <command> [flags]\n\ncommands:")
+	for _, c := range commands {
+		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.summary)
+	}
+}
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	for _, c := range commands {
+		if c.name == os.Args[1] {
+			if err := c.run(ctx, os.Args[2:]); err != nil {
+				fmt.Fprintf(os.Stderr, "shapeseal %s: %v\n", c.name, err)
+				os.Exit(1)
+			}
+			return
+		}
+	}
+	fmt.Fprintf(os.Stderr, "shapeseal: unknown command %q\n", os.Args[1])
+	usage()
+	os.Exit(2)
+}

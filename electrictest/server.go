@@ -1,0 +1,462 @@
+package electrictest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Options configure a Server.
+type Options struct {
+	// DatabaseURL is the Postgres to serve shapes from. It needs
+	// wal_level=logical and a role that may create publications and
+	// replication slots (a superuser, in tests).
+	DatabaseURL string
+
+	// Secret, when set, must be given as the secret (or api_secret) query
+	// parameter of every shape request, as with ELECTRIC_SECRET.
+	Secret string
+
+	// LongPollTimeout is how long a live request waits for changes before
+	// answering up-to-date. Default 20s, as in Electric.
+	LongPollTimeout time.Duration
+
+	// SSETimeout ends a live_sse stream; default 60s. SSEKeepAlive is the
+	// interval of keep-alive comments; default 21s.
+	SSETimeout, SSEKeepAlive time.Duration
+
+	// ChunkBytes bounds a response body (roughly); default 10 MiB.
+	ChunkBytes int
+
+	// AllowDelete enables DELETE /v1/shape (Electric enables it only for
+	// integration testing).
+	AllowDelete bool
+
+	// Logger receives errors and debug events; default: discarded.
+	Logger *slog.Logger
+}
+
+// A Server is an Electric-compatible shape server: an http.Handler for
+// /v1/shape, /v1/health and /, backed by Postgres logical replication.
+type Server struct {
+	opts   Options
+	logger *slog.Logger
+	pool   *pgxpool.Pool
+	repl   *replication
+	pub    string
+
+	cancel   context.CancelFunc
+	done     chan struct{}
+	replErr  atomic.Pointer[error]
+	lastLSN  atomic.Uint64
+	handleNo atomic.Uint64
+
+	mu        sync.Mutex
+	shapes    map[string]*shape // by definition
+	handles   map[string]*shape
+	published map[Relation]bool
+
+	faults faults
+}
+
+// New connects to Postgres, creates the server's publication and temporary
+// replication slot, and starts following changes. Close releases them.
+func New(ctx context.Context, opts Options) (*Server, error) {
+	if opts.DatabaseURL == "" {
+		return nil, errors.New("electrictest: Options.DatabaseURL is required")
+	}
+	if opts.LongPollTimeout <= 0 {
+		opts.LongPollTimeout = 20 * time.Second
+	}
+	if opts.SSETimeout <= 0 {
+		opts.SSETimeout = 60 * time.Second
+	}
+	if opts.SSEKeepAlive <= 0 {
+		opts.SSEKeepAlive = 21 * time.Second
+	}
+	if opts.ChunkBytes <= 0 {
+		opts.ChunkBytes = 10 << 20
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := pgxpool.ParseConfig(opts.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("electrictest: parse database URL: %w", err)
+	}
+	for k, v := range sessionParams {
+		cfg.ConnConfig.RuntimeParams[k] = v
+	}
+	// Everything but the server's own DDL runs read-only and bounded.
+	cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "30s"
+	cfg.ConnConfig.RuntimeParams["application_name"] = "electrictest"
+	cfg.MaxConns = 8
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("electrictest: connect: %w", err)
+	}
+	var id [6]byte
+	rand.Read(id[:])
+	name := "electrictest_" + hex.EncodeToString(id[:])
+	s := &Server{
+		opts: opts, logger: logger, pool: pool, pub: name,
+		shapes: map[string]*shape{}, handles: map[string]*shape{}, published: map[Relation]bool{},
+		done: make(chan struct{}),
+	}
+	if err := s.execRW(ctx, "CREATE PUBLICATION "+name); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("electrictest: create publication: %w", err)
+	}
+	repl, err := startReplication(ctx, opts.DatabaseURL, name, name)
+	if err != nil {
+		s.execRW(context.Background(), "DROP PUBLICATION IF EXISTS "+name)
+		pool.Close()
+		return nil, err
+	}
+	s.repl = repl
+	repl.onCommit = s.onCommit
+	repl.onRelation = s.onRelation
+	rctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go func() {
+		defer close(s.done)
+		err := repl.run(rctx)
+		if rctx.Err() == nil {
+			logger.Error("electrictest: replication stopped", "err", err)
+			s.replErr.Store(&err)
+			s.mu.Lock()
+			for _, sh := range s.shapes {
+				sh.invalidate()
+			}
+			s.mu.Unlock()
+		}
+	}()
+	return s, nil
+}
+
+// Close stops replication, drops the publication (the temporary slot goes
+// with its connection) and closes the connections. Open requests end.
+func (s *Server) Close() error {
+	s.cancel()
+	<-s.done
+	s.repl.close()
+	s.mu.Lock()
+	for _, sh := range s.shapes {
+		sh.invalidate()
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.execRW(ctx, "DROP PUBLICATION IF EXISTS "+s.pub)
+	s.pool.Close()
+	return err
+}
+
+// execRW runs statements in one read-write transaction.
+func (s *Server) execRW(ctx context.Context, stmts ...string) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	pc := conn.Conn().PgConn()
+	if _, err := pc.Exec(ctx, "BEGIN READ WRITE").ReadAll(); err != nil {
+		return err
+	}
+	for _, q := range stmts {
+		if _, err := pc.Exec(ctx, q).ReadAll(); err != nil {
+			pc.Exec(context.Background(), "ROLLBACK").ReadAll()
+			return err
+		}
+	}
+	_, err = pc.Exec(ctx, "COMMIT").ReadAll()
+	return err
+}
+
+// onCommit routes a committed transaction to the shapes of its tables.
+func (s *Server) onCommit(tx *txn) {
+	for _, rel := range tx.truncated {
+		s.rotate(rel.rel)
+	}
+	byRel := map[Relation][]change{}
+	var order []Relation
+	for _, c := range tx.changes {
+		if _, ok := byRel[c.rel.rel]; !ok {
+			order = append(order, c.rel.rel)
+		}
+		byRel[c.rel.rel] = append(byRel[c.rel.rel], c)
+	}
+	for _, rel := range order {
+		for _, sh := range s.shapesOf(rel) {
+			if err := s.apply(context.Background(), sh, tx, byRel[rel]); err != nil {
+				s.logger.Error("electrictest: applying a transaction failed; shape invalidated", "table", rel.String(), "err", err)
+				s.dropShape(sh)
+			}
+		}
+	}
+	s.lastLSN.Store(tx.lsn)
+}
+
+// onRelation invalidates shapes whose table changed shape.
+func (s *Server) onRelation(m *relMessage) {
+	for _, sh := range s.shapesOf(m.rel) {
+		if !sameColumns(sh.tbl, m) {
+			s.logger.Info("electrictest: table schema changed; shape invalidated", "table", m.rel.String(), "handle", sh.handle)
+			s.dropShape(sh)
+		}
+	}
+}
+
+func sameColumns(t *table, m *relMessage) bool {
+	if len(t.columns) != len(m.columns) {
+		return false
+	}
+	for i, c := range m.columns {
+		if t.columns[i].name != c.name || t.columns[i].typeOID != c.typeOID {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) shapesOf(rel Relation) []*shape {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*shape
+	for _, sh := range s.shapes {
+		if sh.def.rel == rel {
+			out = append(out, sh)
+		}
+	}
+	return out
+}
+
+// dropShape forgets a shape; its clients get 409 and a new handle.
+func (s *Server) dropShape(sh *shape) {
+	s.mu.Lock()
+	if s.shapes[sh.def.key()] == sh {
+		delete(s.shapes, sh.def.key())
+	}
+	delete(s.handles, sh.handle)
+	s.mu.Unlock()
+	sh.invalidate()
+}
+
+func (s *Server) rotate(rel Relation) int {
+	shapes := s.shapesOf(rel)
+	for _, sh := range shapes {
+		s.dropShape(sh)
+	}
+	return len(shapes)
+}
+
+// Rotate invalidates every shape of a table (given as in the table
+// parameter, e.g. "items" or "public.items"), as a TRUNCATE or a schema
+// change would: their clients get 409 must-refetch and a new handle.
+// It returns how many shapes were invalidated.
+func (s *Server) Rotate(table string) (int, error) {
+	rel, err := ParseRelation(table)
+	if err != nil {
+		return 0, err
+	}
+	return s.rotate(rel), nil
+}
+
+// RotateHandle invalidates the shape with the given handle.
+func (s *Server) RotateHandle(handle string) bool {
+	s.mu.Lock()
+	sh := s.handles[handle]
+	s.mu.Unlock()
+	if sh != nil {
+		s.dropShape(sh)
+	}
+	return sh != nil
+}
+
+func (s *Server) newHandle(def shapeDef) string {
+	h := crc32.ChecksumIEEE([]byte(def.key())) % 100000000
+	// Handles are never reused: the counter breaks ties within a microsecond.
+	us := time.Now().UnixMicro() + int64(s.handleNo.Add(1))
+	return fmt.Sprintf("%d-%d", h, us)
+}
+
+// requestError is a validation failure reported as 400 in Electric's format.
+type requestError struct {
+	field, msg string
+}
+
+func (e *requestError) Error() string { return e.field + ": " + e.msg }
+
+// shapeFor returns the shape of a definition, creating it (and starting its
+// snapshot) when there is none.
+func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
+	if p := s.replErr.Load(); p != nil {
+		return nil, errUnavailable
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sh := s.shapes[def.key()]; sh != nil {
+		return sh, nil
+	}
+	t, err := loadTable(ctx, s.pool, def.rel)
+	if errors.Is(err, errNoTable) {
+		return nil, &requestError{"table", fmt.Sprintf("Table %q.%q does not exist. If the table name contains capitals or special characters you must quote it.", def.rel.Schema, def.rel.Name)}
+	}
+	if err != nil {
+		return nil, err
+	}
+	var cols []int
+	if def.columns == nil {
+		for i := range t.columns {
+			cols = append(cols, i)
+		}
+	} else {
+		var missing, unknown []string
+		for _, name := range def.columns {
+			i := t.index(name)
+			if i < 0 {
+				unknown = append(unknown, name)
+				continue
+			}
+			if !containsInt(cols, i) {
+				cols = append(cols, i)
+			}
+		}
+		if len(unknown) > 0 {
+			return nil, &requestError{"columns", "The following columns are not found on the table: " + joinNames(unknown)}
+		}
+		for _, i := range t.pk {
+			if !containsInt(cols, i) {
+				missing = append(missing, t.columns[i].name)
+			}
+		}
+		if len(missing) > 0 {
+			return nil, &requestError{"columns", "The list of columns must include all primary key columns, missing: " + joinNames(missing)}
+		}
+	}
+	keyCols := t.pk
+	if len(keyCols) == 0 {
+		keyCols = cols
+	}
+	var eval string
+	if def.where != "" {
+		if err := s.validateWhere(ctx, t, def); err != nil {
+			return nil, err
+		}
+		eval = evalSQL(t, def.where, len(def.params))
+	} else if len(def.params) > 0 {
+		return nil, &requestError{"params", "params are given but there is no where clause"}
+	}
+	if !s.published[def.rel] {
+		stmts := []string{"ALTER PUBLICATION " + s.pub + " ADD TABLE " + def.rel.Quoted()}
+		var ident string
+		err := s.pool.QueryRow(ctx, "SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass", def.rel.Quoted()).Scan(&ident)
+		if err != nil {
+			return nil, err
+		}
+		if ident != "f" {
+			stmts = append([]string{"ALTER TABLE " + def.rel.Quoted() + " REPLICA IDENTITY FULL"}, stmts...)
+		}
+		if err := s.execRW(ctx, stmts...); err != nil {
+			return nil, fmt.Errorf("electrictest: publish %s: %w", def.rel, err)
+		}
+		s.published[def.rel] = true
+	}
+	sh := newShape(def, s.newHandle(def), t, cols, keyCols, eval)
+	s.shapes[def.key()] = sh
+	s.handles[sh.handle] = sh
+	go s.takeSnapshot(context.Background(), sh)
+	return sh, nil
+}
+
+func joinNames(names []string) string {
+	out := ""
+	for i, n := range names {
+		if i > 0 {
+			out += ", "
+		}
+		out += n
+	}
+	return out
+}
+
+var errUnavailable = errors.New("electrictest: replication is not running")
+
+// validateWhere lets Postgres type-check the where clause against the table,
+// after checkWhere has made sure it is a single boolean filter.
+func (s *Server) validateWhere(ctx context.Context, t *table, def shapeDef) error {
+	wc, err := checkWhere(def.where)
+	if err != nil {
+		return &requestError{"where", err.Error()}
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	const prefix = "SELECT (\n"
+	desc, err := conn.Conn().PgConn().Prepare(ctx, "", prefix+def.where+"\n) FROM "+def.rel.Quoted(), nil)
+	if err != nil {
+		return whereFromPgError(err, len(prefix))
+	}
+	if len(desc.Fields) != 1 || desc.Fields[0].DataTypeOID != 16 {
+		return &requestError{"where", "where clause must be a boolean expression"}
+	}
+	if len(desc.ParamOIDs) != len(def.params) {
+		return &requestError{"params", fmt.Sprintf("where uses %d parameters but %d were given", len(desc.ParamOIDs), len(def.params))}
+	}
+	if len(wc.functions) > 0 {
+		var volatile []string
+		err := conn.QueryRow(ctx, "SELECT COALESCE(array_agg(DISTINCT proname::text), '{}') FROM pg_proc WHERE lower(proname) = ANY($1) AND provolatile = 'v'", wc.functions).Scan(&volatile)
+		if err != nil {
+			return err
+		}
+		if len(volatile) > 0 {
+			return &requestError{"where", "volatile functions are not allowed in a where clause: " + joinNames(volatile)}
+		}
+	}
+	return nil
+}
+
+// whereFromPgError turns a Postgres error into a 400 message of our own
+// wording: Postgres' text is never passed through.
+func whereFromPgError(err error, prefixLen int) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	at := ""
+	if pgErr.Position > int32(prefixLen) {
+		at = fmt.Sprintf("At location %d: ", int(pgErr.Position)-prefixLen-1)
+	}
+	var msg string
+	switch pgErr.Code {
+	case "42601":
+		msg = "syntax error"
+	case "42703", "42P01":
+		msg = "unknown column reference"
+	case "42883":
+		msg = "unknown function or operator, or arguments of the wrong type"
+	case "42P02":
+		msg = "a parameter has no value in params"
+	case "42804", "42P18", "42P08", "22P02", "42846":
+		msg = "a value or parameter does not fit the type it is compared with"
+	case "42803":
+		msg = "aggregate functions are not allowed in a where clause"
+	default:
+		msg = "invalid where clause"
+	}
+	return &requestError{"where", at + msg}
+}

@@ -1,0 +1,476 @@
+package electrictest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// shapeDef is a shape definition: what makes two requests share one log.
+type shapeDef struct {
+	rel         Relation
+	where       string
+	params      []string
+	columns     []string // nil: every column
+	replica     string   // "default" or "full"
+	changesOnly bool
+}
+
+func (d shapeDef) key() string {
+	return strconv.Quote(d.rel.Schema) + "." + strconv.Quote(d.rel.Name) + "|" + strconv.Quote(d.where) + "|" +
+		fmt.Sprintf("%q|%q|%s|%t", d.params, d.columns, d.replica, d.changesOnly)
+}
+
+// pgSnapshot is the visibility of the snapshot a shape started from.
+type pgSnapshot struct {
+	xmin, xmax uint32
+	xip        map[uint32]bool
+	text       [3]string // xmin, xmax and the xip list as sent in snapshot-end
+}
+
+func xidBefore(a, b uint32) bool { return int32(a-b) < 0 }
+
+// visible reports whether the transaction's effects are already in the snapshot.
+func (s *pgSnapshot) visible(xid uint32) bool {
+	if xidBefore(xid, s.xmin) {
+		return true
+	}
+	return xidBefore(xid, s.xmax) && !s.xip[xid]
+}
+
+func parseSnapshot(s string) (*pgSnapshot, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("electrictest: unexpected snapshot %q", s)
+	}
+	xmin, err1 := strconv.ParseUint(parts[0], 10, 64)
+	xmax, err2 := strconv.ParseUint(parts[1], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("electrictest: unexpected snapshot %q: %w", s, err)
+	}
+	snap := &pgSnapshot{xmin: uint32(xmin), xmax: uint32(xmax), xip: map[uint32]bool{}}
+	var xip []string
+	if parts[2] != "" {
+		for _, x := range strings.Split(parts[2], ",") {
+			v, err := strconv.ParseUint(x, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("electrictest: unexpected snapshot %q: %w", s, err)
+			}
+			snap.xip[uint32(v)] = true
+			xip = append(xip, strconv.Quote(x))
+		}
+	}
+	snap.text = [3]string{parts[0], parts[1], "[" + strings.Join(xip, ",") + "]"}
+	return snap, nil
+}
+
+type logEntry struct {
+	off Offset
+	msg []byte
+}
+
+type pendingTxn struct {
+	tx      *txn
+	changes []change
+}
+
+// A shape is one shape log: the snapshot chunks and the changes after them.
+type shape struct {
+	def      shapeDef
+	handle   string
+	tbl      *table
+	cols     []int // selected columns
+	keyCols  []int // columns forming the row key
+	evalSQL  string
+	schema   string // electric-schema header
+	ready    chan struct{}
+	readyErr error // set before ready is closed
+
+	applyMu sync.Mutex // serializes changes into the log
+	relMap  map[*relMessage][]int
+
+	mu      sync.Mutex
+	snap    *pgSnapshot
+	pending []pendingTxn
+	chunks  [][]byte // complete JSON bodies of the snapshot chunks
+	log     []logEntry
+	latest  Offset
+	notify  chan struct{} // closed when the log grows or the shape goes
+	gone    bool
+}
+
+func newShape(def shapeDef, handle string, t *table, cols, keyCols []int, evalSQL string) *shape {
+	return &shape{
+		def: def, handle: handle, tbl: t, cols: cols, keyCols: keyCols, evalSQL: evalSQL,
+		schema: t.schemaHeader(cols), ready: make(chan struct{}), relMap: map[*relMessage][]int{},
+		latest: SnapshotEnd, notify: make(chan struct{}),
+	}
+}
+
+// invalidate marks the shape gone and wakes its waiters.
+func (sh *shape) invalidate() {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if !sh.gone {
+		sh.gone = true
+		close(sh.notify)
+	}
+}
+
+// read returns log entries after off, at most about maxBytes of them (at
+// least one), and whether they reach the end of the log.
+func (sh *shape) read(off Offset, maxBytes int) (entries []logEntry, end bool, latest Offset, notify chan struct{}, gone bool) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	i := sort.Search(len(sh.log), func(i int) bool { return sh.log[i].off.Compare(off) > 0 })
+	j, size := i, 0
+	for j < len(sh.log) && (j == i || size+len(sh.log[j].msg) <= maxBytes) {
+		size += len(sh.log[j].msg) + 1
+		j++
+	}
+	return sh.log[i:j:j], j == len(sh.log), sh.latest, sh.notify, sh.gone
+}
+
+func (sh *shape) appendLog(entries []logEntry) {
+	if len(entries) == 0 {
+		return
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.gone {
+		return
+	}
+	sh.log = append(sh.log, entries...)
+	sh.latest = entries[len(entries)-1].off
+	close(sh.notify)
+	sh.notify = make(chan struct{})
+}
+
+// takeSnapshot fills the snapshot chunks and then applies the transactions
+// that arrived meanwhile and are not visible in the snapshot.
+func (s *Server) takeSnapshot(ctx context.Context, sh *shape) {
+	err := s.snapshotRows(ctx, sh)
+	if err == nil {
+		sh.applyMu.Lock()
+		sh.mu.Lock()
+		pending := sh.pending
+		sh.pending = nil
+		sh.mu.Unlock()
+		for _, p := range pending {
+			if err = s.applyLocked(ctx, sh, p.tx, p.changes); err != nil {
+				break
+			}
+		}
+		sh.applyMu.Unlock()
+	}
+	if err != nil {
+		sh.readyErr = err
+		s.logger.Error("electrictest: snapshot failed", "table", sh.def.rel.String(), "handle", sh.handle, "err", err)
+		s.dropShape(sh)
+	}
+	close(sh.ready)
+}
+
+func (s *Server) snapshotRows(ctx context.Context, sh *shape) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	pc := conn.Conn().PgConn()
+	if _, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").ReadAll(); err != nil {
+		return err
+	}
+	defer func() { pc.Exec(context.Background(), "ROLLBACK").ReadAll() }()
+	res := pc.ExecParams(ctx, "SELECT pg_current_snapshot()::text", nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return res.Err
+	}
+	snap, err := parseSnapshot(string(res.Rows[0][0]))
+	if err != nil {
+		return err
+	}
+	var chunks [][]byte
+	chunk := []byte{'['}
+	if !sh.def.changesOnly {
+		var sel strings.Builder
+		for n, i := range sh.cols {
+			if n > 0 {
+				sel.WriteString(", ")
+			}
+			q := quoteIdent(sh.tbl.columns[i].name)
+			if sh.tbl.columns[i].isBpchar && sh.tbl.columns[i].dims == 0 {
+				fmt.Fprintf(&sel, "CASE WHEN %s IS NULL THEN NULL ELSE concat(%s) END", q, q)
+			} else {
+				fmt.Fprintf(&sel, "%s::text", q)
+			}
+		}
+		query := "SELECT " + sel.String() + " FROM " + sh.def.rel.Quoted()
+		if sh.def.where != "" {
+			query += " WHERE (\n" + sh.def.where + "\n)"
+		}
+		rr := pc.ExecParams(ctx, query, textParams(sh.def.params), nil, nil, nil)
+		row := make([]datum, len(sh.tbl.columns))
+		for rr.NextRow() {
+			for n, v := range rr.Values() {
+				if v == nil {
+					row[sh.cols[n]] = datum{kind: 'n'}
+				} else {
+					row[sh.cols[n]] = datum{kind: 't', text: string(v)}
+				}
+			}
+			if len(chunk) > 1 {
+				chunk = append(chunk, ',')
+			}
+			chunk = encodeSnapshotRow(chunk, sh.tbl, sh.cols, sh.keyCols, row)
+			if len(chunk) >= s.opts.ChunkBytes {
+				chunks = append(chunks, append(chunk, ']'))
+				chunk = []byte{'['}
+			}
+		}
+		if _, err := rr.Close(); err != nil {
+			return err
+		}
+	}
+	if len(chunk) > 1 {
+		chunk = append(chunk, ',')
+	}
+	chunk = append(chunk, `{"headers":{"control":"snapshot-end","xmin":"`+snap.text[0]+`","xmax":"`+snap.text[1]+`","xip_list":`+snap.text[2]+`}}]`...)
+	chunks = append(chunks, chunk)
+
+	sh.mu.Lock()
+	sh.snap, sh.chunks = snap, chunks
+	sh.mu.Unlock()
+	return nil
+}
+
+func textParams(params []string) [][]byte {
+	out := make([][]byte, len(params))
+	for i, p := range params {
+		out[i] = []byte(p)
+	}
+	return out
+}
+
+// apply adds a committed transaction's changes to the shape's log, or keeps
+// them for later while the snapshot is still being taken.
+func (s *Server) apply(ctx context.Context, sh *shape, tx *txn, changes []change) error {
+	sh.applyMu.Lock()
+	defer sh.applyMu.Unlock()
+	sh.mu.Lock()
+	if sh.gone {
+		sh.mu.Unlock()
+		return nil
+	}
+	if sh.snap == nil {
+		sh.pending = append(sh.pending, pendingTxn{tx, changes})
+		sh.mu.Unlock()
+		return nil
+	}
+	sh.mu.Unlock()
+	return s.applyLocked(ctx, sh, tx, changes)
+}
+
+// rowPair holds a change's old and new rows in the shape table's column order.
+type rowPair struct {
+	c        *change
+	old, new []datum
+	inOld    bool
+	inNew    bool
+}
+
+func (s *Server) applyLocked(ctx context.Context, sh *shape, tx *txn, changes []change) error {
+	if sh.snap.visible(tx.xid) {
+		return nil
+	}
+	t := sh.tbl
+	pairs := make([]rowPair, len(changes))
+	for n := range changes {
+		c := &changes[n]
+		idx := sh.relMap[c.rel]
+		if idx == nil {
+			idx = make([]int, len(c.rel.columns))
+			for ri, rc := range c.rel.columns {
+				idx[ri] = t.index(rc.name)
+			}
+			sh.relMap[c.rel] = idx
+		}
+		project := func(d []datum) []datum {
+			if d == nil {
+				return nil
+			}
+			out := make([]datum, len(t.columns))
+			for i := range out {
+				out[i].kind = 'n'
+			}
+			for ri, ti := range idx {
+				if ti >= 0 && ri < len(d) {
+					out[ti] = d[ri]
+				}
+			}
+			return out
+		}
+		p := rowPair{c: c, old: project(c.old), new: project(c.new), inOld: c.old != nil, inNew: c.new != nil}
+		if p.old != nil && p.new != nil {
+			for i := range p.new {
+				if p.new[i].kind == 'u' {
+					p.new[i] = p.old[i]
+				}
+			}
+		}
+		pairs[n] = p
+	}
+	if sh.evalSQL != "" {
+		var rows [][]datum
+		for _, p := range pairs {
+			if p.old != nil {
+				rows = append(rows, p.old)
+			}
+			if p.new != nil {
+				rows = append(rows, p.new)
+			}
+		}
+		match, err := s.evalWhere(ctx, sh, rows)
+		if err != nil {
+			return err
+		}
+		k := 0
+		for n := range pairs {
+			if pairs[n].old != nil {
+				pairs[n].inOld = match[k]
+				k++
+			}
+			if pairs[n].new != nil {
+				pairs[n].inNew = match[k]
+				k++
+			}
+		}
+	}
+	var msgs []changeMsg
+	full := sh.def.replica == "full"
+	for _, p := range pairs {
+		switch {
+		case p.inOld && p.inNew:
+			oldKey, newKey := rowKey(t.rel, t, sh.keyCols, p.old), rowKey(t.rel, t, sh.keyCols, p.new)
+			if oldKey != newKey {
+				msgs = append(msgs,
+					changeMsg{op: "delete", key: oldKey, value: sh.deleteCols(full), row: p.old, pos: p.c.pos, keyChangeTo: newKey},
+					changeMsg{op: "insert", key: newKey, value: sh.cols, row: p.new, pos: p.c.pos + 1, keyChangeFrom: oldKey})
+				continue
+			}
+			var changed []int
+			for _, i := range sh.cols {
+				if p.old[i] != p.new[i] {
+					changed = append(changed, i)
+				}
+			}
+			if len(changed) == 0 {
+				continue
+			}
+			m := changeMsg{op: "update", key: newKey, row: p.new, old: p.old, pos: p.c.pos}
+			if full {
+				m.value, m.oldValue = sh.cols, changed
+			} else {
+				m.value = sh.withKey(changed)
+			}
+			msgs = append(msgs, m)
+		case p.inOld:
+			msgs = append(msgs, changeMsg{op: "delete", key: rowKey(t.rel, t, sh.keyCols, p.old), value: sh.deleteCols(full), row: p.old, pos: p.c.pos})
+		case p.inNew:
+			msgs = append(msgs, changeMsg{op: "insert", key: rowKey(t.rel, t, sh.keyCols, p.new), value: sh.cols, row: p.new, pos: p.c.pos})
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	msgs[len(msgs)-1].last = true
+	entries := make([]logEntry, len(msgs))
+	for i := range msgs {
+		entries[i] = logEntry{off: Offset{Tx: tx.lsn, Op: msgs[i].pos}, msg: encodeChange(t, &msgs[i], tx.lsn, tx.xid)}
+	}
+	sh.appendLog(entries)
+	return nil
+}
+
+// deleteCols is what a delete message carries: the key (replica=default) or
+// the whole old row (replica=full).
+func (sh *shape) deleteCols(full bool) []int {
+	if full {
+		return sh.cols
+	}
+	return sh.keyCols
+}
+
+// withKey returns the key columns plus changed, in column order.
+func (sh *shape) withKey(changed []int) []int {
+	var out []int
+	for _, i := range sh.cols {
+		if containsInt(sh.keyCols, i) || containsInt(changed, i) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func containsInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// evalWhere asks Postgres whether each row matches the shape's where clause.
+func (s *Server) evalWhere(ctx context.Context, sh *shape, rows [][]datum) ([]bool, error) {
+	match := make([]bool, len(rows))
+	if len(rows) == 0 {
+		return match, nil
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Release()
+	pc := conn.Conn().PgConn()
+	run := func(rows [][]datum, match []bool) error {
+		params := textParams(sh.def.params)
+		col := make([]datum, len(rows))
+		for i := range sh.tbl.columns {
+			for r := range rows {
+				col[r] = rows[r][i]
+			}
+			params = append(params, []byte(arrayLiteral(col)))
+		}
+		res := pc.ExecParams(ctx, sh.evalSQL, params, nil, nil, nil).Read()
+		if res.Err != nil {
+			return res.Err
+		}
+		for i, r := range res.Rows {
+			match[i] = len(r[0]) == 1 && r[0][0] == 't'
+		}
+		return nil
+	}
+	err = run(rows, match)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && len(rows) > 1 {
+		// One row failed to evaluate (say, a division by zero): judge each
+		// row alone, a row that cannot be evaluated does not match.
+		for i := range rows {
+			if err := run(rows[i:i+1], match[i:i+1]); err != nil && !errors.As(err, &pgErr) {
+				return nil, err
+			}
+		}
+		return match, nil
+	}
+	if errors.As(err, &pgErr) {
+		return match, nil
+	}
+	return match, err
+}
