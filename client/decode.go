@@ -157,6 +157,9 @@ func (a *arrayReader) element() ([]byte, int64, error) {
 	depth := 0
 	inStr, esc := false, false
 	first := a.buf[a.start]
+	if first == '}' || first == ']' || first == ',' || first == ':' {
+		return nil, 0, a.syntax("expected an array element")
+	}
 	scalar := first != '{' && first != '[' && first != '"'
 	for {
 		buf := a.buf[a.start:a.end]

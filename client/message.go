@@ -59,7 +59,7 @@ type Headers struct {
 }
 
 // Raw returns the headers object exactly as the server sent it.
-func (h *Headers) Raw() json.RawMessage {
+func (h Headers) Raw() json.RawMessage {
 	if h.raw == "" {
 		return nil
 	}
@@ -85,7 +85,7 @@ type Message struct {
 // Raw returns the message exactly as the server sent it (for a message the
 // stream synthesises, such as a must-refetch after a 409, its canonical
 // form). A Transform does not change Raw; see [Message.MarshalJSON].
-func (m *Message) Raw() json.RawMessage {
+func (m Message) Raw() json.RawMessage {
 	if m.raw == "" {
 		b, _ := m.MarshalJSON()
 		return b
@@ -94,16 +94,16 @@ func (m *Message) Raw() json.RawMessage {
 }
 
 // IsChange reports whether m is an insert, update or delete.
-func (m *Message) IsChange() bool { return m.Headers.Operation != "" }
+func (m Message) IsChange() bool { return m.Headers.Operation != "" }
 
 // IsControl reports whether m is a control message.
-func (m *Message) IsControl() bool { return m.Headers.Control != "" }
+func (m Message) IsControl() bool { return m.Headers.Control != "" }
 
 // IsUpToDate reports whether m is an up-to-date control message.
-func (m *Message) IsUpToDate() bool { return m.Headers.Control == UpToDate }
+func (m Message) IsUpToDate() bool { return m.Headers.Control == UpToDate }
 
 // IsMustRefetch reports whether m is a must-refetch control message.
-func (m *Message) IsMustRefetch() bool { return m.Headers.Control == MustRefetch }
+func (m Message) IsMustRefetch() bool { return m.Headers.Control == MustRefetch }
 
 // MarshalJSON encodes the message in the wire format from its current
 // fields, so values changed by a Transform are written as changed. Headers
@@ -176,7 +176,7 @@ func (h *Headers) marshal() ([]byte, error) {
 
 // position returns the log position (lsn, op_position) of a replicated
 // change, and false for messages without one (snapshot rows, controls).
-func (m *Message) position() (pos, bool) {
+func (m Message) position() (pos, bool) {
 	if m.Headers.LSN == "" || !m.IsChange() {
 		return pos{}, false
 	}

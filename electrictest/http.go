@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math/big"
@@ -25,9 +24,7 @@ const exposeHeaders = "electric-cursor,electric-handle,electric-has-data,electri
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("electric-server", Version)
-	var id [8]byte
-	rand.Read(id[:])
-	h.Set("x-request-id", hex.EncodeToString(id[:]))
+	h.Set("x-request-id", s.reqPrefix+strconv.FormatUint(s.reqNo.Add(1), 36))
 	// Route on the cleaned, decoded path, as Electric's router does, so
 	// /v1//shape and /v1/%73hape are the shape endpoint too.
 	switch p := path.Clean("/" + r.URL.Path); p {
@@ -375,7 +372,7 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 
 	// finish writes a log response: body is the messages, upToDate adds the
 	// up-to-date control message.
-	finish := func(off Offset, body [][]byte, hasData, upToDate bool, lsn uint64) {
+	finish := func(off Offset, body []byte, hasData, upToDate bool) {
 		etag := sh.handle + ":" + reqOffset + ":" + off.String()
 		if !hasData {
 			etag += ":" + strconv.FormatInt(time.Now().UnixNano(), 10)
@@ -391,31 +388,15 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 			return
 		}
 		w.WriteHeader(http.StatusOK)
-		buf := make([]byte, 0, 64<<10)
-		buf = append(buf, '[')
-		for i, m := range body {
-			if i > 0 {
-				buf = append(buf, ',')
-			}
-			if len(buf)+len(m) > cap(buf) && len(buf) > 0 {
-				w.Write(buf)
-				buf = buf[:0]
-			}
-			buf = append(buf, m...)
-		}
-		if upToDate {
-			if len(body) > 0 {
-				buf = append(buf, ',')
-			}
-			buf = appendUpToDate(buf, max(lsn, s.lastLSN.Load()))
-		}
-		buf = append(buf, ']')
-		w.Write(buf)
+		w.Write(body)
+	}
+	noChange := func(off Offset) {
+		finish(off, append(appendUpToDate([]byte{'['}, s.lastLSN.Load()), ']'), false, true)
 	}
 
 	if req.now {
 		_, _, latest, _, _ := sh.read(BeforeAll, 0)
-		finish(latest, nil, false, true, 0)
+		noChange(latest)
 		return
 	}
 	// The snapshot region: chunk k of the snapshot ends at offset 0_k.
@@ -439,7 +420,11 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 			return
 		}
 		w.WriteHeader(http.StatusOK)
-		w.Write(chunks[next])
+		for _, seg := range chunks[next] {
+			if _, err := w.Write(seg); err != nil {
+				return
+			}
+		}
 		return
 	}
 
@@ -457,12 +442,8 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 			return
 		}
 		if len(entries) > 0 {
-			body := make([][]byte, len(entries))
-			for i, e := range entries {
-				body[i] = e.msg
-			}
 			last := entries[len(entries)-1].off
-			finish(last, body, true, end, last.Tx)
+			finish(last, sh.render(req.offset, entries, end, max(last.Tx, s.lastLSN.Load())), true, end)
 			return
 		}
 		if latest.Compare(req.offset) < 0 {
@@ -475,7 +456,7 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 				return
 			}
 		} else if !req.live {
-			finish(latest, nil, false, true, 0)
+			noChange(latest)
 			return
 		}
 		if timeout == nil {
@@ -493,7 +474,7 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 			if !deadline.IsZero() {
 				continue
 			}
-			finish(maxOffset(latest, req.offset), nil, false, true, 0)
+			noChange(maxOffset(latest, req.offset))
 			return
 		case <-ctx.Done():
 			return

@@ -156,6 +156,7 @@ func encodeSnapshotRow(dst []byte, t *table, cols, keyCols []int, row []datum) [
 	return append(dst, "]}}"...)
 }
 
+// appendUpToDate appends an up-to-date control message.
 func appendUpToDate(dst []byte, lsn uint64) []byte {
 	dst = append(dst, `{"headers":{"control":"up-to-date","global_last_seen_lsn":"`...)
 	dst = strconv.AppendUint(dst, lsn, 10)

@@ -55,11 +55,13 @@ type Server struct {
 	repl   *replication
 	pub    string
 
-	cancel   context.CancelFunc
-	done     chan struct{}
-	replErr  atomic.Pointer[error]
-	lastLSN  atomic.Uint64
-	handleNo atomic.Uint64
+	cancel    context.CancelFunc
+	done      chan struct{}
+	replErr   atomic.Pointer[error]
+	lastLSN   atomic.Uint64
+	handleNo  atomic.Uint64
+	reqNo     atomic.Uint64
+	reqPrefix string
 
 	mu        sync.Mutex
 	shapes    map[string]*shape // by definition
@@ -111,7 +113,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	rand.Read(id[:])
 	name := "electrictest_" + hex.EncodeToString(id[:])
 	s := &Server{
-		opts: opts, logger: logger, pool: pool, pub: name,
+		opts: opts, logger: logger, pool: pool, pub: name, reqPrefix: hex.EncodeToString(id[:]) + "-",
 		shapes: map[string]*shape{}, handles: map[string]*shape{}, published: map[Relation]bool{},
 		done: make(chan struct{}),
 	}

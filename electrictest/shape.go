@@ -95,10 +95,13 @@ type shape struct {
 	applyMu sync.Mutex // serializes changes into the log
 	relMap  map[*relMessage][]int
 
+	cacheMu sync.Mutex
+	cache   renderedLog // the last rendered log response, shared by pollers
+
 	mu      sync.Mutex
 	snap    *pgSnapshot
 	pending []pendingTxn
-	chunks  [][]byte // complete JSON bodies of the snapshot chunks
+	chunks  []chunk // the snapshot, as complete JSON response bodies
 	log     []logEntry
 	latest  Offset
 	notify  chan struct{} // closed when the log grows or the shape goes
@@ -135,6 +138,47 @@ func (sh *shape) read(off Offset, maxBytes int) (entries []logEntry, end bool, l
 		j++
 	}
 	return sh.log[i:j:j], j == len(sh.log), sh.latest, sh.notify, sh.gone
+}
+
+type renderedLog struct {
+	from     Offset
+	n        int
+	upToDate bool
+	lsn      uint64
+	body     []byte
+}
+
+// render returns the JSON body for entries read after from. Live pollers at
+// the same offset all get the same body, so the last one is kept.
+func (sh *shape) render(from Offset, entries []logEntry, upToDate bool, lsn uint64) []byte {
+	key := renderedLog{from: from, n: len(entries), upToDate: upToDate, lsn: lsn}
+	sh.cacheMu.Lock()
+	defer sh.cacheMu.Unlock()
+	if c := sh.cache; c.body != nil && c.from == key.from && c.n == key.n && c.upToDate == key.upToDate && c.lsn == key.lsn {
+		return c.body
+	}
+	size := 2 + len(entries)
+	for _, e := range entries {
+		size += len(e.msg)
+	}
+	if upToDate {
+		size += 80
+	}
+	b := make([]byte, 0, size)
+	b = append(b, '[')
+	for i, e := range entries {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, e.msg...)
+	}
+	if upToDate {
+		b = appendUpToDate(append(b, ','), lsn)
+	}
+	b = append(b, ']')
+	key.body = b
+	sh.cache = key
+	return b
 }
 
 func (sh *shape) appendLog(entries []logEntry) {
@@ -196,8 +240,9 @@ func (s *Server) snapshotRows(ctx context.Context, sh *shape) error {
 	if err != nil {
 		return err
 	}
-	var chunks [][]byte
-	chunk := []byte{'['}
+	var chunks []chunk
+	var cur chunkWriter
+	cur.start()
 	if !sh.def.changesOnly {
 		var sel strings.Builder
 		for n, i := range sh.cols {
@@ -225,29 +270,61 @@ func (s *Server) snapshotRows(ctx context.Context, sh *shape) error {
 					row[sh.cols[n]] = datum{kind: 't', text: string(v)}
 				}
 			}
-			if len(chunk) > 1 {
-				chunk = append(chunk, ',')
-			}
-			chunk = encodeSnapshotRow(chunk, sh.tbl, sh.cols, sh.keyCols, row)
-			if len(chunk) >= s.opts.ChunkBytes {
-				chunks = append(chunks, append(chunk, ']'))
-				chunk = []byte{'['}
+			cur.add(func(b []byte) []byte { return encodeSnapshotRow(b, sh.tbl, sh.cols, sh.keyCols, row) })
+			if cur.size >= s.opts.ChunkBytes {
+				chunks = append(chunks, cur.finish())
+				cur.start()
 			}
 		}
 		if _, err := rr.Close(); err != nil {
 			return err
 		}
 	}
-	if len(chunk) > 1 {
-		chunk = append(chunk, ',')
-	}
-	chunk = append(chunk, `{"headers":{"control":"snapshot-end","xmin":"`+snap.text[0]+`","xmax":"`+snap.text[1]+`","xip_list":`+snap.text[2]+`}}]`...)
-	chunks = append(chunks, chunk)
+	cur.add(func(b []byte) []byte {
+		return append(b, `{"headers":{"control":"snapshot-end","xmin":"`+snap.text[0]+`","xmax":"`+snap.text[1]+`","xip_list":`+snap.text[2]+`}}`...)
+	})
+	chunks = append(chunks, cur.finish())
 
 	sh.mu.Lock()
 	sh.snap, sh.chunks = snap, chunks
 	sh.mu.Unlock()
 	return nil
+}
+
+// A chunk is one response body of the snapshot, kept in segments of about
+// 64 KiB so that building a 10 MiB chunk never copies it.
+type chunk [][]byte
+
+type chunkWriter struct {
+	segs  [][]byte
+	seg   []byte
+	size  int
+	count int
+}
+
+const segmentSize = 64 << 10
+
+func (c *chunkWriter) start() {
+	*c = chunkWriter{seg: append(make([]byte, 0, segmentSize), '[')}
+}
+
+// add appends one message rendered by enc.
+func (c *chunkWriter) add(enc func([]byte) []byte) {
+	if c.count > 0 {
+		c.seg = append(c.seg, ',')
+	}
+	c.count++
+	n := len(c.seg)
+	c.seg = enc(c.seg)
+	c.size += len(c.seg) - n
+	if len(c.seg) >= segmentSize-segmentSize/8 {
+		c.segs = append(c.segs, c.seg)
+		c.seg = make([]byte, 0, segmentSize)
+	}
+}
+
+func (c *chunkWriter) finish() chunk {
+	return append(c.segs, append(c.seg, ']'))
 }
 
 func textParams(params []string) [][]byte {

@@ -88,9 +88,10 @@ type Cluster struct {
 	stop    func() error
 }
 
-// URL returns a postgres:// URL that connects to the cluster's "postgres"
-// database as a superuser. For a private cluster it is
-// postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable.
+// URL returns a connection string for the cluster. For a private cluster it
+// is postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable, the
+// superuser on the "postgres" database; for a cluster from DATABASE_URL it is
+// that variable's value.
 func (c *Cluster) URL() string { return c.url }
 
 // Stop shuts a private cluster down (a "fast" shutdown, which disconnects
@@ -307,7 +308,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 				}
 				return &Error{Op: "start", Err: err, Log: log}
 			case <-ctx.Done():
-				return &Error{Op: "start", Err: fmt.Errorf("postgres did not accept connections in time: %w (last error: %v)", ctx.Err(), lastErr), Log: c.logTail()}
+				return &Error{Op: "start", Err: fmt.Errorf("waiting for postgres to accept connections: %w (last attempt: %v)", ctx.Err(), lastErr), Log: c.logTail()}
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
@@ -330,8 +331,7 @@ func ping(ctx context.Context, connString string) error {
 func (c *Cluster) shutdown() error {
 	var errs []error
 	if c.cmd != nil {
-		if !c.signalAndWait(syscall.SIGINT, 60*time.Second) && // fast shutdown
-			!c.signalAndWait(syscall.SIGQUIT, 10*time.Second) { // immediate shutdown
+		if !c.signalAndWait(syscall.SIGINT, 60*time.Second) { // fast shutdown
 			c.kill()
 		}
 	}
@@ -358,12 +358,11 @@ func (c *Cluster) signalAndWait(sig syscall.Signal, timeout time.Duration) bool 
 	}
 }
 
-// kill kills the server and its children (they share its process group)
-// and waits for the server to be reaped.
+// kill stops the server at once and waits for it to be reaped: an
+// "immediate shutdown" (SIGQUIT), in which the server still stops and reaps
+// its children, else SIGKILL to its whole process group.
 func (c *Cluster) kill() {
-	select {
-	case <-c.exited:
-	default:
+	if !c.signalAndWait(syscall.SIGQUIT, 10*time.Second) {
 		killGroup(c.cmd.Process)
 		<-c.exited
 	}

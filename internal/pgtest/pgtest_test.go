@@ -42,6 +42,17 @@ func startPrivate(t *testing.T, opts Options) *Cluster {
 	return c
 }
 
+// sharedURL returns the URL of the cluster NewDB uses, skipping the test if
+// NewDB had none (and so skipped its subtests).
+func sharedURL(t *testing.T) string {
+	t.Helper()
+	c, err := sharedCluster()
+	if err != nil {
+		t.Skip(err)
+	}
+	return c.URL()
+}
+
 func connect(t *testing.T, url string) *pgx.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -271,7 +282,7 @@ func TestNewDB(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	admin := connect(t, shared.cluster.URL())
+	admin := connect(t, sharedURL(t))
 	for _, u := range []string{a, b} {
 		cfg, err := pgx.ParseConfig(u)
 		if err != nil {
@@ -324,12 +335,12 @@ func TestNewDBDropsReplicationSlots(t *testing.T) {
 		if _, ok := msg.(*pgproto3.CopyBothResponse); !ok {
 			t.Fatalf("START_REPLICATION: got %T, want CopyBothResponse", msg)
 		}
-		admin := connect(t, shared.cluster.URL())
+		admin := connect(t, sharedURL(t))
 		if got := queryString(t, admin, "SELECT active::text FROM pg_replication_slots WHERE slot_name = $1", slot); got != "true" {
 			t.Fatalf("slot %s active = %s, want true", slot, got)
 		}
 	})
-	admin := connect(t, shared.cluster.URL())
+	admin := connect(t, sharedURL(t))
 	if n := queryString(t, admin, "SELECT count(*)::text FROM pg_replication_slots WHERE database = $1", db); n != "0" {
 		t.Errorf("%s replication slots of %s left after its test", n, db)
 	}

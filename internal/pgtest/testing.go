@@ -78,7 +78,8 @@ func inCI() bool {
 }
 
 // NewDB creates a fresh, empty database on this test binary's cluster and
-// returns a URL that connects to it as a superuser. The cluster is the one
+// returns a URL that connects to it (as the superuser postgres, or as
+// DATABASE_URL's user). The cluster is the one
 // in DATABASE_URL if set; otherwise a private one, started on first use
 // (installing PostgreSQL when CI is true) and stopped by [Run].
 //

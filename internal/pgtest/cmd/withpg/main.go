@@ -80,7 +80,9 @@ func run() int {
 		}
 	}()
 
-	cluster, err := pgtest.Open(ctx, pgtest.Options{Install: true, Logf: logf})
+	cluster, err := pgtest.Open(ctx, pgtest.Options{Install: true, Logf: func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, format+"\n", args...) // already prefixed "pgtest: "
+	}})
 	if err != nil {
 		logf("%v", err)
 		mu.Lock()

@@ -1,0 +1,351 @@
+package client
+
+// Hand-written handlers, only for faults a real Electric (or electrictest)
+// cannot be made to produce: a cache serving an expired shape after a 409,
+// a proxy stripping headers, a pre-1.0 server answering 204, a body that
+// fails after delivering messages and is answered differently on retry.
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type fakeResp struct {
+	status int
+	header map[string]string
+	body   string
+}
+
+// scripted serves the given responses in order and records request URLs.
+type scripted struct {
+	mu   sync.Mutex
+	resp []fakeResp
+	reqs []url.Values
+	hdrs []http.Header
+}
+
+func (s *scripted) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.reqs = append(s.reqs, r.URL.Query())
+	s.hdrs = append(s.hdrs, r.Header.Clone())
+	if len(s.resp) == 0 {
+		s.mu.Unlock()
+		http.Error(w, "script exhausted", http.StatusTeapot)
+		return
+	}
+	fr := s.resp[0]
+	s.resp = s.resp[1:]
+	s.mu.Unlock()
+	for k, v := range fr.header {
+		w.Header().Set(k, v)
+	}
+	if fr.status == 0 {
+		fr.status = 200
+	}
+	w.WriteHeader(fr.status)
+	io.WriteString(w, fr.body)
+}
+
+func (s *scripted) requests() []url.Values {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]url.Values(nil), s.reqs...)
+}
+
+func ok(handle, offset, body string) fakeResp {
+	return fakeResp{header: map[string]string{
+		"electric-handle": handle, "electric-offset": offset, "electric-schema": `{"id":{"type":"int8","pk_index":0}}`,
+		"electric-cursor": "100",
+	}, body: body}
+}
+
+const (
+	row1 = `{"headers":{"operation":"insert","relation":["public","t"]},"key":"1","value":{"id":"1"}}`
+	row2 = `{"headers":{"operation":"insert","relation":["public","t"]},"key":"2","value":{"id":"2"}}`
+	utd  = `{"headers":{"control":"up-to-date","global_last_seen_lsn":"5"}}`
+)
+
+func fastBackoff() Backoff {
+	return Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond, MaxRetryAfter: 10 * time.Millisecond}
+}
+
+func startScripted(t *testing.T, resp ...fakeResp) (*scripted, string) {
+	sc := &scripted{resp: resp}
+	srv := httptest.NewServer(sc)
+	t.Cleanup(srv.Close)
+	return sc, srv.URL + "/v1/shape"
+}
+
+func collect(t *testing.T, s *ShapeStream) ([]Message, error) {
+	t.Helper()
+	var out []Message
+	for m, err := range s.Messages(t.Context()) {
+		if err != nil {
+			return out, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func keysOf(ms []Message) string {
+	var b strings.Builder
+	for _, m := range ms {
+		switch {
+		case m.IsChange():
+			b.WriteString(m.Key)
+		case m.IsUpToDate():
+			b.WriteString("U")
+		case m.IsMustRefetch():
+			b.WriteString("R")
+		case m.Headers.Control == SnapshotEnd:
+			b.WriteString("E")
+		}
+	}
+	return b.String()
+}
+
+func TestStaleCachedResponseAfter409(t *testing.T) {
+	sc, u := startScripted(t,
+		ok("h1", "0_0", "["+row1+"]"),
+		fakeResp{status: 409, header: map[string]string{"electric-handle": "h2"}, body: `[{"headers":{"control":"must-refetch"}}]`},
+		ok("h1", "0_0", "["+row1+"]"), // a cache ignoring cache-buster/expired_handle
+		ok("h2", "0_0", "["+row2+"]"),
+		ok("h2", "0_inf", "["+utd+"]"),
+	)
+	s, _ := New(Options{URL: u, Backoff: fastBackoff()})
+	ms, err := collect(t, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(ms); got != "1R2U" {
+		t.Errorf("messages %s, want 1R2U", got)
+	}
+	reqs := sc.requests()
+	if q := reqs[2]; q.Get("expired_handle") != "h1" || q.Get("cache-buster") == "" || q.Get("handle") != "h2" || q.Get("offset") != "-1" {
+		t.Errorf("request after 409: %v", q)
+	}
+	if q := reqs[3]; q.Get("cache-buster") == "" || q.Get("cache-buster") == reqs[2].Get("cache-buster") {
+		t.Errorf("retry after a stale response needs a fresh cache-buster: %v", q)
+	}
+	if s.Handle() != "h2" || s.Offset() != "0_inf" {
+		t.Errorf("handle %s offset %s", s.Handle(), s.Offset())
+	}
+}
+
+func TestStaleCachedResponseGivesUp(t *testing.T) {
+	resp := []fakeResp{
+		ok("h1", "0_0", "["+row1+"]"),
+		{status: 409, header: map[string]string{"electric-handle": "h2"}, body: `[{"headers":{"control":"must-refetch"}}]`},
+	}
+	for range 5 {
+		resp = append(resp, ok("h1", "0_0", "["+row1+"]"))
+	}
+	_, u := startScripted(t, resp...)
+	s, _ := New(Options{URL: u, Backoff: fastBackoff()})
+	_, err := collect(t, s)
+	var se *StaleResponseError
+	if !errors.As(err, &se) || se.Handle != "h1" {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestMissingHeaders(t *testing.T) {
+	_, u := startScripted(t, fakeResp{header: map[string]string{"electric-handle": "h", "electric-offset": "0_0"}, body: "[]"})
+	recovered := 0
+	s, _ := New(Options{URL: u, OnError: func(error) *Recovery { recovered++; return &Recovery{} }})
+	_, err := collect(t, s)
+	var me *MissingHeadersError
+	if !errors.As(err, &me) || len(me.Missing) != 1 || me.Missing[0] != "electric-schema" {
+		t.Fatalf("err = %v", err)
+	}
+	if recovered != 0 {
+		t.Error("OnError must not be able to retry a MissingHeadersError")
+	}
+	if _, err2 := s.Next(t.Context()); err2 != err {
+		t.Errorf("terminal error not sticky: %v", err2)
+	}
+}
+
+func Test204Compatibility(t *testing.T) {
+	sc, u := startScripted(t,
+		ok("h", "0_0", "["+row1+"]"),
+		ok("h", "0_inf", "["+utd+"]"),
+		fakeResp{status: 204, header: map[string]string{"electric-handle": "h", "electric-offset": "0_inf", "electric-cursor": "200"}},
+		fakeResp{header: map[string]string{"electric-handle": "h", "electric-offset": "7_0", "electric-cursor": "300"}, body: "[" + row2 + "," + utd + "]"},
+	)
+	s, _ := New(Options{URL: u, Live: true})
+	var ms []Message
+	for range 4 {
+		m, err := s.Next(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms = append(ms, m)
+	}
+	if got := keysOf(ms); got != "1U2U" {
+		t.Errorf("messages %s", got)
+	}
+	reqs := sc.requests()
+	if q := reqs[3]; q.Get("cursor") != "200" || q.Get("live") != "true" {
+		t.Errorf("request after 204: %v", q)
+	}
+}
+
+func TestOnErrorRecovery(t *testing.T) {
+	sc, u := startScripted(t,
+		ok("h", "0_0", "["+row1+"]"),
+		fakeResp{status: 403, body: `{"message":"forbidden"}`},
+		ok("h", "0_inf", "["+utd+"]"),
+	)
+	var seen error
+	s, _ := New(Options{URL: u, Backoff: fastBackoff(), Header: http.Header{"X-A": {"1"}},
+		OnError: func(err error) *Recovery {
+			seen = err
+			return &Recovery{Header: http.Header{"X-A": {"2"}}, Params: &Params{Table: "t2"}}
+		}})
+	ms, err := collect(t, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keysOf(ms) != "1U" {
+		t.Errorf("messages %s", keysOf(ms))
+	}
+	var he *HTTPError
+	if !errors.As(seen, &he) || he.StatusCode != 403 || string(he.Body) != `{"message":"forbidden"}` {
+		t.Errorf("OnError saw %v", seen)
+	}
+	// Resumed from the same offset and handle, with the new header and params.
+	if q := sc.requests()[2]; q.Get("offset") != "0_0" || q.Get("handle") != "h" || q.Get("table") != "t2" {
+		t.Errorf("resumed with %v", q)
+	}
+	if h := sc.hdrs[2].Get("X-A"); h != "2" {
+		t.Errorf("header %q", h)
+	}
+}
+
+func TestHTTPErrorWithoutOnError(t *testing.T) {
+	_, u := startScripted(t, fakeResp{status: 400, header: map[string]string{"Content-Type": "application/json"},
+		body: `{"message":"Invalid request","errors":{"table":["does not exist"]}}`})
+	s, _ := New(Options{URL: u + "?secret=hunter2", Params: Params{Table: "nope"}})
+	_, err := collect(t, s)
+	var he *HTTPError
+	if !errors.As(err, &he) || he.StatusCode != 400 || he.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("err = %v", err)
+	}
+	if strings.Contains(err.Error(), "hunter2") || strings.Contains(he.URL, "hunter2") {
+		t.Errorf("secret leaked: %v", err)
+	}
+}
+
+func TestRetriesExhausted(t *testing.T) {
+	var resp []fakeResp
+	for range 4 {
+		resp = append(resp, fakeResp{status: 500, body: "boom"})
+	}
+	_, u := startScripted(t, resp...)
+	b := fastBackoff()
+	b.MaxRetries = 3
+	s, _ := New(Options{URL: u, Backoff: b})
+	_, err := collect(t, s)
+	var he *HTTPError
+	if !errors.As(err, &he) || he.StatusCode != 500 {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// A body that breaks after two messages, and whose retry (same handle and
+// offset) replays the same log: nothing is delivered twice. If the retry
+// comes back with another handle, the consumer is told to refetch.
+func TestInterruptedBodyResumes(t *testing.T) {
+	row3 := `{"headers":{"operation":"insert","relation":["public","t"]},"key":"3","value":{"id":"3"}}`
+	full := "[" + row1 + "," + row2 + "," + row3 + "]"
+	cut := full[:len("["+row1+","+row2+",")+10]
+	sc, u := startScripted(t,
+		ok("h", "0_0", cut),
+		ok("h", "0_0", full),
+		ok("h", "0_inf", "["+utd+"]"),
+	)
+	s, _ := New(Options{URL: u, Backoff: fastBackoff()})
+	ms, err := collect(t, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(ms); got != "123U" {
+		t.Errorf("messages %s, want 123U", got)
+	}
+	if q := sc.requests()[1]; q.Get("offset") != "-1" {
+		t.Errorf("retry %v", q)
+	}
+
+	_, u = startScripted(t,
+		ok("h", "0_0", cut),
+		ok("h2", "0_0", full),
+		ok("h2", "0_inf", "["+utd+"]"),
+	)
+	s, _ = New(Options{URL: u, Backoff: fastBackoff()})
+	ms, err = collect(t, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keysOf(ms); got != "12R123U" {
+		t.Errorf("messages %s, want 12R123U", got)
+	}
+}
+
+// Breaking out of Messages mid-response and resuming later loses and
+// repeats nothing.
+func TestBreakAndResume(t *testing.T) {
+	_, u := startScripted(t,
+		ok("h", "0_0", "["+row1+","+row2+"]"),
+		ok("h", "0_0", "["+row1+","+row2+"]"),
+		ok("h", "0_inf", "["+utd+"]"),
+	)
+	s, _ := New(Options{URL: u})
+	var got []Message
+	for m, err := range s.Messages(t.Context()) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m)
+		break
+	}
+	rest, err := collect(t, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := keysOf(append(got, rest...)); k != "12U" {
+		t.Errorf("messages %s", k)
+	}
+}
+
+func TestTransformError(t *testing.T) {
+	_, u := startScripted(t, ok("h", "0_0", "["+row1+"]"))
+	boom := errors.New("cannot decrypt")
+	s, _ := New(Options{URL: u, Transform: func(m *Message) error { return boom }})
+	_, err := collect(t, s)
+	var te *TransformError
+	if !errors.As(err, &te) || !errors.Is(err, boom) || te.Key != "1" {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestContextCancelDuringBackoff(t *testing.T) {
+	_, u := startScripted(t, fakeResp{status: 503, header: map[string]string{"Retry-After": "3600"}})
+	s, _ := New(Options{URL: u})
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := s.Next(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > time.Second {
+		t.Fatalf("err = %v after %v", err, time.Since(start))
+	}
+}
