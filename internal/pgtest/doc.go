@@ -46,7 +46,9 @@
 //
 // # In CI
 //
-// `make test` runs the whole module under the withpg command:
+// CI runs .ci/run as root with CI=true; it installs PostgreSQL (and Node.js)
+// when missing and runs `make test`, which runs the whole module under the
+// withpg command:
 //
 //	go run ./internal/pgtest/cmd/withpg -- go test ./...
 //
