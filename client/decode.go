@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 )
 
@@ -220,10 +221,11 @@ func (a *arrayReader) take(n int) ([]byte, int64, error) {
 
 // decoder turns elements into Messages.
 type decoder struct {
-	names  map[string]string // interned column names
-	schema Schema
-	parse  bool
-	parser map[string]ParseFunc
+	names   map[string]string // interned column names
+	lastRel []string
+	schema  Schema
+	parse   bool
+	parser  map[string]ParseFunc
 }
 
 // parseMessage parses one array element. The returned message's strings
@@ -359,12 +361,14 @@ func (d *decoder) headers(p *scanner, h *Headers) error {
 		case "event":
 			h.Event, err = p.str()
 		case "relation":
-			h.Relation = h.Relation[:0]
+			var buf [4]string
+			rel := buf[:0]
 			err = p.array(func() error {
 				v, err := p.str()
-				h.Relation = append(h.Relation, v)
+				rel = append(rel, v)
 				return err
 			})
+			h.Relation = d.relation(rel)
 		case "lsn":
 			h.LSN, err = p.strOrNumber()
 		case "global_last_seen_lsn":
@@ -407,6 +411,19 @@ func (d *decoder) headers(p *scanner, h *Headers) error {
 		}
 		return nil
 	})
+}
+
+// relation returns rel, sharing the slice of the previous message when
+// equal (every message of a shape names the same relation).
+func (d *decoder) relation(rel []string) []string {
+	if slices.Equal(rel, d.lastRel) {
+		return d.lastRel
+	}
+	d.lastRel = make([]string, len(rel))
+	for i, v := range rel {
+		d.lastRel[i] = d.intern(v)
+	}
+	return d.lastRel
 }
 
 // strOrNumber reads a string or a number, returning its text (LSNs are

@@ -428,18 +428,29 @@ func newAuthProxy(next http.Handler) *authProxy {
 	return &authProxy{next: next, valid: map[string]bool{}}
 }
 
-func (p *authProxy) mint(ctx context.Context) (string, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.minted++
-	tok := "tok-" + strconv.Itoa(p.minted)
-	p.valid[tok] = true
-	return tok, nil
+func (p *authProxy) mint(ctx context.Context) (string, error) { return p.mintFor("tok")(ctx) }
+
+// mintFor returns a token fetcher whose tokens expire with expire(prefix).
+func (p *authProxy) mintFor(prefix string) func(context.Context) (string, error) {
+	return func(context.Context) (string, error) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.minted++
+		tok := prefix + "-" + strconv.Itoa(p.minted)
+		p.valid[tok] = true
+		return tok, nil
+	}
 }
 
-func (p *authProxy) expireAll() {
+func (p *authProxy) expireAll() { p.expire("") }
+
+func (p *authProxy) expire(prefix string) {
 	p.mu.Lock()
-	clear(p.valid)
+	for tok := range p.valid {
+		if strings.HasPrefix(tok, prefix+"-") || prefix == "" {
+			delete(p.valid, tok)
+		}
+	}
 	p.mu.Unlock()
 }
 
@@ -496,7 +507,13 @@ func TestElectricAuthRefreshResumesAtSameOffset(t *testing.T) {
 	for round := range 3 {
 		ap.expireAll()
 		e.exec(`INSERT INTO items (id) VALUES ($1)`, 100+round)
-		for !next().IsUpToDate() {
+		key := fmt.Sprintf(`"public"."items"/"%d"`, 100+round)
+		for got := false; ; {
+			m := next()
+			got = got || m.Key == key
+			if got && m.IsUpToDate() {
+				break
+			}
 		}
 	}
 	for k, n := range seen {

@@ -39,7 +39,8 @@ type Row map[string]any
 
 // Headers are the parsed "headers" object of a message. Fields the protocol
 // does not define here (xmin, xmax, xip_list, tags, patterns, ...) are
-// available through Raw.
+// available through Raw. Relation is shared between messages: do not
+// modify it.
 type Headers struct {
 	Operation Operation // change messages: insert, update or delete
 	Control   Control   // control messages: up-to-date, must-refetch, snapshot-end, ...

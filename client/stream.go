@@ -54,6 +54,9 @@ type ShapeStream struct {
 	closed  bool
 	err     error // terminal error
 
+	watchDone <-chan struct{} // Done channel that abort is registered on
+	stopWatch func() bool
+
 	expiredHandle string // handle a 409 declared expired
 	cacheBuster   string // one-shot cache-buster for the next request
 	staleRetries  int
@@ -205,7 +208,9 @@ func (s *ShapeStream) Messages(ctx context.Context) iter.Seq2[Message, error] {
 }
 
 // Close abandons the response in flight. Next then returns ErrClosed.
+// Close must not be called while Next runs; cancel Next's context instead.
 func (s *ShapeStream) Close() error {
+	s.unwatch()
 	s.dropResponse()
 	s.closed = true
 	return nil
@@ -222,8 +227,7 @@ func (s *ShapeStream) Next(ctx context.Context) (Message, error) {
 	if s.err != nil {
 		return Message{}, s.err
 	}
-	stop := context.AfterFunc(ctx, s.abort)
-	defer stop()
+	s.watch(ctx)
 	for {
 		if err := ctx.Err(); err != nil {
 			s.dropResponse()
@@ -244,16 +248,42 @@ func (s *ShapeStream) Next(ctx context.Context) (Message, error) {
 			}
 		} else {
 			if s.done {
+				s.unwatch()
 				return Message{}, io.EOF
 			}
 			err = s.request(ctx)
 		}
 		if err != nil {
 			if err := s.handleError(ctx, err); err != nil {
+				if s.err != nil {
+					s.unwatch()
+				}
 				return Message{}, err
 			}
 		}
 	}
+}
+
+// watch makes sure that ctx ending aborts the request in flight. The
+// registration is kept while Next is called with contexts sharing one Done
+// channel (the usual loop), so that reading a message costs no allocation.
+func (s *ShapeStream) watch(ctx context.Context) {
+	done := ctx.Done()
+	if done == s.watchDone {
+		return
+	}
+	s.unwatch()
+	if done != nil {
+		s.watchDone = done
+		s.stopWatch = context.AfterFunc(ctx, s.abort)
+	}
+}
+
+func (s *ShapeStream) unwatch() {
+	if s.stopWatch != nil {
+		s.stopWatch()
+	}
+	s.stopWatch, s.watchDone = nil, nil
 }
 
 // abort cancels the request in flight (called when Next's context ends).
@@ -334,6 +364,7 @@ func (s *ShapeStream) handleError(ctx context.Context, err error) error {
 				s.header[k] = v
 			}
 			s.refreshed = false
+			s.retries = 0
 			s.log.Warn("shape stream recovering after error", "err", err, "recovery", s.recoveries)
 			wait := recoveryDelay(s.bo.cfg, s.recoveries)
 			return sleep(ctx, wait)
@@ -667,12 +698,19 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 			r.skipPos, r.hasPos = p, true
 		}
 		if m.IsChange() && s.opts.Transform != nil {
-			if err := s.opts.Transform(&m); err != nil {
-				return Message{}, false, &TransformError{Key: m.Key, Err: err}
-			}
+			return s.transform(m)
 		}
 		return m, true, nil
 	}
+}
+
+// transform applies Options.Transform (kept apart so that m does not
+// escape to the heap when there is no Transform).
+func (s *ShapeStream) transform(m Message) (Message, bool, error) {
+	if err := s.opts.Transform(&m); err != nil {
+		return Message{}, false, &TransformError{Key: m.Key, Err: err}
+	}
+	return m, true, nil
 }
 
 // commit makes the response's offset the stream's.

@@ -44,7 +44,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		setCORS(w, r, "GET, HEAD")
 		w.WriteHeader(http.StatusOK)
 	default:
-		http.Error(w, "Not found", http.StatusNotFound)
+		setCORS(w, r, "GET, HEAD")
+		h.Set("content-type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusNotFound)
+		w.Write([]byte("Not found"))
 	}
 }
 
@@ -67,6 +70,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func invalidRequest(w http.ResponseWriter, errs map[string][]string) {
+	w.Header().Del("electric-schema") // only on 200s
 	w.Header().Set("cache-control", "no-store")
 	w.Header().Set("surrogate-control", "no-store")
 	writeJSON(w, http.StatusBadRequest, map[string]any{"message": "Invalid request", "errors": errs})
@@ -153,8 +157,9 @@ func parseDefinition(q map[string][]string, errs map[string][]string) shapeDef {
 		def.rel = rel
 	}
 	def.where = get("where")
-	if _, ok := q["columns"]; ok {
-		cols, err := ParseColumns(get("columns"))
+	// As with Ecto's casts in Electric, an empty value is an absent one.
+	if c := get("columns"); c != "" {
+		cols, err := ParseColumns(c)
 		if err != nil {
 			errs["columns"] = append(errs["columns"], err.Error())
 		} else {
@@ -179,6 +184,7 @@ func parseDefinition(q map[string][]string, errs map[string][]string) shapeDef {
 		errs["params"] = append(errs["params"], "is invalid")
 	}
 	params := map[int]string{}
+	badKey := false
 	for k, v := range q {
 		m := paramsKey.FindStringSubmatch(k)
 		if m == nil {
@@ -188,16 +194,24 @@ func parseDefinition(q map[string][]string, errs map[string][]string) shapeDef {
 			continue
 		}
 		n, err := strconv.Atoi(m[1])
-		if err != nil || n < 1 || strconv.Itoa(n) != m[1] {
-			errs["params"] = append(errs["params"], "keys must be positive integers")
+		if err != nil || strconv.Itoa(n) != m[1] {
+			badKey = true
 			continue
 		}
 		params[n] = v[len(v)-1]
 	}
+	// Electric checks the params (Shape.Validators) only for a where clause.
+	if def.where == "" {
+		return def
+	}
+	if badKey {
+		errs["params"] = append(errs["params"], "Parameters can only use numbers as keys")
+		return def
+	}
 	for i := 1; i <= len(params); i++ {
 		v, ok := params[i]
 		if !ok {
-			errs["params"] = append(errs["params"], "keys must be contiguous from 1")
+			errs["params"] = append(errs["params"], "Parameters must be numbered sequentially, starting from 1")
 			break
 		}
 		def.params = append(def.params, v)
@@ -236,7 +250,10 @@ func parseShapeRequest(q map[string][]string) (shapeRequest, map[string][]string
 		}
 	}
 	if req.now && req.live {
-		errs["live"] = append(errs["live"], "can't be true when offset is now")
+		errs["live"] = append(errs["live"], "can't be true when offset is 'now'")
+	}
+	if req.live && req.offset.IsBeforeAll() && len(errs["offset"]) == 0 && !req.now {
+		errs["live"] = append(errs["live"], "can't be true when offset == -1")
 	}
 	if req.sse && !req.live {
 		errs["live_sse"] = append(errs["live_sse"], "can't be true unless live is also true")
@@ -307,6 +324,7 @@ func (s *Server) shapeError(w http.ResponseWriter, err error) {
 
 func (s *Server) mustRefetch(w http.ResponseWriter, handle string) {
 	h := w.Header()
+	h.Del("electric-schema") // only on 200s
 	if handle != "" {
 		h.Set("electric-handle", handle)
 		h.Set("cache-control", "public, max-age=60, must-revalidate")
@@ -384,6 +402,7 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 			h.Set("electric-up-to-date", "")
 		}
 		if etagMatches(r.Header.Get("If-None-Match"), etag) {
+			h.Del("electric-schema") // only on 200s, as in Electric
 			w.WriteHeader(http.StatusNotModified)
 			return
 		}
@@ -416,6 +435,7 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 		h.Set("electric-has-data", "true")
 		h.Set("etag", `"`+etag+`"`)
 		if etagMatches(r.Header.Get("If-None-Match"), etag) {
+			h.Del("electric-schema") // only on 200s, as in Electric
 			w.WriteHeader(http.StatusNotModified)
 			return
 		}

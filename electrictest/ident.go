@@ -106,6 +106,10 @@ func parseIdent(s string) (string, error) {
 		}
 		out = downcaseASCII(s)
 	}
+	if !utf8.ValidString(out) || strings.IndexByte(out, 0) >= 0 {
+		// Postgres could not even look such a name up.
+		return "", fmt.Errorf("Invalid identifier, it must be valid UTF-8 without NUL characters: %s", s)
+	}
 	if utf8.RuneCountInString(out) > 63 {
 		return "", fmt.Errorf("Identifier is too long (max length is 63)")
 	}

@@ -26,8 +26,9 @@ var (
 var errBadOffset = errors.New("has invalid format")
 
 // ParseOffset parses "-1" or "<tx>_<op>". "now" is handled by the caller.
+// "-1_0" is -1 too, as in Electric (LogOffset.before_all()).
 func ParseOffset(s string) (Offset, error) {
-	if s == "-1" {
+	if s == "-1" || s == "-1_0" {
 		return BeforeAll, nil
 	}
 	tx, op, ok := strings.Cut(s, "_")

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +69,11 @@ type Server struct {
 	shapes    map[string]*shape // by definition
 	handles   map[string]*shape
 	published map[Relation]bool
+	// recentXids are the xids of the last transactions onCommit routed (a
+	// ring; the next goes at recentN % len): a new shape's snapshot must
+	// see them, see beginSnapshot.
+	recentXids [256]uint32
+	recentN    int
 
 	faults faults
 }
@@ -102,6 +109,8 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	// Everything but the server's own DDL runs read-only and bounded.
 	cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+	// checkWhere reads string literals as Postgres does with this setting.
+	cfg.ConnConfig.RuntimeParams["standard_conforming_strings"] = "on"
 	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "30s"
 	cfg.ConnConfig.RuntimeParams["application_name"] = "electrictest"
 	cfg.MaxConns = 8
@@ -189,6 +198,10 @@ func (s *Server) execRW(ctx context.Context, stmts ...string) error {
 
 // onCommit routes a committed transaction to the shapes of its tables.
 func (s *Server) onCommit(tx *txn) {
+	s.mu.Lock()
+	s.recentXids[s.recentN%len(s.recentXids)] = tx.xid
+	s.recentN++
+	s.mu.Unlock()
 	for _, rel := range tx.truncated {
 		s.rotate(rel.rel)
 	}
@@ -336,9 +349,7 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 				cols = append(cols, i)
 			}
 		}
-		if len(unknown) > 0 {
-			return nil, &requestError{"columns", "The following columns are not found on the table: " + joinNames(unknown)}
-		}
+		// Electric reports missing PK columns before unknown columns.
 		for _, i := range t.pk {
 			if !containsInt(cols, i) {
 				missing = append(missing, t.columns[i].name)
@@ -347,10 +358,16 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 		if len(missing) > 0 {
 			return nil, &requestError{"columns", "The list of columns must include all primary key columns, missing: " + joinNames(missing)}
 		}
+		if len(unknown) > 0 {
+			return nil, &requestError{"columns", "The following columns are not found on the table: " + joinNames(unknown)}
+		}
 	}
 	keyCols := t.pk
 	if len(keyCols) == 0 {
-		keyCols = cols
+		// Without a PK, every column is part of the key, in column-name
+		// order (Electric's Changes.build_key sorts the record by name).
+		keyCols = slices.Clone(cols)
+		slices.SortFunc(keyCols, func(a, b int) int { return strings.Compare(t.columns[a].name, t.columns[b].name) })
 	}
 	var eval string
 	if def.where != "" {
@@ -358,8 +375,6 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 			return nil, err
 		}
 		eval = evalSQL(t, def.where, len(def.params))
-	} else if len(def.params) > 0 {
-		return nil, &requestError{"params", "params are given but there is no where clause"}
 	}
 	if !s.published[def.rel] {
 		stmts := []string{"ALTER PUBLICATION " + s.pub + " ADD TABLE " + def.rel.Quoted()}
@@ -377,6 +392,7 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 		s.published[def.rel] = true
 	}
 	sh := newShape(def, s.newHandle(def), t, cols, keyCols, eval)
+	sh.mustSee = append([]uint32(nil), s.recentXids[:min(s.recentN, len(s.recentXids))]...)
 	s.shapes[def.key()] = sh
 	s.handles[sh.handle] = sh
 	go s.takeSnapshot(context.Background(), sh)
@@ -408,26 +424,45 @@ func (s *Server) validateWhere(ctx context.Context, t *table, def shapeDef) erro
 		return err
 	}
 	defer conn.Release()
+	pc := conn.Conn().PgConn()
 	const prefix = "SELECT (\n"
-	desc, err := conn.Conn().PgConn().Prepare(ctx, "", prefix+def.where+"\n) FROM "+def.rel.Quoted(), nil)
+	desc, err := pc.Prepare(ctx, "", prefix+def.where+"\n) FROM "+def.rel.Quoted(), nil)
 	if err != nil {
 		return whereFromPgError(err, len(prefix))
 	}
 	if len(desc.Fields) != 1 || desc.Fields[0].DataTypeOID != 16 {
-		return &requestError{"where", "where clause must be a boolean expression"}
+		return &requestError{"where", "WHERE clause must return a boolean"}
 	}
-	if len(desc.ParamOIDs) != len(def.params) {
-		return &requestError{"params", fmt.Sprintf("where uses %d parameters but %d were given", len(desc.ParamOIDs), len(def.params))}
+	if n := len(desc.ParamOIDs); n > len(def.params) {
+		missing := len(def.params) + 1
+		return &requestError{"where", fmt.Sprintf("At location %d: parameter $%d was not provided", wc.params[missing], missing)}
+	} else if n < len(def.params) {
+		return &requestError{"params", fmt.Sprintf("where uses %d parameters but %d were given", n, len(def.params))}
 	}
 	if len(wc.functions) > 0 {
+		// Quoted names keep their case, unquoted ones are lower-cased.
 		var volatile []string
-		err := conn.QueryRow(ctx, "SELECT COALESCE(array_agg(DISTINCT proname::text), '{}') FROM pg_proc WHERE lower(proname) = ANY($1) AND provolatile = 'v'", wc.functions).Scan(&volatile)
+		err := conn.QueryRow(ctx, "SELECT COALESCE(array_agg(DISTINCT proname::text), '{}') FROM pg_proc WHERE (proname = ANY($1) OR lower(proname) = ANY($1)) AND provolatile = 'v'", wc.functions).Scan(&volatile)
 		if err != nil {
 			return err
 		}
 		if len(volatile) > 0 {
 			return &requestError{"where", "volatile functions are not allowed in a where clause: " + joinNames(volatile)}
 		}
+	}
+	// Changes are evaluated by evalSQL: it must accept the clause too (no
+	// schema-qualified or system columns, no functions of the table's row
+	// type), or changes would silently not match.
+	if _, err := pc.Prepare(ctx, "", evalSQL(t, def.where, len(def.params)), nil); err != nil {
+		return whereFromPgError(err, len(prefix))
+	}
+	// Plan the snapshot query with the params bound, without running it:
+	// this rejects parameter values that do not fit their type, constant
+	// expressions that fail, and what is not allowed in a WHERE clause
+	// (aggregates, window and set-returning functions).
+	explain := "EXPLAIN SELECT FROM " + def.rel.Quoted() + " WHERE (\n"
+	if err := pc.ExecParams(ctx, explain+def.where+"\n)", textParams(def.params), nil, nil, nil).Read().Err; err != nil {
+		return whereFromPgError(err, len(explain))
 	}
 	return nil
 }
@@ -457,6 +492,16 @@ func whereFromPgError(err error, prefixLen int) error {
 		msg = "a value or parameter does not fit the type it is compared with"
 	case "42803":
 		msg = "aggregate functions are not allowed in a where clause"
+	case "42P20":
+		msg = "window functions are not allowed in a where clause"
+	case "0A000":
+		msg = "set-returning functions are not allowed in a where clause"
+	case "22012":
+		msg = "division by zero"
+	case "22003":
+		msg = "a value is out of range for its type"
+	case "22021", "22P05":
+		msg = "invalid character in a value"
 	default:
 		msg = "invalid where clause"
 	}

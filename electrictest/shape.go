@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -90,7 +91,8 @@ type shape struct {
 	evalSQL  string
 	schema   string // electric-schema header
 	ready    chan struct{}
-	readyErr error // set before ready is closed
+	readyErr error    // set before ready is closed
+	mustSee  []uint32 // xids already routed when the shape was registered
 
 	applyMu sync.Mutex // serializes changes into the log
 	relMap  map[*relMessage][]int
@@ -228,18 +230,11 @@ func (s *Server) snapshotRows(ctx context.Context, sh *shape) error {
 	}
 	defer conn.Release()
 	pc := conn.Conn().PgConn()
-	if _, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").ReadAll(); err != nil {
-		return err
-	}
-	defer func() { pc.Exec(context.Background(), "ROLLBACK").ReadAll() }()
-	res := pc.ExecParams(ctx, "SELECT pg_current_snapshot()::text", nil, nil, nil, nil).Read()
-	if res.Err != nil {
-		return res.Err
-	}
-	snap, err := parseSnapshot(string(res.Rows[0][0]))
+	snap, err := beginSnapshot(ctx, pc, sh.mustSee)
 	if err != nil {
 		return err
 	}
+	defer func() { pc.Exec(context.Background(), "ROLLBACK").ReadAll() }()
 	var chunks []chunk
 	var cur chunkWriter
 	cur.start()
@@ -327,6 +322,54 @@ func (c *chunkWriter) finish() chunk {
 	return append(c.segs, append(c.seg, ']'))
 }
 
+// beginSnapshot opens the REPEATABLE READ transaction of a shape snapshot
+// and returns its snapshot, which sees every transaction in mustSee.
+//
+// Postgres flushes a commit record, and so may ship it to the replication
+// stream, a moment before the transaction becomes visible to new snapshots.
+// A transaction that onCommit routed before the shape was registered never
+// reaches the shape's log, so the snapshot must contain it, or its rows are
+// lost (with a TRUNCATE in it, even the rows that were there before): until
+// the snapshot sees all of them, it is taken again.
+func beginSnapshot(ctx context.Context, pc *pgconn.PgConn, mustSee []uint32) (*pgSnapshot, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for wait := time.Millisecond; ; wait = min(2*wait, 20*time.Millisecond) {
+		if _, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").ReadAll(); err != nil {
+			return nil, err
+		}
+		res := pc.ExecParams(ctx, "SELECT pg_current_snapshot()::text", nil, nil, nil, nil).Read()
+		var snap *pgSnapshot
+		err := res.Err
+		if err == nil {
+			snap, err = parseSnapshot(string(res.Rows[0][0]))
+		}
+		if err != nil {
+			pc.Exec(context.Background(), "ROLLBACK").ReadAll()
+			return nil, err
+		}
+		var missing []uint32
+		for _, xid := range mustSee {
+			if !snap.visible(xid) {
+				missing = append(missing, xid)
+			}
+		}
+		if len(missing) == 0 {
+			return snap, nil
+		}
+		pc.Exec(context.Background(), "ROLLBACK").ReadAll()
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("electrictest: replicated transactions %v are still not visible to a new snapshot", missing)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
+}
+
 func textParams(params []string) [][]byte {
 	out := make([][]byte, len(params))
 	for i, p := range params {
@@ -345,7 +388,9 @@ func (s *Server) apply(ctx context.Context, sh *shape, tx *txn, changes []change
 		sh.mu.Unlock()
 		return nil
 	}
-	if sh.snap == nil {
+	if sh.snap == nil || len(sh.pending) > 0 {
+		// Also while takeSnapshot has yet to apply the pending
+		// transactions: this one must come after them.
 		sh.pending = append(sh.pending, pendingTxn{tx, changes})
 		sh.mu.Unlock()
 		return nil
@@ -530,7 +575,9 @@ func (s *Server) evalWhere(ctx context.Context, sh *shape, rows [][]datum) ([]bo
 			return res.Err
 		}
 		for i, r := range res.Rows {
-			match[i] = len(r[0]) == 1 && r[0][0] == 't'
+			if i < len(match) {
+				match[i] = len(r[0]) == 1 && r[0][0] == 't'
+			}
 		}
 		return nil
 	}

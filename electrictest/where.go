@@ -2,6 +2,7 @@ package electrictest
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -14,7 +15,8 @@ import (
 
 // whereCheck is what checkWhere learns about a where clause.
 type whereCheck struct {
-	functions []string // names of called functions, lower-cased, last part only
+	functions []string    // names of called functions, lower-cased, last part only
+	params    map[int]int // $n placeholders: n -> location of its first use
 }
 
 // forbiddenWords start a subquery or a statement; none has a place in a
@@ -37,13 +39,20 @@ func checkWhere(w string) (whereCheck, error) {
 	}
 	depth := 0
 	lastIdent := ""
+	afterDot := false
 	for i := 0; i < len(w); {
 		c := w[i]
-		prevIdent := lastIdent
-		lastIdent = ""
+		prevIdent, prevDot := lastIdent, afterDot
+		lastIdent, afterDot = "", false
 		switch {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
-			lastIdent = prevIdent
+			lastIdent, afterDot = prevIdent, prevDot
+			i++
+		case c == 0:
+			return wc, whereErrorf("At location %d: NUL characters are not allowed", i)
+		case c == '.':
+			// x.f is also a call of f(x) in Postgres (attribute notation).
+			afterDot = true
 			i++
 		case c == '-' && i+1 < len(w) && w[i+1] == '-':
 			return wc, whereErrorf("At location %d: comments are not allowed", i)
@@ -76,6 +85,10 @@ func checkWhere(w string) (whereCheck, error) {
 			}
 			i = j
 		case c == '"':
+			if i >= 2 && w[i-1] == '&' && (w[i-2] == 'u' || w[i-2] == 'U') {
+				// U&"..." would let a name (say, of a function) hide from this check.
+				return wc, whereErrorf("At location %d: Unicode escapes in identifiers are not allowed", i-2)
+			}
 			j := i + 1
 			var name strings.Builder
 			for {
@@ -94,6 +107,9 @@ func checkWhere(w string) (whereCheck, error) {
 				j++
 			}
 			lastIdent = name.String()
+			if prevDot {
+				wc.functions = append(wc.functions, lastIdent)
+			}
 			i = j + 1
 		case c == '$':
 			j := i + 1
@@ -102,6 +118,14 @@ func checkWhere(w string) (whereCheck, error) {
 			}
 			if j == i+1 {
 				return wc, whereErrorf("At location %d: dollar-quoted strings are not allowed", i)
+			}
+			if n, err := strconv.Atoi(w[i+1 : j]); err == nil {
+				if wc.params == nil {
+					wc.params = map[int]int{}
+				}
+				if _, ok := wc.params[n]; !ok {
+					wc.params[n] = i
+				}
 			}
 			i = j
 		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80:
@@ -114,6 +138,9 @@ func checkWhere(w string) (whereCheck, error) {
 				return wc, whereErrorf("At location %d: %s is not allowed in a where clause", i, strings.ToUpper(word))
 			}
 			lastIdent = word
+			if prevDot {
+				wc.functions = append(wc.functions, word)
+			}
 			i = j
 		default:
 			i++

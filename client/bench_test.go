@@ -1,0 +1,158 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strconv"
+	"testing"
+)
+
+// shapeLogRow writes one insert message as Electric encodes it.
+func shapeLogRow(b *bytes.Buffer, i int) {
+	fmt.Fprintf(b, `{"key":"\"public\".\"items\"/\"%d\"","value":{"id":"%d","title":"item number %d","n":"%d","flag":"%v","tags":"{a,b}","doc":null},"headers":{"operation":"insert","relation":["public","items"]}}`,
+		i, i, i, i%1000, i%2 == 0)
+}
+
+const benchSchema = `{"id":{"type":"int8","pk_index":0,"not_null":true},"title":{"type":"text"},"n":{"type":"int4"},"flag":{"type":"bool"},"tags":{"type":"text","dims":1},"doc":{"type":"jsonb"}}`
+
+// shapeLogBody returns a shape log response of n inserts, a snapshot-end
+// and an up-to-date.
+func shapeLogBody(n int) []byte {
+	var b bytes.Buffer
+	b.WriteByte('[')
+	for i := range n {
+		if i > 0 {
+			b.WriteString(",\n")
+		}
+		shapeLogRow(&b, i)
+	}
+	b.WriteString(`,{"headers":{"control":"snapshot-end","xmin":"1","xmax":"1","xip_list":[]}},{"headers":{"control":"up-to-date","global_last_seen_lsn":"1"}}]`)
+	return b.Bytes()
+}
+
+// memTransport answers every request with body().
+type memTransport func() io.Reader
+
+func (f memTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	h := http.Header{}
+	h.Set("electric-handle", "1-1")
+	h.Set("electric-offset", "0_inf")
+	h.Set("electric-schema", benchSchema)
+	h.Set("electric-cursor", "1")
+	return &http.Response{StatusCode: 200, Status: "200 OK", Header: h, Body: io.NopCloser(f()), Request: r}, nil
+}
+
+// BenchmarkDecode measures the client reading a 100k-row shape log held in
+// memory: the full ShapeStream path (request, streaming split, message
+// parse, optional value parsing).
+func BenchmarkDecode(b *testing.B) {
+	const rows = 100_000
+	body := shapeLogBody(rows)
+	for _, parse := range []bool{false, true} {
+		b.Run("parse="+strconv.FormatBool(parse), func(b *testing.B) {
+			hc := &http.Client{Transport: memTransport(func() io.Reader { return bytes.NewReader(body) })}
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			var ms0, ms1 runtime.MemStats
+			runtime.ReadMemStats(&ms0)
+			for b.Loop() {
+				s, _ := New(Options{URL: "http://mem/v1/shape", HTTPClient: hc, Parse: parse})
+				n := 0
+				for {
+					m, err := s.Next(context.Background())
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					if m.IsChange() {
+						n++
+					}
+				}
+				if n != rows {
+					b.Fatalf("%d rows", n)
+				}
+			}
+			runtime.ReadMemStats(&ms1)
+			b.ReportMetric(float64(rows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(rows*b.N), "allocs/row")
+			b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(rows*b.N), "B/row")
+		})
+	}
+}
+
+// genReader produces a shape log of n rows on the fly, so that the body
+// itself takes no memory.
+type genReader struct {
+	n, i  int
+	buf   bytes.Buffer
+	state int
+}
+
+func (g *genReader) Read(p []byte) (int, error) {
+	for g.buf.Len() < len(p) && g.state < 2 {
+		switch {
+		case g.state == 0:
+			g.buf.WriteByte('[')
+			g.state = 1
+		case g.i < g.n:
+			if g.i > 0 {
+				g.buf.WriteByte(',')
+			}
+			shapeLogRow(&g.buf, g.i)
+			g.i++
+		default:
+			g.buf.WriteString(`,{"headers":{"control":"up-to-date","global_last_seen_lsn":"1"}}]`)
+			g.state = 2
+		}
+	}
+	if g.buf.Len() == 0 {
+		return 0, io.EOF
+	}
+	return g.buf.Read(p)
+}
+
+// BenchmarkPeakHeap reads 1 MB and 100 MB shape logs through a ShapeStream
+// and reports the peak live heap seen while reading: it must not grow with
+// the response size.
+func BenchmarkPeakHeap(b *testing.B) {
+	rowBytes := func() int { var bb bytes.Buffer; shapeLogRow(&bb, 500000); return bb.Len() + 1 }()
+	for _, mb := range []int{1, 100} {
+		b.Run(strconv.Itoa(mb)+"MB", func(b *testing.B) {
+			rows := mb << 20 / rowBytes
+			var peak uint64
+			for b.Loop() {
+				hc := &http.Client{Transport: memTransport(func() io.Reader { return &genReader{n: rows} })}
+				s, _ := New(Options{URL: "http://mem/v1/shape", HTTPClient: hc})
+				runtime.GC()
+				var base runtime.MemStats
+				runtime.ReadMemStats(&base)
+				n := 0
+				for {
+					_, err := s.Next(context.Background())
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					if n++; n%(rows/20+1) == 0 {
+						runtime.GC()
+						var ms runtime.MemStats
+						runtime.ReadMemStats(&ms)
+						if ms.HeapAlloc > base.HeapAlloc {
+							peak = max(peak, ms.HeapAlloc-base.HeapAlloc)
+						}
+					}
+				}
+			}
+			b.ReportMetric(float64(peak), "peak-heap-B")
+			b.ReportMetric(float64(rows*rowBytes), "body-B")
+		})
+	}
+}

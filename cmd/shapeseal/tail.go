@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/shapeseal/shapeseal/client"
+)
+
+func init() {
+	register(command{"tail", "follow a shape and print its messages as JSON lines", runTail})
+}
+
+func runTail(ctx context.Context, args []string) error {
+	return tail(ctx, args, os.Stdout, os.Stderr)
+}
+
+// multiFlag collects a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ", ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+const tailUsage = `usage: shapeseal tail [flags] URL
+
+Follows the shape at URL (Electric's /v1/shape, a proxy path, or a bare
+base URL such as http://127.0.0.1:3000, to which /v1/shape is added) and
+prints every change and control message as one JSON object per line, as
+the server sent it; a 409 prints a must-refetch line. Without --live it
+exits 0 after the first up-to-date message. Errors go to stderr with a
+non-zero exit status.
+
+flags:
+`
+
+// tail is runTail with its output streams as parameters (for tests).
+func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, tailUsage)
+		fs.PrintDefaults()
+	}
+	var (
+		table    = fs.String("table", "", "root table of the shape")
+		where    = fs.String("where", "", "row filter, a SQL boolean expression with $1..$n placeholders")
+		columns  = fs.String("columns", "", "comma-separated columns to select (all by default)")
+		replica  = fs.String("replica", "", `"full" for full rows in updates and deletes`)
+		token    = fs.String("token", "", "bearer token sent as Authorization (a 401 is then an error)")
+		tokenCmd = fs.String("token-command", "", "shell command printing a bearer token; run again after every 401")
+		live     = fs.Bool("live", false, "keep following the shape after it is up to date")
+		offset   = fs.String("offset", "", `offset to resume from ("now" skips existing rows); needs --handle unless -1 or now`)
+		handle   = fs.String("handle", "", "shape handle to resume with --offset")
+		secret   = fs.String("secret", "", "Electric API secret sent as ?secret= (default $ELECTRIC_SECRET when URL ends in /v1/shape)")
+		verbose  = fs.Bool("v", false, "log requests and retries to stderr")
+		params   multiFlag
+		headers  multiFlag
+	)
+	fs.Var(&params, "param", "value of the next $n placeholder of --where (repeatable)")
+	fs.Var(&headers, "header", `extra request header "Name: value" (repeatable)`)
+
+	// Accept flags before and after the URL.
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(positional) == 0 && os.Getenv("ELECTRIC_URL") != "" {
+		positional = []string{os.Getenv("ELECTRIC_URL")}
+	}
+	if len(positional) != 1 {
+		fs.Usage()
+		return errors.New("exactly one URL is required")
+	}
+	if *token != "" && *tokenCmd != "" {
+		return errors.New("--token and --token-command are exclusive")
+	}
+	u, err := url.Parse(positional[0])
+	if err != nil {
+		return fmt.Errorf("URL: %w", err)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = "/v1/shape"
+	}
+	if *secret == "" && strings.HasSuffix(u.Path, "/v1/shape") {
+		*secret = os.Getenv("ELECTRIC_SECRET")
+	}
+	if *secret != "" {
+		q := u.Query()
+		q.Set("secret", *secret)
+		u.RawQuery = q.Encode()
+	}
+
+	opts := client.Options{
+		URL: u.String(),
+		Params: client.Params{
+			Table: *table, Where: *where, Params: params, Replica: *replica,
+		},
+		Header: http.Header{},
+		Live:   *live,
+		Offset: *offset,
+		Handle: *handle,
+	}
+	if *columns != "" {
+		for c := range strings.SplitSeq(*columns, ",") {
+			opts.Params.Columns = append(opts.Params.Columns, strings.TrimSpace(c))
+		}
+	}
+	for _, h := range headers {
+		name, value, ok := strings.Cut(h, ":")
+		if !ok || strings.TrimSpace(name) == "" {
+			return fmt.Errorf("--header %q: want \"Name: value\"", h)
+		}
+		opts.Header.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+	}
+	switch {
+	case *token != "":
+		opts.TokenSource = client.StaticToken(*token)
+	case *tokenCmd != "":
+		cmd := *tokenCmd
+		opts.TokenSource = client.NewSharedTokenSource(func(ctx context.Context) (string, error) {
+			return runTokenCommand(ctx, cmd)
+		})
+	}
+	if *verbose {
+		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+
+	s, err := client.New(opts)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	w := bufio.NewWriterSize(stdout, 64<<10)
+	defer w.Flush()
+	for m, err := range s.Messages(ctx) {
+		if err != nil {
+			w.Flush()
+			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+				return nil // interrupted
+			}
+			return err
+		}
+		w.Write(m.Raw())
+		w.WriteByte('\n')
+		if m.IsControl() {
+			if err := w.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return w.Flush()
+}
+
+// runTokenCommand runs cmd with the shell and returns its trimmed output.
+// The token is never logged; the command's stderr passes through.
+func runTokenCommand(ctx context.Context, cmd string) (string, error) {
+	c := exec.CommandContext(ctx, "/bin/sh", "-c", cmd)
+	c.Stderr = os.Stderr
+	out, err := c.Output()
+	if err != nil {
+		return "", fmt.Errorf("--token-command: %w", err)
+	}
+	tok := strings.TrimSpace(string(out))
+	if tok == "" {
+		return "", errors.New("--token-command printed no token")
+	}
+	return tok, nil
+}

@@ -1,0 +1,12 @@
+package keysync
+
+// decodeBase64 decodes the strict, unpadded base64url src into dst, which
+// must hold b64.DecodedLen(len(src)) bytes, and returns the number of bytes
+// written. It accepts exactly what b64.Decode accepts and writes the same
+// bytes; on amd64 with AVX2 it decodes 32 characters per step first (see
+// base64_amd64.s), which makes Open about twice as fast.
+func decodeBase64(dst []byte, src string) (int, error) {
+	i, n := decodeBase64Fast(dst, src)
+	m, err := b64.Decode(dst[n:], []byte(src[i:]))
+	return n + m, err
+}

@@ -1,0 +1,74 @@
+package keysync
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	mrand "math/rand/v2"
+	"testing"
+)
+
+// checkBase64 checks decodeBase64 against encoding/base64 on src.
+func checkBase64(t *testing.T, src string) {
+	t.Helper()
+	n := b64.DecodedLen(len(src))
+	want := make([]byte, n)
+	wn, werr := b64.Decode(want, []byte(src))
+	got := make([]byte, n)
+	gn, gerr := decodeBase64(got, src)
+	if (werr == nil) != (gerr == nil) {
+		t.Fatalf("decodeBase64(%q): err %v, encoding/base64 says %v", src, gerr, werr)
+	}
+	if werr == nil && (gn != wn || !bytes.Equal(got[:gn], want[:wn])) {
+		t.Fatalf("decodeBase64(%q) = %x, want %x", src, got[:gn], want[:wn])
+	}
+}
+
+func TestDecodeBase64(t *testing.T) {
+	for size := range 300 {
+		b := make([]byte, size)
+		rand.Read(b)
+		src := base64.RawURLEncoding.EncodeToString(b)
+		checkBase64(t, src)
+		// Every single-byte corruption at every position, for a few
+		// interesting bytes, must be caught exactly as encoding/base64 does.
+		if size == 0 {
+			continue
+		}
+		for _, c := range []byte{'+', '/', '=', '\n', '\r', 0, 0x80, 0xff, '@', '[', '`', '{', ':', '.', ' ', 'A', '_', '-'} {
+			i := mrand.IntN(len(src))
+			s := []byte(src)
+			s[i] = c
+			checkBase64(t, string(s))
+		}
+	}
+	// Every byte value in every position of a 32-byte block.
+	base := base64.RawURLEncoding.EncodeToString(make([]byte, 48)) // 64 chars
+	for i := range 64 {
+		for c := range 256 {
+			s := []byte(base)
+			s[i] = byte(c)
+			checkBase64(t, string(s))
+		}
+	}
+}
+
+func FuzzDecodeBase64(f *testing.F) {
+	f.Add("")
+	f.Add("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+	f.Add("_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_")
+	f.Add("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+	f.Fuzz(func(t *testing.T, src string) {
+		checkBase64(t, src)
+	})
+}
+
+func TestDecodeBase64FastPath(t *testing.T) {
+	src := base64.RawURLEncoding.EncodeToString(make([]byte, 1024))
+	dst := make([]byte, b64.DecodedLen(len(src)))
+	i, n := decodeBase64Fast(dst, src)
+	t.Logf("fast path consumed %d of %d characters, wrote %d bytes", i, len(src), n)
+	if i%32 != 0 || n != i/4*3 || i > len(src) {
+		t.Fatalf("decodeBase64Fast consumed %d, wrote %d", i, n)
+	}
+}

@@ -1,0 +1,57 @@
+// Package keysync encrypts the sensitive columns of a shape end to end, and
+// shares the keys among a tenant's members through a synced shape.
+//
+// Postgres, Electric, CDNs and the proxy only ever see ciphertext. A tenant's
+// data is sealed with the tenant's [Keyset]; the keyset travels to each member
+// device wrapped with age (see [Wrap]), and to writers envelope-encrypted
+// under a key-encryption key (see [KEK] and [EncryptKeyset]).
+//
+// # Cells
+//
+// An encrypted column holds text of the form
+//
+//	ss1:<base64url, no padding, of a Tink AEAD ciphertext>
+//
+// The Tink ciphertext begins with a 5-byte prefix, 0x01 followed by the
+// big-endian id of the key that sealed it, so a keyset that has been rotated
+// still knows which key to use, and a reader can tell "I do not hold that key"
+// ([ErrNoKey]) from "this cell was tampered with or moved" ([ErrAuth]).
+//
+// Every cell is bound to its place by the AEAD's associated data: the table,
+// the column, the tenant and, unless the [TableSpec] says otherwise, the row's
+// key. A ciphertext copied into another row, column or tenant fails to open.
+// docs/cell-format.md specifies the format byte by byte for other languages,
+// and testdata/vectors holds test vectors.
+//
+//	cell, err := keysync.Seal(ks, keysync.CellContext{
+//		Table:  "public.items",
+//		Column: "title",
+//		Tenant: "acme",
+//		RowKey: []string{"6f1c…"},
+//	}, []byte("quarterly numbers"))
+//
+// NULL is not encrypted: a NULL stays NULL, so whether a value is present is
+// visible to the database. The length of a value is visible too (a cell is
+// 33 bytes longer than its plaintext before base64).
+//
+// # Keys
+//
+// A [Keyset] belongs to one tenant and has a generation that grows by one with
+// every change. [Keyset.Rotate] adds a key and makes it primary; older keys keep
+// opening the cells they sealed until they are retired ([Keyset.Retire]) after
+// those cells have been re-encrypted. Keysets are immutable values, safe for
+// concurrent use.
+//
+// Devices hold age identities, post-quantum hybrid by default
+// ([GenerateIdentity]); X25519 identities are accepted. [Wrap] seals a keyset
+// to a device's recipient in a payload that names the tenant and generation,
+// and [Unwrap] refuses a payload for another tenant ([ErrTenantMismatch]), so a
+// database that swaps wrapped keys between tenants gains nothing.
+//
+// # Errors
+//
+// Errors from [Open] are of type [*OpenError] and wrap one of [ErrNotEncrypted],
+// [ErrMalformedCell], [ErrNoKey], [ErrAuth] or [ErrTenantMismatch]; use
+// [errors.Is] to branch and [errors.As] to get the key id and place. No error
+// ever contains key material or plaintext.
+package keysync

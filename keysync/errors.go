@@ -1,0 +1,156 @@
+package keysync
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Functions wrap them with context (see [OpenError],
+// [TenantMismatchError]); compare with [errors.Is].
+var (
+	// ErrNotEncrypted means a value in an encrypted column is not a cell: it
+	// lacks the "ss1:" prefix. It is never treated as plaintext.
+	ErrNotEncrypted = errors.New("keysync: value is not an encrypted cell")
+
+	// ErrMalformedCell means a value starts like a cell but cannot be one:
+	// bad base64, too short, an unknown version or ciphertext prefix.
+	ErrMalformedCell = errors.New("keysync: malformed cell")
+
+	// ErrNoKey means the cell names a key the keyset does not hold: it was
+	// sealed under a newer generation (a rotation still in flight), or under
+	// a key that has been retired, or for another tenant.
+	ErrNoKey = errors.New("keysync: no key for cell")
+
+	// ErrAuth means the keyset holds the key the cell names, but the cell did
+	// not authenticate: a byte was changed, or the cell was moved to another
+	// row, column, table or tenant.
+	ErrAuth = errors.New("keysync: cell authentication failed (tampered or moved)")
+
+	// ErrTenantMismatch means a keyset or payload belongs to another tenant
+	// than the one it is used for.
+	ErrTenantMismatch = errors.New("keysync: tenant mismatch")
+
+	// ErrInvalidContext means a [CellContext] or [TableSpec] cannot be
+	// encoded: an empty name, a NUL byte, or a missing row key.
+	ErrInvalidContext = errors.New("keysync: invalid cell context")
+
+	// ErrMalformedPayload means a wrapped keyset decrypted, but its content
+	// is not a valid shapeseal keyset payload.
+	ErrMalformedPayload = errors.New("keysync: malformed wrapped keyset")
+
+	// ErrWrongIdentity means none of the given age identities can unwrap a
+	// payload: the payload was wrapped for another device. The error also
+	// matches *age.NoIdentityMatchError with errors.As when age reported it.
+	ErrWrongIdentity = errors.New("keysync: identity cannot unwrap this keyset")
+
+	// ErrInsecureFile means a secret file (an identity or a local KEK) can
+	// be read or written by the group or others.
+	ErrInsecureFile = errors.New("keysync: secret file is accessible by group or others")
+
+	// ErrInvalidKeyset means a keyset does not have the shape a tenant
+	// keyset must have (AES-256-GCM keys with Tink output prefixes, one
+	// enabled primary).
+	ErrInvalidKeyset = errors.New("keysync: invalid tenant keyset")
+
+	// ErrGenerationExists means a keyset row for that tenant and generation
+	// is already stored: another writer changed the keyset concurrently.
+	ErrGenerationExists = errors.New("keysync: keyset generation already stored")
+
+	// ErrKeysetNotFound means no keyset row is stored for a tenant.
+	ErrKeysetNotFound = errors.New("keysync: no keyset stored for tenant")
+)
+
+// OpenError is the error [Open] returns. It tells where the cell was and,
+// once the cell's prefix has been parsed, which key it names. It never holds
+// the cell's content or the row key.
+type OpenError struct {
+	Table  string // schema.table
+	Column string
+	Tenant string
+
+	// KeyID is the key named by the cell's prefix; valid when HasKeyID.
+	KeyID    uint32
+	HasKeyID bool
+
+	// Generation is the generation of the keyset that was tried.
+	Generation uint64
+
+	// Err is ErrNotEncrypted, ErrMalformedCell, ErrNoKey, ErrAuth or
+	// ErrTenantMismatch, possibly wrapped with a detail.
+	Err error
+}
+
+func (e *OpenError) Error() string {
+	s := fmt.Sprintf("keysync: open %s.%s (tenant %q", e.Table, e.Column, e.Tenant)
+	if e.HasKeyID {
+		s += fmt.Sprintf(", key %#08x", e.KeyID)
+	}
+	if e.Generation != 0 {
+		s += fmt.Sprintf(", keyset generation %d", e.Generation)
+	}
+	return s + "): " + trimPrefix(e.Err.Error())
+}
+
+func (e *OpenError) Unwrap() error { return e.Err }
+
+// TenantMismatchError reports a keyset or wrapped payload for another tenant.
+// It wraps [ErrTenantMismatch].
+type TenantMismatchError struct {
+	Want string // the tenant the caller asked for
+	Got  string // the tenant the keyset or payload belongs to
+}
+
+func (e *TenantMismatchError) Error() string {
+	return fmt.Sprintf("keysync: tenant mismatch: want %q, keyset belongs to %q", e.Want, e.Got)
+}
+
+func (e *TenantMismatchError) Unwrap() error { return ErrTenantMismatch }
+
+// FilePermissionError reports a secret file whose permissions let the group
+// or others in. It wraps [ErrInsecureFile].
+type FilePermissionError struct {
+	Path string
+	Mode uint32 // the file's permission bits
+}
+
+func (e *FilePermissionError) Error() string {
+	return fmt.Sprintf("keysync: %s has mode %#o; secret files must not be accessible by group or others (chmod 600)", e.Path, e.Mode)
+}
+
+func (e *FilePermissionError) Unwrap() error { return ErrInsecureFile }
+
+// KEKError reports a failure to encrypt or decrypt a keyset with a KEK.
+type KEKError struct {
+	URI        string // the KEK's URI
+	Tenant     string
+	Generation uint64
+	Err        error
+}
+
+func (e *KEKError) Error() string {
+	return fmt.Sprintf("keysync: keyset of tenant %q generation %d with KEK %s: %v", e.Tenant, e.Generation, e.URI, e.Err)
+}
+
+func (e *KEKError) Unwrap() error { return e.Err }
+
+// detail wraps a sentinel with a detail message: errors.Is still matches the
+// sentinel.
+func detail(sentinel error, format string, args ...any) error {
+	return &detailError{sentinel, fmt.Sprintf(format, args...)}
+}
+
+type detailError struct {
+	sentinel error
+	msg      string
+}
+
+func (e *detailError) Error() string { return e.sentinel.Error() + ": " + e.msg }
+func (e *detailError) Unwrap() error { return e.sentinel }
+
+func trimPrefix(s string) string {
+	const p = "keysync: "
+	if len(s) >= len(p) && s[:len(p)] == p {
+		return s[len(p):]
+	}
+	return s
+}

@@ -1,0 +1,241 @@
+package keysync
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+)
+
+func TestWrapUnwrap(t *testing.T) {
+	hybrid, err := GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x25519, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := newTestKeyset(t, "acme")
+	ks, _ = ks.Rotate()
+	cell := mustSeal(t, ks, testContext, "shared")
+
+	for name, id := range map[string]age.Identity{"hybrid": hybrid, "x25519": x25519} {
+		t.Run(name, func(t *testing.T) {
+			rs, _ := RecipientOf(id)
+			r, err := ParseRecipient(rs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wrapped, err := Wrap(ks, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := Unwrap(id, wrapped, "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Tenant() != "acme" || got.Generation() != 2 || got.PrimaryKeyID() != ks.PrimaryKeyID() || len(got.KeyIDs()) != 2 {
+				t.Fatalf("unwrapped %v, want %v", got, ks)
+			}
+			if pt, err := Open(got, testContext, cell); err != nil || string(pt) != "shared" {
+				t.Fatalf("Open with unwrapped keyset: %q, %v", pt, err)
+			}
+		})
+	}
+}
+
+func TestWrapRecipientKinds(t *testing.T) {
+	hybrid, _ := GenerateIdentity()
+	if r, _ := RecipientOf(hybrid); !strings.HasPrefix(r, "age1pq1") {
+		t.Fatalf("default identity's recipient %.12s… is not post-quantum", r)
+	}
+	x, _ := age.GenerateX25519Identity()
+	ks := newTestKeyset(t, "acme")
+	// age refuses to mix post-quantum and classic recipients in one file.
+	if _, err := Wrap(ks, hybrid.Recipient(), x.Recipient()); err == nil {
+		t.Fatal("Wrap mixed hybrid and X25519 recipients")
+	}
+	if _, err := Wrap(ks); err == nil {
+		t.Fatal("Wrap with no recipients")
+	}
+	// Two devices of the same kind in one payload is allowed.
+	h2, _ := GenerateIdentity()
+	wrapped, err := Wrap(ks, hybrid.Recipient(), h2.Recipient())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []age.Identity{hybrid, h2} {
+		if _, err := Unwrap(id, wrapped, "acme"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []string{"", "ssh-ed25519 AAAA", "AGE-SECRET-KEY-1XYZ", "age1notvalid"} {
+		if _, err := ParseRecipient(s); err == nil {
+			t.Errorf("ParseRecipient(%q) succeeded", s)
+		}
+	}
+}
+
+func TestUnwrapErrors(t *testing.T) {
+	id, _ := GenerateIdentity()
+	other, _ := GenerateIdentity()
+	ks := newTestKeyset(t, "acme")
+	wrapped, err := Wrap(ks, id.Recipient())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("wrong identity", func(t *testing.T) {
+		_, err := Unwrap(other, wrapped, "acme")
+		if !errors.Is(err, ErrWrongIdentity) {
+			t.Fatalf("err = %v, want ErrWrongIdentity", err)
+		}
+		if _, ok := errors.AsType[*age.NoIdentityMatchError](err); !ok {
+			t.Fatalf("err = %v does not hold *age.NoIdentityMatchError", err)
+		}
+	})
+	t.Run("payload for another tenant", func(t *testing.T) {
+		_, err := Unwrap(id, wrapped, "globex")
+		tm, ok := errors.AsType[*TenantMismatchError](err)
+		if !ok || !errors.Is(err, ErrTenantMismatch) || tm.Want != "globex" || tm.Got != "acme" {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("tampered", func(t *testing.T) {
+		b := bytes.Clone(wrapped)
+		b[len(b)-1] ^= 1
+		if _, err := Unwrap(id, b, "acme"); !errors.Is(err, ErrMalformedPayload) {
+			t.Fatalf("err = %v, want ErrMalformedPayload", err)
+		}
+	})
+	t.Run("not age", func(t *testing.T) {
+		if _, err := Unwrap(id, []byte("hello"), "acme"); !errors.Is(err, ErrMalformedPayload) {
+			t.Fatalf("err = %v, want ErrMalformedPayload", err)
+		}
+	})
+	t.Run("age but not a payload", func(t *testing.T) {
+		var buf bytes.Buffer
+		w, _ := age.Encrypt(&buf, id.Recipient())
+		w.Write([]byte("shapeseal/keyset/v1\nnot really"))
+		w.Close()
+		if _, err := Unwrap(id, buf.Bytes(), "acme"); !errors.Is(err, ErrMalformedPayload) {
+			t.Fatalf("err = %v, want ErrMalformedPayload", err)
+		}
+	})
+	t.Run("payload with a bad keyset", func(t *testing.T) {
+		var buf bytes.Buffer
+		w, _ := age.Encrypt(&buf, id.Recipient())
+		w.Write((&payload{tenant: "acme", generation: 1, keyset: []byte("garbage")}).marshal())
+		w.Close()
+		if _, err := Unwrap(id, buf.Bytes(), "acme"); !errors.Is(err, ErrInvalidKeyset) {
+			t.Fatalf("err = %v, want ErrInvalidKeyset", err)
+		}
+	})
+}
+
+func TestParsePayload(t *testing.T) {
+	good := (&payload{tenant: "acme", generation: 3, keyset: []byte("ks")}).marshal()
+	p, err := parsePayload(good)
+	if err != nil || p.tenant != "acme" || p.generation != 3 || string(p.keyset) != "ks" {
+		t.Fatalf("parsePayload = %+v, %v", p, err)
+	}
+	bad := map[string][]byte{
+		"empty":          nil,
+		"bad magic":      append([]byte("shapeseal/keyset/v2\n"), good[len(payloadMagic):]...),
+		"truncated":      good[:len(good)-1],
+		"trailing":       append(bytes.Clone(good), 'x'),
+		"generation 0":   (&payload{tenant: "acme", generation: 0, keyset: []byte("ks")}).marshal(),
+		"empty tenant":   (&payload{tenant: "", generation: 1, keyset: []byte("ks")}).marshal(),
+		"NUL in tenant":  (&payload{tenant: "a\x00b", generation: 1, keyset: []byte("ks")}).marshal(),
+		"tenant too big": append(append([]byte(payloadMagic), 0xff, 0xff), "short"...),
+	}
+	for name, b := range bad {
+		if _, err := parsePayload(b); !errors.Is(err, ErrMalformedPayload) {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+}
+
+func TestIdentityFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "device.key")
+	id, _ := GenerateIdentity()
+	if err := WriteIdentityFile(path, id); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("identity file mode %o, want 600", fi.Mode().Perm())
+	}
+	if err := WriteIdentityFile(path, id); err == nil {
+		t.Fatal("WriteIdentityFile overwrote an existing file")
+	}
+	b, _ := os.ReadFile(path)
+	if r, _ := RecipientOf(id); !bytes.Contains(b, []byte("# public key: "+r)) {
+		t.Fatal("identity file lacks its public key comment")
+	}
+
+	got, err := LoadIdentityFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The loaded identity unwraps what was wrapped to the original.
+	ks := newTestKeyset(t, "acme")
+	wrapped, _ := Wrap(ks, id.Recipient())
+	if _, err := Unwrap(got, wrapped, "acme"); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o660, 0o644, 0o610} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadIdentityFile(path)
+		pe, ok := errors.AsType[*FilePermissionError](err)
+		if !ok || !errors.Is(err, ErrInsecureFile) || pe.Mode != uint32(mode) {
+			t.Errorf("mode %o: err = %v, want *FilePermissionError", mode, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "AGE-SECRET-KEY") {
+			t.Fatal("error contains the secret key")
+		}
+	}
+	os.Chmod(path, 0o400)
+	if _, err := LoadIdentityFile(path); err != nil {
+		t.Errorf("mode 400: %v", err)
+	}
+
+	// X25519 identities are accepted too.
+	xpath := filepath.Join(dir, "x25519.key")
+	x, _ := age.GenerateX25519Identity()
+	if err := WriteIdentityFile(xpath, x); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := LoadIdentityFile(xpath); err != nil {
+		t.Fatal(err)
+	} else if _, ok := got.(*age.X25519Identity); !ok {
+		t.Fatalf("loaded %T", got)
+	}
+
+	// Garbage, and two identities, are refused without echoing the file.
+	gpath := filepath.Join(dir, "garbage.key")
+	os.WriteFile(gpath, []byte("AGE-SECRET-KEY-1NOTAKEY\n"), 0o600)
+	if _, err := LoadIdentityFile(gpath); err == nil || strings.Contains(err.Error(), "NOTAKEY") {
+		t.Fatalf("garbage identity: %v", err)
+	}
+	two := filepath.Join(dir, "two.key")
+	os.WriteFile(two, []byte(id.String()+"\n"+x.String()+"\n"), 0o600)
+	if _, err := LoadIdentityFile(two); err == nil {
+		t.Fatal("loaded a file with two identities")
+	}
+	if _, err := LoadIdentityFile(filepath.Join(dir, "absent")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("absent file: %v", err)
+	}
+}
