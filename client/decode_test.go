@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -312,7 +313,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 
 func mustRead(tb testing.TB, name string) []byte {
 	tb.Helper()
-	b, err := readFile(name)
+	b, err := os.ReadFile(name)
 	if err != nil {
 		tb.Fatal(err)
 	}

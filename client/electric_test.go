@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -419,13 +418,15 @@ type authProxy struct {
 
 	mu      sync.Mutex
 	valid   map[string]bool
+	used    map[string]bool // token prefixes accepted since their last expiry
+	tokLog  []string
 	minted  int
 	refused int
 	log     []string // "status offset handle" per shape request
 }
 
 func newAuthProxy(next http.Handler) *authProxy {
-	return &authProxy{next: next, valid: map[string]bool{}}
+	return &authProxy{next: next, valid: map[string]bool{}, used: map[string]bool{}}
 }
 
 func (p *authProxy) mint(ctx context.Context) (string, error) { return p.mintFor("tok")(ctx) }
@@ -444,6 +445,18 @@ func (p *authProxy) mintFor(prefix string) func(context.Context) (string, error)
 
 func (p *authProxy) expireAll() { p.expire("") }
 
+// expireIfUsed expires the tokens of prefix if one of them was accepted
+// since the last expiry: a token is never refused before its first use
+// (which would be an AuthError by design).
+func (p *authProxy) expireIfUsed(prefix string) {
+	p.mu.Lock()
+	used := p.used[prefix]
+	p.mu.Unlock()
+	if used {
+		p.expire(prefix)
+	}
+}
+
 func (p *authProxy) expire(prefix string) {
 	p.mu.Lock()
 	for tok := range p.valid {
@@ -451,6 +464,11 @@ func (p *authProxy) expire(prefix string) {
 			delete(p.valid, tok)
 		}
 	}
+	if prefix == "" {
+		clear(p.used)
+	}
+	delete(p.used, prefix)
+	p.tokLog = append(p.tokLog, "EXPIRE "+prefix)
 	p.mu.Unlock()
 }
 
@@ -463,8 +481,11 @@ func (p *authProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !okTok {
 		p.refused++
 		status = "401"
+	} else if i := strings.LastIndex(tok, "-"); i > 0 {
+		p.used[tok[:i]] = true
 	}
 	p.log = append(p.log, status+" "+q.Get("offset")+" "+q.Get("handle"))
+	p.tokLog = append(p.tokLog, status+" "+tok+" "+q.Get("table")+" "+q.Get("offset"))
 	p.mu.Unlock()
 	if !okTok {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
@@ -664,5 +685,3 @@ func waitGoroutines(t *testing.T, base int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-var _ = io.EOF

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -347,5 +348,80 @@ func TestContextCancelDuringBackoff(t *testing.T) {
 	_, err := s.Next(ctx)
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > time.Second {
 		t.Fatalf("err = %v after %v", err, time.Since(start))
+	}
+}
+
+// A context per call, cancelled as soon as Next returns, must not abort
+// the response being read: the second message comes from the same request.
+func TestContextPerCall(t *testing.T) {
+	sc, u := startScripted(t, ok("h", "0_inf", "["+row1+","+row2+","+utd+"]"))
+	s, _ := New(Options{URL: u})
+	var got []Message
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m, err := s.Next(ctx)
+		cancel()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m)
+	}
+	if keysOf(got) != "12U" || len(sc.requests()) != 1 {
+		t.Errorf("messages %s with %d requests", keysOf(got), len(sc.requests()))
+	}
+}
+
+// A server (or cache) that keeps answering the same chunk without moving
+// the offset is not hammered forever.
+func TestFastLoopGuard(t *testing.T) {
+	var resp []fakeResp
+	resp = append(resp, ok("h", "0_0", "["+row1+"]"))
+	for range 40 {
+		resp = append(resp, ok("h", "0_0", "[]"))
+	}
+	sc, u := startScripted(t, resp...)
+	s, _ := New(Options{URL: u, Backoff: fastBackoff()})
+	_, err := collect(t, s)
+	if err == nil || !strings.Contains(err.Error(), "without progress") {
+		t.Fatalf("err = %v", err)
+	}
+	reqs := sc.requests()
+	if n := len(reqs); n != 26 {
+		t.Errorf("%d requests, want 26 (1 + 5 detections of 5)", n)
+	}
+	if reqs[6].Get("cache-buster") == "" {
+		t.Errorf("no cache-buster after a detection: %v", reqs[6])
+	}
+}
+
+// A refreshed token that gets past authentication (here: a 503 after it)
+// may be refreshed again on a later 401; only a 401 answering the very
+// request after a refresh is an AuthError. (Found by the property test.)
+func TestRefreshAgainAfterTokenWasAccepted(t *testing.T) {
+	sc, u := startScripted(t,
+		fakeResp{status: 401},
+		fakeResp{status: 503},
+		fakeResp{status: 401},
+		ok("h", "0_inf", "["+row1+","+utd+"]"),
+	)
+	n := 0
+	ts := NewSharedTokenSource(func(context.Context) (string, error) { n++; return "t" + strconv.Itoa(n), nil })
+	s, _ := New(Options{URL: u, TokenSource: ts, Backoff: fastBackoff()})
+	ms, err := collect(t, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keysOf(ms) != "1U" || n != 3 {
+		t.Errorf("messages %s, %d tokens", keysOf(ms), n)
+	}
+	var auth []string
+	for _, h := range sc.hdrs {
+		auth = append(auth, h.Get("Authorization"))
+	}
+	if strings.Join(auth, ",") != "Bearer t1,Bearer t2,Bearer t2,Bearer t3" {
+		t.Errorf("Authorization headers %v", auth)
 	}
 }

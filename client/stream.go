@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -56,6 +57,8 @@ type ShapeStream struct {
 
 	watchDone <-chan struct{} // Done channel that abort is registered on
 	stopWatch func() bool
+	aborted   atomic.Bool // abort cancelled the request in flight
+	inNext    atomic.Bool // Next is running
 
 	expiredHandle string // handle a 409 declared expired
 	cacheBuster   string // one-shot cache-buster for the next request
@@ -63,6 +66,9 @@ type ShapeStream struct {
 	refreshed     bool // the token was refreshed since the last success
 	recoveries    int  // OnError recoveries since the last success
 	retries       int  // retries since the last success
+	stuck         int  // responses in a row that did not move the offset
+	stuckSince    time.Time
+	loops         int // fast loops detected
 }
 
 // response is a response body being read.
@@ -220,6 +226,10 @@ func (s *ShapeStream) Close() error {
 // has delivered its up-to-date message, ctx.Err() when ctx ends (the stream
 // can be read again with another context), and otherwise an error that ends
 // the stream: later calls return it again.
+//
+// Between two calls the response being read stays open; Close releases it
+// (Messages does so when its loop ends). A stream is not safe for
+// concurrent calls of Next.
 func (s *ShapeStream) Next(ctx context.Context) (Message, error) {
 	if s.closed {
 		return Message{}, ErrClosed
@@ -227,6 +237,8 @@ func (s *ShapeStream) Next(ctx context.Context) (Message, error) {
 	if s.err != nil {
 		return Message{}, s.err
 	}
+	s.inNext.Store(true)
+	defer s.inNext.Store(false)
 	s.watch(ctx)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -286,12 +298,19 @@ func (s *ShapeStream) unwatch() {
 	s.stopWatch, s.watchDone = nil, nil
 }
 
-// abort cancels the request in flight (called when Next's context ends).
+// abort cancels the request in flight when the context of a running Next
+// ends. Between calls it does nothing: with a context per call
+// (ctx, cancel := context.WithTimeout(...); s.Next(ctx); cancel()), the
+// response being read must survive to the next call.
 func (s *ShapeStream) abort() {
+	if !s.inNext.Load() {
+		return
+	}
 	s.mu.Lock()
 	c := s.cancel
 	s.mu.Unlock()
 	if c != nil {
+		s.aborted.Store(true)
 		c()
 	}
 }
@@ -331,6 +350,11 @@ func (s *ShapeStream) handleError(ctx context.Context, err error) error {
 		return cerr
 	}
 	if errors.Is(err, errRetryNow) {
+		return nil
+	}
+	if s.aborted.Swap(false) {
+		// A context of an earlier Next ended while a response was open:
+		// not a failure of the server, re-request at once.
 		return nil
 	}
 	if re, ok := errors.AsType[*retryable](err); ok {
@@ -472,6 +496,7 @@ func (s *ShapeStream) request(ctx context.Context) error {
 	s.mu.Lock()
 	s.cancel = cancel
 	s.mu.Unlock()
+	s.aborted.Store(false)
 	if ctx.Err() != nil { // ended before s.cancel was visible to abort
 		cancel()
 	}
@@ -492,6 +517,11 @@ func (s *ShapeStream) request(ctx context.Context) error {
 		return &retryable{err: fmt.Errorf("client: GET %s: %w", redacted, unwrapURLError(err))}
 	}
 	s.log.Debug("shape response", "url", redacted, "status", resp.StatusCode, "elapsed", time.Since(start))
+	if resp.StatusCode != http.StatusUnauthorized {
+		// The token got past authentication: a later 401 may refresh
+		// again (even if this response fails for other reasons).
+		s.refreshed = false
+	}
 
 	switch {
 	case resp.StatusCode == http.StatusOK:
@@ -647,7 +677,7 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 		if err == io.EOF {
 			s.commit(r)
 			s.finish(r)
-			return Message{}, false, nil
+			return Message{}, false, s.checkProgress(r)
 		}
 		if err != nil {
 			if _, ok := errors.AsType[*ParseError](err); ok {
@@ -661,6 +691,7 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 		}
 		if m.IsUpToDate() {
 			s.commit(r)
+			s.stuck, s.loops = 0, 0
 			s.mu.Lock()
 			s.upToDate = true
 			s.mu.Unlock()
@@ -689,7 +720,7 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 			// Delivered by an interrupted attempt. Make sure the log
 			// replays identically; if a change lies beyond what was
 			// delivered, stop skipping rather than lose it.
-			if p, ok := m.position(); !(ok && r.hasPos && p.after(r.skipPos)) {
+			if p, ok := m.position(); !ok || r.hasPos && !p.after(r.skipPos) {
 				continue
 			}
 			r.skip = 0
@@ -702,6 +733,34 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 		}
 		return m, true, nil
 	}
+}
+
+// checkProgress guards against a fast loop: responses that end without
+// up-to-date and leave the offset where it was (a cache replaying one
+// chunk, a broken server). Five such responses within 500 ms are retried
+// after a backoff with a cache-buster; the fifth such detection stops the
+// stream.
+func (s *ShapeStream) checkProgress(r *response) error {
+	if r.offset != r.reqOffset {
+		s.stuck = 0
+		return nil
+	}
+	now := time.Now()
+	if s.stuck == 0 || now.Sub(s.stuckSince) > 500*time.Millisecond {
+		s.stuck, s.stuckSince = 0, now
+	}
+	s.stuck++
+	if s.stuck < 5 {
+		return nil
+	}
+	s.stuck = 0
+	s.loops++
+	err := fmt.Errorf("client: %s answers offset %s again and again without progress", r.url, r.reqOffset)
+	if s.loops >= 5 {
+		return err
+	}
+	s.cacheBuster = newCacheBuster()
+	return &retryable{err: err}
 }
 
 // transform applies Options.Transform (kept apart so that m does not

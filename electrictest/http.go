@@ -381,7 +381,7 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 	case req.offset.IsBeforeAll() && !req.now:
 		h.Set("cache-control", "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746")
 	case req.live && req.sse:
-		h.Set("cache-control", "public, max-age=59")
+		h.Set("cache-control", "public, max-age="+strconv.Itoa(max(1, int(s.opts.SSETimeout/time.Second)-1)))
 	case req.live:
 		h.Set("cache-control", "public, max-age=5, stale-while-revalidate=5")
 	default:
@@ -541,7 +541,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, sh *shape, off
 	defer end.Stop()
 	keepAlive := time.NewTicker(s.opts.SSEKeepAlive)
 	defer keepAlive.Stop()
-	for {
+	for immediate := true; ; immediate = false {
 		entries, atEnd, _, notify, gone := sh.read(off, s.opts.ChunkBytes)
 		if gone {
 			return // the reconnect gets the 409
@@ -563,6 +563,9 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, sh *shape, off
 				return
 			}
 			flush()
+			if immediate {
+				return // data was there already: Electric sends it and ends the response
+			}
 			keepAlive.Reset(s.opts.SSEKeepAlive)
 			continue
 		}

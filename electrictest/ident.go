@@ -45,10 +45,23 @@ func ParseRelation(s string) (Relation, error) {
 
 // ParseColumns parses a comma-separated column list (the columns parameter).
 func ParseColumns(s string) ([]string, error) {
-	parts, err := splitOutsideQuotes(s, ',')
-	if err != nil {
-		return nil, err
+	// As Electric's parse_columns_param: split at the commas followed by an
+	// even number of double quotes (which differs from scanning from the
+	// start only when the quotes are unbalanced).
+	var parts []string
+	start, quotes := 0, strings.Count(s, `"`)
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '"':
+			quotes--
+		case ',':
+			if quotes%2 == 0 {
+				parts = append(parts, s[start:i])
+				start = i + 1
+			}
+		}
 	}
+	parts = append(parts, s[start:])
 	cols := make([]string, 0, len(parts))
 	for _, p := range parts {
 		c, err := parseIdent(p)
@@ -92,7 +105,7 @@ func parseIdent(s string) (string, error) {
 					i++
 					continue
 				}
-				return "", fmt.Errorf("Invalid identifier with unescaped quote: %s", s)
+				return "", fmt.Errorf("Invalid identifier with unescaped quote: %s", inner)
 			}
 			b.WriteByte(inner[i])
 		}

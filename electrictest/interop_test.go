@@ -216,19 +216,44 @@ func TestInteropDevserver(t *testing.T) {
 		INSERT INTO items SELECT i, 'item ' || i, i * 1000, i % 2 = 0 FROM generate_series(1, 50) i`)
 	bin := interopBuildShapeseal(t)
 	dev := startDevserver(t, bin, db)
-	var psql func(sql string) error
+	var psql func(sql string) (time.Time, error)
 	if p := interopPsql(); p != "" {
 		t.Logf("writes go through %s", p)
-		psql = func(sql string) error {
+		psql = func(sql string) (time.Time, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, p, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql)
+			// Before the transaction, psql prints the server's clock: the
+			// latency is measured from there, whatever psql's own start
+			// and exit cost (a slight overestimate: it includes running
+			// the statements).
+			cmd := exec.CommandContext(ctx, p, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db,
+				"-c", "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8", "-c", sql)
 			cmd.Env = append(os.Environ(), "PGOPTIONS=-c synchronous_commit=on") // see newInteropEnv
-			out, err := cmd.CombinedOutput()
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			start := time.Now()
+			out, err := cmd.Output()
+			end := time.Now()
 			if err != nil {
-				return fmt.Errorf("psql: %v\n%s", err, out)
+				return time.Time{}, fmt.Errorf("psql: %v\n%s%s", err, out, stderr.Bytes())
 			}
-			return nil
+			fields := strings.Fields(string(out))
+			var us int64
+			if len(fields) > 0 {
+				us, err = strconv.ParseInt(fields[0], 10, 64)
+			}
+			if len(fields) == 0 || err != nil {
+				return time.Time{}, fmt.Errorf("psql printed %q, want the server's clock first", out)
+			}
+			// Were the server's clock not this machine's, stay within
+			// what psql's run allows.
+			at := time.UnixMicro(us)
+			if at.Before(start) {
+				at = start
+			} else if at.After(end) {
+				at = end
+			}
+			return at, nil
 		}
 	} else {
 		t.Logf("psql not found: writes go through pgx")
@@ -258,8 +283,8 @@ type interopEnv struct {
 	t          *testing.T
 	db         string
 	conn       *pgx.Conn
-	filter     string                 // SQL filter of the expected rows, "" for all
-	write      func(sql string) error // nil: pgx
+	filter     string                                            // SQL filter of the expected rows, "" for all
+	write      func(sql string) (committed time.Time, err error) // nil: pgx
 	f          *interopFollower
 	serverLogs *interopTail
 	latencies  []time.Duration
@@ -267,7 +292,7 @@ type interopEnv struct {
 	refetches  int // must-refetch messages seen so far
 }
 
-func newInteropEnv(t *testing.T, db, filter string, write func(string) error) *interopEnv {
+func newInteropEnv(t *testing.T, db, filter string, write func(string) (time.Time, error)) *interopEnv {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, db)
@@ -275,11 +300,11 @@ func newInteropEnv(t *testing.T, db, filter string, write func(string) error) *i
 		t.Fatalf("connect: %v", err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	// pgtest runs Postgres with synchronous_commit=off, for speed: a commit
-	// then reaches the replication stream only when the WAL writer flushes
+	// With synchronous_commit=off (a DATABASE_URL cluster may have it) a
+	// commit reaches the replication stream only when the WAL writer flushes
 	// it, up to wal_writer_delay (200 ms) later. The test's own writes use
-	// Postgres' default, on, so that the latencies measured are the
-	// server's and the client's, not the WAL writer's.
+	// on, so that the latencies measured are the server's and the client's,
+	// not the WAL writer's.
 	if _, err := conn.Exec(ctx, "SET synchronous_commit = on"); err != nil {
 		t.Fatalf("SET synchronous_commit: %v", err)
 	}
@@ -294,19 +319,25 @@ func (e *interopEnv) extraDiag() string {
 	return "--- server log (tail) ---\n" + e.serverLogs.String()
 }
 
-func (e *interopEnv) exec(sql string) {
+// exec commits sql and returns the time latencies count from: with pgx,
+// when Postgres acknowledged the commit; with psql, just before the
+// transaction, by the server's clock (see TestInteropDevserver).
+func (e *interopEnv) exec(sql string) time.Time {
 	e.t.Helper()
 	var err error
+	var committed time.Time
 	if e.write != nil {
-		err = e.write(sql)
+		committed, err = e.write(sql)
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		_, err = e.conn.Exec(ctx, sql)
 		cancel()
+		committed = time.Now()
 	}
 	if err != nil {
 		e.f.fatalf("commit %q: %v", sql, err)
 	}
+	return committed
 }
 
 // expected renders the table's current rows (those of the shape) as the
@@ -380,15 +411,7 @@ func (e *interopEnv) initial() {
 func (e *interopEnv) step(name, sql string) {
 	e.t.Helper()
 	before := e.f.latest()
-	started := time.Now()
-	e.exec(sql)
-	// With pgx, the commit is acknowledged when Exec returns. psql exits
-	// some time after its commit, so its latency is measured from its
-	// start instead: an overestimate, never an underestimate.
-	committed := time.Now()
-	if e.write != nil {
-		committed = started
-	}
+	committed := e.exec(sql)
 	want := e.expected()
 	if before != nil && before.canon == want {
 		e.t.Fatalf("step %q changes nothing in the shape; the test is wrong", name)
@@ -402,6 +425,10 @@ func (e *interopEnv) step(name, sql string) {
 	e.names = append(e.names, name)
 	if lat > interopMaxLatency {
 		e.t.Errorf("step %q: the change became visible after %v, want ≤ %v", name, lat, interopMaxLatency)
+	}
+	if n := e.f.refetchCount(); n != e.refetches {
+		e.t.Errorf("step %q: the client got %d must-refetch messages; an ordinary change must not rotate the shape", name, n-e.refetches)
+		e.refetches = n
 	}
 	e.t.Logf("step %q: visible after %v", name, lat.Round(100*time.Microsecond))
 }
@@ -925,7 +952,7 @@ func interopSetup(t *testing.T) (node, dir string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=warn")
+	cmd := exec.CommandContext(ctx, npm, "ci", "--omit=optional", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=warn")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "npm_config_update_notifier=false")
 	cmd.WaitDelay = 10 * time.Second

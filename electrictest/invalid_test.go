@@ -113,7 +113,7 @@ func TestInvalidParameters(t *testing.T) {
 		{"table=a.b.c&offset=-1", "table", `["Invalid relation identifier, too many delimiters: a.b.c"]`},
 		{"table=.invalid_shape&offset=-1", "table", `["Invalid zero-length delimited identifier"]`},
 		{"table=%22%22&offset=-1", "table", `["Invalid zero-length delimited identifier"]`},
-		{"table=%22a%22b%22&offset=-1", "table", `["Invalid identifier with unescaped quote: \"a\"b\""]`},
+		{"table=%22a%22b%22&offset=-1", "table", `["Invalid identifier with unescaped quote: a\"b"]`},
 		{"table=foo-bar&offset=-1", "table", `["Invalid unquoted identifier contains special characters: foo-bar"]`},
 		{"table=1abc&offset=-1", "table", `["Invalid unquoted identifier contains special characters: 1abc"]`},
 		{"table=" + long + "&offset=-1", "table", `["Identifier is too long (max length is 63)"]`},

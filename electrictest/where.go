@@ -37,6 +37,9 @@ func checkWhere(w string) (whereCheck, error) {
 	if strings.TrimSpace(w) == "" {
 		return wc, whereErrorf("can't be blank")
 	}
+	if i := strings.IndexByte(w, 0); i >= 0 {
+		return wc, whereErrorf("At location %d: NUL characters are not allowed", i)
+	}
 	depth := 0
 	lastIdent := ""
 	afterDot := false
@@ -48,8 +51,6 @@ func checkWhere(w string) (whereCheck, error) {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
 			lastIdent, afterDot = prevIdent, prevDot
 			i++
-		case c == 0:
-			return wc, whereErrorf("At location %d: NUL characters are not allowed", i)
 		case c == '.':
 			// x.f is also a call of f(x) in Postgres (attribute notation).
 			afterDot = true

@@ -26,3 +26,21 @@ func decodeBase64Fast(dst []byte, src string) (consumed, written int) {
 //
 //go:noescape
 func decodeAVX2(dst []byte, src string) int
+
+// encodeBase64Fast encodes the longest prefix of src made of whole 24-byte
+// blocks that the vector loop can take (it reads 4 bytes past each block, so
+// the last 4 bytes of src are left for the caller), as long as dst has room.
+// It returns the bytes consumed and the characters written.
+func encodeBase64Fast(dst, src []byte) (consumed, written int) {
+	if !useAVX2 || len(src) < 28 {
+		return 0, 0
+	}
+	consumed = encodeAVX2(dst, src)
+	return consumed, consumed / 3 * 4
+}
+
+// encodeAVX2 is encodeBase64Fast's loop. It returns the bytes consumed, a
+// multiple of 24, and writes 4/3 as many characters to dst.
+//
+//go:noescape
+func encodeAVX2(dst, src []byte) int

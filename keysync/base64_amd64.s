@@ -139,3 +139,117 @@ done:
 	VZEROUPPER
 	MOVQ AX, ret+40(FP)
 	RET
+
+// Encoding, after the same paper: each lane takes 12 input bytes (the low
+// lane from src, the high lane from src+12), VPSHUFB spreads every 3 bytes
+// over a dword as b1 b0 b2 b1, multiplies and masks cut the dword into four
+// six-bit indices, and the indices become letters by adding an offset looked
+// up by class (0..25 +65, 26..51 +71, 52..61 -4, 62 '-' -17, 63 '_' +32).
+
+DATA enc_shuf<>+0(SB)/8, $0x0405030401020001
+DATA enc_shuf<>+8(SB)/8, $0x0A0B090A07080607
+DATA enc_shuf<>+16(SB)/8, $0x0405030401020001
+DATA enc_shuf<>+24(SB)/8, $0x0A0B090A07080607
+GLOBL enc_shuf<>(SB), RODATA|NOPTR, $32
+
+DATA enc_mask1<>+0(SB)/8, $0x0FC0FC000FC0FC00
+DATA enc_mask1<>+8(SB)/8, $0x0FC0FC000FC0FC00
+DATA enc_mask1<>+16(SB)/8, $0x0FC0FC000FC0FC00
+DATA enc_mask1<>+24(SB)/8, $0x0FC0FC000FC0FC00
+GLOBL enc_mask1<>(SB), RODATA|NOPTR, $32
+
+DATA enc_mul1<>+0(SB)/8, $0x0400004004000040
+DATA enc_mul1<>+8(SB)/8, $0x0400004004000040
+DATA enc_mul1<>+16(SB)/8, $0x0400004004000040
+DATA enc_mul1<>+24(SB)/8, $0x0400004004000040
+GLOBL enc_mul1<>(SB), RODATA|NOPTR, $32
+
+DATA enc_mask2<>+0(SB)/8, $0x003F03F0003F03F0
+DATA enc_mask2<>+8(SB)/8, $0x003F03F0003F03F0
+DATA enc_mask2<>+16(SB)/8, $0x003F03F0003F03F0
+DATA enc_mask2<>+24(SB)/8, $0x003F03F0003F03F0
+GLOBL enc_mask2<>(SB), RODATA|NOPTR, $32
+
+DATA enc_mul2<>+0(SB)/8, $0x0100001001000010
+DATA enc_mul2<>+8(SB)/8, $0x0100001001000010
+DATA enc_mul2<>+16(SB)/8, $0x0100001001000010
+DATA enc_mul2<>+24(SB)/8, $0x0100001001000010
+GLOBL enc_mul2<>(SB), RODATA|NOPTR, $32
+
+DATA enc_51<>+0(SB)/8, $0x3333333333333333
+DATA enc_51<>+8(SB)/8, $0x3333333333333333
+DATA enc_51<>+16(SB)/8, $0x3333333333333333
+DATA enc_51<>+24(SB)/8, $0x3333333333333333
+GLOBL enc_51<>(SB), RODATA|NOPTR, $32
+
+DATA enc_26<>+0(SB)/8, $0x1A1A1A1A1A1A1A1A
+DATA enc_26<>+8(SB)/8, $0x1A1A1A1A1A1A1A1A
+DATA enc_26<>+16(SB)/8, $0x1A1A1A1A1A1A1A1A
+DATA enc_26<>+24(SB)/8, $0x1A1A1A1A1A1A1A1A
+GLOBL enc_26<>(SB), RODATA|NOPTR, $32
+
+DATA enc_13<>+0(SB)/8, $0x0D0D0D0D0D0D0D0D
+DATA enc_13<>+8(SB)/8, $0x0D0D0D0D0D0D0D0D
+DATA enc_13<>+16(SB)/8, $0x0D0D0D0D0D0D0D0D
+DATA enc_13<>+24(SB)/8, $0x0D0D0D0D0D0D0D0D
+GLOBL enc_13<>(SB), RODATA|NOPTR, $32
+
+DATA enc_lut<>+0(SB)/8, $0xFCFCFCFCFCFCFC47
+DATA enc_lut<>+8(SB)/8, $0x00004120EFFCFCFC
+DATA enc_lut<>+16(SB)/8, $0xFCFCFCFCFCFCFC47
+DATA enc_lut<>+24(SB)/8, $0x00004120EFFCFCFC
+GLOBL enc_lut<>(SB), RODATA|NOPTR, $32
+
+// func encodeAVX2(dst []byte, src []byte) int
+TEXT ·encodeAVX2(SB), NOSPLIT, $0-56
+	MOVQ dst_base+0(FP), DI
+	MOVQ dst_len+8(FP), DX
+	MOVQ src_base+24(FP), SI
+	MOVQ src_len+32(FP), CX
+	XORQ AX, AX
+
+	VMOVDQU enc_shuf<>(SB), Y8
+	VMOVDQU enc_mask1<>(SB), Y9
+	VMOVDQU enc_mul1<>(SB), Y10
+	VMOVDQU enc_mask2<>(SB), Y11
+	VMOVDQU enc_mul2<>(SB), Y12
+	VMOVDQU enc_51<>(SB), Y13
+	VMOVDQU enc_26<>(SB), Y14
+	VMOVDQU enc_13<>(SB), Y7
+	VMOVDQU enc_lut<>(SB), Y15
+
+encloop:
+	CMPQ CX, $28 // the high lane reads 16 bytes from src+12
+	JB   encdone
+	CMPQ DX, $32
+	JB   encdone
+
+	VMOVDQU     (SI), X0
+	VINSERTI128 $1, 12(SI), Y0, Y0
+	VPSHUFB     Y8, Y0, Y0
+
+	VPAND    Y9, Y0, Y1
+	VPMULHUW Y10, Y1, Y1 // a and c
+	VPAND    Y11, Y0, Y2
+	VPMULLW  Y12, Y2, Y2 // b and d
+	VPOR     Y1, Y2, Y0  // six-bit indices
+
+	VPSUBUSB Y13, Y0, Y1 // 0 for 0..51, 1..12 for 52..63
+	VPCMPGTB Y0, Y14, Y2 // index < 26
+	VPAND    Y7, Y2, Y2
+	VPOR     Y2, Y1, Y1  // 13 for 0..25
+	VPSHUFB  Y1, Y15, Y1
+	VPADDB   Y1, Y0, Y0
+	VMOVDQU  Y0, (DI)
+
+	ADDQ $24, SI
+	SUBQ $24, CX
+	ADDQ $32, DI
+	SUBQ $32, DX
+	ADDQ $24, AX
+	JMP  encloop
+
+encdone:
+	VZEROUPPER
+	MOVQ AX, ret+48(FP)
+	RET

@@ -3,3 +3,5 @@
 package keysync
 
 func decodeBase64Fast(dst []byte, src string) (consumed, written int) { return 0, 0 }
+
+func encodeBase64Fast(dst, src []byte) (consumed, written int) { return 0, 0 }

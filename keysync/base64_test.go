@@ -71,4 +71,51 @@ func TestDecodeBase64FastPath(t *testing.T) {
 	if i%32 != 0 || n != i/4*3 || i > len(src) {
 		t.Fatalf("decodeBase64Fast consumed %d, wrote %d", i, n)
 	}
+	raw := make([]byte, 1024)
+	i, n = encodeBase64Fast(make([]byte, b64.EncodedLen(len(raw))), raw)
+	t.Logf("fast path encoded %d of %d bytes, wrote %d characters", i, len(raw), n)
+	if i%24 != 0 || n != i/3*4 || i > len(raw)-4 {
+		t.Fatalf("encodeBase64Fast consumed %d, wrote %d", i, n)
+	}
+}
+
+func TestEncodeBase64(t *testing.T) {
+	for size := range 600 {
+		src := make([]byte, size)
+		rand.Read(src)
+		if size%7 == 0 {
+			for i := range src {
+				src[i] = 0xff // every index 63
+			}
+		}
+		want := base64.RawURLEncoding.EncodeToString(src)
+		dst := make([]byte, b64.EncodedLen(size))
+		encodeBase64(dst, src)
+		if string(dst) != want {
+			t.Fatalf("encodeBase64(%x) = %s, want %s", src, dst, want)
+		}
+	}
+	// Every index value in every position.
+	for _, b := range []byte{0x00, 0xff, 0xaa, 0x55, 0xf0, 0x0f} {
+		src := bytes.Repeat([]byte{b}, 99)
+		for i := range 256 {
+			src[i%99] = byte(i)
+			dst := make([]byte, b64.EncodedLen(len(src)))
+			encodeBase64(dst, src)
+			if want := base64.RawURLEncoding.EncodeToString(src); string(dst) != want {
+				t.Fatalf("encodeBase64(%x) = %s, want %s", src, dst, want)
+			}
+		}
+	}
+}
+
+func FuzzEncodeBase64(f *testing.F) {
+	f.Add([]byte("hello, world, this is more than twenty-eight bytes"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		dst := make([]byte, b64.EncodedLen(len(src)))
+		encodeBase64(dst, src)
+		if want := base64.RawURLEncoding.EncodeToString(src); string(dst) != want {
+			t.Fatalf("encodeBase64(%x) = %s, want %s", src, dst, want)
+		}
+	})
 }

@@ -85,9 +85,14 @@ func Seal(ks *Keyset, c CellContext, plaintext []byte) (string, error) {
 	rand.Read(nonce)
 	ct = ks.primary.Seal(ct, nonce, plaintext, ad)
 
-	out := make([]byte, len(CellPrefix)+b64.EncodedLen(len(ct)))
+	// Encode into a pooled buffer: the string is the only allocation.
+	m := len(CellPrefix) + b64.EncodedLen(len(ct))
+	if cap(s.txt) < m {
+		s.txt = make([]byte, m)
+	}
+	out := s.txt[:m]
 	copy(out, CellPrefix)
-	b64.Encode(out[len(CellPrefix):], ct)
+	encodeBase64(out[len(CellPrefix):], ct)
 	return string(out), nil
 }
 
@@ -103,20 +108,41 @@ const maxPlaintext = 512 << 20
 //   - [ErrTenantMismatch]: c.Tenant is not the keyset's tenant;
 //   - [ErrNoKey]: the cell names a key the keyset does not hold;
 //   - [ErrAuth]: the key is held but the cell does not authenticate: it was
-//     tampered with, or moved to another row, column, table or tenant.
+//     tampered with, or moved to another row, column, table or tenant;
+//   - [ErrInvalidContext]: c itself cannot be encoded (a caller's bug).
+//
+// The plaintext is a new slice that the caller owns.
 func Open(ks *Keyset, c CellContext, cell string) ([]byte, error) {
-	pt, err := open(ks, &c, cell)
+	pt, err := open(ks, &c, cell, nil)
 	if err != nil {
 		return nil, err
 	}
-	return pt, nil
+	return pt[:len(pt):len(pt)], nil
 }
 
-// scratch holds Seal's reusable buffers: the associated data and the binary
-// ciphertext.
+// openString is Open for callers that want text: it opens in a pooled
+// buffer, so the string is the only allocation.
+func openString(ks *Keyset, c *CellContext, cell string) (string, error) {
+	s := getScratch()
+	defer putScratch(s)
+	pt, err := open(ks, c, cell, s.ct[:0])
+	if err != nil {
+		return "", err
+	}
+	str := string(pt)
+	clear(pt) // no plaintext stays in the pool
+	if cap(pt) > cap(s.ct) {
+		s.ct = pt[:0]
+	}
+	return str, nil
+}
+
+// scratch holds reusable buffers: the binary cell, its associated data and
+// its text. Plaintext never stays in them.
 type scratch struct {
-	ct []byte
-	ad []byte
+	ct  []byte
+	ad  []byte
+	txt []byte
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -127,12 +153,14 @@ func getScratch() *scratch { return scratchPool.Get().(*scratch) }
 // cell does not pin memory.
 func putScratch(s *scratch) {
 	const maxPooled = 128 << 10
-	if cap(s.ct) <= maxPooled && cap(s.ad) <= maxPooled {
+	if cap(s.ct) <= maxPooled && cap(s.ad) <= maxPooled && cap(s.txt) <= maxPooled {
 		scratchPool.Put(s)
 	}
 }
 
-func open(ks *Keyset, c *CellContext, cell string) ([]byte, error) {
+// open opens cell in buf, if it has room, or in a new buffer. The plaintext
+// it returns is a slice of that buffer.
+func open(ks *Keyset, c *CellContext, cell string, buf []byte) ([]byte, error) {
 	fail := func(err error) error {
 		return &OpenError{Table: c.Table, Column: c.Column, Tenant: c.Tenant, Generation: ks.generation, Err: err}
 	}
@@ -157,7 +185,10 @@ func open(ks *Keyset, c *CellContext, cell string) ([]byte, error) {
 	if n < minCellLen {
 		return nil, fail(detail(ErrMalformedCell, "too short"))
 	}
-	buf := make([]byte, n, n+c.adLen())
+	if need := n + c.adLen(); cap(buf) < need {
+		buf = make([]byte, n, need)
+	}
+	buf = buf[:n]
 	// The decoder skips CR and LF; a cell is canonical only if its text is
 	// exactly the encoding of what it decodes to.
 	if m, err := decodeBase64(buf, body); err != nil || m != n || b64.EncodedLen(m) != len(body) {
@@ -183,7 +214,7 @@ func open(ks *Keyset, c *CellContext, cell string) ([]byte, error) {
 		e.KeyID, e.HasKeyID = id, true
 		return nil, e
 	}
-	return pt[:len(pt):len(pt)], nil
+	return pt, nil
 }
 
 // isOtherVersion reports whether s looks like a cell of another format

@@ -5,7 +5,9 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
@@ -356,4 +358,39 @@ func TestOpenedPlaintextIsIndependent(t *testing.T) {
 	if string(b) != "abc" {
 		t.Fatalf("plaintexts share memory: %q", b)
 	}
+}
+
+func TestConcurrentSealOpen(t *testing.T) {
+	ks := newTestKeyset(t, "acme")
+	spec := itemsSpec
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 200 {
+				c := testContext
+				c.RowKey = []string{fmt.Sprint(g, "-", i)}
+				pt := strings.Repeat("x", i*7)
+				cell, err := Seal(ks, c, []byte(pt))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				got, err := Open(ks, c, cell)
+				if err != nil || string(got) != pt {
+					t.Errorf("Open = %d bytes, %v", len(got), err)
+					return
+				}
+				row := map[string]any{"id": c.RowKey[0], "tenant_id": "acme", "title": pt}
+				if err := spec.SealRow(ks, row); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := spec.OpenRow(ks, row); err != nil || row["title"] != pt {
+					t.Errorf("OpenRow: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

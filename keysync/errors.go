@@ -83,7 +83,7 @@ type OpenError struct {
 func (e *OpenError) Error() string {
 	s := fmt.Sprintf("keysync: open %s.%s (tenant %q", e.Table, e.Column, e.Tenant)
 	if e.HasKeyID {
-		s += fmt.Sprintf(", key %#08x", e.KeyID)
+		s += fmt.Sprintf(", key 0x%08x", e.KeyID)
 	}
 	if e.Generation != 0 {
 		s += fmt.Sprintf(", keyset generation %d", e.Generation)

@@ -91,7 +91,7 @@ func (ks *Keyset) key(id uint32) cipher.AEAD {
 
 // String describes the keyset without any key material.
 func (ks *Keyset) String() string {
-	return fmt.Sprintf("keysync.Keyset{tenant %q, generation %d, primary %#08x, %d keys}",
+	return fmt.Sprintf("keysync.Keyset{tenant %q, generation %d, primary 0x%08x, %d keys}",
 		ks.tenant, ks.generation, ks.primaryID, len(ks.keys))
 }
 
@@ -120,11 +120,11 @@ func (ks *Keyset) Rotate() (*Keyset, error) {
 // retired.
 func (ks *Keyset) Retire(id uint32) (*Keyset, error) {
 	if id == ks.primaryID {
-		return nil, fmt.Errorf("keysync: retire: key %#08x is the primary key", id)
+		return nil, fmt.Errorf("keysync: retire: key 0x%08x is the primary key", id)
 	}
 	m := keyset.NewManagerFromHandle(ks.handle)
 	if err := m.Delete(id); err != nil {
-		return nil, fmt.Errorf("keysync: retire: no key %#08x in keyset", id)
+		return nil, fmt.Errorf("keysync: retire: no key 0x%08x in keyset", id)
 	}
 	h, err := m.Handle()
 	if err != nil {
@@ -154,17 +154,17 @@ func newKeyset(tenant string, generation uint64, h *keyset.Handle) (*Keyset, err
 		}
 		k, ok := e.Key().(*aesgcm.Key)
 		if !ok {
-			return nil, detail(ErrInvalidKeyset, "key %#08x is %T, want AES-GCM", e.KeyID(), e.Key())
+			return nil, detail(ErrInvalidKeyset, "key 0x%08x is %T, want AES-GCM", e.KeyID(), e.Key())
 		}
 		p := k.Parameters().(*aesgcm.Parameters)
 		if p.KeySizeInBytes() != 32 || p.IVSizeInBytes() != 12 || p.TagSizeInBytes() != 16 || p.Variant() != aesgcm.VariantTink {
-			return nil, detail(ErrInvalidKeyset, "key %#08x is not AES-256-GCM (12-byte IV, 16-byte tag) with a TINK prefix", e.KeyID())
+			return nil, detail(ErrInvalidKeyset, "key 0x%08x is not AES-256-GCM (12-byte IV, 16-byte tag) with a TINK prefix", e.KeyID())
 		}
 		if want := cellKeyPrefix(e.KeyID()); !bytes.Equal(k.OutputPrefix(), want[:]) {
-			return nil, detail(ErrInvalidKeyset, "key %#08x has an unexpected output prefix", e.KeyID())
+			return nil, detail(ErrInvalidKeyset, "key 0x%08x has an unexpected output prefix", e.KeyID())
 		}
 		if slices.ContainsFunc(ks.keys, func(x keyEntry) bool { return x.id == e.KeyID() }) {
-			return nil, detail(ErrInvalidKeyset, "duplicate key id %#08x", e.KeyID())
+			return nil, detail(ErrInvalidKeyset, "duplicate key id 0x%08x", e.KeyID())
 		}
 		if e.KeyStatus() != keyset.Enabled {
 			if e.IsPrimary() {
@@ -178,7 +178,7 @@ func newKeyset(tenant string, generation uint64, h *keyset.Handle) (*Keyset, err
 		// decrypt in place, without the copy Tink's Decrypt makes.
 		a, err := newGCM(k.KeyBytes().Data(insecuresecretdataaccess.Token{}))
 		if err != nil {
-			return nil, detail(ErrInvalidKeyset, "key %#08x: %v", e.KeyID(), err)
+			return nil, detail(ErrInvalidKeyset, "key 0x%08x: %v", e.KeyID(), err)
 		}
 		ks.keys = append(ks.keys, keyEntry{e.KeyID(), a})
 		if e.IsPrimary() {

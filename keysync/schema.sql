@@ -25,7 +25,6 @@ CREATE TABLE IF NOT EXISTS shapeseal_tenant_keys (
 	device_id  text        NOT NULL,
 	generation bigint      NOT NULL CHECK (generation > 0),
 	wrapped    bytea       NOT NULL,
-	updated_at timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (tenant_id, user_id, device_id),
 	FOREIGN KEY (user_id, device_id) REFERENCES shapeseal_devices (user_id, device_id) ON DELETE CASCADE
 );

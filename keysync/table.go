@@ -159,12 +159,12 @@ func (s *TableSpec) OpenRow(ks *Keyset, row map[string]any) error {
 				Err: detail(ErrNotEncrypted, "value is %T, not text", v)})
 			continue
 		}
-		pt, err := Open(ks, c, cell)
+		pt, err := openString(ks, &c, cell)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		row[col] = string(pt)
+		row[col] = pt
 	}
 	return errors.Join(errs...)
 }

@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"unicode/utf8"
@@ -63,10 +64,10 @@ type vector struct {
 	Cell              string `json:"cell"`
 	// For a valid cell: the plaintext, and (informative) the key and
 	// nonce that sealed it.
-	PlaintextHex string `json:"plaintext_hex,omitempty"`
-	Plaintext    string `json:"plaintext,omitempty"` // when it is UTF-8
-	KeyID        uint32 `json:"key_id,omitempty"`
-	NonceHex     string `json:"nonce_hex,omitempty"`
+	PlaintextHex *string `json:"plaintext_hex,omitempty"`
+	Plaintext    *string `json:"plaintext,omitempty"` // when it is UTF-8
+	KeyID        uint32  `json:"key_id,omitempty"`
+	NonceHex     string  `json:"nonce_hex,omitempty"`
 	// Error, for an invalid cell: ErrNotEncrypted, ErrMalformedCell,
 	// ErrNoKey or ErrAuth.
 	Error string `json:"error,omitempty"`
@@ -131,7 +132,10 @@ func TestVectors(t *testing.T) {
 			pt, err := Open(ks, c, v.Cell)
 			if v.Error == "" {
 				counts["ok"]++
-				want, _ := hex.DecodeString(v.PlaintextHex)
+				if v.PlaintextHex == nil {
+					t.Fatal("valid vector without plaintext_hex")
+				}
+				want, _ := hex.DecodeString(*v.PlaintextHex)
 				if err != nil || !bytes.Equal(pt, want) {
 					t.Fatalf("Open = %x, %v; want %x", pt, err, want)
 				}
@@ -190,7 +194,7 @@ func checkVectorKeys(t *testing.T, vf *vectorFile) {
 		}
 		raw := e.Key().(*aesgcm.Key).KeyBytes().Data(insecuresecretdataaccess.Token{})
 		if e.KeyID() != k.KeyID || e.IsPrimary() != k.Primary || hex.EncodeToString(raw) != k.KeyHex {
-			t.Errorf("keys[%d] = %+v does not match the keyset's key %#08x", i, k, e.KeyID())
+			t.Errorf("keys[%d] = %+v does not match the keyset's key 0x%08x", i, k, e.KeyID())
 		}
 	}
 }
@@ -334,9 +338,11 @@ func generateVectors() (*vectorFile, error) {
 		k := genKeyByLabel(key)
 		nonce := testNonce(name)
 		cell, raw := sealVector(k, nonce, c.cellContext(), pt)
-		v := vector{Name: name, Context: c, Cell: cell, PlaintextHex: hex.EncodeToString(pt), KeyID: k.id, NonceHex: hex.EncodeToString(nonce)}
+		ph := hex.EncodeToString(pt)
+		v := vector{Name: name, Context: c, Cell: cell, PlaintextHex: &ph, KeyID: k.id, NonceHex: hex.EncodeToString(nonce)}
 		if utf8.Valid(pt) {
-			v.Plaintext = string(pt)
+			s := string(pt)
+			v.Plaintext = &s
 		}
 		add(v)
 		return cell, raw
@@ -464,4 +470,24 @@ func writeFuzzSeeds(t *testing.T, vf *vectorFile) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestVectorsPython runs testdata/vectors/check_vectors.py, an independent
+// implementation of the format in Python (with the cryptography package),
+// against the vectors. It is skipped where Python or cryptography is missing.
+func TestVectorsPython(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 not found")
+	}
+	if err := exec.Command(py, "-c", "import cryptography").Run(); err != nil {
+		t.Skip("python3 lacks the cryptography package")
+	}
+	cmd := exec.Command(py, "check_vectors.py", "cell_v1.json")
+	cmd.Dir = filepath.Join("testdata", "vectors")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("check_vectors.py: %v\n%s", err, out)
+	}
+	t.Logf("check_vectors.py: %s", bytes.TrimSpace(out))
 }

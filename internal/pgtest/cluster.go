@@ -251,7 +251,6 @@ func (c *Cluster) launch(ctx context.Context, bin string, port int, owner *runAs
 		"max_wal_senders=200",
 		"max_connections=500",
 		"fsync=off",
-		"synchronous_commit=off",
 		"full_page_writes=off",
 		"shared_buffers=128MB",
 		"logging_collector=off", // stderr goes to postgres.log

@@ -8,9 +8,11 @@
 //     and runs the postgres binary directly (no system service, no global
 //     state): it listens on 127.0.0.1 only, on a free port, with trust
 //     authentication for the superuser "postgres", logical replication enabled
-//     and durability switched off for speed (fsync, synchronous_commit and
-//     full_page_writes are off). [Cluster.Stop] shuts it down and deletes
-//     everything it wrote.
+//     and durability switched off for speed (fsync and full_page_writes are
+//     off). synchronous_commit stays on: with it off, a commit reaches logical
+//     replication only when the WAL writer next flushes (up to 200 ms later),
+//     which would distort every live-sync test and latency benchmark.
+//     [Cluster.Stop] shuts it down and deletes everything it wrote.
 //   - [Open] uses the server named by the DATABASE_URL environment variable
 //     when it is set (checking that it is reachable and that wal_level is
 //     logical), and falls back to [Start] otherwise.

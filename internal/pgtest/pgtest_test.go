@@ -86,7 +86,7 @@ func TestStartSettings(t *testing.T) {
 	for setting, want := range map[string]string{
 		"wal_level":               "logical",
 		"fsync":                   "off",
-		"synchronous_commit":      "off",
+		"synchronous_commit":      "on",
 		"full_page_writes":        "off",
 		"max_replication_slots":   "200",
 		"max_wal_senders":         "200",
