@@ -76,7 +76,7 @@ func checkChange(t *testing.T, got msg, want string, lsn *string) {
 
 func TestChangesReplicaDefaultAndFull(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, electrictest.Options{LongPollTimeout: 500 * time.Millisecond},
+	e := newEnv(t, electrictest.Options{LongPollTimeout: 300 * time.Millisecond},
 		`CREATE TABLE items (id int PRIMARY KEY, title text, n int, note text)`)
 	def := e.follow("table", "items")
 	full := e.follow("table", "items", "replica", "full")
@@ -168,7 +168,7 @@ func TestChangesReplicaDefaultAndFull(t *testing.T) {
 // with a parameter, typed by Postgres (n > $1 compares integers).
 func TestWhereMoves(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, electrictest.Options{LongPollTimeout: 500 * time.Millisecond},
+	e := newEnv(t, electrictest.Options{LongPollTimeout: 300 * time.Millisecond},
 		`CREATE TABLE items (id int PRIMARY KEY, title text, n int)`,
 		`INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 10), (3, 'c', 9)`)
 	lit := e.follow("table", "items", "where", "n > 5")
@@ -304,7 +304,7 @@ func TestWhereSemantics(t *testing.T) {
 // in values and schema, and updates of other columns produce nothing.
 func TestColumns(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, electrictest.Options{LongPollTimeout: 500 * time.Millisecond},
+	e := newEnv(t, electrictest.Options{LongPollTimeout: 300 * time.Millisecond},
 		`CREATE TABLE items (id int PRIMARY KEY, title text NOT NULL, n int, secret text)`,
 		`INSERT INTO items VALUES (1, 'a', 1, 's1')`)
 	r := e.shape("table", "items", "offset", "-1", "columns", `"id","title"`)
@@ -476,7 +476,7 @@ func TestToastedValues(t *testing.T) {
 // keys, PK-less tables; tables in other schemas and quoted identifiers.
 func TestKeysAndIdentifiers(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, electrictest.Options{LongPollTimeout: 500 * time.Millisecond},
+	e := newEnv(t, electrictest.Options{LongPollTimeout: 300 * time.Millisecond},
 		`CREATE TABLE "we.ird/name" (k text PRIMARY KEY, v int)`,
 		`INSERT INTO "we.ird/name" VALUES ('a/b.c', 1), ('x"y', 2), ('', 3), ('//', 4)`,
 		`CREATE SCHEMA "Other"`,

@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -137,6 +138,13 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.repl = repl
+	// Until the first commit arrives, up-to-date messages report the WAL
+	// position the stream started from.
+	var startLSN string
+	if err := pool.QueryRow(ctx, "SELECT (pg_current_wal_lsn() - '0/0')::text").Scan(&startLSN); err == nil {
+		lsn, _ := strconv.ParseUint(startLSN, 10, 64)
+		s.lastLSN.Store(lsn)
+	}
 	repl.onCommit = s.onCommit
 	repl.onRelation = s.onRelation
 	rctx, cancel := context.WithCancel(context.Background())
