@@ -2,10 +2,12 @@ package client
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"runtime"
 	"strconv"
 	"testing"
@@ -34,48 +36,59 @@ func shapeLogBody(n int) []byte {
 	return b.Bytes()
 }
 
-// memTransport answers every request with body().
-type memTransport func() io.Reader
+// memTransport answers every request with body() and the electric-schema
+// header schema (benchSchema when empty).
+type memTransport struct {
+	body   func() io.Reader
+	schema string
+}
 
-func (f memTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+func (t memTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	h := http.Header{}
 	h.Set("electric-handle", "1-1")
 	h.Set("electric-offset", "0_inf")
-	h.Set("electric-schema", benchSchema)
+	h.Set("electric-schema", cmp.Or(t.schema, benchSchema))
 	h.Set("electric-cursor", "1")
-	return &http.Response{StatusCode: 200, Status: "200 OK", Header: h, Body: io.NopCloser(f()), Request: r}, nil
+	return &http.Response{StatusCode: 200, Status: "200 OK", Header: h, Body: io.NopCloser(t.body()), Request: r}, nil
 }
 
 // BenchmarkDecode measures the client reading a 100k-row shape log held in
 // memory: the full ShapeStream path (request, streaming split, message
 // parse, optional value parsing).
+//
+// With SHAPESEAL_DECODE_BODY naming a file that holds a shape log response
+// body ending in up-to-date, and SHAPESEAL_DECODE_SCHEMA one that holds its
+// electric-schema header, it reads that body instead of the generated one.
+// bench/clientdecode does so, to give this benchmark and the TypeScript
+// client's the very same bytes.
 func BenchmarkDecode(b *testing.B) {
-	const rows = 100_000
-	body := shapeLogBody(rows)
+	rows := 100_000
+	body, schema := shapeLogBody(rows), benchSchema
+	if file := os.Getenv("SHAPESEAL_DECODE_BODY"); file != "" {
+		var err error
+		if body, err = os.ReadFile(file); err != nil {
+			b.Fatal(err)
+		}
+		s, err := os.ReadFile(os.Getenv("SHAPESEAL_DECODE_SCHEMA"))
+		if err != nil {
+			b.Fatalf("SHAPESEAL_DECODE_SCHEMA: %v", err)
+		}
+		schema = string(bytes.TrimSpace(s))
+		rows = -1 // counted by the first pass
+	}
 	for _, parse := range []bool{false, true} {
 		b.Run("parse="+strconv.FormatBool(parse), func(b *testing.B) {
-			hc := &http.Client{Transport: memTransport(func() io.Reader { return bytes.NewReader(body) })}
+			hc := &http.Client{Transport: memTransport{body: func() io.Reader { return bytes.NewReader(body) }, schema: schema}}
+			if rows < 0 {
+				rows = decodeCount(b, hc, parse)
+			}
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			var ms0, ms1 runtime.MemStats
 			runtime.ReadMemStats(&ms0)
 			for b.Loop() {
-				s, _ := New(Options{URL: "http://mem/v1/shape", HTTPClient: hc, Parse: parse})
-				n := 0
-				for {
-					m, err := s.Next(context.Background())
-					if err == io.EOF {
-						break
-					}
-					if err != nil {
-						b.Fatal(err)
-					}
-					if m.IsChange() {
-						n++
-					}
-				}
-				if n != rows {
-					b.Fatalf("%d rows", n)
+				if n := decodeCount(b, hc, parse); n != rows {
+					b.Fatalf("%d rows, want %d", n, rows)
 				}
 			}
 			runtime.ReadMemStats(&ms1)
@@ -83,6 +96,28 @@ func BenchmarkDecode(b *testing.B) {
 			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(rows*b.N), "allocs/row")
 			b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(rows*b.N), "B/row")
 		})
+	}
+}
+
+// decodeCount reads one shape log through a ShapeStream and returns the
+// number of change messages.
+func decodeCount(b *testing.B, hc *http.Client, parse bool) int {
+	s, err := New(Options{URL: "http://mem/v1/shape", HTTPClient: hc, Parse: parse})
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	for {
+		m, err := s.Next(context.Background())
+		if err == io.EOF {
+			return n
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		if m.IsChange() {
+			n++
+		}
 	}
 }
 
@@ -127,7 +162,7 @@ func BenchmarkPeakHeap(b *testing.B) {
 			rows := mb << 20 / rowBytes
 			var peak uint64
 			for b.Loop() {
-				hc := &http.Client{Transport: memTransport(func() io.Reader { return &genReader{n: rows} })}
+				hc := &http.Client{Transport: memTransport{body: func() io.Reader { return &genReader{n: rows} }}}
 				s, _ := New(Options{URL: "http://mem/v1/shape", HTTPClient: hc})
 				runtime.GC()
 				var base runtime.MemStats

@@ -130,7 +130,7 @@ func (t *table) schemaHeader(cols []int) string {
 				s.Precision, s.Scale = &p, &sc
 			}
 		case "time", "timetz", "timestamp", "timestamptz":
-			if c.typmod >= 0 {
+			if c.typmod > 0 { // as Electric's Schema: timestamp(0) has no precision
 				p := c.typmod
 				s.Precision = &p
 			}

@@ -371,7 +371,7 @@ func TestValueEncodings(t *testing.T) {
 			ints INT8[], ints2 INT8[][], int4s INT4[], doubles FLOAT8[], bools BOOLEAN[], moods mood[], moods2 mood[][],
 			complexes complex[], posints posint[], jsons JSONB[], txts TEXT[],
 			ts timestamp, tstz timestamptz(3), d date, iv interval, num numeric(10,2), code char(5), codes char(3)[],
-			u uuid, f4 real, vc varchar(20), uni text, m mood, p posint, bits bit(3))`)
+			u uuid, f4 real, vc varchar(20), uni text, m mood, p posint, bits bit(3), ts0 timestamp(0))`)
 	e.exec(`INSERT INTO all_types VALUES ('test', 1, 2147483647, 9223372036854775807, 4.5, true, '{"foo":"bar"}', '{"foo":"bar"}',
 		'\x0001fffe', '{1,2,3}', '{{1,2,3},{4,5,6}}', '{1,2,3}', '{1.2,-3.2,Infinity,-Infinity,NaN}', '{true,false,true}',
 		'{sad,ok,happy}', '{{sad,ok},{ok,happy}}', ARRAY[(1.1,2.2),(3.3,4.4)]::complex[], '{5,9,2}',
@@ -390,7 +390,7 @@ func TestValueEncodings(t *testing.T) {
 		"ts":{"type":"timestamp"},"tstz":{"type":"timestamptz","precision":3},"d":{"type":"date"},"iv":{"type":"interval"},
 		"num":{"type":"numeric","precision":10,"scale":2},"code":{"type":"bpchar","length":5},"codes":{"type":"bpchar","dims":1,"length":3},
 		"u":{"type":"uuid"},"f4":{"type":"float4"},"vc":{"type":"varchar","max_length":20},"uni":{"type":"text"},
-		"m":{"type":"mood"},"p":{"type":"posint"},"bits":{"type":"bit","length":3}}`)
+		"m":{"type":"mood"},"p":{"type":"posint"},"bits":{"type":"bit","length":3},"ts0":{"type":"timestamp"}}`)
 	msgs := r.msgs(t)
 	if len(msgs) != 2 {
 		t.Fatalf("body %s", r.body)
@@ -403,7 +403,7 @@ func TestValueEncodings(t *testing.T) {
 		"txts":"{foo,bar,baz}","ts":"2024-11-13 10:45:33","tstz":"2024-11-13 08:45:33.123+00","d":"2024-11-13",
 		"iv":"P1Y2M3DT4H5M6S","num":"1.50","code":"ab   ","codes":"{\"a  \",\"bc \"}",
 		"u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","f4":"1.1","vc":"v","uni":"é ☃ \"q\" \\ tab\t nl\n ctl\u0001",
-		"m":"ok","p":"7","bits":"101"`
+		"m":"ok","p":"7","bits":"101","ts0":null`
 	mustJSON(t, mustMarshal(msgs[0].value()), `{`+common+`,"b":"true"}`)
 	if msgs[0].key() != `"public"."all_types"/"1"` {
 		t.Errorf("key %s", msgs[0].key())
@@ -569,3 +569,31 @@ func slicesSort(s []string) {
 }
 
 var _ = json.Marshal
+
+// §5.1: a schema change of the table invalidates its shapes (409), and the
+// refetched shape has the new schema.
+func TestSchemaChange(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, electrictest.Options{LongPollTimeout: 5 * time.Second}, itemsTable, `INSERT INTO items VALUES (1, 'a', 1, true)`)
+	f := e.follow("table", "items")
+	done := goFetch(t, "GET", e.srv.URL+"/v1/shape?"+qs("table", "items", "offset", f.offset, "handle", f.handle, "live", "true"))
+	time.Sleep(300 * time.Millisecond)
+	e.exec(`ALTER TABLE items ADD COLUMN extra text DEFAULT 'x'`)
+	e.exec(`INSERT INTO items VALUES (2, 'b', 2, false, 'y')`)
+	var r response
+	select {
+	case r = <-done:
+	case <-time.After(4 * time.Second):
+		t.Fatal("the schema change did not end the live request")
+	}
+	r.expectStatus(t, 409)
+	if string(r.body) != mustRefBody || r.header.Get("electric-handle") == f.handle {
+		t.Fatalf("409 %s handle %s", r.body, r.header.Get("electric-handle"))
+	}
+	f.step(false)
+	f.catchUp()
+	if !strings.Contains(f.schema, `"extra":{"type":"text"}`) {
+		t.Errorf("schema after the change: %s", f.schema)
+	}
+	f.converge(`SELECT format('"public"."items"/"%s"', id), id::text, title, n::text, done::text, extra FROM items`)
+}

@@ -7,6 +7,3 @@ import "syscall"
 // interopSetPdeathsig does nothing outside Linux: node still exits when its
 // stdin (a pipe from the test binary) closes.
 func interopSetPdeathsig(attr *syscall.SysProcAttr) {}
-
-// interopLock does not lock outside Linux.
-func interopLock(path string) (unlock func(), err error) { return func() {}, nil }

@@ -12,18 +12,16 @@ package electrictest_test
 // Shape (the client's own materialisation) notifies. The tests compare those
 // rows, with their JavaScript types, to the table as Postgres renders it.
 //
-// `npm ci` runs once per test binary, unless interop/node_modules already
-// matches package-lock.json. Without Node or npm, or when the install fails,
-// the tests skip, unless CI is true: then they fail.
+// internal/nodetest finds Node and installs interop/node_modules (npm ci,
+// once per test binary, skipped when it already matches package-lock.json).
+// Without Node or npm, or when the install fails, the tests skip, unless CI
+// is true: then they fail.
 
 import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -40,6 +38,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/shapeseal/shapeseal/electrictest"
+	"github.com/shapeseal/shapeseal/internal/nodetest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
 )
 
@@ -77,7 +76,7 @@ type interopColumn struct {
 // tricky text, a Rotate, a TRUNCATE + re-insert in one transaction and a
 // TRUNCATE followed by a separate re-insert.
 func TestInteropFollow(t *testing.T) {
-	node, dir := interopNode(t)
+	node, dir := nodetest.Setup(t)
 	db := pgtest.NewDB(t)
 	pgtest.Exec(t, db, interopTable+`;
 		INSERT INTO items VALUES
@@ -149,7 +148,7 @@ func TestInteropFollow(t *testing.T) {
 // of the shape as they are updated, rows outside it never show up, and a
 // rotation converges to the filtered table.
 func TestInteropWhereParams(t *testing.T) {
-	node, dir := interopNode(t)
+	node, dir := nodetest.Setup(t)
 	db := pgtest.NewDB(t)
 	const tricky = `O'Reilly "quoted" & ?=#%+ é`
 	pgtest.Exec(t, db, interopTable+`;
@@ -210,7 +209,7 @@ func TestInteropWhereParams(t *testing.T) {
 // the writes committed by psql (pgx when psql is not installed). The forced
 // rotation is a TRUNCATE, the one a separate process can cause.
 func TestInteropDevserver(t *testing.T) {
-	node, dir := interopNode(t)
+	node, dir := nodetest.Setup(t)
 	db := pgtest.NewDB(t)
 	pgtest.Exec(t, db, interopTable+`;
 		INSERT INTO items SELECT i, 'item ' || i, i * 1000, i % 2 = 0 FROM generate_series(1, 50) i`)
@@ -872,124 +871,6 @@ func (w *interopTail) String() string {
 		return "[...]" + string(w.buf)
 	}
 	return string(w.buf)
-}
-
-// ---- Node and npm ----
-
-var interopInstall struct {
-	once      sync.Once
-	node, dir string
-	err       error
-}
-
-// interopNode returns the node binary and the interop directory with its
-// dependencies installed, or skips (fails when CI is true).
-func interopNode(t *testing.T) (node, dir string) {
-	t.Helper()
-	interopInstall.once.Do(func() {
-		interopInstall.node, interopInstall.dir, interopInstall.err = interopSetup(t)
-	})
-	if err := interopInstall.err; err != nil {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
-			t.Fatalf("interop: %v (CI is true, so this fails instead of skipping)", err)
-		}
-		t.Skipf("interop: %v; skipping", err)
-	}
-	return interopInstall.node, interopInstall.dir
-}
-
-// interopStamp marks node_modules as installed from a given package.json
-// and package-lock.json.
-const interopStamp = ".shapeseal-interop-lock.sha256"
-
-func interopSetup(t *testing.T) (node, dir string, err error) {
-	dir, err = filepath.Abs("interop")
-	if err != nil {
-		return "", "", err
-	}
-	node, err = exec.LookPath("node")
-	if err != nil {
-		return "", "", errors.New("node is not installed")
-	}
-	out, err := exec.Command(node, "--version").Output()
-	if err != nil {
-		return "", "", fmt.Errorf("node --version: %v", err)
-	}
-	v := strings.TrimSpace(string(out))
-	major, _ := strconv.Atoi(strings.SplitN(strings.TrimPrefix(v, "v"), ".", 2)[0])
-	if major < 18 {
-		return "", "", fmt.Errorf("node %s is too old: @electric-sql/client needs Node 18 or later (global fetch)", v)
-	}
-
-	h := sha256.New()
-	for _, name := range []string{"package.json", "package-lock.json"} {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			return "", "", err
-		}
-		fmt.Fprintf(h, "%s %d\n", name, len(b))
-		h.Write(b)
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
-	stamp := filepath.Join(dir, "node_modules", interopStamp)
-	// Other test binaries (go test ./... in another checkout's shell, say)
-	// may check and install at the same time.
-	dirSum := sha256.Sum256([]byte(dir))
-	unlock, err := interopLock(filepath.Join(os.TempDir(), "shapeseal-interop-"+hex.EncodeToString(dirSum[:8])+".lock"))
-	if err != nil {
-		return "", "", fmt.Errorf("lock for npm ci: %v", err)
-	}
-	defer unlock()
-	if b, err := os.ReadFile(stamp); err == nil && strings.TrimSpace(string(b)) == sum && interopClientInstalled(dir) {
-		t.Logf("interop: node %s; node_modules is up to date with package-lock.json", v)
-		return node, dir, nil
-	}
-
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		return "", "", errors.New("npm is not installed")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	start := time.Now()
-	cmd := exec.CommandContext(ctx, npm, "ci", "--omit=optional", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=warn")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "npm_config_update_notifier=false")
-	cmd.WaitDelay = 10 * time.Second
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("npm ci in %s failed: %v\n%s", dir, err, out)
-	}
-	if !interopClientInstalled(dir) {
-		return "", "", errors.New("npm ci succeeded but @electric-sql/client is not in node_modules")
-	}
-	if err := os.WriteFile(stamp, []byte(sum+"\n"), 0o644); err != nil {
-		return "", "", err
-	}
-	t.Logf("interop: node %s; npm ci took %v", v, time.Since(start).Round(time.Millisecond))
-	return node, dir, nil
-}
-
-// interopClientInstalled reports whether node_modules holds the version of
-// @electric-sql/client that package-lock.json pins.
-func interopClientInstalled(dir string) bool {
-	var lock struct {
-		Packages map[string]struct {
-			Version string `json:"version"`
-		} `json:"packages"`
-	}
-	var pkg struct {
-		Version string `json:"version"`
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "package-lock.json"))
-	if err != nil || json.Unmarshal(b, &lock) != nil {
-		return false
-	}
-	want := lock.Packages["node_modules/@electric-sql/client"].Version
-	b, err = os.ReadFile(filepath.Join(dir, "node_modules", "@electric-sql", "client", "package.json"))
-	if err != nil || json.Unmarshal(b, &pkg) != nil {
-		return false
-	}
-	return want != "" && pkg.Version == want
 }
 
 // ---- shapeseal devserver and psql ----

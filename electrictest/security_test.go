@@ -194,6 +194,7 @@ func TestWhereInjection(t *testing.T) {
 		`coalesce(n, 0) > 1`,
 		`length(title) > 0`,
 		`now() > '2000-01-01'`,
+		`now() > '2000-01-01'::timestamp with time zone`,
 		`(id = 1) OR (id = 2)`,
 		`id = 1 AND (n = 1 OR (n IS NULL))`,
 		`title = $1`,

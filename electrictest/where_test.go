@@ -70,6 +70,8 @@ var whereOK = []string{
 	`n IS NOT NULL`,
 	`title = U&'\0041'`,
 	`title = 'é☃'`,
+	`ts > '2024-01-01'::timestamp with time zone`,
+	`t::time with time zone > '10:00'`,
 }
 
 func TestCheckWhere(t *testing.T) {

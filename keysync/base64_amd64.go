@@ -6,17 +6,33 @@ import "golang.org/x/sys/cpu"
 
 var useAVX2 = cpu.X86.HasAVX2
 
-// decodeBase64Fast decodes the longest prefix of src made of whole 32-character
-// blocks of valid base64url, stopping at the first block with any other byte
-// (including padding, CR and LF) or when dst has less than 32 bytes left. It
-// returns the characters consumed and the bytes written; the caller decodes
-// the rest, and reports errors, with encoding/base64.
+// decodeBase64Fast decodes the longest prefix of src made of 32-character
+// blocks of valid base64url, the last of which may be partial, stopping at the
+// first block with any other byte (including padding, CR and LF), or with a
+// final partial block that the strict decoder refuses, or when dst has no
+// room. It returns the characters consumed and the bytes written; the caller
+// decodes the rest, and reports errors, with encoding/base64.
 func decodeBase64Fast(dst []byte, src string) (consumed, written int) {
-	if !useAVX2 || len(src) < 32 {
+	if !useAVX2 {
 		return 0, 0
 	}
-	consumed = decodeAVX2(dst, src)
-	return consumed, consumed / 4 * 3
+	if len(src) >= 32 {
+		consumed = decodeAVX2(dst, src)
+		written = consumed / 4 * 3
+	}
+	// A final partial block (which encoding/base64 would decode slowly) goes
+	// through the vector loop padded with 'A' (zero bits); the padding must
+	// decode to zero bits, which is the strict decoder's trailing-bits rule.
+	if r := len(src) - consumed; r > 0 && r < 32 && r%4 != 1 {
+		var in, out [32]byte
+		copy(in[copy(in[:], src[consumed:]):], "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+		n := r * 3 / 4
+		if len(dst)-written >= n && decodeAVX2(out[:], string(in[:])) == 32 && (r%4 == 0 || out[n] == 0) {
+			copy(dst[written:], out[:n])
+			consumed, written = len(src), written+n
+		}
+	}
+	return consumed, written
 }
 
 // decodeAVX2 is decodeBase64Fast's loop (Muła and Lemire's vectorized base64

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shapeseal/shapeseal/electrictest"
+	"github.com/shapeseal/shapeseal/internal/nodetest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
 )
 
@@ -25,17 +26,11 @@ import (
 // its long polls time out. The table has only int8 and text columns, so the
 // TypeScript client's parsed values print exactly as the wire strings.
 //
-// It uses the node_modules that electrictest's interop tests install
-// (npm ci) and skips when they are absent.
+// Node and the client come from internal/nodetest (electrictest/interop,
+// installed with npm ci when needed): without them the test skips, or
+// fails when CI is true.
 func TestTailMatchesTypeScriptClient(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not installed")
-	}
-	interop, _ := filepath.Abs("../../electrictest/interop")
-	if _, err := os.Stat(filepath.Join(interop, "node_modules/@electric-sql/client/package.json")); err != nil {
-		t.Skip("electrictest/interop/node_modules is not installed (go test ./electrictest runs npm ci)")
-	}
+	node, interop := nodetest.Setup(t)
 
 	db := pgtest.NewDB(t)
 	pgtest.Exec(t, db, `CREATE TABLE items (id int8 PRIMARY KEY, title text, note text)`)
