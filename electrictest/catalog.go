@@ -23,6 +23,7 @@ type column struct {
 
 // table is the catalog's description of a relation at shape creation.
 type table struct {
+	oid     uint32 // a dropped and re-created table has a new one
 	rel     Relation
 	columns []column // non-generated columns, in attnum order
 	pk      []int    // indices into columns, in primary key order
@@ -31,7 +32,7 @@ type table struct {
 var errNoTable = errors.New("table not found")
 
 const tableQuery = `
-SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
+SELECT c.oid, a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
        COALESCE(et.typname, t.typname), t.typcategory = 'A', a.attndims, a.attnotnull, a.atttypmod,
        COALESCE((SELECT k.n - 1 FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(att, n)
                  WHERE i.indrelid = c.oid AND i.indisprimary AND k.att = a.attnum), -1),
@@ -56,7 +57,7 @@ func loadTable(ctx context.Context, pool *pgxpool.Pool, rel Relation) (*table, e
 		var c column
 		var isArray bool
 		var dims, typmod, pk int32
-		if err := rows.Scan(&c.name, &c.typeOID, &c.sqlType, &c.typname, &isArray, &dims, &c.notNull, &typmod, &pk, &c.isBpchar); err != nil {
+		if err := rows.Scan(&t.oid, &c.name, &c.typeOID, &c.sqlType, &c.typname, &isArray, &dims, &c.notNull, &typmod, &pk, &c.isBpchar); err != nil {
 			return nil, err
 		}
 		c.typmod, c.pkIndex = int(typmod), int(pk)

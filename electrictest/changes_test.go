@@ -597,3 +597,28 @@ func TestSchemaChange(t *testing.T) {
 	}
 	f.converge(`SELECT format('"public"."items"/"%s"', id), id::text, title, n::text, done::text, extra FROM items`)
 }
+
+// A dropped and re-created table has a new OID: shapes of the old one are
+// invalidated (no change of it will ever arrive again), and the new table is
+// published afresh, so its changes do arrive.
+func TestDropAndRecreate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, electrictest.Options{LongPollTimeout: 5 * time.Second}, itemsTable, `INSERT INTO items VALUES (1, 'a', 1, true)`)
+	f := e.follow("table", "items")
+	done := goFetch(t, "GET", e.srv.URL+"/v1/shape?"+qs("table", "items", "offset", f.offset, "handle", f.handle, "live", "true"))
+	time.Sleep(300 * time.Millisecond)
+	e.exec(`DROP TABLE items`)
+	e.exec(itemsTable)
+	e.exec(`INSERT INTO items VALUES (7, 'new', 7, false)`)
+	var r response
+	select {
+	case r = <-done:
+	case <-time.After(4 * time.Second):
+		t.Fatal("dropping the table did not end the live request")
+	}
+	r.expectStatus(t, 409)
+	f.step(false)
+	f.catchUp()
+	e.exec(`INSERT INTO items VALUES (8, 'newer', 8, true)`)
+	f.converge(`SELECT format('"public"."items"/"%s"', id), id::text, title, n::text, done::text FROM items`)
+}

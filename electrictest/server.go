@@ -69,7 +69,7 @@ type Server struct {
 	mu        sync.Mutex
 	shapes    map[string]*shape // by definition
 	handles   map[string]*shape
-	published map[Relation]bool
+	published map[uint32]bool // table OIDs in the publication
 	// recentXids are the xids of the last transactions onCommit routed (a
 	// ring; the next goes at recentN % len): a new shape's snapshot must
 	// see them, see beginSnapshot.
@@ -124,7 +124,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	name := "electrictest_" + hex.EncodeToString(id[:])
 	s := &Server{
 		opts: opts, logger: logger, pool: pool, pub: name, reqPrefix: hex.EncodeToString(id[:]) + "-",
-		shapes: map[string]*shape{}, handles: map[string]*shape{}, published: map[Relation]bool{},
+		shapes: map[string]*shape{}, handles: map[string]*shape{}, published: map[uint32]bool{},
 		done: make(chan struct{}),
 	}
 	if err := s.execRW(ctx, "CREATE PUBLICATION "+name); err != nil {
@@ -149,8 +149,14 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	repl.onRelation = s.onRelation
 	rctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
+	catalogDone := make(chan struct{})
+	go func() {
+		defer close(catalogDone)
+		s.watchCatalog(rctx, time.Second)
+	}()
 	go func() {
 		defer close(s.done)
+		defer func() { <-catalogDone }()
 		err := repl.run(rctx)
 		if rctx.Err() == nil {
 			logger.Error("electrictest: replication stopped", "err", err)
@@ -232,6 +238,58 @@ func (s *Server) onCommit(tx *txn) {
 	s.lastLSN.Store(tx.lsn)
 }
 
+// watchCatalog invalidates shapes whose table was dropped or renamed: no
+// change of such a table reaches the replication stream any more, so only
+// the catalog can tell.
+func (s *Server) watchCatalog(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		byOID := map[uint32][]*shape{}
+		for _, sh := range s.shapes {
+			byOID[sh.tbl.oid] = append(byOID[sh.tbl.oid], sh)
+		}
+		s.mu.Unlock()
+		if len(byOID) == 0 {
+			continue
+		}
+		oids := make([]uint32, 0, len(byOID))
+		for oid := range byOID {
+			oids = append(oids, oid)
+		}
+		rows, err := s.pool.Query(ctx, `SELECT c.oid, n.nspname, c.relname FROM pg_class c
+			JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1)`, oids)
+		if err != nil {
+			continue
+		}
+		current := map[uint32]Relation{}
+		for rows.Next() {
+			var oid uint32
+			var rel Relation
+			if rows.Scan(&oid, &rel.Schema, &rel.Name) == nil {
+				current[oid] = rel
+			}
+		}
+		if rows.Err() != nil {
+			continue
+		}
+		for oid, shapes := range byOID {
+			for _, sh := range shapes {
+				if rel, ok := current[oid]; !ok || rel != sh.def.rel {
+					s.logger.Info("electrictest: table dropped or renamed; shape invalidated", "table", sh.def.rel.String(), "handle", sh.handle)
+					s.dropShape(sh)
+				}
+			}
+		}
+	}
+}
+
 // onRelation invalidates shapes whose table changed shape.
 func (s *Server) onRelation(m *relMessage) {
 	for _, sh := range s.shapesOf(m.rel) {
@@ -243,7 +301,7 @@ func (s *Server) onRelation(m *relMessage) {
 }
 
 func sameColumns(t *table, m *relMessage) bool {
-	if len(t.columns) != len(m.columns) {
+	if t.oid != m.id || len(t.columns) != len(m.columns) {
 		return false
 	}
 	for i, c := range m.columns {
@@ -384,7 +442,7 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 		}
 		eval = evalSQL(t, def.where, len(def.params))
 	}
-	if !s.published[def.rel] {
+	if !s.published[t.oid] {
 		stmts := []string{"ALTER PUBLICATION " + s.pub + " ADD TABLE " + def.rel.Quoted()}
 		var ident string
 		err := s.pool.QueryRow(ctx, "SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass", def.rel.Quoted()).Scan(&ident)
@@ -397,7 +455,7 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 		if err := s.execRW(ctx, stmts...); err != nil {
 			return nil, fmt.Errorf("electrictest: publish %s: %w", def.rel, err)
 		}
-		s.published[def.rel] = true
+		s.published[t.oid] = true
 	}
 	sh := newShape(def, s.newHandle(def), t, cols, keyCols, eval)
 	sh.mustSee = append([]uint32(nil), s.recentXids[:min(s.recentN, len(s.recentXids))]...)
