@@ -241,12 +241,12 @@ func BenchmarkUnwrap(b *testing.B) {
 		}
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
-			b.ReportMetric(float64(len(wrapped)), "wrapped-bytes")
 			for b.Loop() {
 				if _, err := Unwrap(tc.id, wrapped, ks.Tenant()); err != nil {
 					b.Fatal(err)
 				}
 			}
+			b.ReportMetric(float64(len(wrapped)), "wrapped-bytes")
 		})
 		b.Run(tc.name+"/wrap", func(b *testing.B) {
 			b.ReportAllocs()

@@ -51,7 +51,13 @@
 // # Errors
 //
 // Errors from [Open] are of type [*OpenError] and wrap one of [ErrNotEncrypted],
-// [ErrMalformedCell], [ErrNoKey], [ErrAuth] or [ErrTenantMismatch]; use
-// [errors.Is] to branch and [errors.As] to get the key id and place. No error
-// ever contains key material or plaintext.
+// [ErrMalformedCell], [ErrNoKey], [ErrAuth], [ErrTenantMismatch] or
+// [ErrInvalidContext]; use [errors.Is] to branch and [errors.As] to get the
+// key id and place. No error ever contains key material or plaintext.
+//
+// # Performance
+//
+// Opening a cell costs base64 decoding (encoding/base64), building the
+// associated data and AES-256-GCM in place. BenchmarkRatio compares Seal and
+// Open with raw AES-GCM from the standard library.
 package keysync

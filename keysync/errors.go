@@ -75,8 +75,8 @@ type OpenError struct {
 	// Generation is the generation of the keyset that was tried.
 	Generation uint64
 
-	// Err is ErrNotEncrypted, ErrMalformedCell, ErrNoKey, ErrAuth or
-	// ErrTenantMismatch, possibly wrapped with a detail.
+	// Err is ErrNotEncrypted, ErrMalformedCell, ErrNoKey, ErrAuth,
+	// ErrTenantMismatch or ErrInvalidContext, possibly with a detail.
 	Err error
 }
 
