@@ -50,6 +50,7 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() {
 		fmt.Fprint(stderr, tailUsage)
 		fs.PrintDefaults()
+		fmt.Fprint(stderr, tailDecryptUsage)
 	}
 	var (
 		table    = fs.String("table", "", "root table of the shape")
@@ -68,6 +69,7 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	)
 	fs.Var(&params, "param", "value of the next $n placeholder of --where (repeatable)")
 	fs.Var(&headers, "header", `extra request header "Name: value" (repeatable)`)
+	decrypt := addDecryptFlags(fs)
 
 	// Accept flags before and after the URL.
 	var positional []string
@@ -145,6 +147,16 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 
+	var dec *decryptor
+	if len(decrypt.encrypted) > 0 {
+		shapeURL := *u
+		if dec, err = decrypt.start(ctx, &shapeURL, *secret, opts, *verbose, stderr); err != nil {
+			return err
+		}
+		defer dec.close()
+		opts.Transform = func(m *client.Message) error { return dec.dec.TransformContext(ctx, m) }
+	}
+
 	s, err := client.New(opts)
 	if err != nil {
 		return err
@@ -160,7 +172,19 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			return err
 		}
-		w.Write(m.Raw())
+		if dec != nil && m.IsChange() {
+			if err := dec.err(); err != nil {
+				w.Flush()
+				return err
+			}
+			b, err := m.MarshalJSON()
+			if err != nil {
+				return err
+			}
+			w.Write(b)
+		} else {
+			w.Write(m.Raw())
+		}
 		w.WriteByte('\n')
 		if m.IsControl() {
 			if err := w.Flush(); err != nil {

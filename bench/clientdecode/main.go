@@ -1,0 +1,475 @@
+// Command clientdecode compares the Go client's decoding speed with the
+// official TypeScript client's (@electric-sql/client), on one machine, in
+// one run, on the very same bytes.
+//
+// Usage (from the module root; bench/client-decode.sh does this):
+//
+//	go run ./internal/pgtest/cmd/withpg -- go run ./bench/clientdecode [-rows 100000] [-count 5] [-benchtime 1s] [-keep DIR]
+//
+// It
+//
+//  1. makes one shape log body: a table of -rows rows in a fresh database
+//     (DATABASE_URL, or a private cluster when it is not set), served by
+//     electrictest and fetched from offset -1 as a client does: the snapshot
+//     response (one chunk: the chunk size is raised so that the whole
+//     snapshot fits), ending in snapshot-end, then the next offset's
+//     up-to-date, their messages joined byte for byte into one array. The
+//     columns and values are those of the client package's own benchmark
+//     (int8 key, text, int4, bool, text[] and a NULL jsonb). The body and
+//     its electric-schema header are written to files, removed at the end
+//     unless -keep names a directory.
+//  2. builds the client package's test binary once and runs -count rounds
+//     of, one after the other,
+//     - the Go benchmark, as `go test -run '^$' -bench '^BenchmarkDecode$'
+//     -benchmem ./client/` would, with SHAPESEAL_DECODE_BODY and
+//     SHAPESEAL_DECODE_SCHEMA naming the files. BenchmarkDecode reads the
+//     body through a ShapeStream whose http.Client answers from memory,
+//     once with values as strings (Parse: false, the Go client's default)
+//     and once with typed values (Parse: true);
+//     - bench/ts-decode.mjs: a ShapeStream of the TypeScript client
+//     (installed by internal/nodetest in electrictest/interop) whose
+//     fetchClient answers from memory, with its default parser, which types
+//     values as Go's Parse: true does.
+//     Alternating the two spreads a change in the machine's load over both.
+//  3. prints the medians over the rounds, in rows/s, and the ratios Go/TS
+//     (with the lowest and highest ratio of a single round). The
+//     like-for-like ratio is Parse: true against the TypeScript client (both
+//     deliver typed values); the issue's target is 3×.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/shapeseal/shapeseal/electrictest"
+	"github.com/shapeseal/shapeseal/internal/nodetest"
+	"github.com/shapeseal/shapeseal/internal/pgtest"
+)
+
+// target is the Go/TS ratio the issue asks for (Parse: true against the
+// TypeScript client's default parser).
+const target = 3.0
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "clientdecode:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+
+func run() error {
+	rows := flag.Int("rows", 100_000, "rows in the shape log")
+	count := flag.Int("count", 5, "runs of each benchmark; medians are compared")
+	benchtime := flag.Duration("benchtime", time.Second, "minimum duration of one run")
+	keep := flag.String("keep", "", "write the body and schema into this directory and keep them")
+	flag.Parse()
+	if flag.NArg() > 0 || *rows < 1 || *count < 1 {
+		flag.Usage()
+		return errors.New("bad arguments")
+	}
+	ctx := context.Background()
+
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	node, interop, err := nodetest.Install(logf)
+	if err != nil {
+		return err
+	}
+	nodeVersion, _ := exec.Command(node, "--version").Output()
+	tsVersion, err := packageVersion(filepath.Join(interop, "node_modules", "@electric-sql", "client"))
+	if err != nil {
+		return err
+	}
+
+	dir := *keep
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "shapeseal-clientdecode-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	bodyFile, schemaFile := filepath.Join(dir, "body.json"), filepath.Join(dir, "schema.json")
+	pgVersion, size, err := makeBody(ctx, *rows, bodyFile, schemaFile)
+	if err != nil {
+		return fmt.Errorf("making the shape log: %w", err)
+	}
+	logf("clientdecode: %d rows, %.1f MB body from electrictest over %s", *rows, float64(size)/1e6, pgVersion)
+
+	// The Go test binary is built once; then each round runs it and
+	// ts-decode.mjs once, one after the other, so that a change in the
+	// machine's load during the run weighs on both sides alike.
+	goTest := filepath.Join(dir, "client.test")
+	cmd := exec.Command("go", "test", "-c", "-o", goTest, "./client/")
+	cmd.Dir = root
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go test -c ./client/: %v", err)
+	}
+	goRuns := map[string]runs{}
+	var ts runs
+	cpu := "unknown cpu"
+	for round := 1; round <= *count; round++ {
+		logf("clientdecode: round %d/%d: go test -run '^$' -bench '^BenchmarkDecode$' -benchmem ./client/", round, *count)
+		cmd := exec.Command(goTest, "-test.run", "^$", "-test.bench", "^BenchmarkDecode$", "-test.benchmem",
+			"-test.benchtime", benchtime.String())
+		cmd.Dir = filepath.Join(root, "client")
+		cmd.Env = append(os.Environ(), "SHAPESEAL_DECODE_BODY="+bodyFile, "SHAPESEAL_DECODE_SCHEMA="+schemaFile)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		os.Stderr.Write(out)
+		if err != nil {
+			return fmt.Errorf("BenchmarkDecode: %v", err)
+		}
+		if cpu, err = parseGoBench(out, goRuns); err != nil {
+			return err
+		}
+
+		logf("clientdecode: round %d/%d: node bench/ts-decode.mjs", round, *count)
+		cmd = exec.Command(node, filepath.Join(root, "bench", "ts-decode.mjs"),
+			"--client", filepath.Join(interop, "node_modules", "@electric-sql", "client"),
+			"--body", bodyFile, "--schema", schemaFile, "--rows", strconv.Itoa(*rows),
+			"--count", "1", "--time", strconv.FormatFloat(benchtime.Seconds(), 'f', -1, 64))
+		cmd.Dir = root
+		cmd.Stderr = os.Stderr
+		out, err = cmd.Output()
+		os.Stderr.Write(out)
+		if err != nil {
+			return fmt.Errorf("node bench/ts-decode.mjs: %v", err)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			var r struct {
+				RowsPerSec float64 `json:"rows_per_sec"`
+				MBPerSec   float64 `json:"mb_per_sec"`
+			}
+			if err := json.Unmarshal([]byte(line), &r); err != nil {
+				return fmt.Errorf("ts-decode.mjs printed %q: %v", line, err)
+			}
+			ts.rows = append(ts.rows, r.RowsPerSec)
+			ts.mb = append(ts.mb, r.MBPerSec)
+		}
+	}
+
+	raw, typed := goRuns["parse=false"], goRuns["parse=true"]
+	if len(raw.rows) == 0 || len(typed.rows) == 0 || len(ts.rows) == 0 {
+		return errors.New("missing results")
+	}
+	fmt.Printf("\nclient decode: one %d-row shape log (%.1f MB, from electrictest over %s), read from memory\n", *rows, float64(size)/1e6, pgVersion)
+	fmt.Printf("machine: %s, %s/%s, %d CPUs, GOMAXPROCS %d; %s, node %s; medians of %d rounds (Go, then TS) of ≥%v each\n\n",
+		cpu, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(),
+		strings.TrimSpace(string(nodeVersion)), *count, *benchtime)
+	fmt.Printf("  %-52s %12s %8s\n", "", "rows/s", "MB/s")
+	line := func(name string, r runs) {
+		fmt.Printf("  %-52s %12s %8.1f   (rounds: %s)\n", name, thousands(median(r.rows)), median(r.mb), spread(r.rows))
+	}
+	line("Go client, Parse: false (values as strings)", raw)
+	line("Go client, Parse: true (typed values)", typed)
+	line("TS @electric-sql/client "+tsVersion+" (default parser)", ts)
+	like := median(typed.rows) / median(ts.rows)
+	verdict := "met"
+	if like < target {
+		verdict = "NOT MET"
+	}
+	fmt.Printf("\n  Go/TS, typed values (Parse: true vs default parser):          %5.2f×  (rounds: %s)  target ≥ %.0f×: %s\n",
+		like, ratioSpread(typed.rows, ts.rows), target, verdict)
+	fmt.Printf("  Go/TS, each client's default (Parse: false vs default parser): %5.2f×  (rounds: %s)\n",
+		median(raw.rows)/median(ts.rows), ratioSpread(raw.rows, ts.rows))
+	return nil
+}
+
+// makeBody creates a database with the benchmark table, serves it with
+// electrictest, fetches the initial sync and writes its body and schema.
+// It returns Postgres's version and the body size.
+func makeBody(ctx context.Context, rows int, bodyFile, schemaFile string) (pgVersion string, size int, err error) {
+	cl, err := pgtest.Open(ctx, pgtest.Options{Logf: logf})
+	if err != nil {
+		return "", 0, err
+	}
+	defer cl.Stop()
+	admin, err := pgx.Connect(ctx, cl.URL())
+	if err != nil {
+		return "", 0, err
+	}
+	defer admin.Close(context.Background())
+	if err := admin.QueryRow(ctx, "SELECT split_part(version(), ' ', 1) || ' ' || current_setting('server_version')").Scan(&pgVersion); err != nil {
+		return "", 0, err
+	}
+	var id [6]byte
+	rand.Read(id[:])
+	name := "shapeseal_clientdecode_" + hex.EncodeToString(id[:])
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", 0, err
+	}
+	defer func() {
+		if derr := dropDatabase(admin, name); derr != nil && err == nil {
+			err = fmt.Errorf("drop database %s: %w", name, derr)
+		}
+	}()
+	dbURL, err := withDatabase(cl.URL(), name)
+	if err != nil {
+		return "", 0, err
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return "", 0, err
+	}
+	// The values of client/bench_test.go's shapeLogRow.
+	_, err = conn.Exec(ctx, `CREATE TABLE items (id int8 PRIMARY KEY, title text, n int4, flag bool, tags text[], doc jsonb)`)
+	if err == nil {
+		_, err = conn.Exec(ctx, `INSERT INTO items SELECT i, 'item number ' || i, i % 1000, i % 2 = 0, '{a,b}', NULL
+			FROM generate_series(0, $1::int8 - 1) i`, rows)
+	}
+	conn.Close(context.Background())
+	if err != nil {
+		return "", 0, err
+	}
+
+	srv, err := electrictest.New(ctx, electrictest.Options{DatabaseURL: dbURL, ChunkBytes: 1 << 30})
+	if err != nil {
+		return "", 0, err
+	}
+	hs := httptest.NewServer(srv)
+	defer func() {
+		hs.CloseClientConnections()
+		srv.Close()
+		hs.Close()
+	}()
+	// The initial sync is the snapshot response (up to snapshot-end) and
+	// the response to the next offset (up-to-date). The body is the two
+	// arrays' messages, byte for byte, in one array.
+	var body []byte
+	var schema string
+	var last string
+	changes := 0
+	for u := hs.URL + "/v1/shape?table=items&offset=-1"; last != "up-to-date"; {
+		if len(body) > 0 && bytes.Count(body, []byte(`"control"`)) > 10 {
+			return "", 0, errors.New("no up-to-date after 10 responses")
+		}
+		resp, err := http.Get(u)
+		if err != nil {
+			return "", 0, err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return "", 0, err
+		}
+		if resp.StatusCode != 200 {
+			return "", 0, fmt.Errorf("GET %s: %s: %s", u, resp.Status, b)
+		}
+		var msgs []struct {
+			Headers struct {
+				Operation string `json:"operation"`
+				Control   string `json:"control"`
+			} `json:"headers"`
+		}
+		if err := json.Unmarshal(b, &msgs); err != nil {
+			return "", 0, fmt.Errorf("GET %s: not a JSON array of messages: %v", u, err)
+		}
+		if len(msgs) == 0 {
+			return "", 0, fmt.Errorf("GET %s: an empty array", u)
+		}
+		for _, m := range msgs {
+			if m.Headers.Operation != "" {
+				changes++
+			}
+		}
+		last = msgs[len(msgs)-1].Headers.Control
+		if schema == "" {
+			schema = resp.Header.Get("electric-schema")
+		}
+		b = bytes.TrimSpace(b)
+		if body == nil {
+			body = b
+		} else {
+			body = append(append(body[:len(body)-1], ','), b[1:]...)
+		}
+		u = hs.URL + "/v1/shape?table=items&offset=" + url.QueryEscape(resp.Header.Get("electric-offset")) +
+			"&handle=" + url.QueryEscape(resp.Header.Get("electric-handle"))
+	}
+	if changes != rows {
+		return "", 0, fmt.Errorf("the initial sync has %d changes, want %d", changes, rows)
+	}
+	if schema == "" {
+		return "", 0, errors.New("the response has no electric-schema header")
+	}
+	if err := os.WriteFile(bodyFile, body, 0o644); err != nil {
+		return "", 0, err
+	}
+	if err := os.WriteFile(schemaFile, []byte(schema+"\n"), 0o644); err != nil {
+		return "", 0, err
+	}
+	return pgVersion, len(body), nil
+}
+
+// dropDatabase drops the database name. The server is closed by then, but
+// its replication connection may take a moment to go: DROP DATABASE ...
+// WITH (FORCE) refuses while a walsender uses a slot, so this terminates
+// the database's sessions and retries for up to 30 s.
+func dropDatabase(admin *pgx.Conn, name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		_, _ = admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+		_, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// withDatabase returns the URL-form connection string u with its database
+// replaced by name.
+func withDatabase(u, name string) (string, error) {
+	p, err := url.Parse(u)
+	if err != nil || (p.Scheme != "postgres" && p.Scheme != "postgresql") {
+		return "", fmt.Errorf("DATABASE_URL must be a postgres:// URL")
+	}
+	p.Path, p.RawPath = "/"+name, ""
+	q := p.Query()
+	if q.Has("dbname") {
+		q.Set("dbname", name)
+		p.RawQuery = q.Encode()
+	}
+	return p.String(), nil
+}
+
+type runs struct{ rows, mb []float64 }
+
+var benchLine = regexp.MustCompile(`^BenchmarkDecode/(parse=\w+)(?:-\d+)?\s`)
+
+// parseGoBench adds the rows/s and MB/s of every BenchmarkDecode line in
+// out to res, by sub-benchmark, and returns the cpu line.
+func parseGoBench(out []byte, res map[string]runs) (cpu string, err error) {
+	cpu = "unknown cpu"
+	found := false
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		line := sc.Text()
+		if c, ok := strings.CutPrefix(line, "cpu: "); ok {
+			cpu = strings.TrimSpace(c)
+		}
+		m := benchLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		found = true
+		r := res[m[1]]
+		f := strings.Fields(line)
+		for i := 1; i < len(f); i++ {
+			v, err := strconv.ParseFloat(f[i-1], 64)
+			if err != nil {
+				continue
+			}
+			switch f[i] {
+			case "rows/s":
+				r.rows = append(r.rows, v)
+			case "MB/s":
+				r.mb = append(r.mb, v)
+			}
+		}
+		res[m[1]] = r
+	}
+	if !found {
+		return "", errors.New("no BenchmarkDecode results in the benchmark's output")
+	}
+	return cpu, nil
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// spread prints the lowest and highest of xs.
+func spread(xs []float64) string {
+	return thousands(slices.Min(xs)) + "–" + thousands(slices.Max(xs))
+}
+
+// ratioSpread prints the lowest and highest ratio of a round's figures.
+func ratioSpread(a, b []float64) string {
+	var rs []float64
+	for i := range min(len(a), len(b)) {
+		rs = append(rs, a[i]/b[i])
+	}
+	return fmt.Sprintf("%.2f–%.2f", slices.Min(rs), slices.Max(rs))
+}
+
+// thousands formats x rounded, with thousands separators.
+func thousands(x float64) string {
+	s := strconv.FormatInt(int64(math.Round(x)), 10)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// moduleRoot returns the directory of the main module's go.mod.
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %v", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("not inside the shapeseal module: run from its root")
+	}
+	return filepath.Dir(mod), nil
+}
+
+func packageVersion(dir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "package.json"))
+	if err != nil {
+		return "", err
+	}
+	var pkg struct {
+		Version string `json:"version"`
+	}
+	if err := json.Unmarshal(b, &pkg); err != nil {
+		return "", err
+	}
+	return pkg.Version, nil
+}

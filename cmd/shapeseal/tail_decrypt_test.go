@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/shapeseal/shapeseal/electrictest"
+	"github.com/shapeseal/shapeseal/internal/pgtest"
+	"github.com/shapeseal/shapeseal/keysync"
+)
+
+func TestTailDecrypts(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := pgtest.NewDB(t)
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	if err := keysync.ApplySchema(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, url, `CREATE TABLE items (id uuid PRIMARY KEY, tenant_id text NOT NULL, title text, body text)`)
+
+	dir := t.TempDir()
+	identity := func(user string) string {
+		id, err := keysync.GenerateIdentity()
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, user+".key")
+		if err := keysync.WriteIdentityFile(path, id); err != nil {
+			t.Fatal(err)
+		}
+		rcpt, _ := keysync.RecipientOf(id)
+		pgtest.Exec(t, url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ($1, 'd1', $2)`, user, rcpt)
+		if user == "alice" {
+			ks, _ := keysync.NewKeyset("acme")
+			wrapped, err := keysync.Wrap(ks, id.Recipient())
+			if err != nil {
+				t.Fatal(err)
+			}
+			pgtest.Exec(t, url, `INSERT INTO shapeseal_tenant_keys VALUES ('acme', $1, 'd1', 1, $2)`, user, wrapped)
+			spec := keysync.TableSpec{Table: "items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
+			for i, title := range []string{"first secret", "second secret"} {
+				row := map[string]any{"id": "00000000-0000-4000-8000-00000000000" + string(rune('1'+i)), "tenant_id": "acme", "title": title}
+				if i == 0 {
+					row["body"] = "a body"
+				}
+				if err := spec.SealRow(ks, row); err != nil {
+					t.Fatal(err)
+				}
+				pgtest.Exec(t, url, `INSERT INTO items VALUES ($1, $2, $3, $4)`, row["id"], row["tenant_id"], row["title"], row["body"])
+			}
+		}
+		return path
+	}
+	alice, eve := identity("alice"), identity("eve")
+	srv := electrictest.StartTest(t, electrictest.Options{DatabaseURL: url, LongPollTimeout: 300 * time.Millisecond})
+
+	run := func(args ...string) []map[string]any {
+		t.Helper()
+		var out, errOut syncBuffer
+		args = append([]string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--tenant-column", "tenant_id"}, args...)
+		if err := tail(ctx, args, &out, &errOut); err != nil {
+			t.Fatal(err, errOut.lines())
+		}
+		if s := strings.Join(errOut.lines(), "\n"); s != "" {
+			t.Errorf("stderr: %s", s)
+		}
+		var values []map[string]any
+		for _, l := range out.lines() {
+			if strings.Contains(l, "ss1:") {
+				t.Errorf("ciphertext printed: %s", l)
+			}
+			var m struct {
+				Headers map[string]any `json:"headers"`
+				Value   map[string]any `json:"value"`
+			}
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatalf("line %q: %v", l, err)
+			}
+			if m.Headers["operation"] == "insert" {
+				values = append(values, m.Value)
+			}
+		}
+		if len(values) != 2 {
+			t.Fatalf("output %s", out.lines())
+		}
+		return values
+	}
+
+	// A member, with the key shape filtered to her device.
+	v := run("--identity", alice, "--user", "alice", "--device", "d1")
+	if v[0]["title"] != "first secret" || v[0]["body"] != "a body" || v[1]["title"] != "second secret" || v[1]["body"] != nil {
+		t.Errorf("member: %v", v)
+	}
+
+	// A non-member following the whole key shape: alice's row is not for
+	// her device, and every cell is a per-cell error.
+	start := time.Now()
+	v = run("--identity", eve, "--key-wait", "300ms")
+	for _, row := range v {
+		e, ok := row["title"].(map[string]any)
+		if !ok || e["error"] != "no_key" || !strings.HasPrefix(e["message"].(string), "keysync: open public.items.title") {
+			t.Errorf("non-member title: %v", row["title"])
+		}
+	}
+	if e, ok := v[0]["body"].(map[string]any); !ok || e["error"] != "no_key" {
+		t.Errorf("non-member body: %v", v[0]["body"])
+	}
+	if v[1]["body"] != nil {
+		t.Errorf("NULL body: %v", v[1]["body"])
+	}
+	// One wait for the missing key, not one per cell.
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("non-member tail took %s", d)
+	}
+}

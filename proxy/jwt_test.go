@@ -1,0 +1,377 @@
+package proxy
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Test keys, generated once.
+var (
+	keysOnce  sync.Once
+	rsaKey    *rsa.PrivateKey
+	rsaKey2   *rsa.PrivateKey
+	ecKey     *ecdsa.PrivateKey
+	ec384Key  *ecdsa.PrivateKey
+	edPub     ed25519.PublicKey
+	edPriv    ed25519.PrivateKey
+	hmacKey   = []byte("0123456789abcdef0123456789abcdef-test-secret")
+	otherHMAC = []byte("ffffffffffffffffffffffffffffffff-other-secret")
+)
+
+func testKeys(t testing.TB) {
+	t.Helper()
+	keysOnce.Do(func() {
+		var err error
+		if rsaKey, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+			panic(err)
+		}
+		if rsaKey2, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+			panic(err)
+		}
+		if ecKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			panic(err)
+		}
+		if ec384Key, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader); err != nil {
+			panic(err)
+		}
+		if edPub, edPriv, err = ed25519.GenerateKey(rand.Reader); err != nil {
+			panic(err)
+		}
+	})
+}
+
+// sign makes a compact JWS with the standard library. key is []byte for
+// HS*, or a private key.
+func sign(t testing.TB, alg, kid string, key any, claims map[string]any) string {
+	t.Helper()
+	hdr := map[string]any{"alg": alg, "typ": "JWT"}
+	if kid != "" {
+		hdr["kid"] = kid
+	}
+	hb, _ := json.Marshal(hdr)
+	cb, _ := json.Marshal(claims)
+	signed := b64.EncodeToString(hb) + "." + b64.EncodeToString(cb)
+	var sig []byte
+	if alg != "none" {
+		h, newHash := hashFor(alg)
+		if alg == "EdDSA" {
+			sig = ed25519.Sign(key.(ed25519.PrivateKey), []byte(signed))
+		} else {
+			switch alg[:2] {
+			case "HS":
+				m := hmac.New(newHash, key.([]byte))
+				m.Write([]byte(signed))
+				sig = m.Sum(nil)
+			case "RS", "PS":
+				d := newHash()
+				d.Write([]byte(signed))
+				var err error
+				if alg[0] == 'R' {
+					sig, err = rsa.SignPKCS1v15(rand.Reader, key.(*rsa.PrivateKey), h, d.Sum(nil))
+				} else {
+					sig, err = rsa.SignPSS(rand.Reader, key.(*rsa.PrivateKey), h, d.Sum(nil), nil)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			case "ES":
+				k := key.(*ecdsa.PrivateKey)
+				d := newHash()
+				d.Write([]byte(signed))
+				r, s, err := ecdsa.Sign(rand.Reader, k, d.Sum(nil))
+				if err != nil {
+					t.Fatal(err)
+				}
+				size := (k.Curve.Params().BitSize + 7) / 8
+				sig = make([]byte, 2*size)
+				r.FillBytes(sig[:size])
+				s.FillBytes(sig[size:])
+			}
+		}
+	}
+	return signed + "." + b64.EncodeToString(sig)
+}
+
+func claimsFor(user string, extra map[string]any) map[string]any {
+	now := time.Now().Unix()
+	c := map[string]any{"sub": user, "iss": "https://issuer.test", "aud": "shapeseal",
+		"iat": now, "nbf": now, "exp": now + 600}
+	for k, v := range extra {
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+	}
+	return c
+}
+
+func testAuth() AuthConfig {
+	return AuthConfig{
+		Algorithms: []string{"HS256", "HS384", "HS512", "RS256", "RS512", "PS256", "ES256", "ES384", "EdDSA"},
+		HMACKeys:   []HMACKey{{ID: "hs", Secret: hmacKey}},
+		PublicKeys: []PublicKey{
+			{ID: "rs", Key: &rsaKey.PublicKey},
+			{ID: "ec", Key: &ecKey.PublicKey},
+			{ID: "ec384", Key: &ec384Key.PublicKey},
+			{ID: "ed", Key: edPub},
+		},
+		Issuer:   "https://issuer.test",
+		Audience: []string{"shapeseal"},
+		Leeway:   5 * time.Second,
+	}
+}
+
+func TestVerifyAlgorithms(t *testing.T) {
+	testKeys(t)
+	v, err := newVerifier(testAuth())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := claimsFor("alice", map[string]any{"roles": []string{"reader"}, "tenant_ids": "acme globex", "device_id": "laptop"})
+	for _, tc := range []struct {
+		alg, kid string
+		key      any
+	}{
+		{"HS256", "hs", hmacKey}, {"HS384", "", hmacKey}, {"HS512", "hs", hmacKey},
+		{"RS256", "rs", rsaKey}, {"RS512", "", rsaKey}, {"PS256", "rs", rsaKey},
+		{"ES256", "ec", ecKey}, {"ES384", "ec384", ec384Key}, {"ES256", "", ecKey},
+		{"EdDSA", "ed", edPriv},
+	} {
+		id, err := v.Verify(context.Background(), sign(t, tc.alg, tc.kid, tc.key, c))
+		if err != nil {
+			t.Errorf("%s kid=%q: %v", tc.alg, tc.kid, err)
+			continue
+		}
+		if id.UserID != "alice" || id.DeviceID != "laptop" || len(id.Roles) != 1 || len(id.Tenants) != 2 {
+			t.Errorf("%s: identity %+v", tc.alg, id)
+		}
+	}
+}
+
+// rejectCases are tokens every verifier with testAuth must refuse.
+func rejectCases(t testing.TB) map[string]struct {
+	token string
+	want  error
+} {
+	testKeys(t)
+	now := time.Now().Unix()
+	good := claimsFor("alice", nil)
+	pubDER, _ := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
+	noneTok := sign(t, "none", "", nil, good)
+	// alg "none" with a signature copied from a valid token.
+	valid := sign(t, "RS256", "rs", rsaKey, good)
+	noneSig := noneTok + valid[lastDot(valid):]
+	type rc = struct {
+		token string
+		want  error
+	}
+	return map[string]rc{
+		"alg none":                     {noneTok, ErrAlgorithm},
+		"alg none with signature":      {noneSig, ErrAlgorithm},
+		"alg None":                     {sign(t, "none", "", nil, good)[:0] + signHeader(t, `{"alg":"None"}`, good), ErrAlgorithm},
+		"HS256 with RSA public PEM":    {sign(t, "HS256", "rs", pubPEM, good), ErrSignature},
+		"HS256 with RSA PEM, no kid":   {sign(t, "HS256", "", pubPEM, good), ErrSignature},
+		"HS256 with RSA DER":           {sign(t, "HS256", "", pubDER, good), ErrSignature},
+		"HS256 with Ed25519 key":       {sign(t, "HS256", "ed", []byte(edPub), good), ErrSignature},
+		"RS256 with other RSA key":     {sign(t, "RS256", "rs", rsaKey2, good), ErrSignature},
+		"ES256 signed by ES384 key":    {sign(t, "ES384", "ec", ec384Key, good), ErrSignature},
+		"HS256 other secret":           {sign(t, "HS256", "hs", otherHMAC, good), ErrSignature},
+		"alg not in allowlist (RS384)": {sign(t, "RS384", "rs", rsaKey, good), ErrAlgorithm},
+		"expired":                      {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": now - 60})), ErrExpired},
+		"no exp":                       {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": nil})), ErrClaims},
+		"exp as string":                {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": "9999999999"})), ErrClaims},
+		"not yet valid":                {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"nbf": now + 60})), ErrNotYetValid},
+		"issued in the future":         {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"iat": now + 60})), ErrNotYetValid},
+		"wrong issuer":                 {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"iss": "https://evil.test"})), ErrIssuer},
+		"no issuer":                    {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"iss": nil})), ErrIssuer},
+		"wrong audience":               {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"aud": []string{"other"}})), ErrAudience},
+		"unknown kid":                  {sign(t, "RS256", "nope", rsaKey, good), ErrSignature},
+		"no subject":                   {sign(t, "RS256", "rs", rsaKey, claimsFor("", nil)), ErrClaims},
+		"garbage":                      {"not.a.token", ErrMalformed},
+		"two parts":                    {"abc.def", ErrMalformed},
+		"tampered payload":             {tamper(valid), ErrSignature},
+	}
+}
+
+func lastDot(s string) int {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '.' {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// signHeader builds an unsigned token with a raw header.
+func signHeader(t testing.TB, hdr string, claims map[string]any) string {
+	cb, _ := json.Marshal(claims)
+	return b64.EncodeToString([]byte(hdr)) + "." + b64.EncodeToString(cb) + "."
+}
+
+// tamper changes the subject of a token, keeping its signature.
+func tamper(tok string) string {
+	parts := splitDots(tok)
+	pb, _ := b64.DecodeString(parts[1])
+	var c map[string]any
+	json.Unmarshal(pb, &c)
+	c["sub"] = "bob"
+	nb, _ := json.Marshal(c)
+	return parts[0] + "." + b64.EncodeToString(nb) + "." + parts[2]
+}
+
+func splitDots(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '.' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+func TestVerifyRejects(t *testing.T) {
+	v, err := newVerifier(testAuth())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range rejectCases(t) {
+		_, err := v.Verify(context.Background(), tc.token)
+		if !errors.Is(err, tc.want) || !errors.Is(err, ErrInvalidToken) {
+			t.Errorf("%s: got %v, want %v", name, err, tc.want)
+		}
+	}
+}
+
+func TestVerifyLeeway(t *testing.T) {
+	testKeys(t)
+	v, _ := newVerifier(testAuth())
+	now := time.Now().Unix()
+	tok := sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": now - 2, "nbf": now + 2}))
+	if _, err := v.Verify(context.Background(), tok); err != nil {
+		t.Fatalf("within leeway: %v", err)
+	}
+}
+
+func TestNewVerifierConfig(t *testing.T) {
+	testKeys(t)
+	for name, cfg := range map[string]AuthConfig{
+		"no algorithms": {HMACKeys: []HMACKey{{Secret: hmacKey}}},
+		"none allowed":  {Algorithms: []string{"none"}, HMACKeys: []HMACKey{{Secret: hmacKey}}},
+		"short secret":  {Algorithms: []string{"HS256"}, HMACKeys: []HMACKey{{Secret: []byte("short")}}},
+		"no keys":       {Algorithms: []string{"HS256"}},
+		"private key":   {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: rsaKey}}},
+	} {
+		if _, err := newVerifier(cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestClaimPaths(t *testing.T) {
+	testKeys(t)
+	a := testAuth()
+	a.UserClaim, a.RolesClaim, a.TenantsClaim, a.DeviceClaim = "app.uid", "https://x.test/roles", "app.orgs", "dev"
+	v, _ := newVerifier(a)
+	tok := sign(t, "HS256", "hs", hmacKey, claimsFor("ignored", map[string]any{
+		"app":                  map[string]any{"uid": 42, "orgs": []string{"a", "b"}},
+		"https://x.test/roles": []string{"admin"},
+		"dev":                  "phone",
+	}))
+	id, err := v.Verify(context.Background(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.UserID != "42" || id.DeviceID != "phone" || id.Roles[0] != "admin" || len(id.Tenants) != 2 {
+		t.Fatalf("identity %+v", id)
+	}
+}
+
+func jwk(t testing.TB, kid string, pub crypto.PublicKey) map[string]any {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		return map[string]any{"kty": "RSA", "kid": kid, "use": "sig", "n": b64.EncodeToString(k.N.Bytes()),
+			"e": b64.EncodeToString(big.NewInt(int64(k.E)).Bytes())}
+	case *ecdsa.PublicKey:
+		raw, _ := k.Bytes()
+		size := (len(raw) - 1) / 2
+		return map[string]any{"kty": "EC", "kid": kid, "crv": k.Curve.Params().Name, "x": b64.EncodeToString(raw[1 : 1+size]), "y": b64.EncodeToString(raw[1+size:])}
+	case ed25519.PublicKey:
+		return map[string]any{"kty": "OKP", "kid": kid, "crv": "Ed25519", "x": b64.EncodeToString(k)}
+	}
+	t.Fatalf("jwk: %T", pub)
+	return nil
+}
+
+func TestJWKS(t *testing.T) {
+	testKeys(t)
+	var fetches atomic.Int32
+	var mu sync.Mutex
+	keys := []any{jwk(t, "k1", &rsaKey.PublicKey), jwk(t, "e1", &ecKey.PublicKey), jwk(t, "d1", edPub),
+		map[string]any{"kty": "oct", "kid": "sym", "k": b64.EncodeToString(hmacKey)}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		mu.Lock()
+		defer mu.Unlock()
+		json.NewEncoder(w).Encode(map[string]any{"keys": keys})
+	}))
+	defer srv.Close()
+	v, err := newVerifier(AuthConfig{Algorithms: []string{"RS256", "ES256", "EdDSA", "HS256"}, JWKSURL: srv.URL,
+		JWKSMinRefreshInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c := claimsFor("alice", nil)
+	for _, tok := range []string{sign(t, "RS256", "k1", rsaKey, c), sign(t, "ES256", "e1", ecKey, c), sign(t, "EdDSA", "d1", edPriv, c)} {
+		if _, err := v.Verify(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("%d fetches, want 1 (cached)", n)
+	}
+	// A symmetric JWK is never used: HS256 signed with its secret fails.
+	if _, err := v.Verify(ctx, sign(t, "HS256", "sym", hmacKey, c)); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("oct key accepted: %v", err)
+	}
+	// Unknown kids trigger at most one refetch per interval.
+	time.Sleep(250 * time.Millisecond)
+	before := fetches.Load()
+	for range 20 {
+		if _, err := v.Verify(ctx, sign(t, "RS256", "k2", rsaKey2, c)); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("unknown kid: %v", err)
+		}
+	}
+	if n := fetches.Load() - before; n != 1 {
+		t.Fatalf("%d refetches for unknown kids, want 1", n)
+	}
+	// Key rotation: the new key appears and is found after the interval.
+	mu.Lock()
+	keys = append(keys, jwk(t, "k2", &rsaKey2.PublicKey))
+	mu.Unlock()
+	time.Sleep(250 * time.Millisecond)
+	if _, err := v.Verify(ctx, sign(t, "RS256", "k2", rsaKey2, c)); err != nil {
+		t.Fatalf("rotated key: %v", err)
+	}
+}

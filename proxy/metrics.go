@@ -1,0 +1,107 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+var latencyBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
+type histogram struct {
+	counts []uint64 // per bucket, non-cumulative; last is +Inf
+	sum    float64
+	n      uint64
+}
+
+// metrics are kept by hand and written in the Prometheus text format.
+type metrics struct {
+	mu        sync.Mutex
+	requests  map[[2]string]uint64 // shape, status
+	latency   map[string]*histogram
+	liveNow   atomic.Int64
+	upErrors  atomic.Uint64
+	bytesSent atomic.Uint64
+}
+
+func newMetrics() *metrics {
+	return &metrics{requests: map[[2]string]uint64{}, latency: map[string]*histogram{}}
+}
+
+func (m *metrics) observe(shape string, status int, d time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.requests[[2]string{shape, strconv.Itoa(status)}]++
+	h := m.latency[shape]
+	if h == nil {
+		h = &histogram{counts: make([]uint64, len(latencyBuckets)+1)}
+		m.latency[shape] = h
+	}
+	s := d.Seconds()
+	i, _ := slices.BinarySearch(latencyBuckets, s)
+	h.counts[i]++
+	h.sum += s
+	h.n++
+}
+
+func (m *metrics) write(w io.Writer) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_requests_total Requests by shape and status.")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_requests_total counter")
+	keys := make([][2]string, 0, len(m.requests))
+	for k := range m.requests {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b [2]string) int {
+		if a[0] != b[0] {
+			return compare(a[0], b[0])
+		}
+		return compare(a[1], b[1])
+	})
+	for _, k := range keys {
+		fmt.Fprintf(w, "shapeseal_proxy_requests_total{shape=%q,status=%q} %d\n", k[0], k[1], m.requests[k])
+	}
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_request_duration_seconds Request latency by shape (to the end of the body).")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_request_duration_seconds histogram")
+	shapes := make([]string, 0, len(m.latency))
+	for s := range m.latency {
+		shapes = append(shapes, s)
+	}
+	slices.Sort(shapes)
+	for _, s := range shapes {
+		h := m.latency[s]
+		var cum uint64
+		for i, le := range latencyBuckets {
+			cum += h.counts[i]
+			fmt.Fprintf(w, "shapeseal_proxy_request_duration_seconds_bucket{shape=%q,le=%q} %d\n", s, strconv.FormatFloat(le, 'g', -1, 64), cum)
+		}
+		cum += h.counts[len(latencyBuckets)]
+		fmt.Fprintf(w, "shapeseal_proxy_request_duration_seconds_bucket{shape=%q,le=\"+Inf\"} %d\n", s, cum)
+		fmt.Fprintf(w, "shapeseal_proxy_request_duration_seconds_sum{shape=%q} %g\n", s, h.sum)
+		fmt.Fprintf(w, "shapeseal_proxy_request_duration_seconds_count{shape=%q} %d\n", s, h.n)
+	}
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_live_requests Live (long-poll) requests in flight.")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_live_requests gauge")
+	fmt.Fprintf(w, "shapeseal_proxy_live_requests %d\n", m.liveNow.Load())
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_upstream_errors_total Upstream requests that failed (network errors, timeouts, refused credentials).")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_upstream_errors_total counter")
+	fmt.Fprintf(w, "shapeseal_proxy_upstream_errors_total %d\n", m.upErrors.Load())
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_response_bytes_total Response body bytes sent to clients.")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_response_bytes_total counter")
+	fmt.Fprintf(w, "shapeseal_proxy_response_bytes_total %d\n", m.bytesSent.Load())
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,196 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode"
+)
+
+// RequestError is a request the proxy refuses before anything reaches
+// upstream; it is answered with Status and a JSON body
+// {"message": ..., "errors": {Field: [Msg]}}.
+type RequestError struct {
+	Status int
+	Field  string
+	Msg    string
+}
+
+func (e *RequestError) Error() string { return e.Field + ": " + e.Msg }
+
+func badRequest(field, format string, args ...any) *RequestError {
+	return &RequestError{Status: 400, Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// parseIdent parses one identifier with Electric's (Postgres') rules:
+// "quoted" verbatim with "" unescaped, unquoted downcased (ASCII only).
+func parseIdent(s string) (string, error) {
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		in := s[1 : len(s)-1]
+		if in == "" {
+			return "", errors.New("zero-length delimited identifier")
+		}
+		out := strings.ReplaceAll(in, `""`, "")
+		if strings.Contains(out, `"`) {
+			return "", errors.New("identifier with unescaped quote")
+		}
+		out = strings.ReplaceAll(in, `""`, `"`)
+		if strings.ContainsRune(out, 0) || len(out) > 63 {
+			return "", errors.New("invalid identifier")
+		}
+		return out, nil
+	}
+	if s == "" {
+		return "", errors.New("zero-length identifier")
+	}
+	for i, r := range s {
+		ok := unicode.IsLetter(r) || r == '_' || i > 0 && (unicode.IsDigit(r) && r < 128 || r == '$' || unicode.Is(unicode.M, r))
+		if !ok {
+			return "", errors.New("invalid unquoted identifier")
+		}
+	}
+	out := strings.Map(func(r rune) rune {
+		if r >= 'A' && r <= 'Z' {
+			return r + 32
+		}
+		return r
+	}, s)
+	if len(out) > 63 {
+		return "", errors.New("identifier is too long")
+	}
+	return out, nil
+}
+
+// splitOutsideQuotes splits s on sep outside double quotes.
+func splitOutsideQuotes(s string, sep byte) []string {
+	var parts []string
+	inQ, start := false, 0
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] == '"':
+			inQ = !inQ
+		case s[i] == sep && !inQ:
+			parts = append(parts, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(parts, s[start:])
+}
+
+// parseColumns parses a columns list into canonical names.
+func parseColumns(s string) ([]string, error) {
+	var out []string
+	for _, p := range splitOutsideQuotes(s, ',') {
+		id, err := parseIdent(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, nil
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// Client query parameters: each names the validator of its value. Nothing
+// else is accepted.
+var (
+	reOffset = regexp.MustCompile(`^(-1|now|[0-9]{1,20}_([0-9]{1,20}|inf))$`)
+	reHandle = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
+	reCursor = regexp.MustCompile(`^[0-9]{1,20}$`)
+	reBuster = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
+	reFlag   = regexp.MustCompile(`^(true|false)$`)
+	reLog    = regexp.MustCompile(`^(full|changes_only)$`)
+)
+
+var positionParams = map[string]*regexp.Regexp{
+	"offset":                reOffset,
+	"handle":                reHandle,
+	"live":                  reFlag,
+	"cursor":                reCursor,
+	"live_sse":              reFlag,
+	"experimental_live_sse": reFlag,
+	"expired_handle":        reHandle,
+	"cache-buster":          reBuster,
+	"log":                   reLog,
+}
+
+// clientQuery is a validated client query.
+type clientQuery struct {
+	position url.Values // validated position parameters
+	columns  []string   // canonical names, nil if not given
+}
+
+func (q *clientQuery) live() bool { return q.position.Get("live") == "true" }
+
+// parseClientQuery validates a raw query string. Keys are compared
+// byte-for-byte before any decoding, so an encoded key ("%74able") is an
+// unknown key; values are percent-decoded once and must match their
+// parameter's pattern.
+func parseClientQuery(raw string) (*clientQuery, error) {
+	q := &clientQuery{position: url.Values{}}
+	if raw == "" {
+		return nil, badRequest("offset", "is required")
+	}
+	if len(raw) > 8<<10 {
+		return nil, badRequest("query", "too long")
+	}
+	seen := map[string]bool{}
+	for _, pair := range strings.Split(raw, "&") {
+		key, val, hasEq := strings.Cut(pair, "=")
+		if key == "" {
+			return nil, badRequest("query", "empty parameter")
+		}
+		if seen[key] {
+			return nil, badRequest(safeKey(key), "given more than once")
+		}
+		seen[key] = true
+		re, isPos := positionParams[key]
+		if !isPos && key != "columns" {
+			return nil, badRequest(safeKey(key), "is not allowed: the proxy defines the shape; only offset, handle, live, cursor, live_sse, expired_handle, cache-buster, log and columns may be sent")
+		}
+		if !hasEq {
+			return nil, badRequest(key, "needs a value")
+		}
+		v, err := url.QueryUnescape(val)
+		if err != nil {
+			return nil, badRequest(key, "is not properly encoded")
+		}
+		if key == "columns" {
+			cols, err := parseColumns(v)
+			if err != nil {
+				return nil, badRequest("columns", "%s", err)
+			}
+			q.columns = cols
+			continue
+		}
+		if !re.MatchString(v) {
+			return nil, badRequest(key, "has invalid format")
+		}
+		q.position.Set(key, v)
+	}
+	off := q.position.Get("offset")
+	switch {
+	case off == "":
+		return nil, badRequest("offset", "is required")
+	case off != "-1" && off != "now" && q.position.Get("handle") == "":
+		return nil, badRequest("handle", "is required with this offset")
+	case off == "now" && q.live():
+		return nil, badRequest("live", "is not allowed with offset=now")
+	}
+	return q, nil
+}
+
+// safeKey renders a client's parameter name for an error message.
+func safeKey(k string) string {
+	if len(k) > 40 {
+		k = k[:40]
+	}
+	return strconv.QuoteToASCII(k)
+}
+
+// reParam finds $n placeholders in a where template.
+var reParam = regexp.MustCompile(`\$([0-9]+)`)

@@ -1,0 +1,519 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Proxy is an authorizing proxy in front of Electric. It is an
+// http.Handler serving, relative to where it is mounted:
+//
+//	GET|HEAD /v1/shapes/{name}  a shape rule (OPTIONS: CORS preflight)
+//	GET /healthz                 the proxy and upstream health
+//	GET /metrics                 Prometheus text metrics
+type Proxy struct {
+	cfg      Config
+	upstream *url.URL
+	verifier *verifier
+	rules    map[string]*rule
+	limits   Limits
+	limiter  *limiter
+	metrics  *metrics
+	client   *http.Client
+	logger   *slog.Logger
+	origins  map[string]bool
+}
+
+// New checks cfg and returns a Proxy.
+func New(cfg Config) (*Proxy, error) {
+	u, err := url.Parse(cfg.Upstream)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
+		return nil, fmt.Errorf("proxy: Upstream %q must be an http(s) base URL without a query", cfg.Upstream)
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	v, err := newVerifier(cfg.Auth)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{cfg: cfg, upstream: u, verifier: v, rules: map[string]*rule{},
+		limits: cfg.Limits.withDefaults(), metrics: newMetrics(), logger: cfg.Logger}
+	if p.logger == nil {
+		p.logger = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.Shapes) == 0 {
+		return nil, errors.New("proxy: no Shapes configured")
+	}
+	for _, s := range cfg.Shapes {
+		r, err := compileRule(s)
+		if err != nil {
+			return nil, err
+		}
+		if p.rules[r.Name] != nil {
+			return nil, fmt.Errorf("proxy: shape %q defined twice", r.Name)
+		}
+		p.rules[r.Name] = r
+	}
+	p.limiter = newLimiter(p.limits)
+	rt := cfg.Transport
+	if rt == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = 1024
+		t.ResponseHeaderTimeout = p.limits.UpstreamTimeout
+		rt = t
+	}
+	p.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
+	if len(cfg.AllowedOrigins) > 0 {
+		p.origins = map[string]bool{}
+		for _, o := range cfg.AllowedOrigins {
+			p.origins[o] = true
+		}
+	}
+	return p, nil
+}
+
+// exposed are the response headers a browser client may read.
+const exposed = "electric-cursor, electric-handle, electric-has-data, electric-offset, electric-schema, electric-up-to-date, electric-internal-known-error, electric-snapshot, etag, retry-after, x-request-id"
+
+var reRequestID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// auditWriter counts the status and body bytes of a response.
+type auditWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *auditWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *auditWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *auditWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ServeHTTP implements http.Handler.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	reqID := r.Header.Get("X-Request-Id")
+	if !reRequestID.MatchString(reqID) {
+		var b [12]byte
+		rand.Read(b[:])
+		reqID = hex.EncodeToString(b[:])
+	}
+	aw := &auditWriter{ResponseWriter: w}
+	aw.Header().Set("X-Request-Id", reqID)
+	p.cors(aw, r)
+	info := &reqInfo{shape: "-"}
+	p.serve(aw, r, info)
+	if aw.status == 0 {
+		aw.status = http.StatusOK
+	}
+	d := time.Since(start)
+	p.metrics.observe(info.shape, aw.status, d)
+	p.metrics.bytesSent.Add(uint64(aw.bytes))
+	attrs := []slog.Attr{
+		slog.String("request_id", reqID),
+		slog.String("method", r.Method),
+		slog.String("shape", info.shape),
+		slog.String("user", info.user),
+		slog.Int("status", aw.status),
+		slog.Int64("bytes", aw.bytes),
+		slog.Duration("duration", d),
+		slog.Bool("live", info.live),
+	}
+	if info.reason != "" {
+		attrs = append(attrs, slog.String("reason", info.reason))
+	}
+	p.logger.LogAttrs(r.Context(), slog.LevelInfo, "proxy request", attrs...)
+	if info.abort {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// reqInfo is what the audit line reports about a request.
+type reqInfo struct {
+	shape, user, reason string
+	live, abort         bool
+}
+
+func (p *Proxy) cors(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	origin := r.Header.Get("Origin")
+	switch {
+	case origin == "":
+		return
+	case p.origins == nil:
+		h.Set("Access-Control-Allow-Origin", "*")
+	case p.origins[origin]:
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Add("Vary", "Origin")
+	default:
+		return
+	}
+	h.Set("Access-Control-Expose-Headers", exposed)
+}
+
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
+	// Paths are compared in their raw, escaped form: any encoding, empty
+	// or dot segment, or trailing slash is refused rather than normalised.
+	path := r.URL.EscapedPath()
+	if r.URL.RawPath != "" || strings.Contains(path, "%") {
+		writeJSONError(w, badRequest("path", "must not be percent-encoded"))
+		return
+	}
+	switch path {
+	case "/healthz":
+		p.health(w, r)
+		return
+	case "/metrics":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			writeJSONError(w, &RequestError{Status: 405, Field: "method", Msg: "not allowed"})
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		p.metrics.write(w)
+		return
+	}
+	name, ok := strings.CutPrefix(path, "/v1/shapes/")
+	if !ok || !reName.MatchString(name) {
+		if canonicalPath(path) {
+			writeJSON(w, http.StatusNotFound, map[string]any{"message": "Not found"})
+		} else {
+			writeJSONError(w, badRequest("path", "is not canonical"))
+		}
+		return
+	}
+	rl := p.rules[name]
+	if rl == nil {
+		writeJSON(w, http.StatusNotFound, map[string]any{"message": "Unknown shape"})
+		return
+	}
+	info.shape = name
+	switch r.Method {
+	case http.MethodOptions:
+		p.preflight(w)
+		return
+	case http.MethodGet, http.MethodHead:
+	case http.MethodPost:
+		writeJSONError(w, badRequest("method", "POST (subset snapshots) is not allowed through the proxy"))
+		return
+	default:
+		w.Header().Set("Allow", "GET, HEAD, OPTIONS")
+		writeJSONError(w, &RequestError{Status: 405, Field: "method", Msg: "not allowed"})
+		return
+	}
+	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		writeJSONError(w, badRequest("body", "a shape request has no body"))
+		return
+	}
+	// Authenticate before looking at the query, so that an anonymous
+	// caller learns nothing about the rules.
+	id, err := p.authenticate(r)
+	if err != nil {
+		info.reason = err.Error()
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+strings.TrimPrefix(err.Error(), "invalid token: ")+`"`)
+		if errors.Is(err, ErrNoToken) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="shapeseal"`)
+		}
+		writeJSON(w, http.StatusUnauthorized, map[string]any{"message": "Unauthorized", "error": err.Error()})
+		return
+	}
+	info.user = id.UserID
+	q, err := parseClientQuery(r.URL.RawQuery)
+	if err != nil {
+		info.reason = err.Error()
+		writeJSONError(w, err)
+		return
+	}
+	upQ, err := rl.upstreamQuery(q, id, p.cfg.Auth, p.cfg.Secret)
+	if err != nil {
+		info.reason = err.Error()
+		if errors.Is(err, ErrForbidden) {
+			writeJSON(w, http.StatusForbidden, map[string]any{"message": "Forbidden", "error": err.Error()})
+			return
+		}
+		writeJSONError(w, err)
+		return
+	}
+	if ok, wait := p.limiter.allow(id.UserID); !ok {
+		info.reason = "rate limit"
+		tooMany(w, wait, "request rate limit exceeded")
+		return
+	}
+	if q.live() {
+		release, ok := p.limiter.acquireLive(id.UserID)
+		if !ok {
+			info.reason = "live limit"
+			tooMany(w, time.Second, "too many concurrent live requests")
+			return
+		}
+		defer release()
+		info.live = true
+		p.metrics.liveNow.Add(1)
+		defer p.metrics.liveNow.Add(-1)
+	}
+	p.forward(w, r, rl, upQ, info)
+}
+
+func canonicalPath(p string) bool {
+	return strings.HasPrefix(p, "/") && !strings.Contains(p, "//") && !strings.Contains(p, "/./") &&
+		!strings.Contains(p, "/../") && !strings.HasSuffix(p, "/.") && !strings.HasSuffix(p, "/..") &&
+		(p == "/" || !strings.HasSuffix(p, "/"))
+}
+
+func tooMany(w http.ResponseWriter, wait time.Duration, msg string) {
+	secs := int((wait + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeJSON(w, http.StatusTooManyRequests, map[string]any{"message": msg})
+}
+
+func (p *Proxy) authenticate(r *http.Request) (*Identity, error) {
+	vals := r.Header.Values("Authorization")
+	if len(vals) == 0 {
+		return nil, ErrNoToken
+	}
+	if len(vals) > 1 {
+		return nil, ErrMalformed
+	}
+	scheme, token, ok := strings.Cut(vals[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return nil, ErrMalformed
+	}
+	return p.verifier.Verify(r.Context(), strings.TrimSpace(token))
+}
+
+func (p *Proxy) preflight(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+	h.Set("Access-Control-Allow-Headers", "Authorization, If-None-Match, Traceparent, X-Request-Id")
+	h.Set("Access-Control-Max-Age", "86400")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// hopHeaders are never forwarded in either direction.
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// forwardedRequestHeaders are the client headers passed upstream.
+var forwardedRequestHeaders = []string{"Accept", "Accept-Encoding", "If-None-Match", "Traceparent", "Tracestate"}
+
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.Values, info *reqInfo) {
+	ctx, cancel := context.WithTimeout(r.Context(), p.limits.UpstreamTimeout)
+	defer cancel()
+	u := *p.upstream
+	u.Path += "/v1/shape"
+	u.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, r.Method, u.String(), nil)
+	if err != nil {
+		p.badGateway(w, info, err)
+		return
+	}
+	for _, h := range forwardedRequestHeaders {
+		for _, v := range r.Header.Values(h) {
+			req.Header.Add(h, v)
+		}
+	}
+	if req.Header.Get("Accept-Encoding") == "" {
+		// Keep the transport from decompressing behind our back.
+		req.Header.Set("Accept-Encoding", "identity")
+	}
+	req.Header.Set("X-Request-Id", w.Header().Get("X-Request-Id"))
+	resp, err := p.client.Do(req)
+	if err != nil {
+		if r.Context().Err() != nil {
+			info.reason = "client went away"
+			w.WriteHeader(499) // never seen by the client; recorded in the audit line
+			return
+		}
+		p.badGateway(w, info, err)
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		// The upstream refused the proxy's secret: a configuration error,
+		// not the client's (whose 401 would make it refresh its token).
+		p.badGateway(w, info, fmt.Errorf("upstream refused the proxy's credentials (%d)", resp.StatusCode))
+		return
+	}
+	h := w.Header()
+	hop := map[string]bool{}
+	for _, c := range resp.Header.Values("Connection") {
+		for _, f := range strings.Split(c, ",") {
+			hop[http.CanonicalHeaderKey(strings.TrimSpace(f))] = true
+		}
+	}
+	for _, k := range hopHeaders {
+		hop[k] = true
+	}
+	for k, vs := range resp.Header {
+		if hop[k] || strings.HasPrefix(k, "Access-Control-") || k == "Set-Cookie" || k == "X-Request-Id" {
+			continue
+		}
+		h[k] = append([]string(nil), vs...)
+	}
+	h.Add("Vary", "Authorization")
+	p.cacheHeaders(h, rl)
+	w.WriteHeader(resp.StatusCode)
+	if r.Method == http.MethodHead {
+		return
+	}
+	if err := copyFlush(w, resp.Body); err != nil && r.Context().Err() == nil {
+		info.reason = "upstream body: " + err.Error()
+		p.metrics.upErrors.Add(1)
+		p.logger.Warn("proxy: upstream body interrupted", "request_id", w.Header().Get("X-Request-Id"), "shape", rl.Name, "err", err)
+		// The status is sent; aborting (after the audit line) makes the
+		// client see a truncated response rather than a complete-looking one.
+		info.abort = true
+	}
+}
+
+// cacheHeaders applies the rule's cache mode.
+func (p *Proxy) cacheHeaders(h http.Header, rl *rule) {
+	mode := rl.Cache
+	if mode == CacheAuto && rl.perUser {
+		mode = CachePrivate
+	}
+	switch mode {
+	case CacheNone:
+		h.Set("Cache-Control", "no-store")
+		h.Del("Surrogate-Control")
+	case CachePrivate:
+		cc := h.Get("Cache-Control")
+		if cc == "" {
+			return
+		}
+		var out []string
+		for _, d := range strings.Split(cc, ",") {
+			d = strings.TrimSpace(d)
+			name, _, _ := strings.Cut(strings.ToLower(d), "=")
+			switch name {
+			case "public", "s-maxage", "private", "proxy-revalidate":
+				continue
+			}
+			out = append(out, d)
+		}
+		h.Set("Cache-Control", strings.Join(append([]string{"private"}, out...), ", "))
+		h.Set("Surrogate-Control", "no-store")
+	}
+}
+
+// copyFlush streams src to w, flushing after every read so that a live
+// response is not held back.
+func copyFlush(w http.ResponseWriter, src io.Reader) error {
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return nil // client went away
+			}
+			if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
+				return nil
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (p *Proxy) badGateway(w http.ResponseWriter, info *reqInfo, err error) {
+	p.metrics.upErrors.Add(1)
+	info.reason = "upstream: " + err.Error()
+	p.logger.Warn("proxy: upstream error", "request_id", w.Header().Get("X-Request-Id"), "shape", info.shape, "err", redact(err))
+	writeJSON(w, http.StatusBadGateway, map[string]any{"message": "Bad gateway", "error": "the sync service is unavailable"})
+}
+
+// redact removes the query (with the secret) from url errors.
+func redact(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		u, perr := url.Parse(ue.URL)
+		if perr == nil {
+			u.RawQuery = ""
+		}
+		var op string
+		if u != nil {
+			op = u.String()
+		}
+		return ue.Op + " " + op + ": " + ue.Err.Error()
+	}
+	return err.Error()
+}
+
+func (p *Proxy) health(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	u := *p.upstream
+	u.Path += "/v1/health"
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	resp, err := p.client.Do(req)
+	if err != nil {
+		p.metrics.upErrors.Add(1)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "upstream unavailable"})
+		return
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Status string `json:"status"`
+	}
+	json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&body)
+	if resp.StatusCode != http.StatusOK {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "upstream not ready", "upstream": body.Status})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "upstream": body.Status})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	if status >= 400 {
+		h.Set("Cache-Control", "no-store")
+	}
+	h.Del("Content-Length")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeJSONError(w http.ResponseWriter, err error) {
+	var re *RequestError
+	if !errors.As(err, &re) {
+		re = &RequestError{Status: 400, Field: "request", Msg: err.Error()}
+	}
+	writeJSON(w, re.Status, map[string]any{"message": "Invalid request", "errors": map[string][]string{re.Field: {re.Msg}}})
+}

@@ -1,0 +1,222 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+var reName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// TenantKeysTable is the table a KindTenantKeys rule serves.
+const TenantKeysTable = "shapeseal_tenant_keys"
+
+// rule is a compiled ShapeRule.
+type rule struct {
+	ShapeRule
+	columns  []string // canonical allowlist
+	allowed  map[string]bool
+	perUser  bool
+	roles    map[string]bool
+	nParams  int
+	tenantKs bool
+}
+
+func compileRule(r ShapeRule) (*rule, error) {
+	c := &rule{ShapeRule: r, allowed: map[string]bool{}}
+	if !reName.MatchString(r.Name) {
+		return nil, fmt.Errorf("proxy: shape name %q: use letters, digits, '_' and '-'", r.Name)
+	}
+	switch r.Kind {
+	case "", KindTable:
+		if r.Table == "" {
+			return nil, fmt.Errorf("proxy: shape %q: Table is required", r.Name)
+		}
+	case KindTenantKeys:
+		if r.Table != "" || r.Where != "" || len(r.Params) > 0 {
+			return nil, fmt.Errorf("proxy: shape %q: a tenant_keys rule takes no Table, Where or Params", r.Name)
+		}
+		c.Table = TenantKeysTable
+		c.tenantKs = true
+		c.perUser = true
+	default:
+		return nil, fmt.Errorf("proxy: shape %q: unknown kind %q", r.Name, r.Kind)
+	}
+	parts := splitOutsideQuotes(c.Table, '.')
+	if len(parts) > 2 {
+		return nil, fmt.Errorf("proxy: shape %q: bad table %q", r.Name, r.Table)
+	}
+	for _, p := range parts {
+		if _, err := parseIdent(p); err != nil {
+			return nil, fmt.Errorf("proxy: shape %q: bad table %q: %v", r.Name, r.Table, err)
+		}
+	}
+	// $n placeholders must be exactly 1..len(Params).
+	used := map[int]bool{}
+	for _, m := range reParam.FindAllStringSubmatch(r.Where, -1) {
+		n, err := strconv.Atoi(m[1])
+		if err != nil || n < 1 || n > len(r.Params) {
+			return nil, fmt.Errorf("proxy: shape %q: where uses $%s but %d params are configured", r.Name, m[1], len(r.Params))
+		}
+		used[n] = true
+	}
+	if len(used) != len(r.Params) {
+		return nil, fmt.Errorf("proxy: shape %q: every one of the %d params must be used in where", r.Name, len(r.Params))
+	}
+	for _, p := range r.Params {
+		if p == "" {
+			return nil, fmt.Errorf("proxy: shape %q: empty claim path in Params", r.Name)
+		}
+	}
+	c.nParams = len(r.Params)
+	if c.nParams > 0 {
+		c.perUser = true
+	}
+	for _, col := range r.Columns {
+		id, err := parseIdent(col)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: shape %q: column %q: %v", r.Name, col, err)
+		}
+		if !c.allowed[id] {
+			c.allowed[id] = true
+			c.columns = append(c.columns, id)
+		}
+	}
+	switch r.Replica {
+	case "", "default", "full":
+	default:
+		return nil, fmt.Errorf("proxy: shape %q: replica %q", r.Name, r.Replica)
+	}
+	switch r.Cache {
+	case CacheAuto, CachePrivate, CacheNone:
+	default:
+		return nil, fmt.Errorf("proxy: shape %q: cache mode %q", r.Name, r.Cache)
+	}
+	if len(r.Roles) > 0 {
+		c.roles = map[string]bool{}
+		for _, role := range r.Roles {
+			c.roles[role] = true
+		}
+	}
+	return c, nil
+}
+
+// ErrForbidden is returned when a verified token may not read a shape.
+var ErrForbidden = errors.New("forbidden")
+
+// claimValue resolves a Params path for an identity.
+func claimValue(id *Identity, a AuthConfig, path string) (string, bool) {
+	switch path {
+	case "$user":
+		return id.UserID, id.UserID != ""
+	case "$device":
+		return id.DeviceID, id.DeviceID != ""
+	case "$tenants":
+		if id.Tenants == nil {
+			return "", false
+		}
+		return pgArray(id.Tenants), true
+	}
+	raw, ok := lookup(id.Claims, path)
+	if !ok {
+		return "", false
+	}
+	if s, ok := scalarString(raw); ok {
+		return s, true
+	}
+	if arr, ok := raw.([]any); ok {
+		list, ok := stringList(arr)
+		if !ok {
+			return "", false
+		}
+		return pgArray(list), true
+	}
+	return "", false
+}
+
+// pgArray renders a Postgres text array literal with every element quoted.
+func pgArray(items []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, s := range items {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for _, r := range s {
+			if r == '"' || r == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(r)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+// upstreamQuery builds the whole upstream query: the client's validated
+// position parameters plus the rule's pinned definition and the secret.
+// Nothing from the client is copied except values that passed validation.
+func (r *rule) upstreamQuery(q *clientQuery, id *Identity, a AuthConfig, secret string) (url.Values, error) {
+	if r.roles != nil && !slices.ContainsFunc(id.Roles, func(s string) bool { return r.roles[s] }) {
+		return nil, fmt.Errorf("%w: role not allowed for shape %q", ErrForbidden, r.Name)
+	}
+	out := url.Values{}
+	for k, v := range q.position {
+		out[k] = []string{v[0]}
+	}
+	out.Set("table", r.Table)
+	switch {
+	case r.tenantKs:
+		out.Set("params[1]", id.UserID)
+		if id.DeviceID != "" {
+			out.Set("where", "user_id = $1 AND device_id = $2")
+			out.Set("params[2]", id.DeviceID)
+		} else {
+			out.Set("where", "user_id = $1")
+		}
+	case r.Where != "":
+		out.Set("where", r.Where)
+		for i, p := range r.Params {
+			v, ok := claimValue(id, a, p)
+			if !ok {
+				return nil, fmt.Errorf("%w: the token lacks claim %q", ErrForbidden, p)
+			}
+			out.Set("params["+strconv.Itoa(i+1)+"]", v)
+		}
+	}
+	cols := r.columns
+	if q.columns != nil {
+		if len(r.columns) > 0 {
+			for _, c := range q.columns {
+				if !r.allowed[c] {
+					return nil, badRequest("columns", "column %s is not allowed for this shape", strconv.QuoteToASCII(c))
+				}
+			}
+		}
+		cols = q.columns
+	}
+	if len(cols) > 0 {
+		seen := map[string]bool{}
+		quoted := make([]string, 0, len(cols))
+		for _, c := range cols {
+			if !seen[c] {
+				seen[c] = true
+				quoted = append(quoted, quoteIdent(c))
+			}
+		}
+		out.Set("columns", strings.Join(quoted, ","))
+	}
+	if r.Replica != "" {
+		out.Set("replica", r.Replica)
+	}
+	if secret != "" {
+		out.Set("secret", secret)
+	}
+	return out, nil
+}
