@@ -1,81 +1,60 @@
 package vaultkek
 
 import (
-	"encoding/json"
-	"net/http"
-	"net/http/httptest"
+	"bytes"
+	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/shapeseal/shapeseal/internal/vaulttest"
 	"github.com/shapeseal/shapeseal/keysync"
 )
 
-// These tests check the provider against a fake transit endpoint that
-// records requests and "encrypts" by tagging the plaintext with the
-// associated data. They show which paths and parameters keysync sends; they
-// are not a substitute for the tests against a real Vault (TODO: issue 4,
-// with the vault binary of docs/vault-in-tests.md).
-
-type fakeTransit struct {
-	mu    sync.Mutex
-	paths []string
+func TestMain(m *testing.M) {
+	code := m.Run()
+	vaulttest.StopShared()
+	os.Exit(code)
 }
 
-func (f *fakeTransit) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	f.paths = append(f.paths, r.Method+" "+r.URL.Path)
-	f.mu.Unlock()
-	if r.Header.Get("X-Vault-Token") != "test-token" {
-		http.Error(w, `{"errors":["permission denied"]}`, http.StatusForbidden)
-		return
-	}
-	var req map[string]string
-	json.NewDecoder(r.Body).Decode(&req)
-	ad := req["associated_data"]
-	var data map[string]string
-	switch {
-	case strings.HasSuffix(r.URL.Path, "/encrypt/k"):
-		data = map[string]string{"ciphertext": "vault:v1:" + ad + ":" + req["plaintext"]}
-	case strings.HasSuffix(r.URL.Path, "/decrypt/k"):
-		rest, ok := strings.CutPrefix(req["ciphertext"], "vault:v1:"+ad+":")
-		if !ok {
-			http.Error(w, `{"errors":["cipher: message authentication failed"]}`, http.StatusBadRequest)
-			return
-		}
-		data = map[string]string{"plaintext": rest}
-	default:
-		http.NotFound(w, r)
-		return
-	}
-	json.NewEncoder(w).Encode(map[string]any{"data": data})
-}
-
-func TestFakeTransit(t *testing.T) {
-	fake := &fakeTransit{}
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
+// vaultClient returns a client for the test Vault with a fresh transit key
+// (aes256-gcm96, no derivation) and the key's URI.
+func vaultClient(t *testing.T) (*api.Client, string) {
+	t.Helper()
+	v := vaulttest.New(t)
 	cfg := api.DefaultConfig()
-	cfg.Address = srv.URL
+	cfg.Address = v.Addr
 	client, err := api.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	client.SetToken("test-token")
+	client.SetToken(v.Token)
+	name := strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-")
+	if _, err := client.Logical().Write("transit/keys/"+name, nil); err != nil {
+		t.Fatal(err)
+	}
+	return client, "hcvault://127.0.0.1:8200/transit/keys/" + name
+}
 
-	kek, err := New("hcvault://vault.example:8200/transit/keys/k", client)
+// TestRealVault seals and opens keysets with a transit key of a real Vault:
+// the associated data (tenant, generation) is enforced by Vault itself.
+func TestRealVault(t *testing.T) {
+	client, uri := vaultClient(t)
+	kek, err := New(uri, client)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if kek.URI() != "hcvault://vault.example:8200/transit/keys/k" {
+	if kek.URI() != uri {
 		t.Fatalf("URI = %q", kek.URI())
 	}
 	ks, _ := keysync.NewKeyset("acme")
 	enc, err := keysync.EncryptKeyset(ks, kek)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if bytes.Contains(enc, []byte(ks.String())) {
+		t.Fatal("the encrypted keyset contains the keyset's description")
 	}
 	got, err := keysync.DecryptKeyset(kek, "acme", 1, enc)
 	if err != nil {
@@ -87,14 +66,44 @@ func TestFakeTransit(t *testing.T) {
 	if _, err := keysync.DecryptKeyset(kek, "acme", 2, enc); err == nil {
 		t.Fatal("decrypted with the associated data of another generation")
 	}
-	want := []string{"PUT /v1/transit/encrypt/k", "PUT /v1/transit/decrypt/k", "PUT /v1/transit/decrypt/k"}
-	if strings.Join(fake.paths, ",") != strings.Join(want, ",") {
-		t.Fatalf("requests %v, want %v", fake.paths, want)
+	if _, err := keysync.DecryptKeyset(kek, "other", 1, enc); err == nil {
+		t.Fatal("decrypted with the associated data of another tenant")
+	}
+	tampered := bytes.Clone(enc)
+	tampered[len(tampered)/2] ^= 1
+	if _, err := keysync.DecryptKeyset(kek, "acme", 1, tampered); err == nil {
+		t.Fatal("decrypted a tampered keyset")
+	}
+
+	// Another transit key cannot open it.
+	client.Logical().Write("transit/keys/another", nil)
+	kek2, _ := New("hcvault://127.0.0.1:8200/transit/keys/another", client)
+	if _, err := keysync.DecryptKeyset(kek2, "acme", 1, enc); err == nil {
+		t.Fatal("another transit key decrypted the keyset")
 	}
 
 	client.SetToken("wrong")
 	if _, err := keysync.EncryptKeyset(ks, kek); err == nil {
 		t.Fatal("encrypted with a bad token")
+	}
+}
+
+// TestOpenFromEnvironment configures the client from VAULT_ADDR/VAULT_TOKEN.
+func TestOpenFromEnvironment(t *testing.T) {
+	client, uri := vaultClient(t)
+	t.Setenv("VAULT_ADDR", client.Address())
+	t.Setenv("VAULT_TOKEN", client.Token())
+	kek, err := Open(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, _ := keysync.NewKeyset("t1")
+	enc, err := keysync.EncryptKeyset(ks, kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keysync.DecryptKeyset(kek, "t1", 1, enc); err != nil {
+		t.Fatal(err)
 	}
 }
 
