@@ -48,6 +48,34 @@
 // and [Unwrap] refuses a payload for another tenant ([ErrTenantMismatch]), so a
 // database that swaps wrapped keys between tenants gains nothing.
 //
+// # Keyring
+//
+// A reader holds its tenant keysets in a [Keyring], which follows the
+// shapeseal_tenant_keys shape through package client (from Electric with
+// [KeyShapeOptions], or from the proxy, which filters the shape to the
+// authenticated device) and unwraps every row with the device's identity.
+// Grants, rotations (a newer generation replaces the older; a generation never
+// goes backwards, [ErrStaleGeneration]), revocations (a deleted row drops the
+// tenant) and must-refetch (the ring is rebuilt, the old one serving
+// meanwhile) take effect live. A row the keyring cannot use is reported to
+// KeyringOptions.OnRowError as a *[KeyRowError] and changes nothing.
+//
+// [Keyring.Open] opens a cell; when the cell names a key the ring does not
+// hold yet, it waits for the key shape up to KeyringOptions.KeyWait, then
+// fails with an *[OpenError] wrapping [ErrNoKey].
+//
+// A [Decrypter] turns a keyring and [TableSpec]s into a client Transform:
+// cells become plaintext strings, or *[CellError] values (JSON
+// {"error": code, "message": text}) for cells that do not open.
+//
+//	ring, _ := keysync.NewKeyring(keysync.KeyringOptions{
+//		Stream:   keysync.KeyShapeOptions(electricURL+"/v1/shape", "alice", "phone"),
+//		Identity: identity,
+//	})
+//	go ring.Run(ctx)
+//	dec, _ := keysync.NewDecrypter(ring, spec)
+//	stream, _ := client.New(client.Options{URL: ..., Transform: dec.Transform})
+//
 // # Errors
 //
 // Errors from [Open] are of type [*OpenError] and wrap one of [ErrNotEncrypted],

@@ -31,7 +31,8 @@ const DefaultKeyWait = 5 * time.Second
 // it never goes backwards.
 var ErrStaleGeneration = errors.New("keysync: keyset generation older than the one held")
 
-// ErrKeyringClosed means the keyring was closed while a call waited for a key.
+// ErrKeyringClosed means the keyring was closed, or stopped following the
+// key shape, while a call waited for it.
 var ErrKeyringClosed = errors.New("keysync: keyring closed")
 
 // KeyringOptions configure a [Keyring].
@@ -116,6 +117,7 @@ type Keyring struct {
 	keyWait  time.Duration
 	state    atomic.Pointer[ringState]
 	closed   chan struct{}
+	stopped  chan struct{} // closed when Run returns
 	closeOne sync.Once
 
 	mu     sync.Mutex
@@ -147,7 +149,7 @@ func NewKeyring(opts KeyringOptions) (*Keyring, error) {
 	if _, err := url.Parse(opts.Stream.URL); err != nil {
 		return nil, fmt.Errorf("keysync: key shape URL: %w", err)
 	}
-	r := &Keyring{opts: opts, keyWait: opts.KeyWait, closed: make(chan struct{}), misses: map[missKey]*Keyset{}}
+	r := &Keyring{opts: opts, keyWait: opts.KeyWait, closed: make(chan struct{}), stopped: make(chan struct{}), misses: map[missKey]*Keyset{}}
 	if r.keyWait == 0 {
 		r.keyWait = DefaultKeyWait
 	}
@@ -174,6 +176,8 @@ func (r *Keyring) Ready(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-r.closed:
+			return ErrKeyringClosed
+		case <-r.stopped:
 			return ErrKeyringClosed
 		}
 	}
@@ -220,7 +224,10 @@ func (r *Keyring) open(ctx context.Context, c CellContext, cell string) (string,
 		if err == nil || !errors.Is(err, ErrNoKey) {
 			return pt, err
 		}
-		oe, _ := err.(*OpenError)
+		oe, ok := errors.AsType[*OpenError](err)
+		if !ok {
+			return "", err
+		}
 		mk := missKey{c.Tenant, oe.KeyID}
 		if deadline == nil {
 			if r.keyWait < 0 || r.missed(mk, st.keys[c.Tenant]) {
@@ -237,6 +244,7 @@ func (r *Keyring) open(ctx context.Context, c CellContext, cell string) (string,
 		case <-ctx.Done():
 			return "", err
 		case <-r.closed:
+		case <-r.stopped:
 		}
 		r.mu.Lock()
 		r.misses[mk] = st.keys[c.Tenant]
@@ -266,7 +274,9 @@ type ringRow struct {
 }
 
 // Run follows the key shape until ctx ends, Close is called (both return
-// nil) or the stream fails (its error). Run may be called once.
+// nil) or the stream fails (its error). Run may be called once. After Run
+// has returned, the ring keeps the keysets it held, and Open no longer waits
+// for keys.
 func (r *Keyring) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -277,6 +287,7 @@ func (r *Keyring) Run(ctx context.Context) error {
 	}
 	r.cancel = cancel
 	r.mu.Unlock()
+	defer close(r.stopped)
 	select {
 	case <-r.closed:
 		return nil

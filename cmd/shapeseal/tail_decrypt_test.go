@@ -30,6 +30,19 @@ func TestTailDecrypts(t *testing.T) {
 	pgtest.Exec(t, url, `CREATE TABLE items (id uuid PRIMARY KEY, tenant_id text NOT NULL, title text, body text)`)
 
 	dir := t.TempDir()
+	spec := keysync.TableSpec{Table: "items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
+	ks, _ := keysync.NewKeyset("acme")
+	insert := func(ks *keysync.Keyset, id, title, body string) {
+		t.Helper()
+		row := map[string]any{"id": id, "tenant_id": "acme", "title": title}
+		if body != "" {
+			row["body"] = body
+		}
+		if err := spec.SealRow(ks, row); err != nil {
+			t.Fatal(err)
+		}
+		pgtest.Exec(t, url, `INSERT INTO items VALUES ($1, $2, $3, $4)`, row["id"], row["tenant_id"], row["title"], row["body"])
+	}
 	identity := func(user string) string {
 		id, err := keysync.GenerateIdentity()
 		if err != nil {
@@ -42,23 +55,13 @@ func TestTailDecrypts(t *testing.T) {
 		rcpt, _ := keysync.RecipientOf(id)
 		pgtest.Exec(t, url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ($1, 'd1', $2)`, user, rcpt)
 		if user == "alice" {
-			ks, _ := keysync.NewKeyset("acme")
 			wrapped, err := keysync.Wrap(ks, id.Recipient())
 			if err != nil {
 				t.Fatal(err)
 			}
 			pgtest.Exec(t, url, `INSERT INTO shapeseal_tenant_keys VALUES ('acme', $1, 'd1', 1, $2)`, user, wrapped)
-			spec := keysync.TableSpec{Table: "items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
-			for i, title := range []string{"first secret", "second secret"} {
-				row := map[string]any{"id": "00000000-0000-4000-8000-00000000000" + string(rune('1'+i)), "tenant_id": "acme", "title": title}
-				if i == 0 {
-					row["body"] = "a body"
-				}
-				if err := spec.SealRow(ks, row); err != nil {
-					t.Fatal(err)
-				}
-				pgtest.Exec(t, url, `INSERT INTO items VALUES ($1, $2, $3, $4)`, row["id"], row["tenant_id"], row["title"], row["body"])
-			}
+			insert(ks, "00000000-0000-4000-8000-000000000001", "first secret", "a body")
+			insert(ks, "00000000-0000-4000-8000-000000000002", "second secret", "")
 		}
 		return path
 	}
@@ -122,5 +125,40 @@ func TestTailDecrypts(t *testing.T) {
 	// One wait for the missing key, not one per cell.
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("non-member tail took %s", d)
+	}
+
+	// Live: alice reads a new row, then is revoked; rows sealed after the
+	// revocation print per-cell errors.
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var out, errOut syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- tail(lctx, []string{srv.URL, "--live", "--table", "items", "--encrypted", "items:title,body",
+			"--identity", alice, "--user", "alice", "--device", "d1", "--key-wait", "500ms"}, &out, &errOut)
+	}()
+	waitFor := func(sub string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(strings.Join(out.lines(), "\n"), sub); {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s; output:\n%s\nstderr: %s", sub, strings.Join(out.lines(), "\n"), errOut.lines())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor(`"up-to-date"`)
+	insert(ks, "00000000-0000-4000-8000-000000000003", "live secret", "")
+	waitFor(`"title":"live secret"`)
+	pgtest.Exec(t, url, `DELETE FROM shapeseal_tenant_keys WHERE user_id = 'alice'`)
+	ks2, _ := ks.Rotate()
+	time.Sleep(500 * time.Millisecond) // the revocation reaches her keyring
+	insert(ks2, "00000000-0000-4000-8000-000000000004", "after revoke", "")
+	waitFor(`"id":"00000000-0000-4000-8000-000000000004","tenant_id":"acme","title":{"error":"no_key"`)
+	if strings.Contains(strings.Join(out.lines(), "\n"), "after revoke") {
+		t.Error("revoked member read a new row")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("live tail: %v (%s)", err, errOut.lines())
 	}
 }
