@@ -411,21 +411,21 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 				unknown = append(unknown, name)
 				continue
 			}
-			if !containsInt(cols, i) {
+			if !slices.Contains(cols, i) {
 				cols = append(cols, i)
 			}
 		}
 		// Electric reports missing PK columns before unknown columns.
 		for _, i := range t.pk {
-			if !containsInt(cols, i) {
+			if !slices.Contains(cols, i) {
 				missing = append(missing, t.columns[i].name)
 			}
 		}
 		if len(missing) > 0 {
-			return nil, &requestError{"columns", "The list of columns must include all primary key columns, missing: " + joinNames(missing)}
+			return nil, &requestError{"columns", "The list of columns must include all primary key columns, missing: " + strings.Join(missing, ", ")}
 		}
 		if len(unknown) > 0 {
-			return nil, &requestError{"columns", "The following columns are not found on the table: " + joinNames(unknown)}
+			return nil, &requestError{"columns", "The following columns are not found on the table: " + strings.Join(unknown, ", ")}
 		}
 	}
 	keyCols := t.pk
@@ -465,17 +465,6 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 	return sh, nil
 }
 
-func joinNames(names []string) string {
-	out := ""
-	for i, n := range names {
-		if i > 0 {
-			out += ", "
-		}
-		out += n
-	}
-	return out
-}
-
 var errUnavailable = errors.New("electrictest: replication is not running")
 
 // validateWhere lets Postgres type-check the where clause against the table,
@@ -513,7 +502,7 @@ func (s *Server) validateWhere(ctx context.Context, t *table, def shapeDef) erro
 			return err
 		}
 		if len(volatile) > 0 {
-			return &requestError{"where", "volatile functions are not allowed in a where clause: " + joinNames(volatile)}
+			return &requestError{"where", "volatile functions are not allowed in a where clause: " + strings.Join(volatile, ", ")}
 		}
 	}
 	// Changes are evaluated by evalSQL: it must accept the clause too (no

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -533,20 +534,11 @@ func (sh *shape) deleteCols(full bool) []int {
 func (sh *shape) withKey(changed []int) []int {
 	var out []int
 	for _, i := range sh.cols {
-		if containsInt(sh.keyCols, i) || containsInt(changed, i) {
+		if slices.Contains(sh.keyCols, i) || slices.Contains(changed, i) {
 			out = append(out, i)
 		}
 	}
 	return out
-}
-
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // evalWhere asks Postgres whether each row matches the shape's where clause.
