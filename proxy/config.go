@@ -108,8 +108,9 @@ const (
 // Cache modes.
 const (
 	// CacheAuto (the default) marks responses private when the shape
-	// depends on the token (Where has claim parameters, or tenant_keys)
-	// and leaves Electric's cache-control otherwise.
+	// depends on the token (Where has claim parameters, Roles are
+	// required, or tenant_keys) and leaves Electric's cache-control
+	// otherwise.
 	CacheAuto = ""
 	// CachePrivate always rewrites cache-control to private.
 	CachePrivate = "private"

@@ -40,10 +40,14 @@
 // family, so a public key can never be used as an HMAC secret, and only
 // algorithms in AuthConfig.Algorithms are accepted ("none" never is). exp
 // is required; exp, nbf and iat are checked with AuthConfig.Leeway;
-// issuer and audience when configured. A missing or invalid token gets
-// 401 with WWW-Authenticate: Bearer error="invalid_token" (the token is
-// never echoed or logged); a valid token without a role the rule requires,
-// or without a claim the rule's where needs, gets 403.
+// issuer and audience when configured. An invalid token gets 401 with
+// WWW-Authenticate: Bearer error="invalid_token" and a short
+// error_description; a missing one gets 401 with WWW-Authenticate: Bearer
+// realm="shapeseal" (RFC 6750 §3.1). The token is never echoed or logged. A
+// valid token without a role the rule requires, or without a claim the
+// rule's where needs, gets 403. Verified tokens are remembered (by SHA-256)
+// for up to a minute, never past their exp, so a key removed from a JWKS
+// stops being accepted within a minute.
 //
 // # Rules
 //
@@ -63,11 +67,17 @@
 // upstream request. Electric's headers (electric-*, etag, cache-control,
 // retry-after, content-type) are forwarded without hop-by-hop headers;
 // Vary: Authorization is added. Shapes that depend on the token (claim
-// parameters, tenant_keys) have cache-control rewritten from public to
+// parameters, required roles, tenant_keys) have cache-control rewritten from public to
 // private (s-maxage dropped, surrogate-control: no-store), so no shared
 // cache serves one user's rows to another. A 409 passes through with its
 // headers and body. An unreachable upstream, or one that refuses the
 // proxy's secret, gives 502 with a JSON body.
+//
+// # Configuration file
+//
+// [LoadConfig] reads the same settings from YAML (see [FileConfig]), with
+// secrets from the environment: ELECTRIC_URL, ELECTRIC_SECRET, JWT_SECRET,
+// JWT_PUBLIC_KEY, JWKS_URL, or per-key secret_env names.
 //
 // # Operations
 //

@@ -30,7 +30,7 @@ var supportedAlgs = map[string]bool{
 	"RS256": true, "RS384": true, "RS512": true,
 	"PS256": true, "PS384": true, "PS512": true,
 	"ES256": true, "ES384": true, "ES512": true,
-	"EdDSA": true,
+	"EdDSA": true, "Ed25519": true, // RFC 9864's fully specified name
 }
 
 // A verifyKey is a configured or fetched key; its type alone decides which
@@ -59,7 +59,7 @@ func (k *verifyKey) algAllowed(alg string) bool {
 			return alg == "ES512"
 		}
 	case ed25519.PublicKey:
-		return alg == "EdDSA"
+		return alg == "EdDSA" || alg == "Ed25519"
 	}
 	return false
 }
@@ -79,7 +79,7 @@ func hashFor(alg string) (crypto.Hash, func() hash.Hash) {
 // verify checks sig over signed with the key and alg (which algAllowed
 // has accepted).
 func (k *verifyKey) verify(alg string, signed, sig []byte) bool {
-	if alg == "EdDSA" {
+	if alg == "EdDSA" || alg == "Ed25519" {
 		pk, ok := k.pub.(ed25519.PublicKey)
 		return ok && len(pk) == ed25519.PublicKeySize && ed25519.Verify(pk, signed, sig)
 	}
@@ -140,7 +140,24 @@ type verifier struct {
 	static []*verifyKey
 	jwks   *jwksCache
 	now    func() time.Time
+
+	// cache holds recently verified tokens by their SHA-256, so that a
+	// client's polls do not each pay for a signature check. An entry
+	// lives at most verifiedTTL and never past the token's exp.
+	cacheMu sync.Mutex
+	cache   map[[32]byte]cachedIdentity
 }
+
+type cachedIdentity struct {
+	id      *Identity
+	exp     float64 // the token's exp claim
+	expires time.Time
+}
+
+const (
+	verifiedTTL     = time.Minute
+	verifiedEntries = 10000
+)
 
 func newVerifier(cfg AuthConfig) (*verifier, error) {
 	v := &verifier{cfg: cfg, algs: map[string]bool{}, now: time.Now}
@@ -162,10 +179,17 @@ func newVerifier(cfg AuthConfig) (*verifier, error) {
 	for i, p := range cfg.PublicKeys {
 		switch k := p.Key.(type) {
 		case *rsa.PublicKey:
-			if k.N.BitLen() < 2048 {
+			if k == nil || k.N == nil || k.N.BitLen() < 2048 {
 				return nil, fmt.Errorf("proxy: Auth.PublicKeys[%d]: RSA keys need at least 2048 bits", i)
 			}
-		case *ecdsa.PublicKey, ed25519.PublicKey:
+		case *ecdsa.PublicKey:
+			if k == nil || k.Curve == nil {
+				return nil, fmt.Errorf("proxy: Auth.PublicKeys[%d]: nil ECDSA key", i)
+			}
+		case ed25519.PublicKey:
+			if len(k) != ed25519.PublicKeySize {
+				return nil, fmt.Errorf("proxy: Auth.PublicKeys[%d]: bad Ed25519 key", i)
+			}
 		default:
 			return nil, fmt.Errorf("proxy: Auth.PublicKeys[%d]: unsupported key type %T", i, p.Key)
 		}
@@ -203,13 +227,39 @@ func (v *verifier) Verify(ctx context.Context, token string) (*Identity, error) 
 	if len(token) > 16<<10 {
 		return nil, ErrMalformed
 	}
+	sum := sha256.Sum256([]byte(token))
+	now := v.now()
+	v.cacheMu.Lock()
+	c, hit := v.cache[sum]
+	v.cacheMu.Unlock()
+	if hit && now.Before(c.expires) {
+		if float64(now.UnixNano())/1e9 > c.exp+v.cfg.Leeway.Seconds() {
+			return nil, ErrExpired
+		}
+		return c.id, nil
+	}
+	id, exp, err := v.verify(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	v.cacheMu.Lock()
+	if v.cache == nil || len(v.cache) >= verifiedEntries {
+		v.cache = map[[32]byte]cachedIdentity{} // crude but bounded
+	}
+	v.cache[sum] = cachedIdentity{id: id, exp: exp, expires: now.Add(verifiedTTL)}
+	v.cacheMu.Unlock()
+	return id, nil
+}
+
+// verify checks a token fully and returns its identity and exp.
+func (v *verifier) verify(ctx context.Context, token string) (*Identity, float64, error) {
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
-		return nil, ErrMalformed
+		return nil, 0, ErrMalformed
 	}
 	hb, err := b64.DecodeString(parts[0])
 	if err != nil {
-		return nil, ErrMalformed
+		return nil, 0, ErrMalformed
 	}
 	var hdr struct {
 		Alg  string `json:"alg"`
@@ -217,39 +267,41 @@ func (v *verifier) Verify(ctx context.Context, token string) (*Identity, error) 
 		Crit []any  `json:"crit"`
 	}
 	if err := json.Unmarshal(hb, &hdr); err != nil {
-		return nil, ErrMalformed
+		return nil, 0, ErrMalformed
 	}
 	if hdr.Crit != nil {
-		return nil, ErrMalformed // no critical extensions are understood
+		return nil, 0, ErrMalformed // no critical extensions are understood
 	}
 	if !supportedAlgs[hdr.Alg] || !v.algs[hdr.Alg] {
-		return nil, ErrAlgorithm
+		return nil, 0, ErrAlgorithm
 	}
 	sig, err := b64.DecodeString(parts[2])
 	if err != nil {
-		return nil, ErrMalformed
+		return nil, 0, ErrMalformed
 	}
 	signed := []byte(parts[0] + "." + parts[1])
 	if !v.checkSig(ctx, hdr.Alg, hdr.Kid, signed, sig) {
 		if v.jwks != nil && hdr.Kid != "" && !v.jwks.has(hdr.Kid) {
-			return nil, ErrUnknownKey
+			return nil, 0, ErrUnknownKey
 		}
-		return nil, ErrSignature
+		return nil, 0, ErrSignature
 	}
 	pb, err := b64.DecodeString(parts[1])
 	if err != nil {
-		return nil, ErrMalformed
+		return nil, 0, ErrMalformed
 	}
 	dec := json.NewDecoder(bytes.NewReader(pb))
 	dec.UseNumber()
 	var claims Claims
 	if err := dec.Decode(&claims); err != nil || claims == nil {
-		return nil, ErrMalformed
+		return nil, 0, ErrMalformed
 	}
 	if err := v.checkClaims(claims); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return v.identity(claims)
+	exp, _, _ := numClaim(claims, "exp")
+	id, err := v.identity(claims)
+	return id, exp, err
 }
 
 func (v *verifier) checkSig(ctx context.Context, alg, kid string, signed, sig []byte) bool {

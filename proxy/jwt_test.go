@@ -71,7 +71,7 @@ func sign(t testing.TB, alg, kid string, key any, claims map[string]any) string 
 	var sig []byte
 	if alg != "none" {
 		h, newHash := hashFor(alg)
-		if alg == "EdDSA" {
+		if alg == "EdDSA" || alg == "Ed25519" {
 			sig = ed25519.Sign(key.(ed25519.PrivateKey), []byte(signed))
 		} else {
 			switch alg[:2] {
@@ -125,7 +125,7 @@ func claimsFor(user string, extra map[string]any) map[string]any {
 
 func testAuth() AuthConfig {
 	return AuthConfig{
-		Algorithms: []string{"HS256", "HS384", "HS512", "RS256", "RS512", "PS256", "ES256", "ES384", "EdDSA"},
+		Algorithms: []string{"HS256", "HS384", "HS512", "RS256", "RS512", "PS256", "ES256", "ES384", "EdDSA", "Ed25519"},
 		HMACKeys:   []HMACKey{{ID: "hs", Secret: hmacKey}},
 		PublicKeys: []PublicKey{
 			{ID: "rs", Key: &rsaKey.PublicKey},
@@ -153,7 +153,7 @@ func TestVerifyAlgorithms(t *testing.T) {
 		{"HS256", "hs", hmacKey}, {"HS384", "", hmacKey}, {"HS512", "hs", hmacKey},
 		{"RS256", "rs", rsaKey}, {"RS512", "", rsaKey}, {"PS256", "rs", rsaKey},
 		{"ES256", "ec", ecKey}, {"ES384", "ec384", ec384Key}, {"ES256", "", ecKey},
-		{"EdDSA", "ed", edPriv},
+		{"EdDSA", "ed", edPriv}, {"Ed25519", "ed", edPriv},
 	} {
 		id, err := v.Verify(context.Background(), sign(t, tc.alg, tc.kid, tc.key, c))
 		if err != nil {
@@ -281,6 +281,10 @@ func TestNewVerifierConfig(t *testing.T) {
 		"short secret":  {Algorithms: []string{"HS256"}, HMACKeys: []HMACKey{{Secret: []byte("short")}}},
 		"no keys":       {Algorithms: []string{"HS256"}},
 		"private key":   {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: rsaKey}}},
+		"nil EC key":    {Algorithms: []string{"ES256"}, PublicKeys: []PublicKey{{Key: (*ecdsa.PublicKey)(nil)}}},
+		"nil RSA key":   {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: (*rsa.PublicKey)(nil)}}},
+		"short Ed key":  {Algorithms: []string{"EdDSA"}, PublicKeys: []PublicKey{{Key: ed25519.PublicKey{1}}}},
+		"small RSA key": {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: &rsa.PublicKey{N: big.NewInt(1 << 40), E: 65537}}}},
 	} {
 		if _, err := newVerifier(cfg); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -373,5 +377,49 @@ func TestJWKS(t *testing.T) {
 	time.Sleep(250 * time.Millisecond)
 	if _, err := v.Verify(ctx, sign(t, "RS256", "k2", rsaKey2, c)); err != nil {
 		t.Fatalf("rotated key: %v", err)
+	}
+}
+
+// FuzzVerify: no input panics, and nothing but a token signed by a
+// configured key is accepted.
+func FuzzVerify(f *testing.F) {
+	testKeys(f)
+	v, err := newVerifier(testAuth())
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, tc := range rejectCases(f) {
+		f.Add(tc.token)
+	}
+	f.Add(sign(f, "RS256", "rs", rsaKey, claimsFor("alice", nil)))
+	f.Fuzz(func(t *testing.T, tok string) {
+		id, err := v.Verify(context.Background(), tok)
+		if err == nil && (id == nil || id.UserID == "") {
+			t.Fatalf("accepted without identity")
+		}
+		if err != nil && !errors.Is(err, ErrInvalidToken) {
+			t.Fatalf("untyped error %v", err)
+		}
+	})
+}
+
+func TestVerifiedCacheHonoursExp(t *testing.T) {
+	testKeys(t)
+	v, _ := newVerifier(testAuth())
+	now := time.Now()
+	tok := sign(t, "ES256", "ec", ecKey, claimsFor("alice", map[string]any{"exp": now.Unix() + 3}))
+	if _, err := v.Verify(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(context.Background(), tok); err != nil {
+		t.Fatalf("cached: %v", err)
+	}
+	v.now = func() time.Time { return now.Add(10 * time.Second) }
+	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrExpired) {
+		t.Fatalf("cached token past exp: %v", err)
+	}
+	v.now = func() time.Time { return now.Add(2 * time.Minute) }
+	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrExpired) {
+		t.Fatalf("token past exp after cache expiry: %v", err)
 	}
 }

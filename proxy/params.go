@@ -100,7 +100,7 @@ func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`)
 var (
 	reOffset = regexp.MustCompile(`^(-1|now|[0-9]{1,20}_([0-9]{1,20}|inf))$`)
 	reHandle = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
-	reCursor = regexp.MustCompile(`^[0-9]{1,20}$`)
+	reCursor = regexp.MustCompile(`^[0-9]{0,20}$`) // the Go client sends an empty cursor
 	reBuster = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
 	reFlag   = regexp.MustCompile(`^(true|false)$`)
 	reLog    = regexp.MustCompile(`^(full|changes_only)$`)

@@ -209,15 +209,19 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 		return
 	}
 	rl := p.rules[name]
-	if rl == nil {
-		writeJSON(w, http.StatusNotFound, map[string]any{"message": "Unknown shape"})
-		return
-	}
-	info.shape = name
-	switch r.Method {
-	case http.MethodOptions:
+	if r.Method == http.MethodOptions {
+		if rl == nil {
+			writeJSON(w, http.StatusNotFound, map[string]any{"message": "Unknown shape"})
+			return
+		}
+		info.shape = name
 		p.preflight(w)
 		return
+	}
+	if rl != nil {
+		info.shape = name
+	}
+	switch r.Method {
 	case http.MethodGet, http.MethodHead:
 	case http.MethodPost:
 		writeJSONError(w, badRequest("method", "POST (subset snapshots) is not allowed through the proxy"))
@@ -244,6 +248,16 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 		return
 	}
 	info.user = id.UserID
+	if ok, wait := p.limiter.allow(id.UserID); !ok {
+		info.reason = "rate limit"
+		tooMany(w, wait, "request rate limit exceeded")
+		return
+	}
+	if rl == nil {
+		// Only an authenticated caller learns which shapes exist.
+		writeJSON(w, http.StatusNotFound, map[string]any{"message": "Unknown shape"})
+		return
+	}
 	q, err := parseClientQuery(r.URL.RawQuery)
 	if err != nil {
 		info.reason = err.Error()
@@ -258,11 +272,6 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 			return
 		}
 		writeJSONError(w, err)
-		return
-	}
-	if ok, wait := p.limiter.allow(id.UserID); !ok {
-		info.reason = "rate limit"
-		tooMany(w, wait, "request rate limit exceeded")
 		return
 	}
 	if q.live() {
@@ -358,10 +367,15 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.
 		return
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		// The upstream refused the proxy's secret: a configuration error,
 		// not the client's (whose 401 would make it refresh its token).
 		p.badGateway(w, info, fmt.Errorf("upstream refused the proxy's credentials (%d)", resp.StatusCode))
+		return
+	case resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.StatusCode != http.StatusNotModified:
+		// Electric never redirects; a Location would reveal the upstream.
+		p.badGateway(w, info, fmt.Errorf("unexpected upstream status %d", resp.StatusCode))
 		return
 	}
 	h := w.Header()
@@ -386,10 +400,13 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.
 	if r.Method == http.MethodHead {
 		return
 	}
+	// Send the headers at once: an SSE stream may wait long for its
+	// first event.
+	http.NewResponseController(w).Flush()
 	if err := copyFlush(w, resp.Body); err != nil && r.Context().Err() == nil {
-		info.reason = "upstream body: " + err.Error()
+		info.reason = "upstream body: " + redact(err)
 		p.metrics.upErrors.Add(1)
-		p.logger.Warn("proxy: upstream body interrupted", "request_id", w.Header().Get("X-Request-Id"), "shape", rl.Name, "err", err)
+		p.logger.Warn("proxy: upstream body interrupted", "request_id", w.Header().Get("X-Request-Id"), "shape", rl.Name, "err", info.reason)
 		// The status is sent; aborting (after the audit line) makes the
 		// client see a truncated response rather than a complete-looking one.
 		info.abort = true
@@ -452,8 +469,8 @@ func copyFlush(w http.ResponseWriter, src io.Reader) error {
 
 func (p *Proxy) badGateway(w http.ResponseWriter, info *reqInfo, err error) {
 	p.metrics.upErrors.Add(1)
-	info.reason = "upstream: " + err.Error()
-	p.logger.Warn("proxy: upstream error", "request_id", w.Header().Get("X-Request-Id"), "shape", info.shape, "err", redact(err))
+	info.reason = "upstream: " + redact(err)
+	p.logger.Warn("proxy: upstream error", "request_id", w.Header().Get("X-Request-Id"), "shape", info.shape, "err", info.reason)
 	writeJSON(w, http.StatusBadGateway, map[string]any{"message": "Bad gateway", "error": "the sync service is unavailable"})
 }
 

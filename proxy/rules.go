@@ -97,6 +97,7 @@ func compileRule(r ShapeRule) (*rule, error) {
 		return nil, fmt.Errorf("proxy: shape %q: cache mode %q", r.Name, r.Cache)
 	}
 	if len(r.Roles) > 0 {
+		c.perUser = true // not for everyone: keep it out of shared caches
 		c.roles = map[string]bool{}
 		for _, role := range r.Roles {
 			c.roles[role] = true
