@@ -76,6 +76,23 @@
 //	dec, _ := keysync.NewDecrypter(ring, spec)
 //	stream, _ := client.New(client.Options{URL: ..., Transform: dec.Transform})
 //
+// # Administration and writers
+//
+// The functions behind the shapeseal key commands work on a Postgres
+// connection ([AdminDB]) and a KEK: [CreateTenant] stores a new keyset,
+// [AddDevice] registers a device's recipient, [Grant] wraps the current
+// keyset to every device of a user, [Rotate] adds a primary key and re-wraps
+// for every member, [Revoke] deletes a user's wrapped keys, rotates and
+// re-wraps for the remaining members, and [RetireKeys] drops old keys. Each
+// runs in one transaction under a per-tenant advisory lock, so concurrent
+// administration of a tenant never wraps a stale generation.
+//
+// [Reencrypt] moves a table's cells to the primary key in short batches,
+// touching only cells under other keys and never overwriting a concurrent
+// write; it is idempotent and resumable, and can retire the keys no cell
+// uses any more. A [Writer] seals the encrypted columns of rows before it
+// inserts, updates or upserts them, with the tenant's newest keyset.
+//
 // # Errors
 //
 // Errors from [Open] are of type [*OpenError] and wrap one of [ErrNotEncrypted],

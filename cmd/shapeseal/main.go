@@ -5,6 +5,20 @@
 // Usage:
 //
 //	shapeseal devserver [--database-url URL] [--listen ADDR] [--secret S] [--long-poll D]
+//	shapeseal proxy --config FILE [--listen ADDR] [-v]
+//	shapeseal tail URL [--encrypted TABLE:COLS --identity FILE] …
+//	shapeseal init
+//	shapeseal keygen [-o FILE]
+//	shapeseal device add --user U --device D --recipient age1…
+//	shapeseal tenant create --tenant T --kek URI
+//	shapeseal grant|revoke --tenant T --user U [--kek URI]
+//	shapeseal rotate --tenant T [--kek URI]
+//	shapeseal reencrypt --tenant T --table TABLE --columns C1,C2 [--batch N] [--retire]
+//	shapeseal write --table TABLE --encrypted C1,C2 [--update|--upsert] [--json '{…}']
+//
+// Key commands read DATABASE_URL; KEKs are hcvault://… (Vault transit, with
+// VAULT_ADDR, VAULT_TOKEN, VAULT_NAMESPACE) or local:///PATH, from --kek or
+// SHAPESEAL_KEK.
 package main
 
 import (

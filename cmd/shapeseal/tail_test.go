@@ -15,9 +15,14 @@ import (
 
 	"github.com/shapeseal/shapeseal/electrictest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
+	"github.com/shapeseal/shapeseal/internal/vaulttest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
+func TestMain(m *testing.M) {
+	code := pgtest.Run(m)
+	vaulttest.StopShared()
+	os.Exit(code)
+}
 
 // syncBuffer is a bytes.Buffer safe for a writer and a polling reader.
 type syncBuffer struct {

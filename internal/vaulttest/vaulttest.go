@@ -42,6 +42,7 @@ type Server struct {
 	dir  string
 	done chan struct{}
 	log  *bytes.Buffer
+	out  *syncWriter // writes to log
 }
 
 // Binary returns the vault binary to run: $VAULT_BIN, bin/vault of the
@@ -89,7 +90,9 @@ func Start(ctx context.Context) (*Server, error) {
 	s := &Server{Addr: "http://" + addr, Token: hex.EncodeToString(tok[:]), dir: dir, done: make(chan struct{}), log: &bytes.Buffer{}}
 	s.cmd = exec.Command(bin, "server", "-dev", "-dev-root-token-id="+s.Token, "-dev-listen-address="+addr, "-dev-no-store-token")
 	s.cmd.Env = append(os.Environ(), "HOME="+dir, "VAULT_ADDR=", "VAULT_TOKEN=", "VAULT_DISABLE_MLOCK=true")
-	s.cmd.Stdout, s.cmd.Stderr = &syncWriter{w: s.log}, &syncWriter{w: s.log}
+	// One writer for both streams: its mutex guards the one buffer.
+	s.out = &syncWriter{w: s.log}
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	setParentDeath(s.cmd)
 	if err := s.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
@@ -162,7 +165,12 @@ func (s *Server) Stop() error {
 }
 
 func (s *Server) logTail() string {
+	if s.out == nil {
+		return ""
+	}
+	s.out.mu.Lock()
 	out := s.log.String()
+	s.out.mu.Unlock()
 	if len(out) > 2000 {
 		out = out[len(out)-2000:]
 	}
