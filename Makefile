@@ -10,12 +10,13 @@ test: bin/vault
 
 # bench runs every package's benchmarks (electrictest's through
 # bench/electrictest.sh, which summarises them), then the comparison with the
-# official TypeScript client. See bench/README.md; compare ratios only within
-# one run.
+# official TypeScript client and the proxy's comparison with direct access and
+# an Express proxy. See bench/README.md; compare ratios only within one run.
 bench:
 	go run ./internal/pgtest/cmd/withpg -- go test -run '^$$' -bench . -benchmem $$(go list ./... | grep -v '/electrictest$$')
 	bench/electrictest.sh
 	bench/client-decode.sh
+	bench/proxy.sh
 
 build:
 	go build -o bin/shapeseal ./cmd/shapeseal

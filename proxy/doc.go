@@ -78,6 +78,10 @@
 // [LoadConfig] reads the same settings from YAML (see [FileConfig]), with
 // secrets from the environment: ELECTRIC_URL, ELECTRIC_SECRET, JWT_SECRET,
 // JWT_PUBLIC_KEY, JWKS_URL, or per-key secret_env names.
+// testdata/example.yaml is a commented sample. `shapeseal proxy --config
+// FILE [--listen ADDR]` serves it (no write timeout, so live polls are
+// held; graceful shutdown on SIGINT/SIGTERM), printing one line
+// `shapeseal proxy ready {"proxy_url":…}` and JSON audit lines on stderr.
 //
 // # Operations
 //

@@ -35,7 +35,8 @@ import (
 //
 // Unknown fields are errors. Secrets belong in the environment:
 // ELECTRIC_URL and ELECTRIC_SECRET override upstream and secret,
-// JWT_SECRET adds an HMAC key, JWT_PUBLIC_KEY a PEM public key and
+// JWT_SECRET adds an HMAC key (unless a hmac_keys entry already reads it
+// with secret_env), JWT_PUBLIC_KEY a PEM public key and
 // JWKS_URL sets jwks_url.
 type FileConfig struct {
 	Upstream       string      `yaml:"upstream"`
@@ -142,9 +143,11 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 	if v := getenv("JWKS_URL"); v != "" {
 		cfg.Auth.JWKSURL = v
 	}
+	jwtSecretUsed := false
 	for i, k := range a.HMACKeys {
 		s := k.Secret
 		if k.SecretEnv != "" {
+			jwtSecretUsed = jwtSecretUsed || k.SecretEnv == "JWT_SECRET"
 			s = getenv(k.SecretEnv)
 		}
 		if s == "" {
@@ -152,7 +155,7 @@ func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 		}
 		cfg.Auth.HMACKeys = append(cfg.Auth.HMACKeys, HMACKey{ID: k.ID, Secret: []byte(s)})
 	}
-	if s := getenv("JWT_SECRET"); s != "" {
+	if s := getenv("JWT_SECRET"); s != "" && !jwtSecretUsed { // not twice when a key names it
 		cfg.Auth.HMACKeys = append(cfg.Auth.HMACKeys, HMACKey{Secret: []byte(s)})
 	}
 	for i, k := range a.PublicKeys {

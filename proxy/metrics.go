@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"io"
+	rtmetrics "runtime/metrics"
 	"slices"
 	"strconv"
 	"sync"
@@ -94,6 +95,30 @@ func (m *metrics) write(w io.Writer) {
 	fmt.Fprintln(w, "# HELP shapeseal_proxy_response_bytes_total Response body bytes sent to clients.")
 	fmt.Fprintln(w, "# TYPE shapeseal_proxy_response_bytes_total counter")
 	fmt.Fprintf(w, "shapeseal_proxy_response_bytes_total %d\n", m.bytesSent.Load())
+	writeRuntime(w)
+}
+
+// runtimeGauges are the Go runtime's own figures (runtime/metrics, read
+// without stopping the world), under the names client_golang uses.
+var runtimeGauges = []struct{ sample, name, help string }{
+	{"/sched/goroutines:goroutines", "go_goroutines", "Goroutines that currently exist."},
+	{"/memory/classes/heap/objects:bytes", "go_memstats_heap_alloc_bytes", "Heap bytes in objects, live or not yet swept."},
+	{"/memory/classes/heap/stacks:bytes", "go_memstats_stack_inuse_bytes", "Heap bytes reserved for goroutine stacks."},
+	{"/memory/classes/total:bytes", "go_memstats_sys_bytes", "Bytes of memory mapped by the Go runtime."},
+}
+
+func writeRuntime(w io.Writer) {
+	samples := make([]rtmetrics.Sample, len(runtimeGauges))
+	for i, g := range runtimeGauges {
+		samples[i].Name = g.sample
+	}
+	rtmetrics.Read(samples)
+	for i, g := range runtimeGauges {
+		if samples[i].Value.Kind() != rtmetrics.KindUint64 {
+			continue
+		}
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s gauge\n%s %d\n", g.name, g.help, g.name, g.name, samples[i].Value.Uint64())
+	}
 }
 
 func compare(a, b string) int {

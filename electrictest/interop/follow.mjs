@@ -8,10 +8,16 @@
 //	node follow.mjs --url http://127.0.0.1:3000/v1/shape --table items \
 //	    [--where 'done = $1' --param true ...] [--columns id,title] \
 //	    [--replica full] [--secret S] [--log-requests] [--ignore-stdin]
+//	    [--token JWT] [--header 'Name: value' ...]
 //
 // Every option can also come from the environment: SHAPE_URL, SHAPE_TABLE,
 // SHAPE_WHERE, SHAPE_PARAMS (a JSON array of strings), SHAPE_COLUMNS,
-// SHAPE_REPLICA, SHAPE_SECRET.
+// SHAPE_REPLICA, SHAPE_SECRET, SHAPE_TOKEN.
+//
+// --token sends "Authorization: Bearer JWT" on every request (the
+// client's headers option); --header adds any other request header. With
+// --token, --table may be left out: a shapeseal proxy URL
+// (/v1/shapes/{name}) names the shape itself and rejects a table param.
 //
 // Output, one JSON object per line on stdout:
 //
@@ -41,6 +47,8 @@ const { values: args } = parseArgs({
     columns: { type: 'string', default: process.env.SHAPE_COLUMNS },
     replica: { type: 'string', default: process.env.SHAPE_REPLICA },
     secret: { type: 'string', default: process.env.SHAPE_SECRET },
+    token: { type: 'string', default: process.env.SHAPE_TOKEN },
+    header: { type: 'string', multiple: true },
     'log-requests': { type: 'boolean', default: false },
     'ignore-stdin': { type: 'boolean', default: false },
   },
@@ -54,7 +62,15 @@ function die(msg) {
 }
 
 if (!args.url) die('--url (or SHAPE_URL) is required')
-if (!args.table) die('--table (or SHAPE_TABLE) is required')
+if (!args.table && !args.token) die('--table (or SHAPE_TABLE) is required')
+
+const headers = {}
+for (const h of args.header ?? []) {
+  const i = h.indexOf(':')
+  if (i <= 0) die(`--header ${JSON.stringify(h)}: want 'Name: value'`)
+  headers[h.slice(0, i).trim()] = h.slice(i + 1).trim()
+}
+if (args.token) headers.Authorization = `Bearer ${args.token}`
 
 let whereParams = args.param
 if (!whereParams && process.env.SHAPE_PARAMS) {
@@ -67,7 +83,8 @@ if (!whereParams && process.env.SHAPE_PARAMS) {
   whereParams = whereParams.map(String)
 }
 
-const params = { table: args.table }
+const params = {}
+if (args.table) params.table = args.table
 if (args.where) params.where = args.where
 if (whereParams && whereParams.length > 0) params.params = whereParams
 if (args.columns) params.columns = args.columns.split(',')
@@ -126,6 +143,7 @@ let failed = false
 const stream = new ShapeStream({
   url: args.url,
   params,
+  headers,
   signal: abort.signal,
   fetchClient,
   // Returning nothing stops the stream: the error is reported, not retried.

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# proxy.sh: shapeseal's proxy vs going direct to Electric vs an Express
+# proxy written as Electric's docs show (bench/peers/express), in one run:
+# added latency of small live responses, throughput and memory on a 50 MB
+# snapshot, and live polls held at once with memory per poll. Prints
+# ratios. See bench/README.md.
+#
+# Usage: bench/proxy.sh [-latency-n 2000] [-snapshot-mb 50] [-rounds 5] [-polls 10000]
+#
+# A private PostgreSQL (or DATABASE_URL) backs electrictest; Node.js 18+
+# and npm must be installed (express is installed into
+# bench/peers/express/node_modules with npm ci, from its package-lock.json).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Two sockets per held poll in the proxy (client and upstream side), and as
+# many in this benchmark's own process: raise the soft open-file limit as
+# far as the hard limit allows (proxybench holds fewer polls if it must).
+hard=$(ulimit -Hn)
+if [[ $hard == unlimited || $hard -gt 65536 ]]; then hard=65536; fi
+ulimit -n "$hard"
+
+peer=bench/peers/express
+if [[ ! -f $peer/node_modules/.package-lock.json || $peer/package-lock.json -nt $peer/node_modules/.package-lock.json ]]; then
+	(cd "$peer" && npm ci --no-audit --no-fund --ignore-scripts >&2)
+fi
+exec go run ./internal/pgtest/cmd/withpg -- go run ./bench/proxybench "$@"

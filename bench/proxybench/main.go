@@ -1,0 +1,760 @@
+// Command proxybench compares shapeseal's proxy (the `shapeseal proxy`
+// binary) with going direct to Electric and with an Express proxy written
+// as Electric's docs show (bench/peers/express), on one machine, in one
+// run, and prints ratios.
+//
+// Usage (from the module root; bench/proxy.sh does this, after installing
+// the Express peer and raising the open-file limit):
+//
+//	go run ./internal/pgtest/cmd/withpg -- go run ./bench/proxybench [-latency-n 2000] [-snapshot-mb 50] [-rounds 5] [-polls 10000]
+//
+// Upstream is electrictest over a fresh PostgreSQL database (DATABASE_URL,
+// or a private cluster), behind a loopback mux in this process that also
+//
+//   - replays one real snapshot response of the "big" table (≈50 MB, made
+//     by electrictest from Postgres and captured once) from memory, so
+//     that the snapshot figures measure the proxies, not the database;
+//   - holds live requests on the "hold" table until released, so that
+//     thousands of polls can be held at once.
+//
+// Both proxies run as their own processes (their memory is their own):
+// the shapeseal binary built from this checkout with a generated YAML
+// config, and `node bench/peers/express/server.mjs`. Both verify an HS256
+// JWT on every request. It measures:
+//
+//	(a) added latency of a small live response (one change + up-to-date,
+//	    answered at once by Electric because the offset is behind the
+//	    log's head): direct, via shapeseal, via Express, interleaved
+//	    request by request on keep-alive connections; p50 and p99, and the
+//	    latency each proxy adds over direct;
+//	(b) a snapshot of -snapshot-mb MB read through each proxy, -rounds
+//	    alternating rounds: MB/s (median), and each proxy's peak RSS (and
+//	    Go heap / V8 heap) while it streams;
+//	(c) -polls live polls held at once through shapeseal's proxy (fewer
+//	    when the open-file limit cannot hold 2 per poll in one process):
+//	    the growth of its Go heap + goroutine stacks, and of its RSS, per
+//	    held poll; then all are released and answered.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/shapeseal/shapeseal/electrictest"
+	"github.com/shapeseal/shapeseal/internal/pgtest"
+)
+
+var (
+	latencyN   = flag.Int("latency-n", 2000, "small live requests per path for (a)")
+	snapshotMB = flag.Int("snapshot-mb", 50, "snapshot size for (b), in MB")
+	rounds     = flag.Int("rounds", 5, "alternating snapshot rounds per proxy for (b)")
+	polls      = flag.Int("polls", 10000, "live polls to hold through shapeseal's proxy for (c)")
+)
+
+const (
+	upSecret  = "bench-electric-secret"
+	jwtSecret = "bench-jwt-secret-bench-jwt-secret-0123"
+)
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "proxybench:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) { fmt.Fprintf(os.Stderr, "proxybench: "+format+"\n", args...) }
+
+func run() (err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "proxybench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	// Postgres and electrictest.
+	cl, err := pgtest.Open(ctx, pgtest.Options{Logf: logf})
+	if err != nil {
+		return err
+	}
+	defer cl.Stop()
+	admin, err := pgx.Connect(ctx, cl.URL())
+	if err != nil {
+		return err
+	}
+	defer admin.Close(context.Background())
+	var pgVersion string
+	admin.QueryRow(ctx, "SELECT current_setting('server_version')").Scan(&pgVersion)
+	var id [6]byte
+	rand.Read(id[:])
+	dbName := "shapeseal_proxybench_" + hex.EncodeToString(id[:])
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+dbName); err != nil {
+		return err
+	}
+	defer func() {
+		if derr := dropDatabase(admin, dbName); derr != nil && err == nil {
+			err = fmt.Errorf("drop database %s: %w", dbName, derr)
+		}
+	}()
+	dbURL, err := withDatabase(cl.URL(), dbName)
+	if err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	// ≈1 KB of JSON per big row.
+	bigRows := *snapshotMB * 1000
+	if _, err := conn.Exec(ctx, `
+		CREATE TABLE small (id int8 PRIMARY KEY, title text);
+		INSERT INTO small SELECT i, 'small ' || i FROM generate_series(1, 10) i;
+		CREATE TABLE big (id int8 PRIMARY KEY, body text);
+		CREATE TABLE bench_hold (id int8 PRIMARY KEY)`); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO big SELECT i, repeat(md5(i::text), 28) FROM generate_series(1, $1::int8) i`, bigRows); err != nil {
+		return err
+	}
+	es, err := electrictest.New(ctx, electrictest.Options{DatabaseURL: dbURL, Secret: upSecret, ChunkBytes: 1 << 30})
+	if err != nil {
+		return err
+	}
+	defer es.Close()
+	up := &upstream{electric: es, release: make(chan struct{})}
+	ups := httptest.NewServer(up)
+	defer func() {
+		ups.CloseClientConnections()
+		ups.Close()
+	}()
+
+	// Capture the big snapshot once.
+	logf("capturing the %d-row snapshot of big from electrictest", bigRows)
+	resp, err := http.Get(ups.URL + "/v1/shape?table=big&offset=-1&secret=" + upSecret)
+	if err != nil {
+		return err
+	}
+	up.bigBody, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 {
+		return fmt.Errorf("big snapshot: %d %v", resp.StatusCode, err)
+	}
+	up.bigHeader = resp.Header.Clone()
+	up.bigHeader.Del("Date")
+	up.bigHeader.Del("Content-Length")
+
+	// The small shape's position, and one change behind it: a live request
+	// at that offset is answered at once with one change and up-to-date.
+	smallQ := "table=small&secret=" + upSecret
+	handle, offset, err := catchUp(ups.URL+"/v1/shape?"+smallQ, "")
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO small VALUES (11, 'the change')`); err != nil {
+		return err
+	}
+	livePos := "live=true&handle=" + url.QueryEscape(handle) + "&offset=" + url.QueryEscape(offset)
+
+	// The proxies.
+	logf("building shapeseal")
+	bin := filepath.Join(tmp, "shapeseal")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/shapeseal")
+	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("go build: %w", err)
+	}
+	cfgFile := filepath.Join(tmp, "proxy.yaml")
+	os.WriteFile(cfgFile, []byte(`auth:
+  algorithms: [HS256]
+shapes:
+  - {name: small, table: small}
+  - {name: big, table: big}
+  - {name: hold, table: bench_hold}
+limits: {requests_per_second: -1, max_live_per_user: -1}
+`), 0o600)
+	auditLog, err := os.Create(filepath.Join(tmp, "shapeseal-proxy.log"))
+	if err != nil {
+		return err
+	}
+	defer auditLog.Close()
+	env := append(os.Environ(), "ELECTRIC_URL="+ups.URL, "ELECTRIC_SECRET="+upSecret, "JWT_SECRET="+jwtSecret)
+	goProxy, err := startProc(ctx, exec.Command(bin, "proxy", "--config", cfgFile, "--listen", "127.0.0.1:0"), env, auditLog, "shapeseal proxy ready ")
+	if err != nil {
+		return err
+	}
+	defer goProxy.stop()
+	expressDir := filepath.Join(root, "bench", "peers", "express")
+	node := exec.Command("node", "server.mjs")
+	node.Dir = expressDir
+	nodeVersion, _ := exec.Command("node", "--version").Output()
+	expProxy, err := startProc(ctx, node, append(env, `SHAPES={"small":"small","big":"big","hold":"bench_hold"}`, "BENCH_MEM=1"), os.Stderr, "express proxy ready ")
+	if err != nil {
+		return err
+	}
+	defer expProxy.stop()
+	expressVersion, _ := packageVersion(filepath.Join(expressDir, "node_modules", "express"))
+
+	tok := signHS256(map[string]any{"sub": "bench", "exp": time.Now().Add(time.Hour).Unix()})
+	fmt.Printf("\nproxy bench: shapeseal proxy vs direct vs Express %s (node %s), all on loopback, one run\n", expressVersion, strings.TrimSpace(string(nodeVersion)))
+	fmt.Printf("machine: %s/%s, %d CPUs; %s; PostgreSQL %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), pgVersion)
+
+	// (a) latency.
+	logf("(a) %d small live responses per path", *latencyN)
+	paths := []struct {
+		name, url string
+		auth      bool
+	}{
+		{"direct", ups.URL + "/v1/shape?" + smallQ + "&" + livePos, false},
+		{"shapeseal", goProxy.url + "/v1/shapes/small?" + livePos, true},
+		{"express", expProxy.url + "/v1/shapes/small?" + livePos, true},
+	}
+	lat := make([][]float64, len(paths))
+	var size int
+	for i := -200; i < *latencyN; i++ { // 200 warm-up rounds
+		for j, p := range paths {
+			d, n, err := timedGet(p.url, tok, p.auth)
+			if err != nil {
+				return fmt.Errorf("(a) %s: %w", p.name, err)
+			}
+			size = n
+			if i >= 0 {
+				lat[j] = append(lat[j], d.Seconds()*1e6)
+			}
+		}
+	}
+	fmt.Printf("\n(a) small live response (%d B body), %d requests per path, interleaved, keep-alive:\n", size, *latencyN)
+	fmt.Printf("  %-10s %10s %10s %14s %14s\n", "", "p50 µs", "p99 µs", "added p50 µs", "added p99 µs")
+	d50, d99 := pct(lat[0], 50), pct(lat[0], 99)
+	added := map[string][2]float64{}
+	for j, p := range paths {
+		p50, p99 := pct(lat[j], 50), pct(lat[j], 99)
+		added[p.name] = [2]float64{p50 - d50, p99 - d99}
+		fmt.Printf("  %-10s %10.0f %10.0f %14.0f %14.0f\n", p.name, p50, p99, p50-d50, p99-d99)
+	}
+	fmt.Printf("  ratio Express added / shapeseal added: p50 %.1f×, p99 %.1f×\n",
+		added["express"][0]/added["shapeseal"][0], added["express"][1]/added["shapeseal"][1])
+
+	// (b) snapshot throughput and memory.
+	logf("(b) %d rounds of a %.1f MB snapshot", *rounds, float64(len(up.bigBody))/1e6)
+	type tput struct {
+		mbps        []float64
+		peakRSS     uint64
+		baseRSS     uint64
+		peakHeap    float64
+		heapMetric  string
+		sampleHeaps func() (float64, error)
+	}
+	targets := []struct {
+		name string
+		url  string
+		proc *proc
+		t    *tput
+	}{
+		{"direct", ups.URL + "/v1/shape?table=big&offset=-1&secret=" + upSecret, nil, &tput{}},
+		{"shapeseal", goProxy.url + "/v1/shapes/big?offset=-1", goProxy, &tput{heapMetric: "Go heap", sampleHeaps: func() (float64, error) {
+			m, err := scrape(goProxy.url + "/metrics")
+			return m["go_memstats_heap_alloc_bytes"], err
+		}}},
+		{"express", expProxy.url + "/v1/shapes/big?offset=-1", expProxy, &tput{heapMetric: "V8 heap", sampleHeaps: func() (float64, error) {
+			var m struct {
+				HeapUsed float64 `json:"heapUsed"`
+			}
+			err := getJSON(expProxy.url+"/__bench/mem", &m)
+			return m.HeapUsed, err
+		}}},
+	}
+	for _, tg := range targets {
+		if tg.proc != nil {
+			tg.t.baseRSS, _ = procStatus(tg.proc.cmd.Process.Pid, "VmRSS")
+		}
+	}
+	for r := 0; r < *rounds+1; r++ { // round 0 warms up
+		for _, tg := range targets {
+			stopSampling := make(chan struct{})
+			sampled := make(chan struct{})
+			go func() { // sample the proxy's memory while it streams
+				defer close(sampled)
+				for {
+					if tg.proc != nil {
+						if rss, err := procStatus(tg.proc.cmd.Process.Pid, "VmRSS"); err == nil && rss > tg.t.peakRSS && r > 0 {
+							tg.t.peakRSS = rss
+						}
+						if h, err := tg.t.sampleHeaps(); err == nil && h > tg.t.peakHeap && r > 0 {
+							tg.t.peakHeap = h
+						}
+					}
+					select {
+					case <-stopSampling:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+				}
+			}()
+			d, n, err := timedGet(tg.url, tok, tg.proc != nil)
+			close(stopSampling)
+			<-sampled
+			if err != nil {
+				return fmt.Errorf("(b) %s: %w", tg.name, err)
+			}
+			if n != len(up.bigBody) {
+				return fmt.Errorf("(b) %s: %d bytes, want %d", tg.name, n, len(up.bigBody))
+			}
+			if r > 0 {
+				tg.t.mbps = append(tg.t.mbps, float64(n)/1e6/d.Seconds())
+			}
+		}
+	}
+	fmt.Printf("\n(b) one %.1f MB snapshot response (real electrictest bytes, replayed from memory), %d rounds, alternating:\n", float64(len(up.bigBody))/1e6, *rounds)
+	fmt.Printf("  %-10s %9s %18s %14s %14s\n", "", "MB/s", "(rounds)", "RSS before MB", "peak RSS MB")
+	for _, tg := range targets {
+		fmt.Printf("  %-10s %9.0f %18s", tg.name, median(tg.t.mbps), spread(tg.t.mbps))
+		if tg.proc != nil {
+			fmt.Printf(" %14.1f %14.1f   peak %s %.1f MB", float64(tg.t.baseRSS)/1e6, float64(tg.t.peakRSS)/1e6, tg.t.heapMetric, tg.t.peakHeap/1e6)
+		}
+		fmt.Println()
+	}
+	g, e := targets[1].t, targets[2].t
+	fmt.Printf("  ratio shapeseal/Express throughput: %.1f× (target ≥ 5×)\n", median(g.mbps)/median(e.mbps))
+	fmt.Printf("  ratio Express/shapeseal peak RSS: %.1f× (peak RSS growth while streaming: %.1f MB vs %.1f MB; target ≥ 10×)\n",
+		float64(e.peakRSS)/float64(g.peakRSS), float64(e.peakRSS-min(e.peakRSS, e.baseRSS))/1e6, float64(g.peakRSS-min(g.peakRSS, g.baseRSS))/1e6)
+	expProxy.stop() // frees its memory and file descriptors for (c)
+
+	// (c) held live polls.
+	n := *polls
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
+		// This process holds a client and an upstream socket per poll, the
+		// proxy one of each: 2 per poll in each process, plus a margin.
+		if max := (int(lim.Cur) - 300) / 2; n > max {
+			logf("(c) open-file limit %d: holding %d polls instead of %d", lim.Cur, max, n)
+			n = max
+		}
+	}
+	logf("(c) holding %d live polls through shapeseal", n)
+	held, err := holdPolls(ctx, up, goProxy, tok, n)
+	if err != nil {
+		return fmt.Errorf("(c): %w", err)
+	}
+	fmt.Printf("\n(c) %d live polls held at once through shapeseal's proxy (upstream holds them; loopback):\n", held.n)
+	fmt.Printf("  proxy live polls in flight (its metric): %.0f; goroutines %.0f → %.0f (%.1f per poll)\n",
+		held.after["shapeseal_proxy_live_requests"], held.before["go_goroutines"], held.after["go_goroutines"],
+		(held.after["go_goroutines"]-held.before["go_goroutines"])/float64(held.n))
+	hs := func(m map[string]float64) float64 {
+		return m["go_memstats_heap_alloc_bytes"] + m["go_memstats_stack_inuse_bytes"]
+	}
+	fmt.Printf("  Go heap + stacks: %.1f MB → %.1f MB: %.1f KB per held poll (target < 16 KB)\n",
+		hs(held.before)/1e6, hs(held.after)/1e6, (hs(held.after)-hs(held.before))/float64(held.n)/1024)
+	fmt.Printf("  of which goroutine stacks %.1f KB and heap objects %.1f KB per held poll\n",
+		(held.after["go_memstats_stack_inuse_bytes"]-held.before["go_memstats_stack_inuse_bytes"])/float64(held.n)/1024,
+		(held.after["go_memstats_heap_alloc_bytes"]-held.before["go_memstats_heap_alloc_bytes"])/float64(held.n)/1024)
+	fmt.Printf("  RSS: %.1f MB → %.1f MB: %.1f KB per held poll\n", float64(held.rssBefore)/1e6, float64(held.rssAfter)/1e6,
+		(float64(held.rssAfter)-float64(held.rssBefore))/float64(held.n)/1024)
+	fmt.Printf("  held in %.1f s; all %d answered %.1f s after release\n", held.setup.Seconds(), held.answered, held.drain.Seconds())
+	return nil
+}
+
+// upstream routes /v1/shape by table: big is replayed from memory,
+// bench_hold live requests are held until release, the rest is Electric.
+type upstream struct {
+	electric  http.Handler
+	bigBody   []byte
+	bigHeader http.Header
+	holding   atomic.Int64
+	release   chan struct{}
+}
+
+func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if r.URL.Path == "/v1/shape" && q.Get("secret") == upSecret {
+		switch {
+		case q.Get("table") == "big" && u.bigBody != nil && q.Get("offset") == "-1":
+			for k, v := range u.bigHeader {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(200)
+			w.Write(u.bigBody)
+			return
+		case q.Get("table") == "bench_hold" && q.Get("live") == "true":
+			u.holding.Add(1)
+			defer u.holding.Add(-1)
+			select {
+			case <-r.Context().Done():
+				return
+			case <-u.release:
+			}
+			h := w.Header()
+			h.Set("content-type", "application/json")
+			h.Set("electric-handle", q.Get("handle"))
+			h.Set("electric-offset", q.Get("offset"))
+			h.Set("electric-up-to-date", "")
+			h.Set("electric-cursor", "1")
+			h.Set("cache-control", "public, max-age=5, stale-while-revalidate=5")
+			io.WriteString(w, `[{"headers":{"control":"up-to-date","global_last_seen_lsn":"0"}}]`)
+			return
+		}
+	}
+	u.electric.ServeHTTP(w, r)
+}
+
+type heldResult struct {
+	n, answered         int
+	before, after       map[string]float64
+	rssBefore, rssAfter uint64
+	setup, drain        time.Duration
+}
+
+// holdPolls opens n live polls through the proxy, each on its own
+// connection, waits until the upstream holds them all, measures the
+// proxy, then releases them and waits for every answer.
+func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int) (res heldResult, err error) {
+	res.n = n
+	if res.before, err = scrape(p.url + "/metrics"); err != nil {
+		return res, err
+	}
+	res.rssBefore, _ = procStatus(p.cmd.Process.Pid, "VmRSS")
+	tr := &http.Transport{MaxIdleConnsPerHost: n, DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	var answered atomic.Int64
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range n {
+		// At most 256 polls on their way at once (the listen backlog).
+		for i-int(up.holding.Load()) >= 256 && failed.Load() == 0 && time.Since(start) < 2*time.Minute {
+			time.Sleep(time.Millisecond)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(pctx, "GET", fmt.Sprintf("%s/v1/shapes/hold?live=true&offset=0_0&handle=hold-%d", p.url, i), nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := c.Do(req)
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err == nil && resp.StatusCode != 200 {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+				return
+			}
+			answered.Add(1)
+		}()
+	}
+	for up.holding.Load() < int64(n) {
+		if failed.Load() > 0 {
+			cancel()
+			wg.Wait()
+			return res, fmt.Errorf("%d polls failed, first: %v", failed.Load(), firstErr.Load())
+		}
+		if time.Since(start) > 2*time.Minute {
+			cancel()
+			wg.Wait()
+			return res, fmt.Errorf("only %d of %d polls held after 2 min", up.holding.Load(), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	res.setup = time.Since(start)
+	time.Sleep(2 * time.Second) // let the proxy settle (GC, idle buffers)
+	if res.after, err = scrape(p.url + "/metrics"); err != nil {
+		cancel()
+		wg.Wait()
+		return res, err
+	}
+	res.rssAfter, _ = procStatus(p.cmd.Process.Pid, "VmRSS")
+	start = time.Now()
+	close(up.release)
+	wg.Wait()
+	res.drain = time.Since(start)
+	res.answered = int(answered.Load())
+	if failed.Load() > 0 {
+		return res, fmt.Errorf("%d polls failed after release, first: %v", failed.Load(), firstErr.Load())
+	}
+	return res, nil
+}
+
+// catchUp follows a shape from offset -1 to up-to-date and returns its
+// position.
+func catchUp(shapeURL, tok string) (handle, offset string, err error) {
+	handle, offset = "", "-1"
+	for range 20 {
+		u := shapeURL + "&offset=" + url.QueryEscape(offset)
+		if handle != "" {
+			u += "&handle=" + url.QueryEscape(handle)
+		}
+		resp, err := http.Get(u)
+		if err != nil {
+			return "", "", err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return "", "", fmt.Errorf("%s: %d", u, resp.StatusCode)
+		}
+		handle, offset = resp.Header.Get("electric-handle"), resp.Header.Get("electric-offset")
+		if _, ok := resp.Header["Electric-Up-To-Date"]; ok {
+			return handle, offset, nil
+		}
+	}
+	return "", "", errors.New("no up-to-date after 20 requests")
+}
+
+var benchClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}}
+
+// timedGet reads url to the end and returns how long it took and the body
+// size.
+func timedGet(u, tok string, auth bool) (time.Duration, int, error) {
+	req, _ := http.NewRequest("GET", u, nil)
+	if auth {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	start := time.Now()
+	resp, err := benchClient.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	d := time.Since(start)
+	if err == nil && resp.StatusCode != 200 {
+		err = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return d, int(n), err
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	url  string
+	once sync.Once
+}
+
+// startProc starts cmd and waits for a line "<ready>{"proxy_url":…}" on
+// its stdout.
+func startProc(ctx context.Context, cmd *exec.Cmd, env []string, stderr io.Writer, ready string) (*proc, error) {
+	cmd.Env = env
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{cmd: cmd}
+	got := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if s, ok := strings.CutPrefix(sc.Text(), ready); ok {
+				got <- s
+			}
+		}
+		close(got)
+	}()
+	select {
+	case line, ok := <-got:
+		var r struct {
+			ProxyURL string `json:"proxy_url"`
+		}
+		if !ok || json.Unmarshal([]byte(line), &r) != nil || r.ProxyURL == "" {
+			p.stop()
+			return nil, fmt.Errorf("%s: no ready line", cmd.Path)
+		}
+		p.url = r.ProxyURL
+		return p, nil
+	case <-time.After(30 * time.Second):
+		p.stop()
+		return nil, fmt.Errorf("%s: not ready after 30 s", cmd.Path)
+	case <-ctx.Done():
+		p.stop()
+		return nil, ctx.Err()
+	}
+}
+
+func (p *proc) stop() {
+	p.once.Do(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-done
+		}
+	})
+}
+
+// procStatus reads a "kB" field of /proc/PID/status, in bytes.
+func procStatus(pid int, field string) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// scrape reads the unlabelled samples of a Prometheus text endpoint.
+func scrape(u string) (map[string]float64, error) {
+	resp, err := benchClient.Get(u)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	m := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+			continue
+		}
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			m[name] = f
+		}
+	}
+	return m, sc.Err()
+}
+
+func getJSON(u string, v any) error {
+	resp, err := benchClient.Get(u)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func signHS256(claims map[string]any) string {
+	h := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
+	c, _ := json.Marshal(claims)
+	in := h + "." + base64.RawURLEncoding.EncodeToString(c)
+	m := hmac.New(sha256.New, []byte(jwtSecret))
+	m.Write([]byte(in))
+	return in + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+func pct(xs []float64, p float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if len(s) == 0 {
+		return math.NaN()
+	}
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+func median(xs []float64) float64 { return pct(xs, 50) }
+
+func spread(xs []float64) string {
+	if len(xs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("(%.0f–%.0f)", slices.Min(xs), slices.Max(xs))
+}
+
+// dropDatabase drops the database, terminating the sessions (electrictest's
+// replication connection may linger a moment) and retrying for up to 30 s.
+func dropDatabase(admin *pgx.Conn, name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		_, _ = admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+		_, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func withDatabase(u, name string) (string, error) {
+	p, err := url.Parse(u)
+	if err != nil || (p.Scheme != "postgres" && p.Scheme != "postgresql") {
+		return "", fmt.Errorf("DATABASE_URL must be a postgres:// URL")
+	}
+	p.Path, p.RawPath = "/"+name, ""
+	q := p.Query()
+	if q.Has("dbname") {
+		q.Set("dbname", name)
+		p.RawQuery = q.Encode()
+	}
+	return p.String(), nil
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %v", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("not inside the shapeseal module: run from its root")
+	}
+	return filepath.Dir(mod), nil
+}
+
+func packageVersion(dir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "package.json"))
+	if err != nil {
+		return "", err
+	}
+	var pkg struct {
+		Version string `json:"version"`
+	}
+	if err := json.Unmarshal(b, &pkg); err != nil {
+		return "", err
+	}
+	return pkg.Version, nil
+}
