@@ -67,6 +67,30 @@
 // arrays → []any, anything else stays a string. Options.Parsers overrides
 // the conversion per Postgres type.
 //
+// # WebSocket transport
+//
+// A [WSConn] is one WebSocket to a shapeseal proxy's /v1/ws endpoint
+// (see package proxy for the message protocol) carrying any number of
+// shape subscriptions, each read through a [WSStream] with the same
+// semantics as a [ShapeStream]: messages one at a time, Offset and Handle to
+// resume from after an up-to-date, a synthetic must-refetch message when the
+// shape was rotated, and nothing lost or repeated across reconnections.
+//
+//	conn, err := client.DialWS(ctx, "wss://app.example/v1/ws", tokens)
+//	items, err := conn.Stream("items", client.WSStreamOptions{Live: true})
+//	for m, err := range items.Messages(ctx) { ... }
+//
+// The token is sent in the first WebSocket message, never in the URL. When
+// the proxy reports that it expired, the connection sends a new one from
+// the TokenSource (Refresh, for a RefreshableTokenSource). When the
+// connection drops, it is redialled with backoff and every open stream is
+// resubscribed from the offset and handle of the last batch it delivered
+// whole; the messages of a batch it had delivered in part are skipped.
+//
+// Unlike a ShapeStream, a WSConn runs one goroutine that reads the
+// connection and hands frames to its streams; frames wait in memory until
+// their stream's Next reads them: read every stream you open, or Close it.
+//
 // # Errors
 //
 // Errors are typed for errors.As: [*HTTPError] (status, body, headers, URL),

@@ -10,6 +10,7 @@
 //
 //	GET|HEAD /v1/shapes/{name}?offset=…  the shape rule called name
 //	OPTIONS  /v1/shapes/{name}           CORS preflight (allows Authorization)
+//	GET      /v1/ws                       a WebSocket carrying many shapes (below)
 //	GET      /healthz                     200 when the upstream /v1/health is 200
 //	GET      /metrics                     Prometheus text format
 //
@@ -72,6 +73,74 @@
 // cache serves one user's rows to another. A 409 passes through with its
 // headers and body. An unreachable upstream, or one that refuses the
 // proxy's secret, gives 502 with a JSON body.
+//
+// # WebSocket multiplexing
+//
+// One WebSocket carries many shape subscriptions, each following a shape
+// rule exactly as GET /v1/shapes/{name} would (same roles, pinned table,
+// where, params and columns). Every frame is a JSON text message with a
+// "type".
+//
+// The URL carries no query: a token in the URL (or any query) is answered
+// with 400 before the upgrade. The first client message must be
+//
+//	{"type":"auth","token":"<JWS>"}
+//
+// verified like an Authorization header; the connection then counts as one
+// of the user's concurrent live requests (Limits.MaxLivePerUser; beyond it
+// the connection is closed with 1013), and every subscribe and refresh
+// takes a token from the user's request-rate bucket (else a 429 error
+// frame). Until the auth message arrives nothing else is
+// accepted; a connection that sends anything else first, an invalid token,
+// or nothing within 10 s is closed with 1008 (policy violation). The server
+// answers {"type":"auth_ok","exp":<unix seconds>}. A later auth message
+// replaces the token on the connection (it must name the same user; a
+// failed refresh is answered with {"type":"error","status":401,...} and the
+// old token stays; a new token whose claims change a rule's parameters
+// turns that rule's subscriptions into a must_refetch with an empty handle).
+// When the current token expires, no new upstream poll
+// starts: the server sends {"type":"auth_required"} once and every
+// subscription waits, keeping its position, until a valid auth arrives.
+//
+// Client → server:
+//
+//	{"type":"subscribe","id":"s1","shape":"items","offset":"-1","handle":"",
+//	 "columns":["id","title"],"live":true}
+//	{"type":"unsubscribe","id":"s1"}
+//
+// id is 1–64 of [A-Za-z0-9_.:-], unique among the connection's active
+// subscriptions. offset is -1 (default), "now" or an offset from an earlier
+// messages frame, which then needs its handle. columns narrows the rule's
+// allowlist. live (default true) keeps long-polling after the first
+// up-to-date; with live false the subscription ends after it.
+//
+// Server → client, per subscription:
+//
+//	{"type":"messages","id":"s1","handle":"…","offset":"…","cursor":"…",
+//	 "up_to_date":true,"schema":{…},"messages":[…Electric's messages…]}
+//	{"type":"must_refetch","id":"s1","handle":"<new handle>"}
+//	{"type":"error","id":"s1","status":403,"error":"…"}
+//	{"type":"done","id":"s1"}
+//
+// A messages frame is one upstream response, whole: its handle and offset
+// are where to resume (subscribe again with them) once all its messages are
+// processed. After must_refetch the subscription restarts from offset -1
+// with the new handle: discard what it delivered before. An error frame
+// ends the subscription (400, 403, 404 for the request; 429 for the rate
+// limit; 502 when the upstream refuses the proxy); upstream outages are
+// retried with backoff and are not reported. done follows the first
+// up-to-date of a non-live subscription, and an unsubscribe.
+//
+// Identical live polls — the same rule-resolved upstream URL (table, where,
+// params, columns, handle, offset, cursor) — from any connections share one
+// upstream request whose response is fanned out; the request is cancelled
+// when its last waiter goes away.
+//
+// Each connection has a bounded outbound queue (256 frames or 16 MiB
+// waiting behind the frame being written; one frame is one upstream
+// response of at most 64 MiB). A consumer that lets it overflow is closed
+// with code 4008 "slow consumer" and its queue dropped; a frame whose write
+// takes over 30 s closes the connection.
 //
 // # Configuration file
 //

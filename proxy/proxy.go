@@ -21,6 +21,7 @@ import (
 // http.Handler serving, relative to where it is mounted:
 //
 //	GET|HEAD /v1/shapes/{name}  a shape rule (OPTIONS: CORS preflight)
+//	GET /v1/ws                   many shapes over one WebSocket
 //	GET /healthz                 the proxy and upstream health
 //	GET /metrics                 Prometheus text metrics
 type Proxy struct {
@@ -34,6 +35,7 @@ type Proxy struct {
 	client   *http.Client
 	logger   *slog.Logger
 	origins  map[string]bool
+	ws       wsState // GET /v1/ws (ws.go)
 }
 
 // New checks cfg and returns a Proxy.
@@ -188,6 +190,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 	switch path {
 	case "/healthz":
 		p.health(w, r)
+		return
+	case "/v1/ws":
+		p.serveWS(w, r, info)
 		return
 	case "/metrics":
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {

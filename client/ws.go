@@ -1,0 +1,594 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"maps"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// WSStreamOptions configure a WSStream.
+type WSStreamOptions struct {
+	// Offset and Handle resume from an earlier stream's Offset and Handle
+	// (as with Options). Offset "" means "-1".
+	Offset string
+	Handle string
+	// Columns narrows the proxy rule's allowed columns; each name is sent
+	// quoted, as ShapeStream does.
+	Columns []string
+	// Live keeps following the shape after the first up-to-date; without
+	// it, Next returns io.EOF after the first up-to-date message.
+	Live bool
+	// Parse, Parsers and Transform are as in Options.
+	Parse     bool
+	Parsers   map[string]ParseFunc
+	Transform func(m *Message) error
+}
+
+// WSError is an error frame of the proxy: the subscription was refused
+// (400, 403, 404, 429) or the proxy cannot reach the shape (502), or the
+// connection's token was refused (401).
+type WSError struct {
+	Status int
+	Msg    string
+}
+
+func (e *WSError) Error() string {
+	return "client: websocket: " + strconv.Itoa(e.Status) + ": " + e.Msg
+}
+
+// WSConn is a WebSocket connection to a proxy's /v1/ws. Its methods are
+// safe for concurrent use.
+type WSConn struct {
+	url     string
+	ts      TokenSource
+	ctx     context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+	closing atomic.Bool
+
+	mu      sync.Mutex
+	ws      *websocket.Conn
+	token   string
+	streams map[string]*WSStream
+	live    int // live streams in streams
+	next    int
+	err     error
+}
+
+// DialWS connects to url (ws:// or wss://, a proxy's /v1/ws) and
+// authenticates with a token from ts. ctx bounds the dial only.
+func DialWS(ctx context.Context, url string, ts TokenSource) (*WSConn, error) {
+	if ts == nil {
+		return nil, errors.New("client: DialWS needs a TokenSource")
+	}
+	c := &WSConn{url: url, ts: ts, streams: map[string]*WSStream{}, done: make(chan struct{})}
+	ws, err := c.connect(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	c.ws = ws
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	go c.loop(ws)
+	return c, nil
+}
+
+// connect dials and authenticates.
+func (c *WSConn) connect(ctx context.Context, refresh bool) (*websocket.Conn, error) {
+	var tok string
+	var err error
+	c.mu.Lock()
+	old := c.token
+	c.mu.Unlock()
+	if r, ok := c.ts.(RefreshableTokenSource); ok && refresh && old != "" {
+		tok, err = r.Refresh(ctx, old)
+	} else {
+		tok, err = c.ts.Token(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ws, _, err := websocket.Dial(ctx, c.url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("client: websocket dial: %w", err)
+	}
+	ws.SetReadLimit(-1) // one frame is one whole upstream response
+	if err := wsWrite(ctx, ws, map[string]string{"type": "auth", "token": tok}); err != nil {
+		ws.CloseNow()
+		return nil, err
+	}
+	_, b, err := ws.Read(ctx)
+	if err != nil {
+		ws.CloseNow()
+		if websocket.CloseStatus(err) == websocket.StatusPolicyViolation {
+			return nil, &WSError{Status: 401, Msg: "token refused"}
+		}
+		return nil, fmt.Errorf("client: websocket auth: %w", err)
+	}
+	var f wsFrame
+	if json.Unmarshal(b, &f) != nil || f.Type != "auth_ok" {
+		ws.CloseNow()
+		return nil, fmt.Errorf("client: websocket auth: unexpected %.100q", b)
+	}
+	c.mu.Lock()
+	c.token = tok
+	c.mu.Unlock()
+	return ws, nil
+}
+
+func wsWrite(ctx context.Context, ws *websocket.Conn, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return ws.Write(ctx, websocket.MessageText, b)
+}
+
+type wsFrame struct {
+	Type     string            `json:"type"`
+	ID       string            `json:"id"`
+	Handle   string            `json:"handle"`
+	Offset   string            `json:"offset"`
+	UpToDate bool              `json:"up_to_date"`
+	Schema   json.RawMessage   `json:"schema"`
+	Messages []json.RawMessage `json:"messages"`
+	Status   int               `json:"status"`
+	Error    string            `json:"error"`
+}
+
+// loop reads frames and reconnects until Close.
+func (c *WSConn) loop(ws *websocket.Conn) {
+	defer close(c.done)
+	bo := backoff{cfg: Backoff{Initial: 250 * time.Millisecond, Max: 10 * time.Second}.withDefaults()}
+	for {
+		c.read(ws)
+		ws.CloseNow()
+		if c.ctx.Err() != nil || c.closing.Load() {
+			return
+		}
+		authFails := 0
+		for {
+			if err := sleep(c.ctx, bo.next(0)); err != nil {
+				return
+			}
+			ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+			nws, err := c.connect(ctx, authFails > 0)
+			cancel()
+			if err == nil {
+				ws = nws
+				break
+			}
+			var we *WSError
+			if errors.As(err, &we) {
+				if authFails++; authFails > 2 {
+					c.fail(err)
+					return
+				}
+			}
+		}
+		bo.reset()
+		c.mu.Lock()
+		c.ws = ws
+		streams := make([]*WSStream, 0, len(c.streams))
+		for _, s := range c.streams {
+			streams = append(streams, s)
+		}
+		c.mu.Unlock()
+		for _, s := range streams {
+			s.resubscribe(ws)
+		}
+	}
+}
+
+// read dispatches frames until the connection fails.
+func (c *WSConn) read(ws *websocket.Conn) {
+	for {
+		// A live stream hears from the proxy at least once per upstream
+		// long poll (20 s): a silent connection is presumed dead.
+		ctx, cancel := c.ctx, context.CancelFunc(func() {})
+		if c.hasLive() {
+			ctx, cancel = context.WithTimeout(c.ctx, wsSilenceTimeout)
+		}
+		_, b, err := ws.Read(ctx)
+		cancel()
+		if err != nil {
+			return
+		}
+		var f wsFrame
+		if err := json.Unmarshal(b, &f); err != nil {
+			continue
+		}
+		switch f.Type {
+		case "auth_required":
+			go c.reauth(ws, true)
+			continue
+		case "auth_ok":
+			continue
+		}
+		if f.ID == "" {
+			continue
+		}
+		c.mu.Lock()
+		s := c.streams[f.ID]
+		c.mu.Unlock()
+		if s != nil {
+			s.push(&f)
+		}
+	}
+}
+
+// wsSilenceTimeout is how long a connection with live streams may stay
+// silent before it is redialled.
+const wsSilenceTimeout = 90 * time.Second
+
+func (c *WSConn) hasLive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.live > 0
+}
+
+// reauth sends a token: a refreshed one when refresh is set and the
+// source can refresh.
+func (c *WSConn) reauth(ws *websocket.Conn, refresh bool) error {
+	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+	defer cancel()
+	c.mu.Lock()
+	old := c.token
+	c.mu.Unlock()
+	var tok string
+	var err error
+	if r, ok := c.ts.(RefreshableTokenSource); ok && refresh {
+		tok, err = r.Refresh(ctx, old)
+	} else {
+		tok, err = c.ts.Token(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.token = tok
+	c.mu.Unlock()
+	return wsWrite(ctx, ws, map[string]string{"type": "auth", "token": tok})
+}
+
+// Reauth sends the token source's current token on the connection, for
+// example ahead of the old token's expiry. The proxy applies it to the
+// polls that follow.
+func (c *WSConn) Reauth() error {
+	c.mu.Lock()
+	ws := c.ws
+	c.mu.Unlock()
+	return c.reauth(ws, false)
+}
+
+func (c *WSConn) fail(err error) {
+	c.mu.Lock()
+	c.err = err
+	streams := maps.Clone(c.streams)
+	c.mu.Unlock()
+	for _, s := range streams {
+		s.mu.Lock()
+		if s.err == nil {
+			s.err = err
+		}
+		s.mu.Unlock()
+		s.wakeUp()
+	}
+}
+
+// Close closes the connection and all its streams.
+func (c *WSConn) Close() error {
+	if c.closing.Swap(true) {
+		return nil
+	}
+	c.mu.Lock()
+	ws := c.ws
+	c.mu.Unlock()
+	ws.Close(websocket.StatusNormalClosure, "") // best effort: the peer may be gone
+	c.cancel()
+	<-c.done
+	c.fail(ErrClosed)
+	return nil
+}
+
+// Stream subscribes to the proxy's shape rule called shape.
+func (c *WSConn) Stream(shape string, opts WSStreamOptions) (*WSStream, error) {
+	offset := opts.Offset
+	if offset == "" {
+		offset = "-1"
+	}
+	if offset != "-1" && offset != "now" && opts.Handle == "" {
+		return nil, ErrMissingHandle
+	}
+	s := &WSStream{c: c, shape: shape, opts: opts, offset: offset, handle: opts.Handle, wake: make(chan struct{}, 1)}
+	if offset == "-1" || offset == "now" {
+		s.handle = ""
+	}
+	s.dec.parse = opts.Parse
+	if opts.Parse {
+		s.dec.parser = maps.Clone(DefaultParsers)
+		maps.Copy(s.dec.parser, opts.Parsers)
+	}
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.next++
+	s.id = "s" + strconv.Itoa(c.next)
+	c.streams[s.id] = s
+	if opts.Live {
+		c.live++
+	}
+	ws := c.ws
+	c.mu.Unlock()
+	s.resubscribe(ws)
+	return s, nil
+}
+
+// WSStream follows one shape over a WSConn. Read it with Next or Messages
+// from one goroutine at a time; the getters may be called from any
+// goroutine.
+type WSStream struct {
+	c     *WSConn
+	id    string
+	shape string
+	opts  WSStreamOptions
+	dec   decoder
+	wake  chan struct{}
+
+	mu         sync.Mutex
+	offset     string
+	handle     string
+	schema     Schema
+	upToDate   bool
+	queue      []*wsFrame
+	cur        *wsFrame // batch being delivered
+	idx        int      // messages of cur delivered (or skipped)
+	skip       int      // messages of the next batch already delivered
+	skipHandle string   // the handle of the batch they came from
+	done       bool
+	closed     bool
+	err        error
+}
+
+// resubscribe (re)sends the subscription from the last whole batch.
+func (s *WSStream) resubscribe(ws *websocket.Conn) {
+	s.mu.Lock()
+	if s.closed || s.done {
+		s.mu.Unlock()
+		return
+	}
+	if s.cur != nil {
+		s.skip, s.skipHandle = s.idx, s.cur.Handle
+		s.cur, s.idx = nil, 0
+	}
+	s.queue = nil
+	msg := map[string]any{"type": "subscribe", "id": s.id, "shape": s.shape, "offset": s.offset,
+		"handle": s.handle, "live": s.opts.Live}
+	if len(s.opts.Columns) > 0 {
+		quoted := make([]string, len(s.opts.Columns))
+		for i, col := range s.opts.Columns {
+			quoted[i] = QuoteIdentifier(col) // as ShapeStream sends them
+		}
+		msg["columns"] = quoted
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	wsWrite(ctx, ws, msg) // a failed write is retried by the reconnection
+}
+
+func (s *WSStream) push(f *wsFrame) {
+	s.mu.Lock()
+	s.queue = append(s.queue, f)
+	s.mu.Unlock()
+	s.wakeUp()
+}
+
+func (s *WSStream) wakeUp() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Offset returns the offset to resume from (see ShapeStream.Offset).
+func (s *WSStream) Offset() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.offset
+}
+
+// Handle returns the current shape handle.
+func (s *WSStream) Handle() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.handle
+}
+
+// IsUpToDate reports whether an up-to-date message was delivered since the
+// stream started or last had to refetch.
+func (s *WSStream) IsUpToDate() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.upToDate
+}
+
+// Schema returns the shape's schema once known.
+func (s *WSStream) Schema() Schema {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.schema
+}
+
+// Close unsubscribes. Next then returns ErrClosed.
+func (s *WSStream) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.wakeUp()
+	c := s.c
+	c.mu.Lock()
+	if c.streams[s.id] == s && s.opts.Live {
+		c.live--
+	}
+	delete(c.streams, s.id)
+	ws := c.ws
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if c.ctx.Err() != nil {
+		return nil
+	}
+	return wsWrite(ctx, ws, map[string]string{"type": "unsubscribe", "id": s.id})
+}
+
+// Messages returns an iterator over Next's results, ending at io.EOF or
+// after the first error.
+func (s *WSStream) Messages(ctx context.Context) iter.Seq2[Message, error] {
+	return func(yield func(Message, error) bool) {
+		for {
+			m, err := s.Next(ctx)
+			if err == io.EOF {
+				return
+			}
+			if !yield(m, err) || err != nil {
+				return
+			}
+		}
+	}
+}
+
+// Next returns the next message. It returns io.EOF after the first
+// up-to-date message when WSStreamOptions.Live is not set, ErrClosed after
+// Close, and a *WSError when the proxy refused the subscription.
+func (s *WSStream) Next(ctx context.Context) (Message, error) {
+	for {
+		s.mu.Lock()
+		switch {
+		case s.closed:
+			s.mu.Unlock()
+			return Message{}, ErrClosed
+		case s.cur != nil && s.idx < len(s.cur.Messages):
+			el := s.cur.Messages[s.idx]
+			s.idx++
+			skipped := s.skip > 0
+			if skipped {
+				s.skip--
+			}
+			if s.idx == len(s.cur.Messages) {
+				s.commit()
+			}
+			s.mu.Unlock()
+			if skipped {
+				continue
+			}
+			m, err := s.dec.parseMessage(el, 0)
+			if err != nil {
+				s.setErr(err)
+				return Message{}, err
+			}
+			if m.IsUpToDate() {
+				s.mu.Lock()
+				s.upToDate = true
+				if !s.opts.Live {
+					s.done = true
+				}
+				s.mu.Unlock()
+			}
+			if m.IsChange() && s.opts.Transform != nil {
+				if err := s.opts.Transform(&m); err != nil {
+					err = &TransformError{Key: m.Key, Err: err}
+					s.setErr(err)
+					return Message{}, err
+				}
+			}
+			return m, nil
+		case s.err != nil:
+			err := s.err
+			s.mu.Unlock()
+			return Message{}, err
+		case s.done:
+			s.mu.Unlock()
+			return Message{}, io.EOF
+		case len(s.queue) > 0:
+			f := s.queue[0]
+			s.queue[0] = nil
+			s.queue = s.queue[1:]
+			m, ok := s.frame(f)
+			s.mu.Unlock()
+			if ok {
+				return m, nil
+			}
+			continue
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+			return Message{}, ctx.Err()
+		}
+	}
+}
+
+// commit makes the batch being delivered the resume point.
+func (s *WSStream) commit() {
+	s.offset, s.handle = s.cur.Offset, s.cur.Handle
+	s.cur, s.idx = nil, 0
+}
+
+func (s *WSStream) setErr(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.mu.Unlock()
+}
+
+// frame takes a frame off the queue (s.mu held); it returns a message to
+// deliver at once, if any.
+func (s *WSStream) frame(f *wsFrame) (Message, bool) {
+	switch f.Type {
+	case "messages":
+		if s.skip > 0 && f.Handle != s.skipHandle {
+			// Not the batch that was cut: the shape changed meanwhile.
+			s.handle, s.offset, s.upToDate, s.schema, s.dec.schema = f.Handle, "-1", false, nil, nil
+			s.skip, s.done = 0, false
+			s.queue = append([]*wsFrame{f}, s.queue...)
+			return mustRefetchMessage(""), true
+		}
+		if len(f.Schema) > 0 {
+			if sch, err := ParseSchema(string(f.Schema)); err == nil {
+				s.schema, s.dec.schema = sch, sch
+			}
+		}
+		s.cur, s.idx = f, 0
+		if len(f.Messages) == 0 {
+			s.commit()
+		}
+	case "must_refetch":
+		s.handle, s.offset, s.upToDate, s.schema, s.dec.schema = f.Handle, "-1", false, nil, nil
+		s.skip, s.cur, s.idx, s.done = 0, nil, 0, false
+		return mustRefetchMessage(""), true
+	case "error":
+		s.err = &WSError{Status: f.Status, Msg: f.Error}
+	}
+	return Message{}, false
+}

@@ -1,0 +1,547 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/shapeseal/shapeseal/client"
+	"github.com/shapeseal/shapeseal/internal/pgtest"
+)
+
+func (e *env) wsURL() string { return "ws" + strings.TrimPrefix(e.url, "http") + "/v1/ws" }
+
+// syncWS reads s until its first up-to-date and returns the rows.
+func syncWS(t *testing.T, ctx context.Context, s *client.WSStream, rows map[string]client.Row) {
+	t.Helper()
+	for {
+		m, err := s.Next(ctx)
+		if err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		switch {
+		case m.IsChange():
+			if m.Headers.Operation == client.Delete {
+				delete(rows, m.Key)
+			} else {
+				rows[m.Key] = m.Value
+			}
+		case m.IsMustRefetch():
+			clear(rows)
+		case m.IsUpToDate():
+			return
+		}
+	}
+}
+
+// waitRow reads s until row key appears.
+func waitRow(t *testing.T, ctx context.Context, s *client.WSStream, rows map[string]client.Row, key string) {
+	t.Helper()
+	for rows[key] == nil {
+		syncWS(t, ctx, s, rows)
+	}
+}
+
+func TestWSMultiplex(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, "alice", nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	streams := map[string]*client.WSStream{}
+	rows := map[string]map[string]client.Row{}
+	for _, name := range []string{"items", "news", "mine", "keys"} {
+		s, err := conn.Stream(name, client.WSStreamOptions{Live: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams[name], rows[name] = s, map[string]client.Row{}
+	}
+	for name, s := range streams {
+		syncWS(t, ctx, s, rows[name])
+	}
+	keys := func(m map[string]client.Row) []string {
+		var out []string
+		for k := range m {
+			out = append(out, k)
+		}
+		return out
+	}
+	if len(rows["items"]) != 2 || rows["items"][`"public"."items"/"1"`] == nil || rows["items"][`"public"."items"/"2"`] == nil {
+		t.Errorf("items: %v", keys(rows["items"]))
+	}
+	for _, r := range rows["items"] {
+		if _, ok := r["note"]; ok || r["tenant_id"] != "acme" {
+			t.Errorf("items row outside the rule: %v", r)
+		}
+	}
+	if len(rows["news"]) != 1 || len(rows["mine"]) != 1 || rows["mine"][`"public"."items"/"1"`] == nil {
+		t.Errorf("news %v, mine %v", keys(rows["news"]), keys(rows["mine"]))
+	}
+	if len(rows["keys"]) != 2 {
+		t.Errorf("keys: %v", keys(rows["keys"]))
+	}
+	for _, r := range rows["keys"] {
+		if r["user_id"] != "alice" {
+			t.Errorf("another user's key: %v", r)
+		}
+	}
+
+	// Live changes: only the acme row reaches items.
+	pgtest.Exec(t, e.db, `INSERT INTO items VALUES (10,'globex','alice','g10','n'),(11,'acme','zed','a11','n')`)
+	waitRow(t, ctx, streams["items"], rows["items"], `"public"."items"/"11"`)
+	if rows["items"][`"public"."items"/"10"`] != nil {
+		t.Error("a globex row reached an acme token")
+	}
+	waitRow(t, ctx, streams["mine"], rows["mine"], `"public"."items"/"10"`)
+
+	// A rotation: must-refetch, then the same rows again.
+	old := streams["items"].Handle()
+	if n, err := e.up.Rotate("items"); err != nil || n == 0 {
+		t.Fatalf("Rotate: %d %v", n, err)
+	}
+	sawRefetch := false
+	for !sawRefetch {
+		m, err := streams["items"].Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.IsMustRefetch() {
+			sawRefetch = true
+			clear(rows["items"])
+		}
+	}
+	syncWS(t, ctx, streams["items"], rows["items"])
+	if len(rows["items"]) != 3 || streams["items"].Handle() == old {
+		t.Errorf("after rotation: %v, handle %q (old %q)", keys(rows["items"]), streams["items"].Handle(), old)
+	}
+
+	// A shape the token may not read is refused on the same connection.
+	bad, err := conn.Stream("items", client.WSStreamOptions{Columns: []string{"note"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var we *client.WSError
+	if _, err := bad.Next(ctx); !errors.As(err, &we) || we.Status != 400 {
+		t.Errorf("columns outside the rule: %v", err)
+	}
+	narrow, _ := conn.Stream("items", client.WSStreamOptions{Columns: []string{"id", "title"}})
+	narrowRows := map[string]client.Row{}
+	syncWS(t, ctx, narrow, narrowRows)
+	for _, r := range narrowRows {
+		if len(r) != 2 || r["title"] == nil {
+			t.Errorf("narrowed row %v", r)
+		}
+	}
+	// Raw frames: an empty or foreign columns list never widens the rule.
+	raw := rawWS(t, ctx, e)
+	defer raw.CloseNow()
+	writeWS(t, ctx, raw, map[string]any{"type": "auth", "token": token(t, "alice", nil)})
+	for i, cols := range [][]string{{}, {"note"}, {`"Note"`}, {"id", "note"}, {""}} {
+		writeWS(t, ctx, raw, map[string]any{"type": "subscribe", "id": fmt.Sprint("c", i), "shape": "items", "columns": cols, "live": false})
+	}
+	for errs := 0; errs < 5; {
+		_, b, err := raw.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f struct{ Type string }
+		json.Unmarshal(b, &f)
+		switch f.Type {
+		case "auth_ok":
+		case "error":
+			errs++
+		default:
+			t.Fatalf("columns outside the rule got %s", b)
+		}
+	}
+	unknown, _ := conn.Stream("nope", client.WSStreamOptions{})
+	if _, err := unknown.Next(ctx); !errors.As(err, &we) || we.Status != 404 {
+		t.Errorf("unknown shape: %v", err)
+	}
+}
+
+func TestWSForbidden(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, "alice", map[string]any{"roles": []string{"guest"}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s, _ := conn.Stream("items", client.WSStreamOptions{})
+	var we *client.WSError
+	if _, err := s.Next(ctx); !errors.As(err, &we) || we.Status != 403 {
+		t.Errorf("role not allowed: %v", err)
+	}
+	// The connection still serves other shapes.
+	news, _ := conn.Stream("news", client.WSStreamOptions{})
+	syncWS(t, ctx, news, map[string]client.Row{})
+}
+
+// rawWS dials /v1/ws without the client.
+func rawWS(t *testing.T, ctx context.Context, e *env) *websocket.Conn {
+	t.Helper()
+	c, _, err := websocket.Dial(ctx, e.wsURL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadLimit(-1)
+	return c
+}
+
+func writeWS(t *testing.T, ctx context.Context, c *websocket.Conn, v any) {
+	t.Helper()
+	b, _ := json.Marshal(v)
+	if err := c.Write(ctx, websocket.MessageText, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readUntilClose reads frames until the connection closes and returns
+// the close status.
+func readUntilClose(ctx context.Context, c *websocket.Conn) (websocket.StatusCode, int) {
+	n := 0
+	for {
+		_, _, err := c.Read(ctx)
+		if err != nil {
+			return websocket.CloseStatus(err), n
+		}
+		n++
+	}
+}
+
+func TestWSAuth(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	e.p.ws.authTimeout = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tok := token(t, "alice", nil)
+
+	// A token (or anything) in the URL is refused before the upgrade.
+	resp := e.do("GET", e.url+"/v1/ws?token="+tok, "", nil)
+	if body := readBody(t, resp); resp.StatusCode != 400 || strings.Contains(body, tok) {
+		t.Errorf("token in URL: %d %s", resp.StatusCode, body)
+	}
+	if _, _, err := websocket.Dial(ctx, e.wsURL()+"?token="+tok, nil); err == nil {
+		t.Error("a WebSocket with a token in the URL was accepted")
+	}
+	// Anything before auth, a bad token, or silence: policy violation.
+	c := rawWS(t, ctx, e)
+	writeWS(t, ctx, c, map[string]any{"type": "subscribe", "id": "s1", "shape": "news"})
+	if st, n := readUntilClose(ctx, c); st != websocket.StatusPolicyViolation || n != 0 {
+		t.Errorf("subscribe before auth: %v after %d frames", st, n)
+	}
+	c = rawWS(t, ctx, e)
+	writeWS(t, ctx, c, map[string]any{"type": "auth", "token": sign(t, "none", "", nil, claimsFor("alice", nil))})
+	if st, _ := readUntilClose(ctx, c); st != websocket.StatusPolicyViolation {
+		t.Errorf("alg none: %v", st)
+	}
+	c = rawWS(t, ctx, e)
+	start := time.Now()
+	if st, _ := readUntilClose(ctx, c); st != websocket.StatusPolicyViolation || time.Since(start) > 5*time.Second {
+		t.Errorf("no auth: %v after %v", st, time.Since(start))
+	}
+	// A refresh naming another user is refused, the connection stays.
+	c = rawWS(t, ctx, e)
+	defer c.CloseNow()
+	writeWS(t, ctx, c, map[string]any{"type": "auth", "token": tok})
+	writeWS(t, ctx, c, map[string]any{"type": "auth", "token": token(t, "bob", nil)})
+	writeWS(t, ctx, c, map[string]any{"type": "subscribe", "id": "n", "shape": "news", "live": false})
+	var types []string
+	for len(types) < 5 {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f struct{ Type string }
+		json.Unmarshal(b, &f)
+		types = append(types, f.Type)
+		if f.Type == "done" {
+			break
+		}
+	}
+	if got := strings.Join(types, ","); !strings.HasPrefix(got, "auth_ok,error,messages,") || !strings.HasSuffix(got, ",done") {
+		t.Errorf("frames %v", types)
+	}
+}
+
+// refreshing is a RefreshableTokenSource counting its tokens.
+type refreshing struct {
+	t     *testing.T
+	n     atomic.Int32
+	exp   time.Duration
+	first string
+}
+
+func (r *refreshing) Token(context.Context) (string, error) {
+	if r.n.Add(1) == 1 && r.first != "" {
+		return r.first, nil
+	}
+	return token(r.t, "alice", map[string]any{"exp": time.Now().Add(r.exp).Unix()}), nil
+}
+
+func (r *refreshing) Refresh(ctx context.Context, _ string) (string, error) { return r.Token(ctx) }
+
+func TestWSRefresh(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Valid for about 2 s more (the leeway is 5 s).
+	src := &refreshing{t: t, exp: 10 * time.Minute,
+		first: token(t, "alice", map[string]any{"exp": time.Now().Add(-3 * time.Second).Unix()})}
+	conn, err := client.DialWS(ctx, e.wsURL(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s, _ := conn.Stream("news", client.WSStreamOptions{Live: true})
+	rows := map[string]client.Row{}
+	syncWS(t, ctx, s, rows)
+	// The first poll after the expiry asks for a new token (auth_required).
+	for deadline := time.Now().Add(15 * time.Second); src.n.Load() < 2; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the expired token was not replaced")
+		}
+	}
+	pgtest.Exec(t, e.db, `INSERT INTO public_news VALUES (2,'after expiry')`)
+	waitRow(t, ctx, s, rows, `"public"."public_news"/"2"`)
+	// A proactive refresh keeps working too.
+	if err := conn.Reauth(); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, e.db, `INSERT INTO public_news VALUES (3,'after reauth')`)
+	waitRow(t, ctx, s, rows, `"public"."public_news"/"3"`)
+}
+
+// liveNews returns the live upstream requests for public_news.
+func (e *env) liveNews() []string {
+	var out []string
+	for _, q := range e.rec.all() {
+		if q.Get("table") == "public_news" && q.Get("live") == "true" {
+			out = append(out, q.Get("handle")+"|"+q.Get("offset")+"|"+q.Get("cursor"))
+		}
+	}
+	return out
+}
+
+func TestWSCoalesce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const n = 8
+	var streams []*client.WSStream
+	var rows []map[string]client.Row
+	for i := range n {
+		conn, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, fmt.Sprintf("user%d", i), nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		for range 2 { // two subscriptions of the same shape on each connection
+			s, _ := conn.Stream("news", client.WSStreamOptions{Live: true})
+			streams = append(streams, s)
+			rows = append(rows, map[string]client.Row{})
+		}
+	}
+	for i, s := range streams {
+		syncWS(t, ctx, s, rows[i])
+	}
+	for round := 2; round < 5; round++ {
+		pgtest.Exec(t, e.db, fmt.Sprintf(`INSERT INTO public_news VALUES (%d,'r')`, round))
+		for i, s := range streams {
+			waitRow(t, ctx, s, rows[i], fmt.Sprintf(`"public"."public_news"/"%d"`, round))
+		}
+	}
+	polls := map[string]int{}
+	live := e.liveNews()
+	for _, k := range live {
+		polls[k]++
+	}
+	for k, c := range polls {
+		if c > 1 {
+			t.Errorf("live poll %s sent upstream %d times", k, c)
+		}
+	}
+	t.Logf("%d subscriptions on %d connections: %d live upstream polls for %d distinct positions", 2*n, n, len(live), len(polls))
+	if len(live) > 10 {
+		t.Errorf("%d live upstream polls for 3 changes", len(live))
+	}
+}
+
+func TestWSUnsubscribe(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, "alice", nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s, _ := conn.Stream("news", client.WSStreamOptions{Live: true})
+	syncWS(t, ctx, s, map[string]client.Row{})
+	time.Sleep(200 * time.Millisecond) // the first live poll is under way
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	before := len(e.liveNews())
+	pgtest.Exec(t, e.db, `INSERT INTO public_news VALUES (2,'x')`)
+	time.Sleep(4 * time.Second) // longer than the upstream long-poll timeout
+	if after := len(e.liveNews()); after != before || before == 0 {
+		t.Errorf("live polls: %d before the wait, %d after unsubscribing", before, after)
+	}
+	if _, err := s.Next(ctx); !errors.Is(err, client.ErrClosed) {
+		t.Errorf("Next after Close: %v", err)
+	}
+}
+
+func TestWSSlowConsumer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	e.p.ws.queueBytes = 1 << 20
+	pgtest.Exec(t, e.db, `INSERT INTO public_news SELECT g, repeat('x', 400) FROM generate_series(2, 1500) g`)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := rawWS(t, ctx, e)
+	defer c.CloseNow()
+	writeWS(t, ctx, c, map[string]any{"type": "auth", "token": token(t, "alice", nil)})
+	for i := range 60 {
+		writeWS(t, ctx, c, map[string]any{"type": "subscribe", "id": fmt.Sprint("s", i), "shape": "news", "live": false})
+	}
+	time.Sleep(3 * time.Second) // read nothing meanwhile
+	st, frames := readUntilClose(ctx, c)
+	if st != StatusSlowConsumer {
+		t.Fatalf("close status %v after %d frames, want %d", st, frames, StatusSlowConsumer)
+	}
+	for i := 0; i < 50 && !strings.Contains(e.logs.String(), "\"reason\":\"slow consumer\""); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(e.logs.String(), "\"reason\":\"slow consumer\"") {
+		t.Error("the audit line does not say slow consumer")
+	}
+	// Memory stayed bounded: the proxy dropped the queue.
+	t.Logf("closed with %d after %d frames", st, frames)
+}
+
+func TestWSMethodAndOrigin(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.AllowedOrigins = []string{"https://app.example"} })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if resp := e.do("POST", e.url+"/v1/ws", "", nil); resp.StatusCode != 405 {
+		t.Errorf("POST: %d", resp.StatusCode)
+	}
+	h := http.Header{"Origin": {"https://evil.example"}}
+	if _, _, err := websocket.Dial(ctx, e.wsURL(), &websocket.DialOptions{HTTPHeader: h}); err == nil {
+		t.Error("a foreign origin was accepted")
+	}
+	h.Set("Origin", "https://app.example")
+	c, _, err := websocket.Dial(ctx, e.wsURL(), &websocket.DialOptions{HTTPHeader: h})
+	if err != nil {
+		t.Fatalf("allowed origin: %v", err)
+	}
+	c.CloseNow()
+}
+
+func TestWSLiveLimit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *Config) { c.Limits.MaxLivePerUser = 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tok := token(t, "alice", nil)
+	first, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second WebSocket of the same user exceeds MaxLivePerUser.
+	c := rawWS(t, ctx, e)
+	writeWS(t, ctx, c, map[string]any{"type": "auth", "token": tok})
+	if st, _ := readUntilClose(ctx, c); st != websocket.StatusTryAgainLater {
+		t.Errorf("second connection: %v", st)
+	}
+	// Another user is not affected, and closing the first frees the slot.
+	if other, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, "bob", nil))); err != nil {
+		t.Error(err)
+	} else {
+		other.Close()
+	}
+	first.Close()
+	for i := 0; ; i++ {
+		again, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(tok))
+		if err == nil {
+			again.Close()
+			break
+		}
+		if i == 40 {
+			t.Fatalf("slot not released: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// seqTokens hands out its tokens in order, then the last one.
+type seqTokens struct {
+	n    atomic.Int32
+	toks []string
+}
+
+func (s *seqTokens) Token(context.Context) (string, error) {
+	i := min(int(s.n.Add(1))-1, len(s.toks)-1)
+	return s.toks[i], nil
+}
+
+func TestWSRefreshChangesShape(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	src := &seqTokens{toks: []string{token(t, "alice", nil),
+		token(t, "alice", map[string]any{"tenant_ids": []string{"acme", "globex"}})}}
+	conn, err := client.DialWS(ctx, e.wsURL(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s, _ := conn.Stream("items", client.WSStreamOptions{Live: true})
+	rows := map[string]client.Row{}
+	syncWS(t, ctx, s, rows)
+	if len(rows) != 2 {
+		t.Fatalf("acme rows: %d", len(rows))
+	}
+	if err := conn.Reauth(); err != nil {
+		t.Fatal(err)
+	}
+	// The live poll in flight ends (long-poll timeout), the next one sees
+	// the new tenants: must-refetch, then acme and globex rows.
+	refetched := false
+	for !refetched {
+		m, err := s.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refetched = m.IsMustRefetch()
+	}
+	clear(rows)
+	syncWS(t, ctx, s, rows)
+	if len(rows) != 3 {
+		t.Errorf("after the tenants changed: %d rows", len(rows))
+	}
+}
