@@ -5,7 +5,10 @@
 # snapshot, and live polls held at once with memory per poll. Prints
 # ratios. See bench/README.md.
 #
-# Usage: bench/proxy.sh [-latency-n 2000] [-snapshot-mb 50] [-rounds 5] [-polls 10000]
+# Usage: bench/proxy.sh [-latency-n 2000] [-snapshot-mb 50] [-rounds 5] [-polls 10000] [-parts abc]
+#
+# One WebSocket with 100 shapes vs 100 long-polls is BenchmarkWS100Shapes
+# in ./proxy (see bench/README.md); BENCH_WS=1 runs it after the above.
 #
 # A private PostgreSQL (or DATABASE_URL) backs electrictest; Node.js 18+
 # and npm must be installed (express is installed into
@@ -24,4 +27,9 @@ peer=bench/peers/express
 if [[ ! -f $peer/node_modules/.package-lock.json || $peer/package-lock.json -nt $peer/node_modules/.package-lock.json ]]; then
 	(cd "$peer" && npm ci --no-audit --no-fund --ignore-scripts >&2)
 fi
-exec go run ./internal/pgtest/cmd/withpg -- go run ./bench/proxybench "$@"
+go run ./internal/pgtest/cmd/withpg -- go run ./bench/proxybench "$@"
+if [[ ${BENCH_WS:-} == 1 ]]; then
+	echo
+	echo "one WebSocket with 100 shapes vs 100 HTTP long-polls (BenchmarkWS100Shapes):"
+	go run ./internal/pgtest/cmd/withpg -- go test -run '^$' -bench BenchmarkWS100Shapes -benchtime 20x ./proxy/
+fi

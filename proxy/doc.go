@@ -74,6 +74,27 @@
 // headers and body. An unreachable upstream, or one that refuses the
 // proxy's secret, gives 502 with a JSON body.
 //
+// # Coalesced live polls
+//
+// Live GETs (live=true, not SSE) whose upstream request would be identical
+// share one upstream request, as Electric's docs advise collapsing live
+// requests: the key is the rule-resolved upstream query (table, where,
+// params, columns, replica, handle, offset, live and cursor) plus the
+// forwarded Accept, Accept-Encoding and If-None-Match. Because where
+// params come from claims, polls of a per-user or per-tenant rule are
+// shared only among users whose resolved params are the same. The cursor
+// is part of the key: Electric answers every poll of a shape within a
+// cursor interval with the same cursor, so clients in step share it, and a
+// client is never handed a cursor computed for another's request (which
+// could equal its own and defeat a CDN's cache busting). The response
+// (status, headers, body up to 1 MiB) is read whole and replayed to every
+// waiter, each with its own Vary, cache-control rewrite, request id,
+// audit line and metrics; a larger body is not shared, and each waiter
+// then fetches and streams it on its own. The shared request runs apart
+// from any client: one leaving does not cancel it while others wait; the
+// last one leaving does. The WebSocket subscriptions below use the same
+// mechanism.
+//
 // # WebSocket multiplexing
 //
 // One WebSocket carries many shape subscriptions, each following a shape
@@ -134,7 +155,8 @@
 // Identical live polls — the same rule-resolved upstream URL (table, where,
 // params, columns, handle, offset, cursor) — from any connections share one
 // upstream request whose response is fanned out; the request is cancelled
-// when its last waiter goes away.
+// when its last waiter goes away (see Coalesced live polls; WebSocket
+// polls and HTTP polls are coalesced separately).
 //
 // Each connection has a bounded outbound queue (256 frames or 16 MiB
 // waiting behind the frame being written; one frame is one upstream

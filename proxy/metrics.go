@@ -21,12 +21,13 @@ type histogram struct {
 
 // metrics are kept by hand and written in the Prometheus text format.
 type metrics struct {
-	mu        sync.Mutex
-	requests  map[[2]string]uint64 // shape, status
-	latency   map[string]*histogram
-	liveNow   atomic.Int64
-	upErrors  atomic.Uint64
-	bytesSent atomic.Uint64
+	mu         sync.Mutex
+	requests   map[[2]string]uint64 // shape, status
+	latency    map[string]*histogram
+	liveNow    atomic.Int64
+	liveShared atomic.Int64 // coalesced upstream live requests (HTTP)
+	upErrors   atomic.Uint64
+	bytesSent  atomic.Uint64
 }
 
 func newMetrics() *metrics {
@@ -89,6 +90,9 @@ func (m *metrics) write(w io.Writer) {
 	fmt.Fprintln(w, "# HELP shapeseal_proxy_live_requests Live (long-poll) requests in flight.")
 	fmt.Fprintln(w, "# TYPE shapeseal_proxy_live_requests gauge")
 	fmt.Fprintf(w, "shapeseal_proxy_live_requests %d\n", m.liveNow.Load())
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_upstream_shared_live_requests Upstream live requests shared by coalesced HTTP live polls.")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_upstream_shared_live_requests gauge")
+	fmt.Fprintf(w, "shapeseal_proxy_upstream_shared_live_requests %d\n", m.liveShared.Load())
 	fmt.Fprintln(w, "# HELP shapeseal_proxy_upstream_errors_total Upstream requests that failed (network errors, timeouts, refused credentials).")
 	fmt.Fprintln(w, "# TYPE shapeseal_proxy_upstream_errors_total counter")
 	fmt.Fprintf(w, "shapeseal_proxy_upstream_errors_total %d\n", m.upErrors.Load())

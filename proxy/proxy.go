@@ -35,7 +35,8 @@ type Proxy struct {
 	client   *http.Client
 	logger   *slog.Logger
 	origins  map[string]bool
-	ws       wsState // GET /v1/ws (ws.go)
+	ws       wsState                  // GET /v1/ws (ws.go)
+	live     flightGroup[*liveResult] // coalesced HTTP live polls
 }
 
 // New checks cfg and returns a Proxy.
@@ -73,6 +74,12 @@ func New(cfg Config) (*Proxy, error) {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.MaxIdleConnsPerHost = 1024
 		t.ResponseHeaderTimeout = p.limits.UpstreamTimeout
+		// Per connection, and a held poll that is not coalesced holds one:
+		// small buffers (default 4 KiB each). Requests are a line of
+		// headers; bodies are copied in 32 KiB reads, which bypass the
+		// read buffer.
+		t.WriteBufferSize = 1 << 10
+		t.ReadBufferSize = 2 << 10
 		rt = t
 	}
 	p.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error {
@@ -340,19 +347,32 @@ var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Pro
 // forwardedRequestHeaders are the client headers passed upstream.
 var forwardedRequestHeaders = []string{"Accept", "Accept-Encoding", "If-None-Match", "Traceparent", "Tracestate"}
 
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.Values, info *reqInfo) {
-	ctx, cancel := context.WithTimeout(r.Context(), p.limits.UpstreamTimeout)
-	defer cancel()
+// liveShareMax is the largest live response that is shared between
+// coalesced polls; a larger one is fetched again by each of them.
+const liveShareMax = 1 << 20
+
+// liveResult is one upstream live response, read whole, for coalesced
+// HTTP polls.
+type liveResult struct {
+	status   int
+	header   http.Header
+	body     []byte
+	err      error
+	tooLarge bool // over liveShareMax: not shared
+}
+
+// upstreamRequest builds the upstream request for q with the client's
+// forwarded headers from hdr.
+func (p *Proxy) upstreamRequest(ctx context.Context, method string, q url.Values, hdr http.Header, reqID string) (*http.Request, error) {
 	u := *p.upstream
 	u.Path += "/v1/shape"
 	u.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, r.Method, u.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
-		p.badGateway(w, info, err)
-		return
+		return nil, err
 	}
 	for _, h := range forwardedRequestHeaders {
-		for _, v := range r.Header.Values(h) {
+		for _, v := range hdr.Values(h) {
 			req.Header.Add(h, v)
 		}
 	}
@@ -360,7 +380,90 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.
 		// Keep the transport from decompressing behind our back.
 		req.Header.Set("Accept-Encoding", "identity")
 	}
-	req.Header.Set("X-Request-Id", w.Header().Get("X-Request-Id"))
+	req.Header.Set("X-Request-Id", reqID)
+	return req, nil
+}
+
+// liveKey is the coalescing key of a live GET: the rule-resolved upstream
+// URL (cursor included) and the forwarded headers that change the
+// response; "" when the request is not shared (SSE streams).
+func liveKey(q url.Values, hdr http.Header) string {
+	if q.Get("live_sse") != "" || q.Get("experimental_live_sse") != "" {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(q.Encode())
+	for _, h := range []string{"Accept", "Accept-Encoding", "If-None-Match"} {
+		b.WriteByte('\n')
+		b.WriteString(strings.Join(hdr.Values(h), "\x00"))
+	}
+	return b.String()
+}
+
+// fetchShared makes a coalesced live request and reads it whole (up to
+// liveShareMax).
+func (p *Proxy) fetchShared(ctx context.Context, q url.Values, hdr http.Header, reqID string) *liveResult {
+	p.metrics.liveShared.Add(1)
+	defer p.metrics.liveShared.Add(-1)
+	ctx, cancel := context.WithTimeout(ctx, p.limits.UpstreamTimeout)
+	defer cancel()
+	req, err := p.upstreamRequest(ctx, http.MethodGet, q, hdr, reqID)
+	if err != nil {
+		return &liveResult{err: err}
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return &liveResult{err: err}
+	}
+	defer resp.Body.Close()
+	res := &liveResult{status: resp.StatusCode, header: resp.Header}
+	res.body, err = io.ReadAll(io.LimitReader(resp.Body, liveShareMax+1))
+	switch {
+	case err != nil:
+		res.err = err
+	case len(res.body) > liveShareMax:
+		res.tooLarge, res.body = true, nil
+	}
+	return res
+}
+
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.Values, info *reqInfo) {
+	reqID := w.Header().Get("X-Request-Id")
+	key := ""
+	if info.live && r.Method == http.MethodGet {
+		key = liveKey(q, r.Header)
+	}
+	if key != "" {
+		// fetch runs only for the first poll (the leader), on its own
+		// goroutine: the upstream request carries its headers.
+		res, ok := p.live.do(r.Context(), key, func(ctx context.Context) *liveResult {
+			return p.fetchShared(ctx, q, r.Header, reqID)
+		})
+		if !ok {
+			info.reason = "client went away"
+			w.WriteHeader(499) // never seen by the client; recorded in the audit line
+			return
+		}
+		if !res.tooLarge {
+			if res.err != nil {
+				p.badGateway(w, info, res.err)
+				return
+			}
+			if !p.writeHeader(w, rl, info, res.status, res.header) {
+				return
+			}
+			w.Write(res.body)
+			return
+		}
+		// Too large to share: this poll fetches it on its own.
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), p.limits.UpstreamTimeout)
+	defer cancel()
+	req, err := p.upstreamRequest(ctx, r.Method, q, r.Header, reqID)
+	if err != nil {
+		p.badGateway(w, info, err)
+		return
+	}
 	resp, err := p.client.Do(req)
 	if err != nil {
 		if r.Context().Err() != nil {
@@ -372,36 +475,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.
 		return
 	}
 	defer resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		// The upstream refused the proxy's secret: a configuration error,
-		// not the client's (whose 401 would make it refresh its token).
-		p.badGateway(w, info, fmt.Errorf("upstream refused the proxy's credentials (%d)", resp.StatusCode))
-		return
-	case resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.StatusCode != http.StatusNotModified:
-		// Electric never redirects; a Location would reveal the upstream.
-		p.badGateway(w, info, fmt.Errorf("unexpected upstream status %d", resp.StatusCode))
+	if !p.writeHeader(w, rl, info, resp.StatusCode, resp.Header) {
 		return
 	}
-	h := w.Header()
-	hop := map[string]bool{}
-	for _, c := range resp.Header.Values("Connection") {
-		for _, f := range strings.Split(c, ",") {
-			hop[http.CanonicalHeaderKey(strings.TrimSpace(f))] = true
-		}
-	}
-	for _, k := range hopHeaders {
-		hop[k] = true
-	}
-	for k, vs := range resp.Header {
-		if hop[k] || strings.HasPrefix(k, "Access-Control-") || k == "Set-Cookie" || k == "X-Request-Id" {
-			continue
-		}
-		h[k] = append([]string(nil), vs...)
-	}
-	h.Add("Vary", "Authorization")
-	p.cacheHeaders(h, rl)
-	w.WriteHeader(resp.StatusCode)
 	if r.Method == http.MethodHead {
 		return
 	}
@@ -411,11 +487,48 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.
 	if err := copyFlush(w, resp.Body); err != nil && r.Context().Err() == nil {
 		info.reason = "upstream body: " + redact(err)
 		p.metrics.upErrors.Add(1)
-		p.logger.Warn("proxy: upstream body interrupted", "request_id", w.Header().Get("X-Request-Id"), "shape", rl.Name, "err", info.reason)
+		p.logger.Warn("proxy: upstream body interrupted", "request_id", reqID, "shape", rl.Name, "err", info.reason)
 		// The status is sent; aborting (after the audit line) makes the
 		// client see a truncated response rather than a complete-looking one.
 		info.abort = true
 	}
+}
+
+// writeHeader checks the upstream status and sends it with the upstream
+// headers (hop-by-hop and CORS headers dropped) and the proxy's own;
+// false when it answered 502 instead.
+func (p *Proxy) writeHeader(w http.ResponseWriter, rl *rule, info *reqInfo, status int, up http.Header) bool {
+	switch {
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		// The upstream refused the proxy's secret: a configuration error,
+		// not the client's (whose 401 would make it refresh its token).
+		p.badGateway(w, info, fmt.Errorf("upstream refused the proxy's credentials (%d)", status))
+		return false
+	case status >= 300 && status < 400 && status != http.StatusNotModified:
+		// Electric never redirects; a Location would reveal the upstream.
+		p.badGateway(w, info, fmt.Errorf("unexpected upstream status %d", status))
+		return false
+	}
+	h := w.Header()
+	hop := map[string]bool{}
+	for _, c := range up.Values("Connection") {
+		for _, f := range strings.Split(c, ",") {
+			hop[http.CanonicalHeaderKey(strings.TrimSpace(f))] = true
+		}
+	}
+	for _, k := range hopHeaders {
+		hop[k] = true
+	}
+	for k, vs := range up {
+		if hop[k] || strings.HasPrefix(k, "Access-Control-") || k == "Set-Cookie" || k == "X-Request-Id" {
+			continue
+		}
+		h[k] = append([]string(nil), vs...)
+	}
+	h.Add("Vary", "Authorization")
+	p.cacheHeaders(h, rl)
+	w.WriteHeader(status)
+	return true
 }
 
 // cacheHeaders applies the rule's cache mode.

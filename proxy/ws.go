@@ -30,8 +30,7 @@ const (
 // wsState is the proxy's WebSocket state: the live-poll coalescer and
 // tunables (tests shrink them).
 type wsState struct {
-	mu      sync.Mutex
-	flights map[string]*wsFlight
+	flights flightGroup[*wsResult]
 
 	authTimeout  time.Duration
 	writeTimeout time.Duration
@@ -592,63 +591,16 @@ func (p *Proxy) wsFetch(ctx context.Context, q url.Values) *wsResult {
 	return res
 }
 
-// wsFlight is one shared upstream live poll.
-type wsFlight struct {
-	done    chan struct{}
-	res     *wsResult
-	waiters int
-	cancel  context.CancelFunc
-}
-
 // wsLive makes a live upstream request, shared with every other caller
 // asking for the same upstream URL at the same time. It returns nil when
 // ctx ends first; the shared request is cancelled when no caller waits.
 func (p *Proxy) wsLive(ctx context.Context, q url.Values) *wsResult {
-	if ctx.Err() != nil {
-		return nil
-	}
-	key := q.Encode()
-	st := &p.ws
-	st.mu.Lock()
-	if st.flights == nil {
-		st.flights = map[string]*wsFlight{}
-	}
-	f := st.flights[key]
-	if f == nil {
-		fctx, cancel := context.WithCancel(context.Background())
-		f = &wsFlight{done: make(chan struct{}), cancel: cancel}
-		st.flights[key] = f
-		go func() {
-			p.metrics.liveNow.Add(1)
-			res := p.wsFetch(fctx, q)
-			p.metrics.liveNow.Add(-1)
-			st.mu.Lock()
-			if st.flights[key] == f {
-				delete(st.flights, key)
-			}
-			f.res = res
-			st.mu.Unlock()
-			close(f.done)
-			cancel()
-		}()
-	}
-	f.waiters++
-	st.mu.Unlock()
-	select {
-	case <-f.done:
-		return f.res
-	case <-ctx.Done():
-		st.mu.Lock()
-		f.waiters--
-		if f.waiters == 0 {
-			if st.flights[key] == f {
-				delete(st.flights, key)
-			}
-			f.cancel()
-		}
-		st.mu.Unlock()
-		return nil
-	}
+	res, _ := p.ws.flights.do(ctx, q.Encode(), func(fctx context.Context) *wsResult {
+		p.metrics.liveNow.Add(1)
+		defer p.metrics.liveNow.Add(-1)
+		return p.wsFetch(fctx, q)
+	})
+	return res
 }
 
 // send queues a JSON frame.

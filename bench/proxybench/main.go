@@ -77,6 +77,7 @@ var (
 	snapshotMB = flag.Int("snapshot-mb", 50, "snapshot size for (b), in MB")
 	rounds     = flag.Int("rounds", 5, "alternating snapshot rounds per proxy for (b)")
 	polls      = flag.Int("polls", 10000, "live polls to hold through shapeseal's proxy for (c)")
+	parts      = flag.String("parts", "abc", "which parts to run: any of a, b, c")
 )
 
 const (
@@ -214,11 +215,14 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 	}
 	defer auditLog.Close()
 	env := append(os.Environ(), "ELECTRIC_URL="+ups.URL, "ELECTRIC_SECRET="+upSecret, "JWT_SECRET="+jwtSecret)
-	goProxy, err := startProc(ctx, exec.Command(bin, "proxy", "--config", cfgFile, "--listen", "127.0.0.1:0"), env, auditLog, "shapeseal proxy ready ")
+	startGo := func() (*proc, error) {
+		return startProc(ctx, exec.Command(bin, "proxy", "--config", cfgFile, "--listen", "127.0.0.1:0"), env, auditLog, "shapeseal proxy ready ")
+	}
+	goProxy, err := startGo()
 	if err != nil {
 		return err
 	}
-	defer goProxy.stop()
+	defer func() { goProxy.stop() }()
 	expressDir := filepath.Join(root, "bench", "peers", "express")
 	node := exec.Command("node", "server.mjs")
 	node.Dir = expressDir
@@ -235,125 +239,133 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 	fmt.Printf("machine: %s/%s, %d CPUs; %s; PostgreSQL %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), pgVersion)
 
 	// (a) latency.
-	logf("(a) %d small live responses per path", *latencyN)
-	paths := []struct {
-		name, url string
-		auth      bool
-	}{
-		{"direct", ups.URL + "/v1/shape?" + smallQ + "&" + livePos, false},
-		{"shapeseal", goProxy.url + "/v1/shapes/small?" + livePos, true},
-		{"express", expProxy.url + "/v1/shapes/small?" + livePos, true},
-	}
-	lat := make([][]float64, len(paths))
-	var size int
-	for i := -200; i < *latencyN; i++ { // 200 warm-up rounds
-		for j, p := range paths {
-			d, n, err := timedGet(p.url, tok, p.auth)
-			if err != nil {
-				return fmt.Errorf("(a) %s: %w", p.name, err)
-			}
-			size = n
-			if i >= 0 {
-				lat[j] = append(lat[j], d.Seconds()*1e6)
+	if strings.Contains(*parts, "a") {
+		logf("(a) %d small live responses per path", *latencyN)
+		paths := []struct {
+			name, url string
+			auth      bool
+		}{
+			{"direct", ups.URL + "/v1/shape?" + smallQ + "&" + livePos, false},
+			{"shapeseal", goProxy.url + "/v1/shapes/small?" + livePos, true},
+			{"express", expProxy.url + "/v1/shapes/small?" + livePos, true},
+		}
+		lat := make([][]float64, len(paths))
+		var size int
+		for i := -200; i < *latencyN; i++ { // 200 warm-up rounds
+			for j, p := range paths {
+				d, n, err := timedGet(p.url, tok, p.auth)
+				if err != nil {
+					return fmt.Errorf("(a) %s: %w", p.name, err)
+				}
+				size = n
+				if i >= 0 {
+					lat[j] = append(lat[j], d.Seconds()*1e6)
+				}
 			}
 		}
+		fmt.Printf("\n(a) small live response (%d B body), %d requests per path, interleaved, keep-alive:\n", size, *latencyN)
+		fmt.Printf("  %-10s %10s %10s %14s %14s\n", "", "p50 µs", "p99 µs", "added p50 µs", "added p99 µs")
+		d50, d99 := pct(lat[0], 50), pct(lat[0], 99)
+		added := map[string][2]float64{}
+		for j, p := range paths {
+			p50, p99 := pct(lat[j], 50), pct(lat[j], 99)
+			added[p.name] = [2]float64{p50 - d50, p99 - d99}
+			fmt.Printf("  %-10s %10.0f %10.0f %14.0f %14.0f\n", p.name, p50, p99, p50-d50, p99-d99)
+		}
+		fmt.Printf("  ratio Express added / shapeseal added: p50 %.1f×, p99 %.1f×\n",
+			added["express"][0]/added["shapeseal"][0], added["express"][1]/added["shapeseal"][1])
+
 	}
-	fmt.Printf("\n(a) small live response (%d B body), %d requests per path, interleaved, keep-alive:\n", size, *latencyN)
-	fmt.Printf("  %-10s %10s %10s %14s %14s\n", "", "p50 µs", "p99 µs", "added p50 µs", "added p99 µs")
-	d50, d99 := pct(lat[0], 50), pct(lat[0], 99)
-	added := map[string][2]float64{}
-	for j, p := range paths {
-		p50, p99 := pct(lat[j], 50), pct(lat[j], 99)
-		added[p.name] = [2]float64{p50 - d50, p99 - d99}
-		fmt.Printf("  %-10s %10.0f %10.0f %14.0f %14.0f\n", p.name, p50, p99, p50-d50, p99-d99)
-	}
-	fmt.Printf("  ratio Express added / shapeseal added: p50 %.1f×, p99 %.1f×\n",
-		added["express"][0]/added["shapeseal"][0], added["express"][1]/added["shapeseal"][1])
 
 	// (b) snapshot throughput and memory.
-	logf("(b) %d rounds of a %.1f MB snapshot", *rounds, float64(len(up.bigBody))/1e6)
-	type tput struct {
-		mbps        []float64
-		peakRSS     uint64
-		baseRSS     uint64
-		peakHeap    float64
-		heapMetric  string
-		sampleHeaps func() (float64, error)
-	}
-	targets := []struct {
-		name string
-		url  string
-		proc *proc
-		t    *tput
-	}{
-		{"direct", ups.URL + "/v1/shape?table=big&offset=-1&secret=" + upSecret, nil, &tput{}},
-		{"shapeseal", goProxy.url + "/v1/shapes/big?offset=-1", goProxy, &tput{heapMetric: "Go heap", sampleHeaps: func() (float64, error) {
-			m, err := scrape(goProxy.url + "/metrics")
-			return m["go_memstats_heap_alloc_bytes"], err
-		}}},
-		{"express", expProxy.url + "/v1/shapes/big?offset=-1", expProxy, &tput{heapMetric: "V8 heap", sampleHeaps: func() (float64, error) {
-			var m struct {
-				HeapUsed float64 `json:"heapUsed"`
-			}
-			err := getJSON(expProxy.url+"/__bench/mem", &m)
-			return m.HeapUsed, err
-		}}},
-	}
-	for _, tg := range targets {
-		if tg.proc != nil {
-			tg.t.baseRSS, _ = procStatus(tg.proc.cmd.Process.Pid, "VmRSS")
+	if strings.Contains(*parts, "b") {
+		logf("(b) %d rounds of a %.1f MB snapshot", *rounds, float64(len(up.bigBody))/1e6)
+		type tput struct {
+			mbps        []float64
+			peakRSS     uint64
+			baseRSS     uint64
+			peakHeap    float64
+			heapMetric  string
+			sampleHeaps func() (float64, error)
 		}
-	}
-	for r := 0; r < *rounds+1; r++ { // round 0 warms up
-		for _, tg := range targets {
-			stopSampling := make(chan struct{})
-			sampled := make(chan struct{})
-			go func() { // sample the proxy's memory while it streams
-				defer close(sampled)
-				for {
-					if tg.proc != nil {
-						if rss, err := procStatus(tg.proc.cmd.Process.Pid, "VmRSS"); err == nil && rss > tg.t.peakRSS && r > 0 {
-							tg.t.peakRSS = rss
-						}
-						if h, err := tg.t.sampleHeaps(); err == nil && h > tg.t.peakHeap && r > 0 {
-							tg.t.peakHeap = h
-						}
-					}
-					select {
-					case <-stopSampling:
-						return
-					case <-time.After(20 * time.Millisecond):
-					}
+		targets := []struct {
+			name string
+			url  string
+			proc *proc
+			t    *tput
+		}{
+			{"direct", ups.URL + "/v1/shape?table=big&offset=-1&secret=" + upSecret, nil, &tput{}},
+			{"shapeseal", goProxy.url + "/v1/shapes/big?offset=-1", goProxy, &tput{heapMetric: "Go heap", sampleHeaps: func() (float64, error) {
+				m, err := scrape(goProxy.url + "/metrics")
+				return m["go_memstats_heap_alloc_bytes"], err
+			}}},
+			{"express", expProxy.url + "/v1/shapes/big?offset=-1", expProxy, &tput{heapMetric: "V8 heap", sampleHeaps: func() (float64, error) {
+				var m struct {
+					HeapUsed float64 `json:"heapUsed"`
 				}
-			}()
-			d, n, err := timedGet(tg.url, tok, tg.proc != nil)
-			close(stopSampling)
-			<-sampled
-			if err != nil {
-				return fmt.Errorf("(b) %s: %w", tg.name, err)
-			}
-			if n != len(up.bigBody) {
-				return fmt.Errorf("(b) %s: %d bytes, want %d", tg.name, n, len(up.bigBody))
-			}
-			if r > 0 {
-				tg.t.mbps = append(tg.t.mbps, float64(n)/1e6/d.Seconds())
+				err := getJSON(expProxy.url+"/__bench/mem", &m)
+				return m.HeapUsed, err
+			}}},
+		}
+		for _, tg := range targets {
+			if tg.proc != nil {
+				tg.t.baseRSS, _ = procStatus(tg.proc.cmd.Process.Pid, "VmRSS")
 			}
 		}
-	}
-	fmt.Printf("\n(b) one %.1f MB snapshot response (real electrictest bytes, replayed from memory), %d rounds, alternating:\n", float64(len(up.bigBody))/1e6, *rounds)
-	fmt.Printf("  %-10s %9s %18s %14s %14s\n", "", "MB/s", "(rounds)", "RSS before MB", "peak RSS MB")
-	for _, tg := range targets {
-		fmt.Printf("  %-10s %9.0f %18s", tg.name, median(tg.t.mbps), spread(tg.t.mbps))
-		if tg.proc != nil {
-			fmt.Printf(" %14.1f %14.1f   peak %s %.1f MB", float64(tg.t.baseRSS)/1e6, float64(tg.t.peakRSS)/1e6, tg.t.heapMetric, tg.t.peakHeap/1e6)
+		for r := 0; r < *rounds+1; r++ { // round 0 warms up
+			for _, tg := range targets {
+				stopSampling := make(chan struct{})
+				sampled := make(chan struct{})
+				go func() { // sample the proxy's memory while it streams
+					defer close(sampled)
+					for {
+						if tg.proc != nil {
+							if rss, err := procStatus(tg.proc.cmd.Process.Pid, "VmRSS"); err == nil && rss > tg.t.peakRSS && r > 0 {
+								tg.t.peakRSS = rss
+							}
+							if h, err := tg.t.sampleHeaps(); err == nil && h > tg.t.peakHeap && r > 0 {
+								tg.t.peakHeap = h
+							}
+						}
+						select {
+						case <-stopSampling:
+							return
+						case <-time.After(20 * time.Millisecond):
+						}
+					}
+				}()
+				d, n, err := timedGet(tg.url, tok, tg.proc != nil)
+				close(stopSampling)
+				<-sampled
+				if err != nil {
+					return fmt.Errorf("(b) %s: %w", tg.name, err)
+				}
+				if n != len(up.bigBody) {
+					return fmt.Errorf("(b) %s: %d bytes, want %d", tg.name, n, len(up.bigBody))
+				}
+				if r > 0 {
+					tg.t.mbps = append(tg.t.mbps, float64(n)/1e6/d.Seconds())
+				}
+			}
 		}
-		fmt.Println()
+		fmt.Printf("\n(b) one %.1f MB snapshot response (real electrictest bytes, replayed from memory), %d rounds, alternating:\n", float64(len(up.bigBody))/1e6, *rounds)
+		fmt.Printf("  %-10s %9s %18s %14s %14s\n", "", "MB/s", "(rounds)", "RSS before MB", "peak RSS MB")
+		for _, tg := range targets {
+			fmt.Printf("  %-10s %9.0f %18s", tg.name, median(tg.t.mbps), spread(tg.t.mbps))
+			if tg.proc != nil {
+				fmt.Printf(" %14.1f %14.1f   peak %s %.1f MB", float64(tg.t.baseRSS)/1e6, float64(tg.t.peakRSS)/1e6, tg.t.heapMetric, tg.t.peakHeap/1e6)
+			}
+			fmt.Println()
+		}
+		g, e := targets[1].t, targets[2].t
+		fmt.Printf("  ratio shapeseal/Express throughput: %.1f× (target ≥ 5×)\n", median(g.mbps)/median(e.mbps))
+		fmt.Printf("  ratio Express/shapeseal peak RSS: %.1f× (peak RSS growth while streaming: %.1f MB vs %.1f MB; target ≥ 10×)\n",
+			float64(e.peakRSS)/float64(g.peakRSS), float64(e.peakRSS-min(e.peakRSS, e.baseRSS))/1e6, float64(g.peakRSS-min(g.peakRSS, g.baseRSS))/1e6)
 	}
-	g, e := targets[1].t, targets[2].t
-	fmt.Printf("  ratio shapeseal/Express throughput: %.1f× (target ≥ 5×)\n", median(g.mbps)/median(e.mbps))
-	fmt.Printf("  ratio Express/shapeseal peak RSS: %.1f× (peak RSS growth while streaming: %.1f MB vs %.1f MB; target ≥ 10×)\n",
-		float64(e.peakRSS)/float64(g.peakRSS), float64(e.peakRSS-min(e.peakRSS, e.baseRSS))/1e6, float64(g.peakRSS-min(g.peakRSS, g.baseRSS))/1e6)
 	expProxy.stop() // frees its memory and file descriptors for (c)
+	if !strings.Contains(*parts, "c") {
+		return nil
+	}
 
 	// (c) held live polls.
 	n := *polls
@@ -366,26 +378,42 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 			n = max
 		}
 	}
-	logf("(c) holding %d live polls through shapeseal", n)
-	held, err := holdPolls(ctx, up, goProxy, tok, n)
-	if err != nil {
-		return fmt.Errorf("(c): %w", err)
+	for _, shared := range []bool{false, true} {
+		label, what := "distinct", "each its own shape position: not coalesced, one upstream request each"
+		if shared {
+			label, what = "identical", "one shape position: coalesced into one upstream request"
+		}
+		logf("(c) holding %d %s live polls through shapeseal", n, label)
+		held, err := holdPolls(ctx, up, goProxy, tok, n, shared)
+		if err != nil {
+			return fmt.Errorf("(c) %s: %w", label, err)
+		}
+		fmt.Printf("\n(c) %d %s live polls held at once through shapeseal's proxy (%s; upstream holds them; loopback):\n", held.n, label, what)
+		fmt.Printf("  proxy live polls in flight (its metric): %.0f, upstream requests held: %d; goroutines %.0f → %.0f (%.1f per poll)\n",
+			held.after["shapeseal_proxy_live_requests"], held.upstream, held.before["go_goroutines"], held.after["go_goroutines"],
+			(held.after["go_goroutines"]-held.before["go_goroutines"])/float64(held.n))
+		hs := func(m map[string]float64) float64 {
+			return m["go_memstats_heap_alloc_bytes"] + m["go_memstats_stack_inuse_bytes"]
+		}
+		fmt.Printf("  Go heap + stacks: %.1f MB → %.1f MB: %.1f KB per held poll (target < 16 KB)\n",
+			hs(held.before)/1e6, hs(held.after)/1e6, (hs(held.after)-hs(held.before))/float64(held.n)/1024)
+		fmt.Printf("  of which goroutine stacks %.1f KB and heap objects %.1f KB per held poll\n",
+			(held.after["go_memstats_stack_inuse_bytes"]-held.before["go_memstats_stack_inuse_bytes"])/float64(held.n)/1024,
+			(held.after["go_memstats_heap_alloc_bytes"]-held.before["go_memstats_heap_alloc_bytes"])/float64(held.n)/1024)
+		fmt.Printf("  RSS: %.1f MB → %.1f MB: %.1f KB per held poll\n", float64(held.rssBefore)/1e6, float64(held.rssAfter)/1e6,
+			(float64(held.rssAfter)-float64(held.rssBefore))/float64(held.n)/1024)
+		fmt.Printf("  held in %.1f s; all %d answered %.1f s after release\n", held.setup.Seconds(), held.answered, held.drain.Seconds())
+		up.release = make(chan struct{})
+		if !shared {
+			// A fresh proxy process for the next run: the first one's
+			// garbage and idle buffers would blur its baseline.
+			goProxy.stop()
+			if goProxy, err = startGo(); err != nil {
+				return err
+			}
+			time.Sleep(time.Second) // let the connections close
+		}
 	}
-	fmt.Printf("\n(c) %d live polls held at once through shapeseal's proxy (upstream holds them; loopback):\n", held.n)
-	fmt.Printf("  proxy live polls in flight (its metric): %.0f; goroutines %.0f → %.0f (%.1f per poll)\n",
-		held.after["shapeseal_proxy_live_requests"], held.before["go_goroutines"], held.after["go_goroutines"],
-		(held.after["go_goroutines"]-held.before["go_goroutines"])/float64(held.n))
-	hs := func(m map[string]float64) float64 {
-		return m["go_memstats_heap_alloc_bytes"] + m["go_memstats_stack_inuse_bytes"]
-	}
-	fmt.Printf("  Go heap + stacks: %.1f MB → %.1f MB: %.1f KB per held poll (target < 16 KB)\n",
-		hs(held.before)/1e6, hs(held.after)/1e6, (hs(held.after)-hs(held.before))/float64(held.n)/1024)
-	fmt.Printf("  of which goroutine stacks %.1f KB and heap objects %.1f KB per held poll\n",
-		(held.after["go_memstats_stack_inuse_bytes"]-held.before["go_memstats_stack_inuse_bytes"])/float64(held.n)/1024,
-		(held.after["go_memstats_heap_alloc_bytes"]-held.before["go_memstats_heap_alloc_bytes"])/float64(held.n)/1024)
-	fmt.Printf("  RSS: %.1f MB → %.1f MB: %.1f KB per held poll\n", float64(held.rssBefore)/1e6, float64(held.rssAfter)/1e6,
-		(float64(held.rssAfter)-float64(held.rssBefore))/float64(held.n)/1024)
-	fmt.Printf("  held in %.1f s; all %d answered %.1f s after release\n", held.setup.Seconds(), held.answered, held.drain.Seconds())
 	return nil
 }
 
@@ -434,6 +462,7 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 type heldResult struct {
 	n, answered         int
+	upstream            int64 // upstream requests held
 	before, after       map[string]float64
 	rssBefore, rssAfter uint64
 	setup, drain        time.Duration
@@ -442,7 +471,9 @@ type heldResult struct {
 // holdPolls opens n live polls through the proxy, each on its own
 // connection, waits until the upstream holds them all, measures the
 // proxy, then releases them and waits for every answer.
-func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int) (res heldResult, err error) {
+// With shared, every poll asks for the same position (coalesced by the
+// proxy); otherwise each asks for its own.
+func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int, shared bool) (res heldResult, err error) {
 	res.n = n
 	if res.before, err = scrape(p.url + "/metrics"); err != nil {
 		return res, err
@@ -457,16 +488,37 @@ func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int) (r
 	var failed atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
+	// inProxy is how many polls are held: the upstream's count, or with
+	// shared (one upstream request) the proxy's live gauge, scraped at
+	// most every 20 ms.
+	var lastScrape time.Time
+	var lastLive int64
+	inProxy := func() int64 {
+		if !shared {
+			return up.holding.Load()
+		}
+		if time.Since(lastScrape) > 20*time.Millisecond {
+			lastScrape = time.Now()
+			if m, err := scrape(p.url + "/metrics"); err == nil && up.holding.Load() > 0 {
+				lastLive = int64(m["shapeseal_proxy_live_requests"])
+			}
+		}
+		return lastLive
+	}
 	start := time.Now()
 	for i := range n {
 		// At most 256 polls on their way at once (the listen backlog).
-		for i-int(up.holding.Load()) >= 256 && failed.Load() == 0 && time.Since(start) < 2*time.Minute {
+		for i-int(inProxy()) >= 256 && failed.Load() == 0 && time.Since(start) < 2*time.Minute {
 			time.Sleep(time.Millisecond)
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequestWithContext(pctx, "GET", fmt.Sprintf("%s/v1/shapes/hold?live=true&offset=0_0&handle=hold-%d", p.url, i), nil)
+			handle := fmt.Sprintf("hold-%d", i)
+			if shared {
+				handle = "hold-shared"
+			}
+			req, _ := http.NewRequestWithContext(pctx, "GET", p.url+"/v1/shapes/hold?live=true&offset=0_0&handle="+handle, nil)
 			req.Header.Set("Authorization", "Bearer "+tok)
 			resp, err := c.Do(req)
 			if err == nil {
@@ -484,7 +536,7 @@ func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int) (r
 			answered.Add(1)
 		}()
 	}
-	for up.holding.Load() < int64(n) {
+	for inProxy() < int64(n) {
 		if failed.Load() > 0 {
 			cancel()
 			wg.Wait()
@@ -493,12 +545,13 @@ func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int) (r
 		if time.Since(start) > 2*time.Minute {
 			cancel()
 			wg.Wait()
-			return res, fmt.Errorf("only %d of %d polls held after 2 min", up.holding.Load(), n)
+			return res, fmt.Errorf("only %d of %d polls held after 2 min", inProxy(), n)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	res.setup = time.Since(start)
 	time.Sleep(2 * time.Second) // let the proxy settle (GC, idle buffers)
+	res.upstream = up.holding.Load()
 	if res.after, err = scrape(p.url + "/metrics"); err != nil {
 		cancel()
 		wg.Wait()
