@@ -41,8 +41,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -221,21 +219,15 @@ func makeBody(ctx context.Context, rows int, bodyFile, schemaFile string) (pgVer
 	if err := admin.QueryRow(ctx, "SELECT split_part(version(), ' ', 1) || ' ' || current_setting('server_version')").Scan(&pgVersion); err != nil {
 		return "", 0, err
 	}
-	var id [6]byte
-	rand.Read(id[:])
-	name := "shapeseal_clientdecode_" + hex.EncodeToString(id[:])
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		return "", 0, err
-	}
-	defer func() {
-		if derr := dropDatabase(admin, name); derr != nil && err == nil {
-			err = fmt.Errorf("drop database %s: %w", name, derr)
-		}
-	}()
-	dbURL, err := withDatabase(cl.URL(), name)
+	dbURL, drop, err := cl.CreateDB(ctx, "shapeseal_clientdecode")
 	if err != nil {
 		return "", 0, err
 	}
+	defer func() {
+		if derr := drop(); derr != nil && err == nil {
+			err = derr
+		}
+	}()
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
 		return "", 0, err
@@ -327,43 +319,6 @@ func makeBody(ctx context.Context, rows int, bodyFile, schemaFile string) (pgVer
 		return "", 0, err
 	}
 	return pgVersion, len(body), nil
-}
-
-// dropDatabase drops the database name. The server is closed by then, but
-// its replication connection may take a moment to go: DROP DATABASE ...
-// WITH (FORCE) refuses while a walsender uses a slot, so this terminates
-// the database's sessions and retries for up to 30 s.
-func dropDatabase(admin *pgx.Conn, name string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for {
-		_, _ = admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name)
-		_, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// withDatabase returns the URL-form connection string u with its database
-// replaced by name.
-func withDatabase(u, name string) (string, error) {
-	p, err := url.Parse(u)
-	if err != nil || (p.Scheme != "postgres" && p.Scheme != "postgresql") {
-		return "", fmt.Errorf("DATABASE_URL must be a postgres:// URL")
-	}
-	p.Path, p.RawPath = "/"+name, ""
-	q := p.Query()
-	if q.Has("dbname") {
-		q.Set("dbname", name)
-		p.RawQuery = q.Encode()
-	}
-	return p.String(), nil
 }
 
 type runs struct{ rows, mb []float64 }

@@ -40,10 +40,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -121,21 +119,15 @@ func run() (err error) {
 	defer admin.Close(context.Background())
 	var pgVersion string
 	admin.QueryRow(ctx, "SELECT current_setting('server_version')").Scan(&pgVersion)
-	var id [6]byte
-	rand.Read(id[:])
-	dbName := "shapeseal_proxybench_" + hex.EncodeToString(id[:])
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+dbName); err != nil {
-		return err
-	}
-	defer func() {
-		if derr := dropDatabase(admin, dbName); derr != nil && err == nil {
-			err = fmt.Errorf("drop database %s: %w", dbName, derr)
-		}
-	}()
-	dbURL, err := withDatabase(cl.URL(), dbName)
+	dbURL, drop, err := cl.CreateDB(ctx, "shapeseal_proxybench")
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if derr := drop(); derr != nil && err == nil {
+			err = derr
+		}
+	}()
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
 		return err
@@ -751,39 +743,6 @@ func spread(xs []float64) string {
 		return ""
 	}
 	return fmt.Sprintf("(%.0f–%.0f)", slices.Min(xs), slices.Max(xs))
-}
-
-// dropDatabase drops the database, terminating the sessions (electrictest's
-// replication connection may linger a moment) and retrying for up to 30 s.
-func dropDatabase(admin *pgx.Conn, name string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for {
-		_, _ = admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name)
-		_, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-func withDatabase(u, name string) (string, error) {
-	p, err := url.Parse(u)
-	if err != nil || (p.Scheme != "postgres" && p.Scheme != "postgresql") {
-		return "", fmt.Errorf("DATABASE_URL must be a postgres:// URL")
-	}
-	p.Path, p.RawPath = "/"+name, ""
-	q := p.Query()
-	if q.Has("dbname") {
-		q.Set("dbname", name)
-		p.RawQuery = q.Encode()
-	}
-	return p.String(), nil
 }
 
 func moduleRoot() (string, error) {

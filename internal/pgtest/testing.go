@@ -101,30 +101,46 @@ func NewDB(t testing.TB) string {
 		t.Skipf("pgtest: PostgreSQL is unavailable, skipping (set DATABASE_URL or install PostgreSQL): %v", err)
 	}
 
-	var b [8]byte
-	rand.Read(b[:])
-	name := "pgtest_" + hex.EncodeToString(b[:])
-	url, err := withDatabase(c.URL(), name)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url, drop, err := c.CreateDB(ctx, "pgtest")
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, c.URL())
-	if err != nil {
-		t.Fatalf("pgtest: connecting to create a database: %v", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		t.Fatalf("pgtest: creating database %s: %v", name, err)
-	}
 	t.Cleanup(func() {
-		if err := dropDatabase(c.URL(), name); err != nil {
-			t.Errorf("pgtest: dropping database %s: %v", name, err)
+		if err := drop(); err != nil {
+			t.Errorf("pgtest: %v", err)
 		}
 	})
 	return url
+}
+
+// CreateDB creates a fresh, empty database named prefix_<random hex> on the
+// cluster and returns a URL that connects to it, and a function that drops
+// it again, even while connections, replication connections or replication
+// slots still use it. Benchmark programs use it as NewDB is used in tests.
+func (c *Cluster) CreateDB(ctx context.Context, prefix string) (url string, drop func() error, err error) {
+	var b [8]byte
+	rand.Read(b[:])
+	name := prefix + "_" + hex.EncodeToString(b[:])
+	url, err = withDatabase(c.URL(), name)
+	if err != nil {
+		return "", nil, err
+	}
+	conn, err := pgx.Connect(ctx, c.URL())
+	if err != nil {
+		return "", nil, fmt.Errorf("connecting to create a database: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", nil, fmt.Errorf("creating database %s: %w", name, err)
+	}
+	return url, func() error {
+		if err := dropDatabase(c.URL(), name); err != nil {
+			return fmt.Errorf("dropping database %s: %w", name, err)
+		}
+		return nil
+	}, nil
 }
 
 // dropDatabase drops the database name. DROP DATABASE ... WITH (FORCE)
