@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/shapeseal/shapeseal/internal/b64url"
 	"github.com/tink-crypto/tink-go/v2/keyset"
 )
 
@@ -37,11 +38,11 @@ func CellKeyID(cell string) (uint32, error) {
 		return 0, ErrNotEncrypted
 	}
 	// 8 base64 characters decode to 6 bytes: the 5-byte key prefix and one more.
-	if len(body) < 8 || b64.DecodedLen(len(body)) < minCellLen {
+	if len(body) < 8 || b64url.DecodedLen(len(body)) < minCellLen {
 		return 0, detail(ErrMalformedCell, "too short")
 	}
 	var head [6]byte
-	if n, err := decodeBase64(head[:], body[:8]); err != nil || n != 6 {
+	if n, err := b64url.Decode(head[:], body[:8]); err != nil || n != 6 {
 		return 0, detail(ErrMalformedCell, "bad base64url")
 	}
 	if head[0] != tinkPrefixTink {

@@ -2,9 +2,10 @@ package keysync
 
 import (
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"github.com/shapeseal/shapeseal/internal/b64url"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -24,10 +25,6 @@ const (
 	// empty plaintext.
 	minCellLen = keyPrefixLen + nonceLen + tagLen
 )
-
-// b64 is the cell's text encoding: base64url without padding, and strict, so
-// that a cell has exactly one encoding (no non-zero trailing bits).
-var b64 = base64.RawURLEncoding.Strict()
 
 // A CellContext is the place of a cell. It is bound into the cell as
 // associated data, so a cell opens only in the place it was sealed for.
@@ -86,13 +83,13 @@ func Seal(ks *Keyset, c CellContext, plaintext []byte) (string, error) {
 	ct = ks.primary.Seal(ct, nonce, plaintext, ad)
 
 	// Encode into a pooled buffer: the string is the only allocation.
-	m := len(CellPrefix) + b64.EncodedLen(len(ct))
+	m := len(CellPrefix) + b64url.EncodedLen(len(ct))
 	if cap(s.txt) < m {
 		s.txt = make([]byte, m)
 	}
 	out := s.txt[:m]
 	copy(out, CellPrefix)
-	encodeBase64(out[len(CellPrefix):], ct)
+	b64url.Encode(out[len(CellPrefix):], ct)
 	return string(out), nil
 }
 
@@ -118,6 +115,26 @@ func Open(ks *Keyset, c CellContext, cell string) ([]byte, error) {
 		return nil, err
 	}
 	return pt[:len(pt):len(pt)], nil
+}
+
+// OpenAppend is [Open] that appends the plaintext to dst and returns the
+// extended slice, in the manner of [cipher.AEAD]'s Open: a caller opening
+// many cells into one reused buffer allocates nothing. It decodes and
+// decrypts in dst's spare capacity (growing dst if it lacks room for the
+// decoded cell and its associated data), which past the plaintext then holds
+// ciphertext and associated data, never plaintext. On error it returns nil;
+// dst's spare capacity may have been overwritten.
+func OpenAppend(dst []byte, ks *Keyset, c CellContext, cell string) ([]byte, error) {
+	n := len(dst)
+	if need := b64url.DecodedLen(len(cell)) + c.adLen(); cap(dst)-n < need {
+		dst = slices.Grow(dst, need)
+	}
+	pt, err := open(ks, &c, cell, dst[n:])
+	if err != nil {
+		return nil, err
+	}
+	// The plaintext starts after the key prefix and nonce: move it down.
+	return dst[:n+copy(dst[n:cap(dst)], pt)], nil
 }
 
 // openString is Open for callers that want text: it opens in a pooled
@@ -181,7 +198,7 @@ func open(ks *Keyset, c *CellContext, cell string, buf []byte) ([]byte, error) {
 
 	// One allocation holds the decoded cell, which the cipher opens in place
 	// and so becomes the plaintext, followed by the associated data.
-	n := b64.DecodedLen(len(body))
+	n := b64url.DecodedLen(len(body))
 	if n < minCellLen {
 		return nil, fail(detail(ErrMalformedCell, "too short"))
 	}
@@ -191,7 +208,7 @@ func open(ks *Keyset, c *CellContext, cell string, buf []byte) ([]byte, error) {
 	buf = buf[:n]
 	// The decoder skips CR and LF; a cell is canonical only if its text is
 	// exactly the encoding of what it decodes to.
-	if m, err := decodeBase64(buf, body); err != nil || m != n || b64.EncodedLen(m) != len(body) {
+	if m, err := b64url.Decode(buf, body); err != nil || m != n || b64url.EncodedLen(m) != len(body) {
 		return nil, fail(detail(ErrMalformedCell, "bad base64url"))
 	}
 	if buf[0] != tinkPrefixTink {

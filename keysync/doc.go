@@ -102,7 +102,10 @@
 //
 // # Performance
 //
-// Opening a cell costs base64 decoding (encoding/base64), building the
-// associated data and AES-256-GCM in place. BenchmarkRatio compares Seal and
-// Open with raw AES-GCM from the standard library.
+// Opening a cell costs base64url decoding (vectorized on amd64 with AVX2,
+// see internal/b64url), building the associated data and AES-256-GCM in
+// place. [Open] returns a new plaintext; [OpenAppend] appends it to a buffer
+// the caller reuses, and so allocates nothing. BenchmarkRatio compares both
+// with raw AES-GCM from the standard library, like with like: Open against
+// AES-GCM returning a new slice, OpenAppend against AES-GCM in place.
 package keysync

@@ -40,6 +40,31 @@ func Example() {
 	// Quarterly numbers
 }
 
+// A reader opening many cells reuses one buffer: OpenAppend allocates
+// nothing once the buffer has grown to the largest cell.
+func ExampleOpenAppend() {
+	ks, _ := keysync.NewKeyset("acme")
+	var cells []string
+	for i, title := range []string{"first", "second", "third"} {
+		place := keysync.CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{fmt.Sprint(i)}}
+		cell, _ := keysync.Seal(ks, place, []byte(title))
+		cells = append(cells, cell)
+	}
+	var buf []byte
+	for i, cell := range cells {
+		place := keysync.CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{fmt.Sprint(i)}}
+		var err error
+		if buf, err = keysync.OpenAppend(buf[:0], ks, place, cell); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("%d: %s\n", i, buf)
+	}
+	// Output:
+	// 0: first
+	// 1: second
+	// 2: third
+}
+
 // Open's errors say why a cell did not open: a key the reader does not hold
 // yet is not the same as a cell that was tampered with or moved.
 func ExampleOpen_errors() {

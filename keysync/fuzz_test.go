@@ -2,6 +2,7 @@ package keysync
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"os"
 	"testing"
@@ -33,9 +34,9 @@ func FuzzOpen(f *testing.F) {
 		}
 		pt, err := Open(ks, c, cell)
 		if err == nil {
-			raw := make([]byte, b64.DecodedLen(len(cell)-len(CellPrefix)))
-			n, derr := b64.Decode(raw, []byte(cell[len(CellPrefix):]))
-			if derr != nil || CellPrefix+b64.EncodeToString(raw[:n]) != cell {
+			raw := make([]byte, base64.RawURLEncoding.DecodedLen(len(cell)-len(CellPrefix)))
+			n, derr := base64.RawURLEncoding.Strict().Decode(raw, []byte(cell[len(CellPrefix):]))
+			if derr != nil || CellPrefix+base64.RawURLEncoding.EncodeToString(raw[:n]) != cell {
 				t.Fatalf("Open accepted a non-canonical cell %q", cell)
 			}
 			if len(pt) != n-minCellLen {

@@ -131,6 +131,17 @@ func TestVectors(t *testing.T) {
 				t.Errorf("associated data %s, want %s", got, v.AssociatedDataHex)
 			}
 			pt, err := Open(ks, c, v.Cell)
+			// OpenAppend must agree with Open, appending after what dst
+			// holds, with and without spare capacity.
+			for _, dst := range [][]byte{[]byte("head"), append(make([]byte, 0, 4096), "head"...)} {
+				got, aerr := OpenAppend(dst, ks, c, v.Cell)
+				if (aerr == nil) != (err == nil) || aerr != nil && aerr.Error() != err.Error() {
+					t.Fatalf("OpenAppend: %v; Open: %v", aerr, err)
+				}
+				if aerr == nil && (string(got[:4]) != "head" || !bytes.Equal(got[4:], pt)) {
+					t.Fatalf("OpenAppend = %q, want head + %q", got, pt)
+				}
+			}
 			if v.Error == "" {
 				counts["ok"]++
 				if v.PlaintextHex == nil {
