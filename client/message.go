@@ -211,3 +211,23 @@ func mustRefetchMessage(raw string) Message {
 		raw:     raw,
 	}
 }
+
+// A transformSlot is where a stream's messages sit while Options.Transform
+// runs. The hook takes a *Message, and a pointer that a function value
+// receives escapes: passed &m, every message of a stream with a Transform
+// would be copied to a new heap allocation. The slot is one such
+// allocation, made with the stream and reused for every message; the
+// message is copied in, transformed, and copied out. So the pointer the hook
+// receives is valid only during the call, as its documentation says.
+type transformSlot struct{ m Message }
+
+// apply runs f on *m through the slot. An error is a *TransformError.
+func (t *transformSlot) apply(f func(*Message) error, m *Message) error {
+	t.m = *m
+	err := f(&t.m)
+	*m, t.m = t.m, Message{} // the slot keeps no reference to the message
+	if err != nil {
+		return &TransformError{Key: m.Key, Err: err}
+	}
+	return nil
+}

@@ -76,7 +76,9 @@ type Options struct {
 
 	// Transform is called for every change message before it is delivered,
 	// after value parsing. It may change m.Value and m.OldValue (decrypt
-	// them, say). An error stops the stream with a *TransformError.
+	// them, say). An error stops the stream with a *TransformError. m is
+	// valid only during the call: the stream reuses the Message it points
+	// to, so keep the maps or values, not the pointer.
 	Transform func(m *Message) error
 
 	// Logger receives debug lines for requests and warnings for retries.

@@ -69,6 +69,8 @@ type ShapeStream struct {
 	stuck         int  // responses in a row that did not move the offset
 	stuckSince    time.Time
 	loops         int // fast loops detected
+
+	tm transformSlot
 }
 
 // response is a response body being read.
@@ -763,11 +765,10 @@ func (s *ShapeStream) checkProgress(r *response) error {
 	return &retryable{err: err}
 }
 
-// transform applies Options.Transform (kept apart so that m does not
-// escape to the heap when there is no Transform).
+// transform applies Options.Transform to m.
 func (s *ShapeStream) transform(m Message) (Message, bool, error) {
-	if err := s.opts.Transform(&m); err != nil {
-		return Message{}, false, &TransformError{Key: m.Key, Err: err}
+	if err := s.tm.apply(s.opts.Transform, &m); err != nil {
+		return Message{}, false, err
 	}
 	return m, true, nil
 }

@@ -362,6 +362,8 @@ type WSStream struct {
 	done       bool
 	closed     bool
 	err        error
+
+	tm transformSlot
 }
 
 // resubscribe (re)sends the subscription from the last whole batch.
@@ -514,8 +516,7 @@ func (s *WSStream) Next(ctx context.Context) (Message, error) {
 				s.mu.Unlock()
 			}
 			if m.IsChange() && s.opts.Transform != nil {
-				if err := s.opts.Transform(&m); err != nil {
-					err = &TransformError{Key: m.Key, Err: err}
+				if err := s.tm.apply(s.opts.Transform, &m); err != nil {
 					s.setErr(err)
 					return Message{}, err
 				}

@@ -135,15 +135,19 @@ func queryMembers(ctx context.Context, tx pgx.Tx, sql string, args ...any) ([]me
 
 // wrapFor wraps ks to every member's device and upserts the rows of
 // shapeseal_tenant_keys. A row never goes back to an older generation.
-func wrapFor(ctx context.Context, tx pgx.Tx, ks *Keyset, ms []member) error {
+// The payloads are signed by kek's signer.
+func wrapFor(ctx context.Context, tx pgx.Tx, kek KEK, ks *Keyset, ms []member) error {
+	if len(ms) == 0 {
+		return nil
+	}
+	signer, err := EnsureSigner(ctx, tx, kek)
+	if err != nil {
+		return err
+	}
 	for _, m := range ms {
-		r, err := ParseRecipient(m.recipient)
+		wrapped, err := Wrap(ks, signer, m.recipient)
 		if err != nil {
 			return fmt.Errorf("keysync: device %s/%s: %w", m.user, m.device, err)
-		}
-		wrapped, err := Wrap(ks, r)
-		if err != nil {
-			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO shapeseal_tenant_keys (tenant_id, user_id, device_id, generation, wrapped)
 			VALUES ($1, $2, $3, $4, $5)
@@ -181,7 +185,7 @@ func Grant(ctx context.Context, db AdminDB, kek KEK, tenant, user string) (int, 
 			return detail(ErrNoDevices, "user %q", user)
 		}
 		n = len(ms)
-		return wrapFor(ctx, tx, ks, ms)
+		return wrapFor(ctx, tx, kek, ks, ms)
 	})
 	return n, err
 }
@@ -203,7 +207,7 @@ func rotateIn(ctx context.Context, tx pgx.Tx, kek KEK, tenant string, next func(
 	if err != nil {
 		return nil, err
 	}
-	return ks, wrapFor(ctx, tx, ks, ms)
+	return ks, wrapFor(ctx, tx, kek, ks, ms)
 }
 
 // Rotate adds a new primary key to tenant's keyset, stores the new

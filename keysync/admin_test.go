@@ -54,6 +54,16 @@ func TestAdmin(t *testing.T) {
 			t.Fatal(n, err)
 		}
 	}
+	// The grants are signed by the KEK's signer, which devices trust.
+	signer, err := EnsureSigner(ctx, db, kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := EnsureSigner(ctx, db, kek)
+	if err != nil || again.VerifyKey() != signer.VerifyKey() {
+		t.Fatalf("EnsureSigner made a second signer for one KEK: %v, %v", again, err)
+	}
+	trusted := []VerifyKey{signer.VerifyKey()}
 	unwrap := func(user string) *Keyset {
 		t.Helper()
 		var wrapped []byte
@@ -62,7 +72,7 @@ func TestAdmin(t *testing.T) {
 		if err != nil {
 			return nil
 		}
-		ks, err := Unwrap(ids[user].id, wrapped, "acme")
+		ks, err := Unwrap(ids[user].id, wrapped, "acme", trusted)
 		if err != nil || ks.Generation() != uint64(gen) {
 			t.Fatalf("unwrap for %s: %v (%v)", user, err, ks)
 		}

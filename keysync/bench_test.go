@@ -231,19 +231,19 @@ func BenchmarkUnwrap(b *testing.B) {
 	for _, tc := range []struct {
 		name string
 		id   age.Identity
-		r    age.Recipient
+		r    string
 	}{
-		{"hybrid", hybrid, hybrid.Recipient()},
-		{"x25519", x, x.Recipient()},
+		{"hybrid", hybrid, hybrid.Recipient().String()},
+		{"x25519", x, x.Recipient().String()},
 	} {
-		wrapped, err := Wrap(ks, tc.r)
+		wrapped, err := Wrap(ks, testSigner, tc.r)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := Unwrap(tc.id, wrapped, ks.Tenant()); err != nil {
+				if _, err := Unwrap(tc.id, wrapped, ks.Tenant(), testSigners); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -252,7 +252,7 @@ func BenchmarkUnwrap(b *testing.B) {
 		b.Run(tc.name+"/wrap", func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := Wrap(ks, tc.r); err != nil {
+				if _, err := Wrap(ks, testSigner, tc.r); err != nil {
 					b.Fatal(err)
 				}
 			}

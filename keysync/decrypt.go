@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/shapeseal/shapeseal/client"
+	"github.com/shapeseal/shapeseal/internal/b64url"
 )
 
 // A CellError replaces, in a row that a [Decrypter] transformed, the value of
@@ -70,20 +73,46 @@ func CellErrors(row client.Row) []*CellError {
 }
 
 // A Decrypter opens the encrypted cells of change messages with the keysets
-// of a [Keyring]. Its Transform method is a client.Options.Transform.
+// of a [Keyring]. Its Transform method is a client.Options.Transform. It is
+// safe for concurrent use, so one decrypter may serve several streams.
 type Decrypter struct {
-	ring  *Keyring
-	specs map[string]*TableSpec // by qualified table
-	only  *TableSpec            // the spec, when there is one
+	ring   *Keyring
+	tables map[relation]*decTable
+	only   *decTable // the table, when there is one
 
 	mu     sync.Mutex
 	places map[string]place // by message key, for updates that omit them
+	tenant string           // the tenant of the place recorded last
 }
 
-// place is what a row's cells are bound to besides their column.
+// relation is a message's relation header: schema and table.
+type relation struct{ schema, table string }
+
+// decTable is a table spec with what the decrypter derives from it once,
+// rather than once per cell.
+type decTable struct {
+	spec  TableSpec
+	table string // spec.QualifiedTable()
+}
+
+// place is what a row's cells are bound to besides their column: the text
+// of the tenant and of the row-key columns. The decrypter keeps one per row
+// it has seen, so a place is kept small: the row key is one string, the
+// values joined with NUL bytes (which Postgres text never holds), and so
+// for a row key of one column (the usual case) it is that column's value,
+// and recording the place allocates nothing.
 type place struct {
-	tenant any
-	rowKey []any
+	tenant string
+	rowKey string
+}
+
+// rowKeyValue returns the i-th value of a joined row key.
+func rowKeyValue(joined string, i int) string {
+	for ; i > 0; i-- {
+		_, joined, _ = strings.Cut(joined, "\x00")
+	}
+	v, _, _ := strings.Cut(joined, "\x00")
+	return v
 }
 
 // NewDecrypter returns a decrypter for the tables of specs, each of which
@@ -92,17 +121,21 @@ func NewDecrypter(ring *Keyring, specs ...TableSpec) (*Decrypter, error) {
 	if ring == nil {
 		return nil, errors.New("keysync: decrypter needs a keyring")
 	}
-	d := &Decrypter{ring: ring, specs: map[string]*TableSpec{}, places: map[string]place{}}
-	for i := range specs {
-		s := specs[i]
+	d := &Decrypter{ring: ring, tables: map[relation]*decTable{}, places: map[string]place{}}
+	for _, s := range specs {
 		if err := s.Validate(); err != nil {
 			return nil, err
 		}
-		if _, dup := d.specs[s.QualifiedTable()]; dup {
-			return nil, fmt.Errorf("keysync: two table specs for %s", s.QualifiedTable())
+		t := &decTable{spec: s, table: s.QualifiedTable()}
+		t.spec.Columns = slices.Clone(s.Columns) // the caller's slices may change later
+		t.spec.RowKey = slices.Clone(s.RowKey)
+		schema, table, _ := strings.Cut(t.table, ".")
+		rel := relation{schema, table}
+		if _, dup := d.tables[rel]; dup {
+			return nil, fmt.Errorf("keysync: two table specs for %s", t.table)
 		}
-		d.specs[s.QualifiedTable()] = &s
-		d.only = &s
+		d.tables[rel] = t
+		d.only = t
 	}
 	if len(specs) != 1 {
 		d.only = nil
@@ -110,11 +143,11 @@ func NewDecrypter(ring *Keyring, specs ...TableSpec) (*Decrypter, error) {
 	return d, nil
 }
 
-// spec returns the table spec of a message: by its relation header, or the
-// only spec for a message without one.
-func (d *Decrypter) spec(m *client.Message) *TableSpec {
+// table returns the table of a message: by its relation header, or the
+// only table for a message without one.
+func (d *Decrypter) table(m *client.Message) *decTable {
 	if r := m.Headers.Relation; len(r) == 2 {
-		return d.specs[r[0]+"."+r[1]]
+		return d.tables[relation{r[0], r[1]}]
 	}
 	return d.only
 }
@@ -129,6 +162,10 @@ func (d *Decrypter) spec(m *client.Message) *TableSpec {
 // The tenant and row-key columns that bind a cell are read from the message;
 // an update that omits them (replica=default sends only the primary key and
 // the changed columns) uses those of the row's earlier messages.
+//
+// The plaintexts of one message share one allocation: each is a substring
+// of a string holding them all, so a value kept after the rest of the
+// message is dropped keeps its siblings' bytes alive too.
 func (d *Decrypter) Transform(m *client.Message) error {
 	return d.TransformContext(context.Background(), m)
 }
@@ -138,84 +175,225 @@ func (d *Decrypter) TransformContext(ctx context.Context, m *client.Message) err
 	if !m.IsChange() {
 		return nil
 	}
-	s := d.spec(m)
-	if s == nil {
+	t := d.table(m)
+	if t == nil {
 		return nil
 	}
-	if m.Headers.Operation == client.Delete {
-		d.mu.Lock()
-		delete(d.places, m.Key)
-		d.mu.Unlock()
-	}
-	d.mu.Lock()
-	known, hasKnown := d.places[m.Key]
-	d.mu.Unlock()
+	p, err := d.place(m, &t.spec)
 
-	// The row's place, from the value, the old value, then what was known.
-	lookup := func(col string, i int) any {
-		if v, ok := m.Value[col]; ok && v != nil {
-			return v
-		}
-		if v, ok := m.OldValue[col]; ok && v != nil {
-			return v
-		}
-		if hasKnown {
-			if i < 0 {
-				return known.tenant
-			}
-			if i < len(known.rowKey) {
-				return known.rowKey[i]
+	sc := rowScratchPool.Get().(*rowScratch)
+	defer sc.release()
+	c := CellContext{Table: t.table, Tenant: p.tenant}
+	if err == nil && !t.spec.UnboundRows {
+		if len(t.spec.RowKey) == 1 {
+			sc.rowKey = append(sc.rowKey, p.rowKey)
+		} else {
+			for i := range t.spec.RowKey {
+				sc.rowKey = append(sc.rowKey, rowKeyValue(p.rowKey, i))
 			}
 		}
-		return nil
+		c.RowKey = sc.rowKey
 	}
-	p := place{tenant: lookup(s.TenantColumn, -1)}
-	if !s.UnboundRows {
-		p.rowKey = make([]any, len(s.RowKey))
-		for i, col := range s.RowKey {
-			p.rowKey[i] = lookup(col, i)
-		}
-	}
-	if m.Headers.Operation != client.Delete {
-		d.mu.Lock()
-		d.places[m.Key] = p
-		d.mu.Unlock()
-	}
-	placeRow := make(map[string]any, 1+len(p.rowKey))
-	placeRow[s.TenantColumn] = p.tenant
-	for i, col := range s.RowKey {
-		if i < len(p.rowKey) {
-			placeRow[col] = p.rowKey[i]
-		}
-	}
-	d.openRow(ctx, s, placeRow, m.Value)
-	d.openRow(ctx, s, placeRow, m.OldValue)
+	var v tenantView // the tenant's keyset, looked up at the message's first cell
+	d.openRow(ctx, sc, t, &c, err, &v, m.Value)
+	d.openRow(ctx, sc, t, &c, err, &v, m.OldValue)
+	sc.publish()
 	return nil
 }
 
-// openRow opens the cells of row in place, bound to placeRow.
-func (d *Decrypter) openRow(ctx context.Context, s *TableSpec, placeRow map[string]any, row client.Row) {
-	for _, col := range s.Columns {
-		v, ok := row[col]
-		if !ok || v == nil {
-			continue
-		}
-		c, err := s.CellContext(placeRow, col)
+// place returns the place of a message's row: each column from the value,
+// then the old value, then what an earlier message of the row said. It
+// records the place for the row's later messages, and forgets it at a
+// delete. The error, if not nil, is the reason the row has no place (it
+// wraps ErrInvalidContext): every cell of the message fails with it.
+func (d *Decrypter) place(m *client.Message, s *TableSpec) (place, error) {
+	// What is known of the row is looked up only for a message that lacks
+	// part of its place, so an insert costs one map write, not two.
+	var known place
+	hasKnown := false
+	if !holdsPlace(m, s) {
+		d.mu.Lock()
+		known, hasKnown = d.places[m.Key]
+		d.mu.Unlock()
+	}
+	var p place
+	var err error
+	text := func(col, fallback string) string {
 		if err != nil {
-			row[col] = &CellError{Column: col, Err: &OpenError{Table: s.QualifiedTable(), Column: col, Err: err}}
+			return ""
+		}
+		var v string
+		switch {
+		case present(m.Value, col):
+			v, err = textValue(m.Value, col)
+		case present(m.OldValue, col):
+			v, err = textValue(m.OldValue, col)
+		case hasKnown:
+			v = fallback
+		default:
+			err = detail(ErrInvalidContext, "column %q is missing or NULL", col)
+		}
+		return v
+	}
+	p.tenant = text(s.TenantColumn, known.tenant)
+	if !s.UnboundRows {
+		if len(s.RowKey) == 1 {
+			p.rowKey = text(s.RowKey[0], known.rowKey)
+		} else {
+			var b strings.Builder
+			for i, col := range s.RowKey {
+				v := text(col, rowKeyValue(known.rowKey, i))
+				if hasNUL(v) && err == nil {
+					err = detail(ErrInvalidContext, "NUL byte in row key")
+				}
+				if i > 0 {
+					b.WriteByte(0)
+				}
+				b.WriteString(v)
+			}
+			p.rowKey = b.String()
+		}
+	}
+	d.mu.Lock()
+	if m.Headers.Operation == client.Delete {
+		delete(d.places, m.Key)
+	} else if err == nil {
+		// The rows of a shape share a few tenants: keep one copy of each
+		// tenant's id rather than the copy every message brings.
+		if p.tenant == d.tenant {
+			p.tenant = d.tenant
+		} else {
+			d.tenant = p.tenant
+		}
+		d.places[m.Key] = p
+	}
+	d.mu.Unlock()
+	return p, err
+}
+
+// holdsPlace reports whether m holds every column of its row's place.
+func holdsPlace(m *client.Message, s *TableSpec) bool {
+	has := func(col string) bool { return present(m.Value, col) || present(m.OldValue, col) }
+	if !has(s.TenantColumn) {
+		return false
+	}
+	if !s.UnboundRows {
+		for _, col := range s.RowKey {
+			if !has(col) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// present reports whether row has a value, not NULL, for col.
+func present(row client.Row, col string) bool {
+	v, ok := row[col]
+	return ok && v != nil
+}
+
+// openRow opens the cells of row, bound to c (with placeErr, if not nil,
+// the reason the row has no place), through the tenant's view v. Cells that
+// do not open are replaced at once by a *CellError; the plaintexts are
+// packed into sc and replace their cells at sc.publish.
+func (d *Decrypter) openRow(ctx context.Context, sc *rowScratch, t *decTable, c *CellContext, placeErr error, v *tenantView, row client.Row) {
+	for _, col := range t.spec.Columns {
+		val, ok := row[col]
+		if !ok || val == nil {
 			continue
 		}
-		cell, ok := v.(string)
+		if placeErr != nil {
+			row[col] = &CellError{Column: col, Err: &OpenError{Table: t.table, Column: col, Err: placeErr}}
+			continue
+		}
+		cell, ok := val.(string)
 		if !ok {
-			row[col] = &CellError{Column: col, Err: &OpenError{Table: c.Table, Column: col, Tenant: c.Tenant,
-				Err: detail(ErrNotEncrypted, "value is %T, not text", v)}}
+			row[col] = &CellError{Column: col, Err: &OpenError{Table: t.table, Column: col, Tenant: c.Tenant,
+				Err: detail(ErrNotEncrypted, "value is %T, not text", val)}}
 			continue
 		}
-		pt, err := d.ring.open(ctx, c, cell)
-		if err != nil {
+		if v.r == nil {
+			*v = d.ring.view(c.Tenant)
+		}
+		c.Column = col
+		if err := sc.open(ctx, v, c, cell, row, col); err != nil {
 			row[col] = &CellError{Column: col, Err: err}
-			continue
 		}
-		row[col] = pt
+	}
+}
+
+// A rowScratch holds what opening the cells of one message needs, reused
+// from message to message through rowScratchPool, so that the only
+// allocations of a message are its plaintext and the interface values that
+// hold its parts.
+//
+// The cells are opened one after the other into buf with [OpenAppend], so
+// buf holds their plaintexts back to back; publish then copies them all
+// into one string, and each cell gets its substring. Opening a cell writes
+// past its plaintext too (ciphertext, associated data, and the last bytes
+// of the plaintext before OpenAppend moves it into place), so release
+// clears all that was written, and buf keeps no plaintext in the pool.
+type rowScratch struct {
+	buf    []byte
+	used   int          // bytes of buf written, to clear
+	rowKey []string     // the message's row-key values
+	opened []openedCell // the cells whose plaintext is in buf
+}
+
+// An openedCell is a cell whose plaintext is buf[off:end].
+type openedCell struct {
+	row      client.Row
+	col      string
+	off, end int
+}
+
+var rowScratchPool = sync.Pool{New: func() any { return new(rowScratch) }}
+
+// open opens cell, bound to c, into sc.buf and notes that its plaintext
+// replaces row[col].
+func (sc *rowScratch) open(ctx context.Context, v *tenantView, c *CellContext, cell string, row client.Row, col string) error {
+	off := len(sc.buf)
+	// OpenAppend needs room for the decoded cell and its associated data;
+	// making it here lets the old buffer be cleared when it is replaced.
+	need := off + b64url.DecodedLen(len(cell)) + c.adLen()
+	if need > cap(sc.buf) {
+		grown := make([]byte, off, max(need, 2*cap(sc.buf)))
+		copy(grown, sc.buf)
+		clear(sc.buf[:sc.used])
+		sc.buf, sc.used = grown, off
+	}
+	sc.used = max(sc.used, need)
+	out, err := v.openAppend(ctx, sc.buf, c, cell)
+	if err != nil {
+		return err
+	}
+	sc.buf = out
+	sc.opened = append(sc.opened, openedCell{row, col, off, len(out)})
+	return nil
+}
+
+// publish replaces the opened cells by their plaintexts, one string for
+// them all, and clears buf.
+func (sc *rowScratch) publish() {
+	if len(sc.opened) == 0 {
+		return
+	}
+	all := string(sc.buf)
+	for _, o := range sc.opened {
+		o.row[o.col] = all[o.off:o.end]
+	}
+}
+
+// release clears sc, so that it holds neither plaintext nor references to
+// the message, and returns it to the pool unless it grew large.
+func (sc *rowScratch) release() {
+	clear(sc.buf[:sc.used])
+	clear(sc.rowKey)
+	clear(sc.opened)
+	sc.buf, sc.used, sc.rowKey, sc.opened = sc.buf[:0], 0, sc.rowKey[:0], sc.opened[:0]
+	const maxPooled = 64 << 10
+	if cap(sc.buf) <= maxPooled {
+		rowScratchPool.Put(sc)
 	}
 }

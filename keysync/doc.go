@@ -44,9 +44,15 @@
 //
 // Devices hold age identities, post-quantum hybrid by default
 // ([GenerateIdentity]); X25519 identities are accepted. [Wrap] seals a keyset
-// to a device's recipient in a payload that names the tenant and generation,
-// and [Unwrap] refuses a payload for another tenant ([ErrTenantMismatch]), so a
-// database that swaps wrapped keys between tenants gains nothing.
+// to a device's recipient in a payload that names the tenant, the generation
+// and the device, signed by a [Signer] of the key administrators. [Unwrap]
+// refuses a payload that no trusted signer signed for this device
+// ([ErrUntrustedKeyset]) or that names another tenant ([ErrTenantMismatch]),
+// so a database that swaps wrapped keys between tenants, or wraps keysets of
+// its own making to a device's public recipient, gains nothing. Devices are
+// given the signer keys ([VerifyKey], "ssvk1…") they trust out of band; the
+// admin functions sign with the signer stored under their KEK
+// ([EnsureSigner]).
 //
 // # Keyring
 //
@@ -71,6 +77,7 @@
 //	ring, _ := keysync.NewKeyring(keysync.KeyringOptions{
 //		Stream:   keysync.KeyShapeOptions(electricURL+"/v1/shape", "alice", "phone"),
 //		Identity: identity,
+//		Signers:  trusted, // keysync.ParseVerifyKeys(os.Getenv("SHAPESEAL_SIGNERS"))
 //	})
 //	go ring.Run(ctx)
 //	dec, _ := keysync.NewDecrypter(ring, spec)

@@ -43,6 +43,13 @@ var (
 	// matches *age.NoIdentityMatchError with errors.As when age reported it.
 	ErrWrongIdentity = errors.New("keysync: identity cannot unwrap this keyset")
 
+	// ErrUntrustedKeyset: a wrapped keyset is not signed by a signer the
+	// device trusts, its signature does not verify, or it was signed for
+	// another device. Someone who can write shapeseal_tenant_keys tried to
+	// hand the device a keyset the key administrators did not grant (or an
+	// unsigned payload of an older shapeseal).
+	ErrUntrustedKeyset = errors.New("keysync: wrapped keyset is not signed by a trusted signer")
+
 	// ErrInsecureFile means a secret file (an identity or a local KEK) can
 	// be read or written by the group or others.
 	ErrInsecureFile = errors.New("keysync: secret file is accessible by group or others")
@@ -119,7 +126,8 @@ func (e *FilePermissionError) Error() string {
 
 func (e *FilePermissionError) Unwrap() error { return ErrInsecureFile }
 
-// KEKError reports a failure to encrypt or decrypt a keyset with a KEK.
+// KEKError reports a failure to encrypt or decrypt a keyset (or, with no
+// Tenant, a signer key) with a KEK.
 type KEKError struct {
 	URI        string // the KEK's URI
 	Tenant     string
@@ -128,6 +136,9 @@ type KEKError struct {
 }
 
 func (e *KEKError) Error() string {
+	if e.Tenant == "" {
+		return fmt.Sprintf("keysync: KEK %s: %v", e.URI, e.Err)
+	}
 	return fmt.Sprintf("keysync: keyset of tenant %q generation %d with KEK %s: %v", e.Tenant, e.Generation, e.URI, e.Err)
 }
 

@@ -108,8 +108,10 @@ func ExampleKeyset_Rotate() {
 	// Output: 2 2 before <nil>
 }
 
-// A keyset reaches a device wrapped to the device's age recipient. The
-// device checks that the payload is for the tenant of the row it came from.
+// A keyset reaches a device wrapped to the device's age recipient and signed
+// by the key administrators' signer, whose public key the device is
+// configured to trust. The device checks the signature, that the payload is
+// for itself, and that it is for the tenant of the row it came from.
 func ExampleWrap() {
 	device, err := keysync.GenerateIdentity() // post-quantum hybrid
 	if err != nil {
@@ -118,22 +120,34 @@ func ExampleWrap() {
 	recipient, _ := keysync.RecipientOf(device) // stored in shapeseal_devices
 	fmt.Println(strings.HasPrefix(recipient, "age1pq1"))
 
+	// The admin functions use the signer stored under their KEK
+	// (keysync.EnsureSigner); devices get its public half out of band.
+	signer, _ := keysync.GenerateSigner()
+	trusted, _ := keysync.ParseVerifyKeys(signer.VerifyKey().String())
+
 	ks, _ := keysync.NewKeyset("acme")
-	r, _ := keysync.ParseRecipient(recipient)
-	wrapped, err := keysync.Wrap(ks, r) // stored in shapeseal_tenant_keys
+	wrapped, err := keysync.Wrap(ks, signer, recipient) // stored in shapeseal_tenant_keys
 	if err != nil {
 		log.Fatal(err)
 	}
 
-	got, err := keysync.Unwrap(device, wrapped, "acme")
+	got, err := keysync.Unwrap(device, wrapped, "acme", trusted)
 	fmt.Println(got.Tenant(), got.Generation(), err)
 
 	// The same payload in a row of another tenant is refused.
-	_, err = keysync.Unwrap(device, wrapped, "globex")
+	_, err = keysync.Unwrap(device, wrapped, "globex", trusted)
 	fmt.Println(errors.Is(err, keysync.ErrTenantMismatch))
+
+	// A keyset wrapped by anyone else — say, whoever can write the
+	// shapeseal_tenant_keys table — is refused.
+	forger, _ := keysync.GenerateSigner()
+	forged, _ := keysync.Wrap(ks, forger, recipient)
+	_, err = keysync.Unwrap(device, forged, "acme", trusted)
+	fmt.Println(errors.Is(err, keysync.ErrUntrustedKeyset))
 	// Output:
 	// true
 	// acme 1 <nil>
+	// true
 	// true
 }
 

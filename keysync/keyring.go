@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,13 @@ type KeyringOptions struct {
 
 	// Identity is the device's age identity, which unwraps the rows.
 	Identity age.Identity
+
+	// Signers are the signer keys the device trusts (see [Signer]): the
+	// ring adopts a keyset only if one of them signed it for this device.
+	// At least one is required. Configure them out of band (a flag, a
+	// file, the app's build) — never from the database that serves the
+	// keys.
+	Signers []VerifyKey
 
 	// UserID and DeviceID, if set, make the keyring ignore rows of other
 	// users or devices (rows whose user_id or device_id column differs), for
@@ -143,6 +151,13 @@ func NewKeyring(opts KeyringOptions) (*Keyring, error) {
 	if opts.Identity == nil {
 		return nil, errors.New("keysync: keyring needs an identity")
 	}
+	if _, err := RecipientOf(opts.Identity); err != nil {
+		return nil, err
+	}
+	if len(opts.Signers) == 0 {
+		return nil, errors.New("keysync: keyring needs at least one trusted signer key (KeyringOptions.Signers)")
+	}
+	opts.Signers = slices.Clone(opts.Signers)
 	if opts.Stream.URL == "" {
 		return nil, errors.New("keysync: keyring needs the key shape's URL")
 	}
@@ -205,52 +220,86 @@ func (r *Keyring) Close() error {
 // same key of the same tenant fail at once, until the tenant's keyset
 // changes. Other errors are returned at once, as [Open] returns them.
 func (r *Keyring) Open(ctx context.Context, c CellContext, cell string) ([]byte, error) {
-	s, err := r.open(ctx, c, cell)
+	v := r.view(c.Tenant)
+	pt, err := v.openAppend(ctx, nil, &c, cell)
 	if err != nil {
 		return nil, err
 	}
-	return []byte(s), nil
+	return pt[:len(pt):len(pt)], nil
 }
 
-func (r *Keyring) open(ctx context.Context, c CellContext, cell string) (string, error) {
+// A tenantView is what one tenant's cells are opened with: the tenant's
+// keyset in one published version of the ring. The ring is a map, looked up
+// by tenant; a reader that opens many cells of one tenant (the cells of a
+// row) looks the keyset up once, in [Keyring.view], and then opens every
+// cell through the view without touching the map again.
+type tenantView struct {
+	r      *Keyring
+	tenant string
+	st     *ringState // the version of the ring ks was found in
+	ks     *Keyset    // never nil: a keyset without keys if st holds none
+}
+
+// view returns the tenant's view of the current ring.
+func (r *Keyring) view(tenant string) tenantView {
+	v := tenantView{r: r, tenant: tenant}
+	v.load()
+	return v
+}
+
+// load moves v to the current version of the ring.
+func (v *tenantView) load() {
+	v.st = v.r.state.Load()
+	v.ks = v.st.keys[v.tenant]
+	if v.ks == nil {
+		// No keys: opening reports ErrNoKey once the cell has been parsed,
+		// which names the key to wait for.
+		v.ks = &Keyset{tenant: v.tenant}
+	}
+}
+
+// openAppend opens cell for c (whose tenant must be v's) and appends the
+// plaintext to dst, as [OpenAppend] does. When the cell names a key the
+// view's keyset lacks, it waits for the ring as [Keyring.Open] describes,
+// and moves the view to every newer version of the ring it sees, so that
+// the cells that follow are opened with the keyset that was waited for.
+func (v *tenantView) openAppend(ctx context.Context, dst []byte, c *CellContext, cell string) ([]byte, error) {
+	r := v.r
 	var deadline <-chan time.Time
 	for {
-		st := r.state.Load()
-		ks := st.keys[c.Tenant]
-		if ks == nil {
-			ks = &Keyset{tenant: c.Tenant} // no keys: opening reports ErrNoKey after parsing the cell
-		}
-		pt, err := openString(ks, &c, cell)
+		out, err := OpenAppend(dst, v.ks, *c, cell)
 		if err == nil || !errors.Is(err, ErrNoKey) {
-			return pt, err
+			return out, err
 		}
 		oe, ok := errors.AsType[*OpenError](err)
 		if !ok {
-			return "", err
+			return nil, err
 		}
-		mk := missKey{c.Tenant, oe.KeyID}
+		held := v.st.keys[v.tenant] // nil when the ring holds no keyset for the tenant
+		mk := missKey{v.tenant, oe.KeyID}
 		if deadline == nil {
-			if r.keyWait < 0 || r.missed(mk, st.keys[c.Tenant]) {
-				return "", err
+			if r.keyWait < 0 || r.missed(mk, held) {
+				return nil, err
 			}
 			t := time.NewTimer(r.keyWait)
 			defer t.Stop()
 			deadline = t.C
 		}
 		select {
-		case <-st.changed:
+		case <-v.st.changed:
+			v.load()
 			continue
 		case <-deadline:
 		case <-ctx.Done():
-			return "", err
+			return nil, err
 		case <-r.closed:
 		case <-r.stopped:
 		}
 		r.mu.Lock()
-		r.misses[mk] = st.keys[c.Tenant]
+		r.misses[mk] = held
 		r.mu.Unlock()
 		oe.Err = detail(ErrNoKey, "key not in the keyring after waiting %s for the key shape", r.keyWait)
-		return "", oe
+		return nil, oe
 	}
 }
 
@@ -372,7 +421,7 @@ func (r *Keyring) apply(rows map[string]ringRow, high map[string]uint64, m clien
 		}
 		return refuse(detail(ErrMalformedPayload, "row has no valid wrapped payload"))
 	}
-	ks, err := Unwrap(r.opts.Identity, wrapped, rowErr.Tenant)
+	ks, err := Unwrap(r.opts.Identity, wrapped, rowErr.Tenant, r.opts.Signers)
 	clear(wrapped)
 	if err != nil {
 		return refuse(err)

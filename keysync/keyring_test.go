@@ -67,7 +67,7 @@ func (e *ringEnv) device(user, device string) *age.HybridIdentity {
 // grant wraps ks to the device and stores it as the row of (tenant, user, device).
 func (e *ringEnv) grant(ks *Keyset, tenant, user, device string, id *age.HybridIdentity) {
 	e.t.Helper()
-	wrapped, err := Wrap(ks, id.Recipient())
+	wrapped, err := Wrap(ks, testSigner, id.Recipient().String())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -97,6 +97,7 @@ func (e *ringEnv) ring(user, device string, id age.Identity, wait time.Duration)
 	r, err := NewKeyring(KeyringOptions{
 		Stream:     KeyShapeOptions(e.srv.URL+"/v1/shape", user, device),
 		Identity:   id,
+		Signers:    testSigners,
 		KeyWait:    wait,
 		OnRowError: errs.add,
 	})
@@ -304,7 +305,7 @@ func TestKeyringRefusesBadRows(t *testing.T) {
 	ring, rowErrs := e.ring("alice", "phone", alice, -1)
 
 	// acme's keyset, wrapped to alice, stored as tenant evil's row: a swap.
-	wrapped, _ := Wrap(acme2, alice.Recipient())
+	wrapped, _ := Wrap(acme2, testSigner, alice.Recipient().String())
 	e.exec(`INSERT INTO shapeseal_tenant_keys VALUES ('evil', 'alice', 'phone', 2, $1)`, wrapped)
 	re := rowErrs.waitFor(t, ErrTenantMismatch)
 	if re.Tenant != "evil" {
@@ -313,9 +314,23 @@ func TestKeyringRefusesBadRows(t *testing.T) {
 	// A payload wrapped for another device.
 	other, _ := GenerateIdentity()
 	globex, _ := NewKeyset("globex")
-	wrapped, _ = Wrap(globex, other.Recipient())
+	wrapped, _ = Wrap(globex, testSigner, other.Recipient().String())
 	e.exec(`INSERT INTO shapeseal_tenant_keys VALUES ('globex', 'alice', 'phone', 1, $1)`, wrapped)
 	rowErrs.waitFor(t, ErrWrongIdentity)
+	// A keyset of someone else's making, wrapped to alice's public
+	// recipient at a higher generation, in place of her acme row: whoever
+	// can write the table cannot make her adopt it.
+	forger, _ := GenerateSigner()
+	forged, _ := NewKeyset("acme")
+	for range 5 {
+		forged, _ = forged.Rotate()
+	}
+	wrapped, _ = Wrap(forged, forger, alice.Recipient().String())
+	e.exec(`UPDATE shapeseal_tenant_keys SET generation = 6, wrapped = $1 WHERE tenant_id = 'acme' AND user_id = 'alice'`, wrapped)
+	rowErrs.waitFor(t, ErrUntrustedKeyset)
+	if ks := ring.Keyset("acme"); ks == nil || ks.Generation() != 2 {
+		t.Fatalf("after a forged row, acme: %v", ks)
+	}
 	// Garbage.
 	e.exec(`INSERT INTO shapeseal_tenant_keys VALUES ('junk', 'alice', 'phone', 1, '\x00010203')`)
 	rowErrs.waitFor(t, ErrMalformedPayload)
@@ -366,7 +381,7 @@ func TestKeyringWrongIdentity(t *testing.T) {
 // staticRing is a keyring that holds keysets but follows nothing.
 func staticRing(t *testing.T, keysets ...*Keyset) *Keyring {
 	id, _ := GenerateIdentity()
-	r, err := NewKeyring(KeyringOptions{Stream: client.Options{URL: "http://127.0.0.1:1/v1/shape"}, Identity: id, KeyWait: -1})
+	r, err := NewKeyring(KeyringOptions{Stream: client.Options{URL: "http://127.0.0.1:1/v1/shape"}, Identity: id, Signers: testSigners, KeyWait: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,7 +515,7 @@ func TestKeyringMustRefetch(t *testing.T) {
 	conflicts := &count409{}
 	opts := KeyShapeOptions(e.srv.URL+"/v1/shape", "alice", "phone")
 	opts.HTTPClient = &http.Client{Transport: conflicts}
-	ring, err := NewKeyring(KeyringOptions{Stream: opts, Identity: alice, UserID: "alice", DeviceID: "phone"})
+	ring, err := NewKeyring(KeyringOptions{Stream: opts, Identity: alice, Signers: testSigners, UserID: "alice", DeviceID: "phone"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,3 +43,15 @@ CREATE TABLE IF NOT EXISTS shapeseal_keysets (
 	created_at       timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (tenant_id, generation)
 );
+
+-- The keys that sign the keyset payloads wrapped to devices (Ed25519), one
+-- per KEK: the private key envelope-encrypted under that KEK (associated
+-- data binds the public key), so whoever can use the KEK can grant. Devices
+-- trust the public keys ("ssvk1…") they are configured with, never ones
+-- read from here.
+CREATE TABLE IF NOT EXISTS shapeseal_signers (
+	kek_uri       text        PRIMARY KEY,
+	public_key    text        NOT NULL UNIQUE CHECK (public_key LIKE 'ssvk1%'),
+	encrypted_key bytea       NOT NULL,
+	created_at    timestamptz NOT NULL DEFAULT now()
+);

@@ -60,7 +60,7 @@ func newTailEnv(b *testing.B) *tailEnv {
 		b.Fatal(err)
 	}
 	rcpt, _ := RecipientOf(id)
-	wrapped, err := Wrap(ks, id.Recipient())
+	wrapped, err := Wrap(ks, testSigner, id.Recipient().String())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -99,6 +99,7 @@ func newTailEnv(b *testing.B) *tailEnv {
 	ring, err := NewKeyring(KeyringOptions{
 		Stream:   KeyShapeOptions(srv.URL+"/v1/shape", "alice", "phone"),
 		Identity: id,
+		Signers:  testSigners,
 		OnRowError: func(e *KeyRowError) {
 			b.Errorf("key row: %v", e)
 		},

@@ -467,14 +467,17 @@ func writeFuzzSeeds(t *testing.T, vf *vectorFile) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := (&payload{tenant: "tenant-a", generation: 7, keyset: material}).marshal()
+	good := (&payload{tenant: "tenant-a", generation: 7, recipient: "age1example", keyset: material}).marshal(testSigner)
+	afterRecipient := len(payloadMagic) + 2 + len("tenant-a") + 8 + 2 + len("age1example")
 	cuts := map[string][]byte{
-		"valid":            good,
-		"no-tenant-length": good[:len(payloadMagic)+1],
-		"no-generation":    good[:len(payloadMagic)+2+8],
-		"no-keyset-length": good[:len(payloadMagic)+2+8+8+2],
-		"short-keyset":     good[:len(good)-1],
-		"trailing-byte":    append(bytes.Clone(good), 0),
+		"valid":               good,
+		"no-tenant-length":    good[:len(payloadMagic)+1],
+		"no-generation":       good[:len(payloadMagic)+2+len("tenant-a")],
+		"no-recipient-length": good[:len(payloadMagic)+2+len("tenant-a")+8+1],
+		"no-keyset-length":    good[:afterRecipient+2],
+		"short-signature":     good[:len(good)-1],
+		"trailing-byte":       append(bytes.Clone(good), 0),
+		"unsigned-v1":         append([]byte(payloadMagicV1), good[len(payloadMagic):afterRecipient-2-len("age1example")]...),
 	}
 	for name, b := range cuts {
 		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)

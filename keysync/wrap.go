@@ -6,22 +6,33 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"filippo.io/age"
 )
 
 // The wrapped payload is what age encrypts to a device: a small binary
-// structure that names the keyset's tenant and generation next to the key
-// material, so that a device can check it got the keyset it asked for.
+// structure that names the keyset's tenant and generation and the device it
+// is for next to the key material, signed by a [Signer], so that a device
+// can check it got the keyset it asked for, from the key administrators.
 //
-//	magic       "shapeseal/keyset/v1\n"  (20 bytes)
+//	magic       "shapeseal/keyset/v2\n"  (20 bytes)
 //	tenant      uint16 big-endian length, then that many bytes (UTF-8, no NUL)
 //	generation  uint64 big-endian, > 0
+//	recipient   uint16 big-endian length, then the device's age recipient
+//	            ("age1pq1…" or "age1…") the payload was wrapped to
 //	keyset      uint32 big-endian length, then a Tink binary keyset
 //	            (google.crypto.tink.Keyset protobuf, cleartext)
+//	signer      32 bytes: the signer's Ed25519 public key
+//	signature   64 bytes: Ed25519 signature over every byte before it
 //
-// Nothing may follow the keyset.
-const payloadMagic = "shapeseal/keyset/v1\n"
+// Nothing may follow the signature. Version 1 had no recipient, signer or
+// signature; it is refused as untrusted.
+const (
+	payloadMagic   = "shapeseal/keyset/v2\n"
+	payloadMagicV1 = "shapeseal/keyset/v1\n"
+	signatureLen   = 64
+)
 
 // maxPayload bounds a payload (and so an age plaintext read by Unwrap).
 // A keyset key takes about 60 bytes, so this is thousands of rotations.
@@ -30,42 +41,73 @@ const maxPayload = 1 << 20
 type payload struct {
 	tenant     string
 	generation uint64
+	recipient  string
 	keyset     []byte
+	signer     VerifyKey
+	signature  []byte
+	signed     []byte // the bytes the signature covers
 }
 
-func (p *payload) marshal() []byte {
-	b := make([]byte, 0, len(payloadMagic)+2+len(p.tenant)+8+4+len(p.keyset))
+// marshal encodes p, signed by s.
+func (p *payload) marshal(s *Signer) []byte {
+	p.signer = s.pub
+	b := p.body()
+	return append(b, s.sign(b)...)
+}
+
+// body encodes every field of p up to the signature: what the signature
+// covers.
+func (p *payload) body() []byte {
+	b := make([]byte, 0, len(payloadMagic)+2+len(p.tenant)+8+2+len(p.recipient)+4+len(p.keyset)+len(p.signer.key)+signatureLen)
 	b = append(b, payloadMagic...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(p.tenant)))
 	b = append(b, p.tenant...)
 	b = binary.BigEndian.AppendUint64(b, p.generation)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(p.recipient)))
+	b = append(b, p.recipient...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(p.keyset)))
 	b = append(b, p.keyset...)
-	return b
+	return append(b, p.signer.key[:]...)
 }
 
 // parsePayload parses a payload; it checks the structure only, not the
-// keyset inside.
+// signature or the keyset inside.
 func parsePayload(b []byte) (*payload, error) {
 	bad := func(what string) (*payload, error) { return nil, detail(ErrMalformedPayload, "%s", what) }
 	if len(b) > maxPayload {
 		return bad("too large")
+	}
+	if bytes.HasPrefix(b, []byte(payloadMagicV1)) {
+		return nil, detail(ErrUntrustedKeyset, "unsigned payload of format v1: grant again")
 	}
 	rest, ok := bytes.CutPrefix(b, []byte(payloadMagic))
 	if !ok {
 		return bad("not a shapeseal keyset payload (bad magic)")
 	}
 	var p payload
-	if len(rest) < 2 {
+	field := func(lenBytes int) ([]byte, bool) {
+		if len(rest) < lenBytes {
+			return nil, false
+		}
+		var n uint64
+		if lenBytes == 2 {
+			n = uint64(binary.BigEndian.Uint16(rest))
+		} else {
+			n = uint64(binary.BigEndian.Uint32(rest))
+		}
+		rest = rest[lenBytes:]
+		if uint64(len(rest)) < n {
+			return nil, false
+		}
+		f := rest[:n]
+		rest = rest[n:]
+		return f, true
+	}
+	tenant, ok := field(2)
+	if !ok {
 		return bad("truncated tenant")
 	}
-	n := int(binary.BigEndian.Uint16(rest))
-	rest = rest[2:]
-	if len(rest) < n {
-		return bad("truncated tenant")
-	}
-	p.tenant, rest = string(rest[:n]), rest[n:]
-	if checkTenant(p.tenant) != nil {
+	if p.tenant = string(tenant); checkTenant(p.tenant) != nil {
 		return bad("bad tenant id")
 	}
 	if len(rest) < 8 {
@@ -75,39 +117,48 @@ func parsePayload(b []byte) (*payload, error) {
 	if p.generation == 0 {
 		return bad("generation 0")
 	}
-	if len(rest) < 4 {
+	recipient, ok := field(2)
+	if !ok {
+		return bad("truncated recipient")
+	}
+	p.recipient = string(recipient)
+	if p.keyset, ok = field(4); !ok {
 		return bad("truncated keyset")
 	}
-	m := binary.BigEndian.Uint32(rest)
-	rest = rest[4:]
-	if uint64(len(rest)) != uint64(m) {
-		return bad("keyset length does not match the payload")
+	if len(rest) != len(p.signer.key)+signatureLen {
+		return bad("signer and signature do not end the payload")
 	}
-	p.keyset = rest
+	copy(p.signer.key[:], rest)
+	p.signature = rest[len(p.signer.key):]
+	p.signed = b[:len(b)-signatureLen]
 	return &p, nil
 }
 
-// Wrap encrypts ks with age to each recipient, in a payload that names the
-// keyset's tenant and generation. The result is what a
+// Wrap encrypts ks with age to one device's recipient ("age1pq1…" or
+// "age1…"), in a payload that names the keyset's tenant and generation and
+// that recipient, signed by signer. The result is what a
 // shapeseal_tenant_keys row holds in its wrapped column.
 //
-// Wrap one device per row: age refuses to mix post-quantum and X25519
-// recipients in one file, and a row per device is what lets a grant or a
-// revocation touch one device.
-func Wrap(ks *Keyset, recipients ...age.Recipient) ([]byte, error) {
-	if len(recipients) == 0 {
-		return nil, errors.New("keysync: wrap: no recipients")
+// One device per payload: the signature binds the payload to its device, and
+// a row per device is what lets a grant or a revocation touch one device.
+func Wrap(ks *Keyset, signer *Signer, recipient string) ([]byte, error) {
+	if signer == nil {
+		return nil, errors.New("keysync: wrap: no signer")
+	}
+	r, err := ParseRecipient(recipient)
+	if err != nil {
+		return nil, err
 	}
 	material, err := ks.marshalKeyset()
 	if err != nil {
 		return nil, err
 	}
-	pt := (&payload{tenant: ks.tenant, generation: ks.generation, keyset: material}).marshal()
+	pt := (&payload{tenant: ks.tenant, generation: ks.generation, recipient: recipient, keyset: material}).marshal(signer)
 	defer clear(pt)
 	clear(material)
 
 	var out bytes.Buffer
-	w, err := age.Encrypt(&out, recipients...)
+	w, err := age.Encrypt(&out, r)
 	if err != nil {
 		return nil, fmt.Errorf("keysync: wrap: %w", err)
 	}
@@ -120,17 +171,25 @@ func Wrap(ks *Keyset, recipients ...age.Recipient) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// Unwrap decrypts a wrapped keyset with identity and checks that it belongs
-// to tenant, the tenant of the row it came from.
+// Unwrap decrypts a wrapped keyset with identity and checks, before it looks
+// at the key material, that one of signers signed it for identity's
+// recipient, and that it belongs to tenant, the tenant of the row it came
+// from. With no signers it trusts nothing: every payload fails.
 //
 // Errors wrap [ErrWrongIdentity] (the payload was wrapped for another device;
-// errors.As also finds *age.NoIdentityMatchError), [ErrTenantMismatch] (as a
-// *[TenantMismatchError]: the payload names another tenant, so the row was
-// swapped), [ErrMalformedPayload] or [ErrInvalidKeyset].
+// errors.As also finds *age.NoIdentityMatchError), [ErrUntrustedKeyset] (not
+// signed by one of signers, a bad signature, or signed for another device),
+// [ErrTenantMismatch] (as a *[TenantMismatchError]: the payload names another
+// tenant, so the row was swapped), [ErrMalformedPayload] or
+// [ErrInvalidKeyset].
 //
 // Unwrap does not check the generation: callers compare
 // [Keyset.Generation] with the row's and refuse to go backwards.
-func Unwrap(identity age.Identity, wrapped []byte, tenant string) (*Keyset, error) {
+func Unwrap(identity age.Identity, wrapped []byte, tenant string, signers []VerifyKey) (*Keyset, error) {
+	self, err := RecipientOf(identity)
+	if err != nil {
+		return nil, err
+	}
 	r, err := age.Decrypt(bytes.NewReader(wrapped), identity)
 	if err != nil {
 		if _, ok := errors.AsType[*age.NoIdentityMatchError](err); ok {
@@ -146,6 +205,15 @@ func Unwrap(identity age.Identity, wrapped []byte, tenant string) (*Keyset, erro
 	p, err := parsePayload(pt)
 	if err != nil {
 		return nil, err
+	}
+	if !slices.Contains(signers, p.signer) {
+		return nil, detail(ErrUntrustedKeyset, "signed by %s, which this device does not trust", p.signer)
+	}
+	if !p.signer.verify(p.signed, p.signature) {
+		return nil, detail(ErrUntrustedKeyset, "bad signature")
+	}
+	if p.recipient != self {
+		return nil, detail(ErrUntrustedKeyset, "signed for another device")
 	}
 	if p.tenant != tenant {
 		return nil, &TenantMismatchError{Want: tenant, Got: p.tenant}

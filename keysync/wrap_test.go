@@ -27,15 +27,11 @@ func TestWrapUnwrap(t *testing.T) {
 	for name, id := range map[string]age.Identity{"hybrid": hybrid, "x25519": x25519} {
 		t.Run(name, func(t *testing.T) {
 			rs, _ := RecipientOf(id)
-			r, err := ParseRecipient(rs)
+			wrapped, err := Wrap(ks, testSigner, rs)
 			if err != nil {
 				t.Fatal(err)
 			}
-			wrapped, err := Wrap(ks, r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := Unwrap(id, wrapped, "acme")
+			got, err := Unwrap(id, wrapped, "acme", testSigners)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -54,25 +50,12 @@ func TestWrapRecipientKinds(t *testing.T) {
 	if r, _ := RecipientOf(hybrid); !strings.HasPrefix(r, "age1pq1") {
 		t.Fatalf("default identity's recipient %.12s… is not post-quantum", r)
 	}
-	x, _ := age.GenerateX25519Identity()
 	ks := newTestKeyset(t, "acme")
-	// age refuses to mix post-quantum and classic recipients in one file.
-	if _, err := Wrap(ks, hybrid.Recipient(), x.Recipient()); err == nil {
-		t.Fatal("Wrap mixed hybrid and X25519 recipients")
+	if _, err := Wrap(ks, testSigner, ""); err == nil {
+		t.Fatal("Wrap with no recipient")
 	}
-	if _, err := Wrap(ks); err == nil {
-		t.Fatal("Wrap with no recipients")
-	}
-	// Two devices of the same kind in one payload is allowed.
-	h2, _ := GenerateIdentity()
-	wrapped, err := Wrap(ks, hybrid.Recipient(), h2.Recipient())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range []age.Identity{hybrid, h2} {
-		if _, err := Unwrap(id, wrapped, "acme"); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := Wrap(ks, nil, hybrid.Recipient().String()); err == nil {
+		t.Fatal("Wrap with no signer")
 	}
 	for _, s := range []string{"", "ssh-ed25519 AAAA", "AGE-SECRET-KEY-1XYZ", "age1notvalid"} {
 		if _, err := ParseRecipient(s); err == nil {
@@ -85,13 +68,13 @@ func TestUnwrapErrors(t *testing.T) {
 	id, _ := GenerateIdentity()
 	other, _ := GenerateIdentity()
 	ks := newTestKeyset(t, "acme")
-	wrapped, err := Wrap(ks, id.Recipient())
+	wrapped, err := Wrap(ks, testSigner, id.Recipient().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	t.Run("wrong identity", func(t *testing.T) {
-		_, err := Unwrap(other, wrapped, "acme")
+		_, err := Unwrap(other, wrapped, "acme", testSigners)
 		if !errors.Is(err, ErrWrongIdentity) {
 			t.Fatalf("err = %v, want ErrWrongIdentity", err)
 		}
@@ -100,7 +83,7 @@ func TestUnwrapErrors(t *testing.T) {
 		}
 	})
 	t.Run("payload for another tenant", func(t *testing.T) {
-		_, err := Unwrap(id, wrapped, "globex")
+		_, err := Unwrap(id, wrapped, "globex", testSigners)
 		tm, ok := errors.AsType[*TenantMismatchError](err)
 		if !ok || !errors.Is(err, ErrTenantMismatch) || tm.Want != "globex" || tm.Got != "acme" {
 			t.Fatalf("err = %v", err)
@@ -109,49 +92,101 @@ func TestUnwrapErrors(t *testing.T) {
 	t.Run("tampered", func(t *testing.T) {
 		b := bytes.Clone(wrapped)
 		b[len(b)-1] ^= 1
-		if _, err := Unwrap(id, b, "acme"); !errors.Is(err, ErrMalformedPayload) {
+		if _, err := Unwrap(id, b, "acme", testSigners); !errors.Is(err, ErrMalformedPayload) {
 			t.Fatalf("err = %v, want ErrMalformedPayload", err)
 		}
 	})
 	t.Run("not age", func(t *testing.T) {
-		if _, err := Unwrap(id, []byte("hello"), "acme"); !errors.Is(err, ErrMalformedPayload) {
+		if _, err := Unwrap(id, []byte("hello"), "acme", testSigners); !errors.Is(err, ErrMalformedPayload) {
 			t.Fatalf("err = %v, want ErrMalformedPayload", err)
 		}
 	})
 	t.Run("age but not a payload", func(t *testing.T) {
 		var buf bytes.Buffer
 		w, _ := age.Encrypt(&buf, id.Recipient())
-		w.Write([]byte("shapeseal/keyset/v1\nnot really"))
+		w.Write([]byte("shapeseal/keyset/v9\nnot really"))
 		w.Close()
-		if _, err := Unwrap(id, buf.Bytes(), "acme"); !errors.Is(err, ErrMalformedPayload) {
+		if _, err := Unwrap(id, buf.Bytes(), "acme", testSigners); !errors.Is(err, ErrMalformedPayload) {
 			t.Fatalf("err = %v, want ErrMalformedPayload", err)
 		}
 	})
 	t.Run("payload with a bad keyset", func(t *testing.T) {
 		var buf bytes.Buffer
 		w, _ := age.Encrypt(&buf, id.Recipient())
-		w.Write((&payload{tenant: "acme", generation: 1, keyset: []byte("garbage")}).marshal())
+		w.Write((&payload{tenant: "acme", generation: 1, recipient: id.Recipient().String(), keyset: []byte("garbage")}).marshal(testSigner))
 		w.Close()
-		if _, err := Unwrap(id, buf.Bytes(), "acme"); !errors.Is(err, ErrInvalidKeyset) {
+		if _, err := Unwrap(id, buf.Bytes(), "acme", testSigners); !errors.Is(err, ErrInvalidKeyset) {
 			t.Fatalf("err = %v, want ErrInvalidKeyset", err)
 		}
 	})
 }
 
+// TestUnwrapUntrusted is the attack signing exists for: someone who can
+// write shapeseal_tenant_keys (but cannot use the KEK) wraps a keyset of
+// their own to a device's public recipient.
+func TestUnwrapUntrusted(t *testing.T) {
+	id, _ := GenerateIdentity()
+	other, _ := GenerateIdentity()
+	self := id.Recipient().String()
+	ks := newTestKeyset(t, "acme")
+	seal := func(pt []byte) []byte {
+		var buf bytes.Buffer
+		w, _ := age.Encrypt(&buf, id.Recipient())
+		w.Write(pt)
+		w.Close()
+		return buf.Bytes()
+	}
+	material, err := ks.marshalKeyset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	genuine := (&payload{tenant: "acme", generation: 5, recipient: self, keyset: material}).marshal(testSigner)
+	if _, err := Unwrap(id, seal(genuine), "acme", testSigners); err != nil {
+		t.Fatalf("genuine payload: %v", err)
+	}
+
+	forger := mustSigner()
+	flipped := bytes.Clone(genuine)
+	flipped[len(payloadMagic)+2+len("acme")+7] ^= 1 // generation 5 → 4
+	swapped := bytes.Clone(genuine)                 // a valid signature by the forger, the trusted key's name
+	forged := (&payload{tenant: "acme", generation: 5, recipient: self, keyset: material}).marshal(forger)
+	copy(swapped[len(swapped)-signatureLen:], forged[len(forged)-signatureLen:])
+	v1 := append([]byte(payloadMagicV1), genuine[len(payloadMagic):]...)
+	for name, tc := range map[string]struct {
+		pt      []byte
+		signers []VerifyKey
+	}{
+		"untrusted signer":         {forged, testSigners},
+		"no trusted signers":       {genuine, nil},
+		"trusts only another":      {genuine, []VerifyKey{forger.VerifyKey()}},
+		"changed after signing":    {flipped, testSigners},
+		"signature of another key": {swapped, testSigners},
+		"signed for another device": {(&payload{tenant: "acme", generation: 5, recipient: other.Recipient().String(), keyset: material}).marshal(testSigner),
+			testSigners},
+		"unsigned v1": {v1, testSigners},
+	} {
+		_, err := Unwrap(id, seal(tc.pt), "acme", tc.signers)
+		if !errors.Is(err, ErrUntrustedKeyset) {
+			t.Errorf("%s: err = %v, want ErrUntrustedKeyset", name, err)
+		}
+	}
+}
+
 func TestParsePayload(t *testing.T) {
-	good := (&payload{tenant: "acme", generation: 3, keyset: []byte("ks")}).marshal()
+	good := (&payload{tenant: "acme", generation: 3, recipient: "age1x", keyset: []byte("ks")}).marshal(testSigner)
 	p, err := parsePayload(good)
-	if err != nil || p.tenant != "acme" || p.generation != 3 || string(p.keyset) != "ks" {
+	if err != nil || p.tenant != "acme" || p.generation != 3 || p.recipient != "age1x" || string(p.keyset) != "ks" ||
+		p.signer != testSigner.VerifyKey() || !p.signer.verify(p.signed, p.signature) {
 		t.Fatalf("parsePayload = %+v, %v", p, err)
 	}
 	bad := map[string][]byte{
 		"empty":          nil,
-		"bad magic":      append([]byte("shapeseal/keyset/v2\n"), good[len(payloadMagic):]...),
+		"bad magic":      append([]byte("shapeseal/keyset/v3\n"), good[len(payloadMagic):]...),
 		"truncated":      good[:len(good)-1],
 		"trailing":       append(bytes.Clone(good), 'x'),
-		"generation 0":   (&payload{tenant: "acme", generation: 0, keyset: []byte("ks")}).marshal(),
-		"empty tenant":   (&payload{tenant: "", generation: 1, keyset: []byte("ks")}).marshal(),
-		"NUL in tenant":  (&payload{tenant: "a\x00b", generation: 1, keyset: []byte("ks")}).marshal(),
+		"generation 0":   (&payload{tenant: "acme", generation: 0, keyset: []byte("ks")}).marshal(testSigner),
+		"empty tenant":   (&payload{tenant: "", generation: 1, keyset: []byte("ks")}).marshal(testSigner),
+		"NUL in tenant":  (&payload{tenant: "a\x00b", generation: 1, keyset: []byte("ks")}).marshal(testSigner),
 		"tenant too big": append(append([]byte(payloadMagic), 0xff, 0xff), "short"...),
 	}
 	for name, b := range bad {
@@ -189,8 +224,8 @@ func TestIdentityFile(t *testing.T) {
 	}
 	// The loaded identity unwraps what was wrapped to the original.
 	ks := newTestKeyset(t, "acme")
-	wrapped, _ := Wrap(ks, id.Recipient())
-	if _, err := Unwrap(got, wrapped, "acme"); err != nil {
+	wrapped, _ := Wrap(ks, testSigner, id.Recipient().String())
+	if _, err := Unwrap(got, wrapped, "acme", testSigners); err != nil {
 		t.Fatal(err)
 	}
 

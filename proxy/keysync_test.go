@@ -43,14 +43,18 @@ CREATE TABLE public_news (id int PRIMARY KEY, body text);`, nil)
 		pgtest.Exec(t, e.db, `INSERT INTO shapeseal_tenant_keys (tenant_id, user_id, device_id, generation, wrapped) VALUES ($1, $2, $3, $4, $5)`,
 			ks.Tenant(), user, device, int64(ks.Generation()), wrapped)
 	}
-	w1, err := keysync.Wrap(acme, alice.Recipient())
+	signer, err := keysync.GenerateSigner()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w1, err := keysync.Wrap(acme, signer, alice.Recipient().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	grant(acme, "alice", "laptop", w1)
-	w2, _ := keysync.Wrap(acme, alicePhone.Recipient())
+	w2, _ := keysync.Wrap(acme, signer, alicePhone.Recipient().String())
 	grant(acme, "alice", "phone", w2) // same user, other device: filtered out
-	w3, _ := keysync.Wrap(globex, bob.Recipient())
+	w3, _ := keysync.Wrap(globex, signer, bob.Recipient().String())
 	grant(globex, "bob", "pc", w3) // another user
 
 	var mu sync.Mutex
@@ -59,6 +63,7 @@ CREATE TABLE public_news (id int PRIMARY KEY, body text);`, nil)
 		Stream: client.Options{URL: e.url + "/v1/shapes/keys", Live: true,
 			TokenSource: client.StaticToken(token(t, "alice", map[string]any{"device_id": "laptop"}))},
 		Identity: alice,
+		Signers:  []keysync.VerifyKey{signer.VerifyKey()},
 		OnRowError: func(e *keysync.KeyRowError) {
 			mu.Lock()
 			refused = append(refused, e)
@@ -83,7 +88,7 @@ CREATE TABLE public_news (id int PRIMARY KEY, body text);`, nil)
 		t.Fatalf("keyring holds %d tenants", ring.Tenants())
 	}
 	// A live grant arrives through the proxy.
-	w4, _ := keysync.Wrap(globex, alice.Recipient())
+	w4, _ := keysync.Wrap(globex, signer, alice.Recipient().String())
 	grant(globex, "alice", "laptop", w4)
 	for ring.Keyset("globex") == nil {
 		if ctx.Err() != nil {

@@ -71,7 +71,11 @@ cleans up.
 Follow the demo shape, decrypted, as alice:
 
 	shapeseal tail PROXY_URL/v1/shapes/items --token TOKEN --identity FILE \
-		--encrypted items:title,body --keys-url PROXY_URL/v1/shapes/keys --live
+		--signer SIGNER --encrypted items:title,body \
+		--keys-url PROXY_URL/v1/shapes/keys --live
+
+with the proxy URL, alice's token and identity file, and the signer key
+(which the devices trust to sign tenant keysets) from the ready line.
 
 Flags:
 `)
@@ -124,6 +128,10 @@ Flags:
 	if err != nil {
 		return err
 	}
+	signer, err := devSigner(ctx, dbURL, kek)
+	if err != nil {
+		return err
+	}
 
 	secret := randomHex(16)
 	srv, err := electrictest.New(ctx, electrictest.Options{DatabaseURL: dbURL, Secret: secret, Logger: logger})
@@ -171,10 +179,11 @@ Flags:
 		ElectricURL string              `json:"electric_url"`
 		ProxyURL    string              `json:"proxy_url"`
 		DatabaseURL string              `json:"database_url"`
+		Signer      string              `json:"signer"`
 		Shapes      map[string]string   `json:"shapes"`
 		Users       map[string]userInfo `json:"users"`
 	}{
-		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL,
+		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL, Signer: signer,
 		Shapes: map[string]string{"items": proxyURL + "/v1/shapes/items", "keys": proxyURL + "/v1/shapes/keys"},
 		Users:  map[string]userInfo{},
 	}
@@ -190,6 +199,20 @@ Flags:
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "shapeseal dev: stopping")
 	return nil
+}
+
+// devSigner returns the public key of the signer of the demo's grants.
+func devSigner(ctx context.Context, dbURL string, kek keysync.KEK) (string, error) {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	s, err := keysync.EnsureSigner(ctx, conn, kek)
+	if err != nil {
+		return "", err
+	}
+	return s.VerifyKey().String(), nil
 }
 
 // seedDev creates the demo schema, identities, devices, tenants, grants and

@@ -62,6 +62,7 @@ func TestDev(t *testing.T) {
 		Proxy    string `json:"proxy_url"`
 		Electric string `json:"electric_url"`
 		Database string `json:"database_url"`
+		Signer   string
 		Shapes   map[string]string
 		Users    map[string]struct {
 			Token, Identity string
@@ -78,7 +79,7 @@ func TestDev(t *testing.T) {
 	follow := func(user string) string {
 		u := ready.Users[user]
 		var out, errOut syncBuffer
-		err := tail(ctx, []string{ready.Shapes["items"], "--token", u.Token, "--identity", u.Identity,
+		err := tail(ctx, []string{ready.Shapes["items"], "--token", u.Token, "--identity", u.Identity, "--signer", ready.Signer,
 			"--encrypted", "items:title,body", "--keys-url", ready.Shapes["keys"]}, &out, &errOut)
 		if err != nil {
 			t.Fatalf("tail as %s: %v\n%s", user, err, strings.Join(errOut.lines(), "\n"))

@@ -138,7 +138,7 @@ func helpOK(err error) error {
 }
 
 func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	a := newAdminFlags("init", "init [--database-url URL]", stderr)
+	a := newAdminFlags("init", "init [--database-url URL] [--kek URI]", stderr).withKEK()
 	if err := a.parse(args); err != nil {
 		return helpOK(err)
 	}
@@ -147,7 +147,28 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer db.Close(context.WithoutCancel(ctx))
-	return keysync.ApplySchema(ctx, db)
+	if err := keysync.ApplySchema(ctx, db); err != nil {
+		return err
+	}
+	if *a.kek == "" {
+		return nil
+	}
+	kek, err := openKEK(*a.kek)
+	if err != nil {
+		return err
+	}
+	return printSigner(ctx, db, kek, stdout)
+}
+
+// printSigner prints the public key of kek's signer (creating the signer
+// the first time), which devices must be configured to trust.
+func printSigner(ctx context.Context, db keysync.DB, kek keysync.KEK, stdout io.Writer) error {
+	s, err := keysync.EnsureSigner(ctx, db, kek)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "signer %s (give it to devices: tail --signer, $SHAPESEAL_SIGNERS)\n", s.VerifyKey())
+	return nil
 }
 
 func runKeygen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -244,7 +265,7 @@ func runTenant(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "tenant %s: generation %d under %s\n", *tenant, ks.Generation(), kek.URI())
-	return nil
+	return printSigner(ctx, db, kek, stdout)
 }
 
 // tenantCommand parses the flags of grant, rotate and revoke and runs f.

@@ -85,7 +85,16 @@ func TestKeysEndToEnd(t *testing.T) {
 	if err := runKeygen(ctx, []string{"-o", idFile["alice"]}, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
 		t.Error("keygen overwrote an identity file")
 	}
-	run(runTenant, "create", "--tenant", "acme", "--kek", kekURI)
+	// tenant create prints the KEK's signer, the key devices must trust;
+	// init --kek prints the same one.
+	signer := signerOf(t, run(runTenant, "create", "--tenant", "acme", "--kek", kekURI))
+	if again := signerOf(t, run(runInit, "--kek", kekURI)); again != signer {
+		t.Fatalf("init --kek printed signer %s, tenant create %s", again, signer)
+	}
+	trusted, err := keysync.ParseVerifyKeys(signer)
+	if err != nil {
+		t.Fatal(err)
+	}
 	run(runGrant, "--tenant", "acme", "--user", "alice") // the KEK is found from the stored keyset
 	run(runGrant, "--tenant", "acme", "--user", "bob", "--kek", kekURI)
 
@@ -114,7 +123,8 @@ func TestKeysEndToEnd(t *testing.T) {
 	tailRows := func(args ...string) map[string]map[string]any {
 		t.Helper()
 		var out, errOut syncBuffer
-		args = append([]string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--tenant-column", "tenant_id", "--key-wait", "300ms"}, args...)
+		args = append([]string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--tenant-column", "tenant_id", "--key-wait", "300ms",
+			"--signer", signer}, args...)
 		if err := tail(ctx, args, &out, &errOut); err != nil {
 			t.Fatal(err, errOut.lines())
 		}
@@ -180,7 +190,7 @@ func TestKeysEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	aliceOld, err := keysync.Unwrap(aliceID, aliceWrapped, "acme")
+	aliceOld, err := keysync.Unwrap(aliceID, aliceWrapped, "acme", trusted)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +220,7 @@ func TestKeysEndToEnd(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- tail(lctx, []string{srv.URL, "--live", "--table", "items", "--encrypted", "items:title,body",
-			"--identity", idFile["bob"], "--user", "bob", "--device", "d1", "--key-wait", "5s"}, &live, &liveErr)
+			"--identity", idFile["bob"], "--user", "bob", "--device", "d1", "--key-wait", "5s", "--signer", signer}, &live, &liveErr)
 	}()
 	waitLive := func(what string, cond func(string) bool) {
 		t.Helper()
@@ -292,4 +302,18 @@ func TestKeysEndToEnd(t *testing.T) {
 	if d := dump(); d != before || strings.Contains(d, "after r") || strings.Contains(d, "secret") {
 		t.Errorf("table after retire:\n%s", d)
 	}
+}
+
+// signerOf returns the signer key from the output of init --kek or tenant
+// create.
+func signerOf(t *testing.T, out string) string {
+	t.Helper()
+	for l := range strings.Lines(out) {
+		if rest, ok := strings.CutPrefix(l, "signer "); ok {
+			k, _, _ := strings.Cut(rest, " ")
+			return k
+		}
+	}
+	t.Fatalf("no signer line in %q", out)
+	return ""
 }

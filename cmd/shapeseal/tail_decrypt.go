@@ -20,7 +20,10 @@ const tailDecryptUsage = `
 Decryption: with --encrypted, the cells of the named columns are opened with
 the tenant keysets that --identity's device was granted, which tail follows
 live from the shapeseal_tenant_keys shape (--keys-url; by default the same
-server's /v1/shape, filtered with --user and --device when given). Change
+server's /v1/shape, filtered with --user and --device when given). A keyset
+is used only if it is signed by a signer given with --signer (or
+$SHAPESEAL_SIGNERS): the "ssvk1…" key that shapeseal init --kek and
+shapeseal tenant create print. Change
 messages are then printed re-encoded: a cell that opens becomes its plaintext
 string; NULL stays null; a cell that does not open becomes an object
 
@@ -35,6 +38,7 @@ tenant_mismatch or invalid_context (tenant or row-key column missing).
 // decryptFlags are tail's flags for decryption.
 type decryptFlags struct {
 	identity     *string
+	signers      multiFlag
 	tenantColumn *string
 	rowKey       *string
 	unboundRows  *bool
@@ -56,6 +60,7 @@ func addDecryptFlags(fs *flag.FlagSet) *decryptFlags {
 		keyWait:      fs.Duration("key-wait", keysync.DefaultKeyWait, "how long to wait for a key a cell names before printing no_key"),
 	}
 	fs.Var(&d.encrypted, "encrypted", "TABLE:COLUMN[,COLUMN…] encrypted columns to open (repeatable)")
+	fs.Var(&d.signers, "signer", "trusted signer key ssvk1… of the key administrators (repeatable; default $SHAPESEAL_SIGNERS)")
 	return d
 }
 
@@ -171,6 +176,17 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 	if err != nil {
 		return nil, fmt.Errorf("--identity: %w", err)
 	}
+	list := strings.Join(d.signers, ",")
+	if list == "" {
+		list = os.Getenv("SHAPESEAL_SIGNERS")
+	}
+	signers, err := keysync.ParseVerifyKeys(list)
+	if err != nil {
+		return nil, fmt.Errorf("--signer: %w", err)
+	}
+	if len(signers) == 0 {
+		return nil, errors.New("--encrypted needs --signer ssvk1… (or $SHAPESEAL_SIGNERS): the key that signs tenant keysets, printed by shapeseal init --kek")
+	}
 	ko, err := d.keyShapeOptions(shape, secret, opts)
 	if err != nil {
 		return nil, err
@@ -179,6 +195,7 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 	ring, err := keysync.NewKeyring(keysync.KeyringOptions{
 		Stream:   ko,
 		Identity: id,
+		Signers:  signers,
 		KeyWait:  *d.keyWait,
 		OnRowError: func(e *keysync.KeyRowError) {
 			// Unfiltered, the key shape holds rows of other devices.

@@ -32,6 +32,7 @@ func TestTailDecrypts(t *testing.T) {
 	dir := t.TempDir()
 	spec := keysync.TableSpec{Table: "items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
 	ks, _ := keysync.NewKeyset("acme")
+	signer, _ := keysync.GenerateSigner()
 	insert := func(ks *keysync.Keyset, id, title, body string) {
 		t.Helper()
 		row := map[string]any{"id": id, "tenant_id": "acme", "title": title}
@@ -55,7 +56,7 @@ func TestTailDecrypts(t *testing.T) {
 		rcpt, _ := keysync.RecipientOf(id)
 		pgtest.Exec(t, url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ($1, 'd1', $2)`, user, rcpt)
 		if user == "alice" {
-			wrapped, err := keysync.Wrap(ks, id.Recipient())
+			wrapped, err := keysync.Wrap(ks, signer, id.Recipient().String())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,7 +72,8 @@ func TestTailDecrypts(t *testing.T) {
 	run := func(args ...string) []map[string]any {
 		t.Helper()
 		var out, errOut syncBuffer
-		args = append([]string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--tenant-column", "tenant_id"}, args...)
+		args = append([]string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--tenant-column", "tenant_id",
+			"--signer", signer.VerifyKey().String()}, args...)
 		if err := tail(ctx, args, &out, &errOut); err != nil {
 			t.Fatal(err, errOut.lines())
 		}
@@ -106,6 +108,27 @@ func TestTailDecrypts(t *testing.T) {
 		t.Errorf("member: %v", v)
 	}
 
+	// Without a trusted signer, tail refuses to start; trusting another
+	// signer, alice's genuine keyset is refused and every cell is no_key.
+	var errOut0 syncBuffer
+	err = tail(ctx, []string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--identity", alice}, &syncBuffer{}, &errOut0)
+	if err == nil || !strings.Contains(err.Error(), "--signer") {
+		t.Errorf("tail without --signer: %v", err)
+	}
+	other, _ := keysync.GenerateSigner()
+	var out1, errOut1 syncBuffer
+	err = tail(ctx, []string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--identity", alice,
+		"--user", "alice", "--device", "d1", "--key-wait", "300ms", "--signer", other.VerifyKey().String()}, &out1, &errOut1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := strings.Join(out1.lines(), "\n"); strings.Contains(o, "secret") || !strings.Contains(o, "no_key") {
+		t.Errorf("alice trusting another signer printed:\n%s", o)
+	}
+	if e := strings.Join(errOut1.lines(), "\n"); !strings.Contains(e, "not signed by a trusted signer") {
+		t.Errorf("alice trusting another signer, stderr:\n%s", e)
+	}
+
 	// A non-member following the whole key shape: alice's row is not for
 	// her device, and every cell is a per-cell error.
 	start := time.Now()
@@ -135,7 +158,7 @@ func TestTailDecrypts(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- tail(lctx, []string{srv.URL, "--live", "--table", "items", "--encrypted", "items:title,body",
-			"--identity", alice, "--user", "alice", "--device", "d1", "--key-wait", "500ms"}, &out, &errOut)
+			"--identity", alice, "--user", "alice", "--device", "d1", "--key-wait", "500ms", "--signer", signer.VerifyKey().String()}, &out, &errOut)
 	}()
 	waitFor := func(sub string) {
 		t.Helper()
