@@ -3,7 +3,6 @@ package electrictest
 import (
 	"context"
 	"net/http/httptest"
-	"testing"
 	"time"
 )
 
@@ -15,9 +14,18 @@ type TestServer struct {
 	URL string
 }
 
+// TB is the part of testing.TB that StartTest uses; *testing.T and
+// *testing.B satisfy it. (electrictest does not import package testing, so
+// that programs serving shapes with it do not link it.)
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // StartTest starts a Server for a test on a loopback port and stops it when
 // the test ends. opts.DatabaseURL is required (see internal/pgtest).
-func StartTest(t testing.TB, opts Options) *TestServer {
+func StartTest(t TB, opts Options) *TestServer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

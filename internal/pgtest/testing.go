@@ -10,11 +10,25 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
+
+// TB is the part of testing.TB that pgtest uses; *testing.T and *testing.B
+// satisfy it. pgtest does not import package testing, so that commands that
+// start a cluster (shapeseal dev, devserver) do not link it.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Skipf(format string, args ...any)
+	Cleanup(func())
+}
+
+// M is what Run needs of *testing.M.
+type M interface{ Run() (code int) }
 
 // shared is the cluster of this test binary, opened on first use by NewDB.
 var shared struct {
@@ -30,7 +44,7 @@ var shared struct {
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
 //
 // If stopping the cluster fails, Run reports it and returns a failing code.
-func Run(m *testing.M) int {
+func Run(m M) int {
 	shared.underRun.Store(true)
 	code := m.Run()
 	// Waits for a start in progress, and keeps any later NewDB from
@@ -88,7 +102,7 @@ func inCI() bool {
 //
 // If no cluster can be had, NewDB skips the test, or fails it when the CI
 // environment variable is true. NewDB is safe to call from parallel tests.
-func NewDB(t testing.TB) string {
+func NewDB(t TB) string {
 	t.Helper()
 	c, err := sharedCluster()
 	if errors.Is(err, errNoRun) {
@@ -180,7 +194,7 @@ func tryDropDatabase(ctx context.Context, adminURL, name string) error {
 // Exec runs sql with args on a new connection to url, and fails the test on
 // error. Without args, sql may hold several statements separated by
 // semicolons (it is sent with the simple query protocol).
-func Exec(t testing.TB, url string, sql string, args ...any) {
+func Exec(t TB, url string, sql string, args ...any) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
