@@ -122,6 +122,7 @@ func (e *KeyRowError) Unwrap() error { return e.Err }
 // concurrent use and never block Run.
 type Keyring struct {
 	opts     KeyringOptions
+	self     string // the identity's recipient, which payloads must name
 	keyWait  time.Duration
 	state    atomic.Pointer[ringState]
 	closed   chan struct{}
@@ -151,7 +152,8 @@ func NewKeyring(opts KeyringOptions) (*Keyring, error) {
 	if opts.Identity == nil {
 		return nil, errors.New("keysync: keyring needs an identity")
 	}
-	if _, err := RecipientOf(opts.Identity); err != nil {
+	self, err := RecipientOf(opts.Identity)
+	if err != nil {
 		return nil, err
 	}
 	if len(opts.Signers) == 0 {
@@ -164,7 +166,7 @@ func NewKeyring(opts KeyringOptions) (*Keyring, error) {
 	if _, err := url.Parse(opts.Stream.URL); err != nil {
 		return nil, fmt.Errorf("keysync: key shape URL: %w", err)
 	}
-	r := &Keyring{opts: opts, keyWait: opts.KeyWait, closed: make(chan struct{}), stopped: make(chan struct{}), misses: map[missKey]*Keyset{}}
+	r := &Keyring{opts: opts, self: self, keyWait: opts.KeyWait, closed: make(chan struct{}), stopped: make(chan struct{}), misses: map[missKey]*Keyset{}}
 	if r.keyWait == 0 {
 		r.keyWait = DefaultKeyWait
 	}
@@ -421,7 +423,7 @@ func (r *Keyring) apply(rows map[string]ringRow, high map[string]uint64, m clien
 		}
 		return refuse(detail(ErrMalformedPayload, "row has no valid wrapped payload"))
 	}
-	ks, err := Unwrap(r.opts.Identity, wrapped, rowErr.Tenant, r.opts.Signers)
+	ks, err := unwrap(r.opts.Identity, r.self, wrapped, rowErr.Tenant, r.opts.Signers)
 	clear(wrapped)
 	if err != nil {
 		return refuse(err)

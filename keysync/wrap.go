@@ -190,6 +190,12 @@ func Unwrap(identity age.Identity, wrapped []byte, tenant string, signers []Veri
 	if err != nil {
 		return nil, err
 	}
+	return unwrap(identity, self, wrapped, tenant, signers)
+}
+
+// unwrap is Unwrap for callers that know identity's recipient, self (which
+// takes a hybrid identity about as long to compute as a signature check).
+func unwrap(identity age.Identity, self string, wrapped []byte, tenant string, signers []VerifyKey) (*Keyset, error) {
 	r, err := age.Decrypt(bytes.NewReader(wrapped), identity)
 	if err != nil {
 		if _, ok := errors.AsType[*age.NoIdentityMatchError](err); ok {
