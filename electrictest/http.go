@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -69,8 +70,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(b)
 }
 
+// dropLogHeaders removes what serveLog sets before it knows the outcome: an
+// error response carries none of it. Electric builds error responses
+// (Response.error) without the request's parameters or handle, so its
+// put_cursor_headers, which needs live: true in them, adds no
+// electric-cursor, and only a handle passed explicitly (a 409's) is sent.
+func dropLogHeaders(h http.Header) {
+	h.Del("electric-schema") // only on 200s
+	h.Del("electric-cursor")
+	h.Del("electric-handle")
+}
+
 func invalidRequest(w http.ResponseWriter, errs map[string][]string) {
-	w.Header().Del("electric-schema") // only on 200s
+	dropLogHeaders(w.Header())
 	w.Header().Set("cache-control", "no-store")
 	w.Header().Set("surrogate-control", "no-store")
 	writeJSON(w, http.StatusBadRequest, map[string]any{"message": "Invalid request", "errors": errs})
@@ -180,25 +192,47 @@ func parseDefinition(q map[string][]string, errs map[string][]string) shapeDef {
 	default:
 		errs["log"] = append(errs["log"], "is invalid")
 	}
+	// Plug decodes params[k]=v into a map of k to v, which Ecto casts to a
+	// map of strings: params=v (a string), params[]=v (a list) and
+	// params[k][j]=v (a nested map) fail that cast whatever the rest of
+	// the request says.
+	invalid := false
 	if _, ok := q["params"]; ok {
-		errs["params"] = append(errs["params"], "is invalid")
+		invalid = true
 	}
-	params := map[int]string{}
+	// Electric's Shape.Validators.validate_parameters reads each key with
+	// Elixir's Integer.parse, which takes a sign and leading zeros: "01"
+	// and "+1" are the number 1. The sorted numbers must be exactly 1..n.
+	// The where clause then looks $n up under the key "n" alone, so a value
+	// given as params[01] passes the check but never reaches $1.
+	var numbers []int
+	byKey := map[string]string{}
 	badKey := false
 	for k, v := range q {
 		m := paramsKey.FindStringSubmatch(k)
 		if m == nil {
-			if strings.HasPrefix(k, "subset") {
+			// Only subset__* and subset[...] (Plug's "subset" map) make a
+			// subset request; any other unknown parameter is ignored.
+			if k == "subset" || strings.HasPrefix(k, "subset__") || strings.HasPrefix(k, "subset[") {
 				errs["subset"] = append(errs["subset"], "subset snapshots are not supported by electrictest")
 			}
 			continue
 		}
-		n, err := strconv.Atoi(m[1])
-		if err != nil || strconv.Itoa(n) != m[1] {
+		if m[1] == "" || strings.Contains(m[1], "][") {
+			invalid = true
+			continue
+		}
+		n, ok := elixirInteger(m[1])
+		if !ok {
 			badKey = true
 			continue
 		}
-		params[n] = v[len(v)-1]
+		numbers = append(numbers, n)
+		byKey[m[1]] = v[len(v)-1]
+	}
+	if invalid {
+		errs["params"] = append(errs["params"], "is invalid")
+		return def
 	}
 	// Electric checks the params (Shape.Validators) only for a where clause.
 	if def.where == "" {
@@ -208,15 +242,39 @@ func parseDefinition(q map[string][]string, errs map[string][]string) shapeDef {
 		errs["params"] = append(errs["params"], "Parameters can only use numbers as keys")
 		return def
 	}
-	for i := 1; i <= len(params); i++ {
-		v, ok := params[i]
-		if !ok {
+	slices.Sort(numbers)
+	for i, n := range numbers {
+		if n != i+1 {
 			errs["params"] = append(errs["params"], "Parameters must be numbered sequentially, starting from 1")
+			return def
+		}
+	}
+	// $1..$n in order, up to the first one given under another spelling:
+	// from there the where clause reports "parameter $i was not provided"
+	// when it uses $i.
+	for i := 1; i <= len(numbers); i++ {
+		v, ok := byKey[strconv.Itoa(i)]
+		if !ok {
 			break
 		}
 		def.params = append(def.params, v)
 	}
 	return def
+}
+
+// elixirInteger parses s as Elixir's Integer.parse/1 does when it consumes
+// the whole string: an optional + or -, then ASCII digits. Numbers too large
+// for an int are reported as -1, which is never a valid parameter number.
+func elixirInteger(s string) (int, bool) {
+	digits := strings.TrimLeft(s, "+-")
+	if len(s)-len(digits) > 1 || digits == "" || strings.Trim(digits, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(digits)
+	if err != nil || s[0] == '-' && n != 0 {
+		return -1, true
+	}
+	return n, true
 }
 
 func parseShapeRequest(q map[string][]string) (shapeRequest, map[string][]string) {
@@ -324,7 +382,7 @@ func (s *Server) shapeError(w http.ResponseWriter, err error) {
 
 func (s *Server) mustRefetch(w http.ResponseWriter, handle string) {
 	h := w.Header()
-	h.Del("electric-schema") // only on 200s
+	dropLogHeaders(h)
 	if handle != "" {
 		h.Set("electric-handle", handle)
 		h.Set("cache-control", "public, max-age=60, must-revalidate")

@@ -110,6 +110,20 @@ func TestInvalidParameters(t *testing.T) {
 		{"table=items&offset=-1&where=id+%3D+%241&params%5B2%5D=1", "params", `["Parameters must be numbered sequentially, starting from 1"]`},
 		{"table=items&offset=-1&where=id+%3D+%241&params%5Ba%5D=1", "params", `["Parameters can only use numbers as keys"]`},
 		{"table=items&offset=-1&where=id+%3D+%241&params=%7B%221%22%3A%221%22%7D", "params", `["is invalid"]`},
+		// Keys are read with Elixir's Integer.parse (Shape.Validators): 01
+		// and +1 are the number 1, so they pass the key checks, but $1 is
+		// looked up under "1" only (Eval.Parser, ParamRef).
+		{"table=items&offset=-1&where=id+%3D+%241&params%5B01%5D=1", "where", `["At location 5: parameter $1 was not provided"]`},
+		{"table=items&offset=-1&where=id+%3D+%241&params%5B%2B1%5D=1", "where", `["At location 5: parameter $1 was not provided"]`},
+		{"table=items&offset=-1&where=id+%3D+%241&params%5B1%5D=1&params%5B01%5D=1", "params", `["Parameters must be numbered sequentially, starting from 1"]`},
+		{"table=items&offset=-1&where=id+%3D+%241&params%5B-1%5D=1", "params", `["Parameters must be numbered sequentially, starting from 1"]`},
+		{"table=items&offset=-1&where=id+%3D+%241&params%5B1.0%5D=1", "params", `["Parameters can only use numbers as keys"]`},
+		{"table=items&offset=-1&where=id+%3D+%241&params%5B%2B-1%5D=1", "params", `["Parameters can only use numbers as keys"]`},
+		{"table=items&offset=-1&where=id+%3D+%241&params%5B%201%5D=1", "params", `["Parameters can only use numbers as keys"]`},
+		// A list or a nested map fails Ecto's cast to a map of strings,
+		// with or without a where clause.
+		{"table=items&offset=-1&params%5B%5D=1", "params", `["is invalid"]`},
+		{"table=items&offset=-1&where=id+%3D+%241&params%5B1%5D%5B2%5D=1", "params", `["is invalid"]`},
 		{"table=a.b.c&offset=-1", "table", `["Invalid relation identifier, too many delimiters: a.b.c"]`},
 		{"table=.invalid_shape&offset=-1", "table", `["Invalid zero-length delimited identifier"]`},
 		{"table=%22%22&offset=-1", "table", `["Invalid zero-length delimited identifier"]`},
@@ -164,6 +178,13 @@ func TestInvalidParameters(t *testing.T) {
 		"table=items&offset=-1&log=",
 		"table=items&offset=-1&handle=",
 		"table=items&offset=-1&foo=bar&cache-buster=1&expired_handle=x",
+		// Only subset__* and subset[...] make a subset request (Electric's
+		// serve_shape_plug); other unknown names are dropped by the cast.
+		"table=items&offset=-1&subsets=1&subset_where=x&subsetlimit=1&source_id=x&Table=x",
+		// params[01] is key number 1: valid when the where does not use $1.
+		"table=items&offset=-1&where=id+%3E+0&params%5B01%5D=5",
+		// Without a where clause the keys are not checked at all.
+		"table=items&offset=-1&params%5Ba%5D=1&params%5B7%5D=1",
 		"table=items&offset=-1&where=id+%3E+%241&params%5B1%5D=0",
 		"table=items&offset=-1&live=false",
 		"table=items&offset=now&live=false",
@@ -198,6 +219,9 @@ func TestOffsetOutOfBounds(t *testing.T) {
 	for _, live := range []string{"false", "true"} {
 		r := e.shape("table", "items", "offset", "99999999999_0", "handle", f.handle, "live", live)
 		checkInvalid(t, r, "offset", `["out of bounds for this shape"]`)
+		// Electric answers it with Response.invalid_request(api, ...): no
+		// handle and, even to a live request, no electric-cursor.
+		hdrAbsent(t, r, "electric-cursor", "electric-handle")
 		if r.elapsed < 400*time.Millisecond || r.elapsed > 3*time.Second {
 			t.Errorf("live=%s: answered after %v, want about long_poll_timeout/2", live, r.elapsed)
 		}

@@ -180,4 +180,44 @@
 // bytes, duration, live, reason) — never tokens, secrets or query
 // strings. Each user has a token-bucket request rate and a bound on
 // concurrent live requests ([Limits]); beyond them, 429 with Retry-After.
+//
+// # Metrics
+//
+// GET /metrics writes the Prometheus text format. Label values are shape
+// rule names, status and close codes and the fixed reasons below, never
+// anything a client chose, so the series stay few.
+//
+// HTTP (a WebSocket upgrade counts here too, as one request with status
+// 101 lasting as long as its connection):
+//
+//	shapeseal_proxy_requests_total{shape,status}        counter   requests by shape rule ("-" for other paths) and status
+//	shapeseal_proxy_request_duration_seconds{shape}     histogram to the end of the body
+//	shapeseal_proxy_live_requests                       gauge     live upstream polls in flight (HTTP and WebSocket)
+//	shapeseal_proxy_upstream_shared_live_requests       gauge     upstream live requests shared by coalesced HTTP polls
+//	shapeseal_proxy_upstream_errors_total               counter   upstream failures: network, timeouts, refused credentials, bad bodies
+//	shapeseal_proxy_response_bytes_total                counter   body bytes sent to clients, WebSocket frames included
+//
+// WebSocket (/v1/ws):
+//
+//	shapeseal_proxy_ws_connections                      gauge     connections upgraded and not yet ended
+//	shapeseal_proxy_ws_connections_closed_total{reason,code}
+//	                                                    counter   connections ended, by why and by close code
+//	shapeseal_proxy_ws_subscriptions{shape}             gauge     subscriptions being followed
+//	shapeseal_proxy_ws_messages_sent_total              counter   WebSocket messages written (every frame type)
+//	shapeseal_proxy_ws_bytes_sent_total                 counter   their payload bytes
+//	shapeseal_proxy_ws_slow_consumer_closes_total       counter   connections closed with 4008
+//	shapeseal_proxy_ws_token_refreshes_total{result}    counter   later auth messages: "ok", or "failed" (invalid, another user, rate-limited)
+//
+// The close reasons, each with the code it comes with: client (the code
+// the client sent, or "other" for one outside 1000–1015), connection_lost (1006: the connection broke without a
+// close frame), message_too_big (1009: a client message over 64 KiB),
+// auth_timeout, no_auth (the first message was not auth), bad_message (not
+// JSON text) and invalid_token (all 1008), live_limit (1013),
+// slow_consumer (4008) and write_failed (1006: a write failed or took over
+// 30 s). A subscription leaves the gauge on unsubscribe, on its error or
+// done frame, and when its connection ends. A refusal of the first auth
+// message is not a refresh: it is an invalid_token close.
+//
+// Go runtime gauges follow (go_goroutines and go_memstats_* heap, stack
+// and total bytes).
 package proxy

@@ -28,10 +28,51 @@ type metrics struct {
 	liveShared atomic.Int64 // coalesced upstream live requests (HTTP)
 	upErrors   atomic.Uint64
 	bytesSent  atomic.Uint64
+
+	ws wsMetrics
+}
+
+// wsMetrics are the figures of GET /v1/ws. Every label value comes from a
+// fixed set (close reasons and codes the proxy chooses, configured shape
+// names), never from a client, so the number of series stays bounded.
+type wsMetrics struct {
+	open        atomic.Int64  // connections upgraded and not yet finished
+	framesSent  atomic.Uint64 // WebSocket messages written to clients
+	bytesSent   atomic.Uint64 // their payload bytes
+	slowCloses  atomic.Uint64 // connections closed with StatusSlowConsumer
+	refreshOK   atomic.Uint64 // auth messages after the first, accepted
+	refreshFail atomic.Uint64 // auth messages after the first, refused
+
+	// Under metrics.mu.
+	closed map[wsClose]uint64
+	subs   map[string]int64 // active subscriptions by shape
+}
+
+// wsClose is why a WebSocket connection ended (see the wsReason constants)
+// and the close code of its close frame: "1006" when none was exchanged,
+// "other" for a code a client chose outside RFC 6455's 1000-1015.
+type wsClose struct {
+	reason string
+	code   string
 }
 
 func newMetrics() *metrics {
-	return &metrics{requests: map[[2]string]uint64{}, latency: map[string]*histogram{}}
+	return &metrics{requests: map[[2]string]uint64{}, latency: map[string]*histogram{},
+		ws: wsMetrics{closed: map[wsClose]uint64{}, subs: map[string]int64{}}}
+}
+
+// wsClosed counts a finished connection.
+func (m *metrics) wsClosed(c wsClose) {
+	m.mu.Lock()
+	m.ws.closed[c]++
+	m.mu.Unlock()
+}
+
+// wsSubs moves the active-subscription gauge of shape by delta.
+func (m *metrics) wsSubs(shape string, delta int64) {
+	m.mu.Lock()
+	m.ws.subs[shape] += delta
+	m.mu.Unlock()
 }
 
 func (m *metrics) observe(shape string, status int, d time.Duration) {
@@ -99,7 +140,54 @@ func (m *metrics) write(w io.Writer) {
 	fmt.Fprintln(w, "# HELP shapeseal_proxy_response_bytes_total Response body bytes sent to clients.")
 	fmt.Fprintln(w, "# TYPE shapeseal_proxy_response_bytes_total counter")
 	fmt.Fprintf(w, "shapeseal_proxy_response_bytes_total %d\n", m.bytesSent.Load())
+	m.writeWS(w)
 	writeRuntime(w)
+}
+
+// writeWS writes the WebSocket figures; m.mu is held.
+func (m *metrics) writeWS(w io.Writer) {
+	ws := &m.ws
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_connections WebSocket connections open on /v1/ws.")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_connections gauge")
+	fmt.Fprintf(w, "shapeseal_proxy_ws_connections %d\n", ws.open.Load())
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_connections_closed_total WebSocket connections ended, by reason and close code (1006: no close frame).")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_connections_closed_total counter")
+	closes := make([]wsClose, 0, len(ws.closed))
+	for k := range ws.closed {
+		closes = append(closes, k)
+	}
+	slices.SortFunc(closes, func(a, b wsClose) int {
+		if a.reason != b.reason {
+			return compare(a.reason, b.reason)
+		}
+		return compare(a.code, b.code)
+	})
+	for _, k := range closes {
+		fmt.Fprintf(w, "shapeseal_proxy_ws_connections_closed_total{reason=%q,code=%q} %d\n", k.reason, k.code, ws.closed[k])
+	}
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_subscriptions Active WebSocket shape subscriptions, by shape.")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_subscriptions gauge")
+	shapes := make([]string, 0, len(ws.subs))
+	for s := range ws.subs {
+		shapes = append(shapes, s)
+	}
+	slices.Sort(shapes)
+	for _, s := range shapes {
+		fmt.Fprintf(w, "shapeseal_proxy_ws_subscriptions{shape=%q} %d\n", s, ws.subs[s])
+	}
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_messages_sent_total WebSocket messages (frames of any type) written to clients.")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_messages_sent_total counter")
+	fmt.Fprintf(w, "shapeseal_proxy_ws_messages_sent_total %d\n", ws.framesSent.Load())
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_bytes_sent_total Payload bytes of the WebSocket messages written to clients.")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_bytes_sent_total counter")
+	fmt.Fprintf(w, "shapeseal_proxy_ws_bytes_sent_total %d\n", ws.bytesSent.Load())
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_slow_consumer_closes_total WebSocket connections closed with 4008 because their outbound queue overflowed.")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_slow_consumer_closes_total counter")
+	fmt.Fprintf(w, "shapeseal_proxy_ws_slow_consumer_closes_total %d\n", ws.slowCloses.Load())
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_token_refreshes_total Auth messages replacing a connection's token, by result (failed: invalid, another user, or rate-limited).")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_token_refreshes_total counter")
+	fmt.Fprintf(w, "shapeseal_proxy_ws_token_refreshes_total{result=\"failed\"} %d\n", ws.refreshFail.Load())
+	fmt.Fprintf(w, "shapeseal_proxy_ws_token_refreshes_total{result=\"ok\"} %d\n", ws.refreshOK.Load())
 }
 
 // runtimeGauges are the Go runtime's own figures (runtime/metrics, read

@@ -7,7 +7,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"unicode"
+
+	"github.com/shapeseal/shapeseal/internal/pgident"
 )
 
 // RequestError is a request the proxy refuses before anything reaches
@@ -25,65 +26,37 @@ func badRequest(field, format string, args ...any) *RequestError {
 	return &RequestError{Status: 400, Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// parseIdent parses one identifier with Electric's (Postgres') rules:
-// "quoted" verbatim with "" unescaped, unquoted downcased (ASCII only).
+// identError is an identifier the proxy refuses. Its message names what
+// is wrong without repeating the client's text.
+type identError struct{ kind pgident.Kind }
+
+func (e *identError) Error() string { return e.kind.String() }
+
+// parseIdent parses one identifier with Electric's (Postgres') rules (see
+// internal/pgident), and also refuses a name over 63 bytes: Postgres would
+// truncate it, so it cannot name a column of a rule.
 func parseIdent(s string) (string, error) {
-	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
-		in := s[1 : len(s)-1]
-		if in == "" {
-			return "", errors.New("zero-length delimited identifier")
-		}
-		out := strings.ReplaceAll(in, `""`, "")
-		if strings.Contains(out, `"`) {
-			return "", errors.New("identifier with unescaped quote")
-		}
-		out = strings.ReplaceAll(in, `""`, `"`)
-		if strings.ContainsRune(out, 0) || len(out) > 63 {
-			return "", errors.New("invalid identifier")
-		}
-		return out, nil
+	id, err := pgident.Parse(s)
+	var pe *pgident.Error
+	if errors.As(err, &pe) {
+		return "", &identError{pe.Kind}
 	}
-	if s == "" {
-		return "", errors.New("zero-length identifier")
+	if err != nil {
+		return "", err
 	}
-	for i, r := range s {
-		ok := unicode.IsLetter(r) || r == '_' || i > 0 && (unicode.IsDigit(r) && r < 128 || r == '$' || unicode.Is(unicode.M, r))
-		if !ok {
-			return "", errors.New("invalid unquoted identifier")
-		}
+	if len(id) > pgident.MaxLen {
+		return "", &identError{pgident.TooLong}
 	}
-	out := strings.Map(func(r rune) rune {
-		if r >= 'A' && r <= 'Z' {
-			return r + 32
-		}
-		return r
-	}, s)
-	if len(out) > 63 {
-		return "", errors.New("identifier is too long")
-	}
-	return out, nil
+	return id, nil
 }
 
 // splitOutsideQuotes splits s on sep outside double quotes.
-func splitOutsideQuotes(s string, sep byte) []string {
-	var parts []string
-	inQ, start := false, 0
-	for i := 0; i < len(s); i++ {
-		switch {
-		case s[i] == '"':
-			inQ = !inQ
-		case s[i] == sep && !inQ:
-			parts = append(parts, s[start:i])
-			start = i + 1
-		}
-	}
-	return append(parts, s[start:])
-}
+func splitOutsideQuotes(s string, sep byte) []string { return pgident.Split(s, sep) }
 
 // parseColumns parses a columns list into canonical names.
 func parseColumns(s string) ([]string, error) {
 	var out []string
-	for _, p := range splitOutsideQuotes(s, ',') {
+	for _, p := range pgident.Split(s, ',') {
 		id, err := parseIdent(p)
 		if err != nil {
 			return nil, err
@@ -93,7 +66,7 @@ func parseColumns(s string) ([]string, error) {
 	return out, nil
 }
 
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+func quoteIdent(s string) string { return pgident.Quote(s) }
 
 // Client query parameters: each names the validator of its value. Nothing
 // else is accepted.

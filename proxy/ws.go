@@ -21,6 +21,25 @@ import (
 // overflowed.
 const StatusSlowConsumer websocket.StatusCode = 4008
 
+// Why a WebSocket connection ended, as counted by
+// shapeseal_proxy_ws_connections_closed_total (with the close code).
+const (
+	wsReasonClient       = "client"          // the client sent a close frame (its code)
+	wsReasonLost         = "connection_lost" // reading failed without a close frame (1006)
+	wsReasonTooBig       = "message_too_big" // a client message over wsMaxClientFrame (1009)
+	wsReasonAuthTimeout  = "auth_timeout"    // no auth message in time (1008)
+	wsReasonNoAuth       = "no_auth"         // the first message was not auth (1008)
+	wsReasonBadMessage   = "bad_message"     // a message that is not JSON text (1008)
+	wsReasonInvalidToken = "invalid_token"   // the first auth message was refused (1008)
+	wsReasonLiveLimit    = "live_limit"      // the user's live-request limit (1013)
+	wsReasonSlowConsumer = "slow_consumer"   // the outbound queue overflowed (4008)
+	wsReasonWriteFailed  = "write_failed"    // a write failed or timed out (1006)
+)
+
+// statusNoClose is the code reported for a connection that ended without a
+// close frame (RFC 6455 §7.1.5 reserves 1006 for this; it is never sent).
+const statusNoClose = 1006
+
 const (
 	wsMaxSubscriptions = 1000
 	wsMaxClientFrame   = 64 << 10
@@ -89,6 +108,7 @@ type wsConn struct {
 	notify   chan struct{}
 	frames   int
 	maxBytes int
+	closed   wsClose // why the connection ended; the first cause recorded wins
 }
 
 type wsSub struct {
@@ -140,13 +160,21 @@ func (p *Proxy) serveWS(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 	c := &wsConn{p: p, ws: ws, ctx: ctx, cancel: cancel, info: info, subs: map[string]*wsSub{},
 		notify: make(chan struct{}, 1), frames: frames, maxBytes: size, authed: make(chan struct{})}
 	defer cancel()
+	p.metrics.ws.open.Add(1)
+	defer func() {
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		p.metrics.wsClosed(closed)
+		p.metrics.ws.open.Add(-1)
+	}()
 	go c.writer(writeTimeout)
 	timer := time.AfterFunc(authTimeout, func() {
 		c.mu.Lock()
 		ok := c.id != nil
 		c.mu.Unlock()
 		if !ok {
-			ws.Close(websocket.StatusPolicyViolation, "no auth message")
+			c.close(wsReasonAuthTimeout, websocket.StatusPolicyViolation, "no auth message")
 		}
 	})
 	defer timer.Stop()
@@ -168,14 +196,23 @@ func (c *wsConn) readLoop() {
 	for {
 		typ, b, err := c.ws.Read(c.ctx)
 		if err != nil {
-			if s := websocket.CloseStatus(err); s != -1 && c.info.reason == "" {
+			s := websocket.CloseStatus(err)
+			if s != -1 && c.info.reason == "" {
 				c.info.reason = "closed " + strconv.Itoa(int(s))
+			}
+			switch {
+			case s != -1:
+				c.setClosed(wsReasonClient, int(s))
+			case errors.Is(err, websocket.ErrMessageTooBig):
+				c.setClosed(wsReasonTooBig, int(websocket.StatusMessageTooBig))
+			default:
+				c.setClosed(wsReasonLost, statusNoClose)
 			}
 			return
 		}
 		var m wsIn
 		if typ != websocket.MessageText || json.Unmarshal(b, &m) != nil {
-			c.ws.Close(websocket.StatusPolicyViolation, "messages are JSON text")
+			c.close(wsReasonBadMessage, websocket.StatusPolicyViolation, "messages are JSON text")
 			return
 		}
 		c.mu.Lock()
@@ -183,7 +220,7 @@ func (c *wsConn) readLoop() {
 		c.mu.Unlock()
 		if !authed && m.Type != "auth" {
 			c.info.reason = "no auth message"
-			c.ws.Close(websocket.StatusPolicyViolation, "the first message must be auth")
+			c.close(wsReasonNoAuth, websocket.StatusPolicyViolation, "the first message must be auth")
 			return
 		}
 		switch m.Type {
@@ -199,6 +236,7 @@ func (c *wsConn) readLoop() {
 			delete(c.subs, m.ID)
 			c.mu.Unlock()
 			if s != nil {
+				c.p.metrics.wsSubs(s.rule.Name, -1)
 				s.cancel()
 				c.send(map[string]any{"type": "done", "id": m.ID})
 			}
@@ -215,6 +253,7 @@ func (c *wsConn) auth(token string, refresh bool) bool {
 		user := c.user
 		c.mu.Unlock()
 		if ok, _ := c.p.limiter.allow(user); !ok {
+			c.p.metrics.ws.refreshFail.Add(1)
 			c.send(map[string]any{"type": "error", "status": 429, "error": "request rate limit exceeded"})
 			return true
 		}
@@ -230,9 +269,10 @@ func (c *wsConn) auth(token string, refresh bool) bool {
 	if err != nil {
 		if !refresh {
 			c.info.reason = err.Error()
-			c.ws.Close(websocket.StatusPolicyViolation, "invalid token")
+			c.close(wsReasonInvalidToken, websocket.StatusPolicyViolation, "invalid token")
 			return false
 		}
+		c.p.metrics.ws.refreshFail.Add(1)
 		c.send(map[string]any{"type": "error", "status": 401, "error": err.Error()})
 		return true
 	}
@@ -241,10 +281,12 @@ func (c *wsConn) auth(token string, refresh bool) bool {
 		release, ok := c.p.limiter.acquireLive(id.UserID)
 		if !ok {
 			c.info.reason = "live limit"
-			c.ws.Close(websocket.StatusTryAgainLater, "too many concurrent live requests")
+			c.close(wsReasonLiveLimit, websocket.StatusTryAgainLater, "too many concurrent live requests")
 			return false
 		}
 		c.release = release
+	} else {
+		c.p.metrics.ws.refreshOK.Add(1)
 	}
 	var exp time.Time
 	if e, ok, _ := numClaim(id.Claims, "exp"); ok {
@@ -353,6 +395,9 @@ func (c *wsConn) subscribe(m wsIn) {
 	s.ctx, s.cancel = context.WithCancel(c.ctx)
 	c.subs[m.ID] = s
 	c.mu.Unlock()
+	// Every subscription leaves c.subs exactly once: by unsubscribe or at
+	// the end of run, each of which takes it off the gauge.
+	c.p.metrics.wsSubs(rl.Name, 1)
 	go c.run(s)
 }
 
@@ -392,10 +437,14 @@ func (c *wsConn) run(s *wsSub) {
 	reason, status := "", 200
 	defer func() {
 		c.mu.Lock()
-		if c.subs[s.id] == s {
+		mine := c.subs[s.id] == s
+		if mine {
 			delete(c.subs, s.id)
 		}
 		c.mu.Unlock()
+		if mine {
+			c.p.metrics.wsSubs(s.rule.Name, -1)
+		}
 		s.cancel()
 		if reason == "" && c.ctx.Err() != nil {
 			reason = "connection closed"
@@ -657,7 +706,8 @@ func (c *wsConn) writer(timeout time.Duration) {
 			c.mu.Lock()
 			if c.slow {
 				c.mu.Unlock()
-				c.ws.Close(StatusSlowConsumer, "slow consumer")
+				c.p.metrics.ws.slowCloses.Add(1)
+				c.close(wsReasonSlowConsumer, StatusSlowConsumer, "slow consumer")
 				c.cancel()
 				return
 			}
@@ -674,10 +724,35 @@ func (c *wsConn) writer(timeout time.Duration) {
 			err := c.ws.Write(ctx, websocket.MessageText, b)
 			cancel()
 			if err != nil {
+				c.setClosed(wsReasonWriteFailed, statusNoClose)
 				c.cancel()
 				return
 			}
 			c.p.metrics.bytesSent.Add(uint64(len(b)))
+			c.p.metrics.ws.framesSent.Add(1)
+			c.p.metrics.ws.bytesSent.Add(uint64(len(b)))
 		}
 	}
+}
+
+// setClosed records why the connection ends, unless a cause is already
+// recorded: the first one is the cause, what follows (the read loop seeing
+// the closed connection) its consequence.
+func (c *wsConn) setClosed(reason string, code int) {
+	label := "other" // a client's own code: kept out of the label values
+	if code >= 1000 && code <= 1015 || reason != wsReasonClient {
+		label = strconv.Itoa(code)
+	}
+	c.mu.Lock()
+	if c.closed.reason == "" {
+		c.closed = wsClose{reason: reason, code: label}
+	}
+	c.mu.Unlock()
+}
+
+// close records why the server ends the connection, then closes it with
+// code and text.
+func (c *wsConn) close(reason string, code websocket.StatusCode, text string) {
+	c.setClosed(reason, int(code))
+	c.ws.Close(code, text)
 }
