@@ -248,11 +248,33 @@ func Revoke(ctx context.Context, db AdminDB, kek KEK, tenant, user string) (*Key
 
 // RetireKeys removes the keys ids from tenant's keyset at the next
 // generation, stores it and re-wraps it for every member, in one
-// transaction. Cells sealed with a retired key no longer open: retire only
-// keys no cell uses any more (see [Reencrypt]).
-func RetireKeys(ctx context.Context, db AdminDB, kek KEK, tenant string, ids ...uint32) (*Keyset, error) {
+// transaction. Cells sealed with a retired key no longer open, so RetireKeys
+// first counts, under the tenant's lock, the tenant's cells sealed with ids,
+// and refuses with a *[KeysInUseError] (nothing retired) if there are any.
+//
+// A tenant's keyset seals the cells of every table with encrypted columns.
+// The count takes in the columns of tables, which must name at least one
+// table, and every text column of every table that has a column named like
+// one of their tenant columns; name every table whose tenant column is
+// named otherwise. Re-encrypt them first ([Reencrypt]).
+func RetireKeys(ctx context.Context, db AdminDB, kek KEK, tenant string, tables []TableSpec, ids ...uint32) (*Keyset, error) {
+	if len(tables) == 0 {
+		return nil, errors.New("keysync: retire: name the tables that hold the tenant's cells")
+	}
+	for i := range tables {
+		if err := tables[i].Validate(); err != nil {
+			return nil, err
+		}
+	}
 	var ks *Keyset
-	err := inTx(ctx, db, tenant, func(tx pgx.Tx) (err error) {
+	err := inTx(ctx, db, tenant, func(tx pgx.Tx) error {
+		inUse, err := keysInUse(ctx, tx, tenant, tables, ids)
+		if err != nil {
+			return err
+		}
+		if inUse != nil {
+			return inUse
+		}
 		ks, err = rotateIn(ctx, tx, kek, tenant, func(ks *Keyset) (*Keyset, error) { return ks.retire(ids) })
 		return err
 	})

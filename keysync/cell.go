@@ -133,8 +133,11 @@ func OpenAppend(dst []byte, ks *Keyset, c CellContext, cell string) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
-	// The plaintext starts after the key prefix and nonce: move it down.
-	return dst[:n+copy(dst[n:cap(dst)], pt)], nil
+	// The plaintext starts after the key prefix and nonce: move it down,
+	// and clear its tail that the move leaves behind.
+	m := n + copy(dst[n:cap(dst)], pt)
+	clear(dst[m : m+min(len(pt), keyPrefixLen+nonceLen)])
+	return dst[:m], nil
 }
 
 // openString is Open for callers that want text: it opens in a pooled

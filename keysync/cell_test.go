@@ -394,3 +394,21 @@ func TestConcurrentSealOpen(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// OpenAppend leaves no plaintext in dst's spare capacity.
+func TestOpenAppendSpareCapacity(t *testing.T) {
+	ks := newTestKeyset(t, "acme")
+	secret := strings.Repeat("SECRET", 20)
+	cell := mustSeal(t, ks, testContext, secret)
+	buf := make([]byte, 0, 4096)
+	got, err := OpenAppend(buf, ks, testContext, cell)
+	if err != nil || string(got) != secret {
+		t.Fatalf("OpenAppend = %q, %v", got, err)
+	}
+	// Past the plaintext: where its tail was before it moved down (now
+	// zero), then the tag and associated data.
+	spare := got[len(got):cap(got)]
+	if !bytes.Equal(spare[:keyPrefixLen+nonceLen], make([]byte, keyPrefixLen+nonceLen)) || bytes.Contains(spare, []byte("SECRET")) {
+		t.Fatalf("plaintext left in spare capacity: %q", spare[:64])
+	}
+}

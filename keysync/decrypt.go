@@ -368,13 +368,19 @@ func (sc *rowScratch) open(ctx context.Context, v *tenantView, c *CellContext, c
 	if err != nil {
 		return err
 	}
+	if cap(out) != cap(sc.buf) {
+		// OpenAppend grew the buffer after all: clear the old one, and all
+		// of the new one at release.
+		clear(sc.buf[:sc.used])
+		sc.used = cap(out)
+	}
 	sc.buf = out
 	sc.opened = append(sc.opened, openedCell{row, col, off, len(out)})
 	return nil
 }
 
-// publish replaces the opened cells by their plaintexts, one string for
-// them all, and clears buf.
+// publish replaces the opened cells by their plaintexts: substrings of one
+// string that holds them all, the message's one allocation for plaintext.
 func (sc *rowScratch) publish() {
 	if len(sc.opened) == 0 {
 		return

@@ -339,15 +339,22 @@ func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		})
 }
 
-const reencryptUsage = `reencrypt --tenant T --table TABLE --columns C1,C2 [--tenant-column tenant_id] [--row-key id] [--batch 500] [--after K] [--retire]
+const reencryptUsage = `reencrypt --tenant T --table TABLE --columns C1,C2 [--tenant-column tenant_id] [--row-key id] [--batch 500] [--after K] [--retire [--also TABLE:C1,C2[:TENANT_COLUMN]]...]
 
 Rewrites the cells of the tenant's rows that are sealed with a key other than
 the keyset's primary key, in batches by row key, each batch in a short
 transaction. Only those cells are touched, and only if they still hold the
 value read (a concurrent writer wins). Idempotent: run it again to resume or
 to check; --after resumes after the row key a progress line printed.
---retire then removes the old keys no cell of the table uses any more: use it
-only when this table holds all of the tenant's encrypted cells.`
+
+--retire then removes the old keys from the keyset, but only if no cell of
+the tenant still sealed with one remains: the tenant's keyset seals the cells
+of every table, so they are counted in this table, in every text column of
+every table with a column named like the tenant column, and in each table
+named with --also (whose tenant column, if not given, is --tenant-column).
+Name every table whose tenant column is named otherwise. If cells remain,
+nothing is retired and the command fails, listing them: re-encrypt those
+tables, then retire again.`
 
 func runReencrypt(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	a := newAdminFlags("reencrypt", reencryptUsage, stderr).withKEK()
@@ -359,7 +366,18 @@ func runReencrypt(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	unbound := a.fs.Bool("unbound-rows", false, "cells are not bound to their rows (--row-key only orders the batches)")
 	batch := a.fs.Int("batch", 500, "rows per batch")
 	after := a.fs.String("after", "", "resume after this row key (comma-separated values)")
-	retire := a.fs.Bool("retire", false, "afterwards, retire the old keys no cell of the table uses")
+	retire := a.fs.Bool("retire", false, "afterwards, retire the old keys if no cell of the tenant uses them any more")
+	var also []keysync.TableSpec
+	a.fs.Func("also", "with --retire, another table holding the tenant's cells: TABLE:C1,C2[:TENANT_COLUMN] (repeatable)", func(v string) error {
+		table, rest, ok := strings.Cut(v, ":")
+		cols, tc, _ := strings.Cut(rest, ":")
+		if !ok || table == "" || cols == "" {
+			return fmt.Errorf("want TABLE:C1,C2[:TENANT_COLUMN], got %q", v)
+		}
+		// Only counted, never rewritten: the row key does not matter.
+		also = append(also, keysync.TableSpec{Table: table, Columns: splitList(cols), TenantColumn: tc, UnboundRows: true})
+		return nil
+	})
 	if err := a.parse(args); err != nil {
 		return helpOK(err)
 	}
@@ -367,7 +385,15 @@ func runReencrypt(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	spec := keysync.TableSpec{Table: *table, Columns: splitList(*columns), TenantColumn: *tenantCol, RowKey: splitList(*rowKey), UnboundRows: *unbound}
-	opts := keysync.ReencryptOptions{BatchSize: *batch, Retire: *retire, Progress: func(p keysync.ReencryptProgress) {
+	if len(also) > 0 && !*retire {
+		return errors.New("--also names tables for --retire")
+	}
+	for i := range also {
+		if also[i].TenantColumn == "" {
+			also[i].TenantColumn = *tenantCol
+		}
+	}
+	opts := keysync.ReencryptOptions{BatchSize: *batch, Retire: *retire, OtherTables: also, Progress: func(p keysync.ReencryptProgress) {
 		fmt.Fprintf(stderr, "reencrypt: %d rows read, %d cells rewritten, last row key %s\n", p.Rows, p.Rewritten, strings.Join(p.Last, ","))
 	}}
 	if *after != "" {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -53,8 +54,24 @@ func TestKeysLocalKEK(t *testing.T) {
 	if err := write(ctx, args, strings.NewReader(""), &out, &errOut); err != nil {
 		t.Fatal(err, errOut.String())
 	}
+	// Another table holds a cell of the tenant; its tenant column is named
+	// otherwise, so --retire counts its cells when --also names it.
+	pgtest.Exec(t, url, `CREATE TABLE files (id int8 PRIMARY KEY, owner uuid NOT NULL, name text)`)
+	args = append([]string{"--table", "files", "--encrypted", "name", "--tenant-column", "owner",
+		"--json", `{"id": 1, "owner": "` + org + `", "name": "report.pdf"}`}, db...)
+	out.Reset()
+	errOut.Reset()
+	if err := write(ctx, args, strings.NewReader(""), &out, &errOut); err != nil {
+		t.Fatal(err, errOut.String())
+	}
 	must(runRotate, append([]string{"--tenant", org}, db...)...)
-	if out := must(runReencrypt, append([]string{"--tenant", org, "--table", "notes", "--columns", "note", "--tenant-column", "org", "--retire"}, db...)...); !strings.Contains(out, "1 cells rewritten") || !strings.Contains(out, "retired 1 keys") {
+	notes := append([]string{"--tenant", org, "--table", "notes", "--columns", "note", "--tenant-column", "org", "--retire", "--also", "files:name:owner"}, db...)
+	if out, err := run(runReencrypt, notes...); !errors.Is(err, keysync.ErrKeysInUse) || !strings.Contains(err.Error(), "public.files.name") ||
+		!strings.Contains(out, "1 cells rewritten") || !strings.Contains(out, "still seals 1 cells") {
+		t.Errorf("reencrypt --retire with files not re-encrypted: %s, %v", out, err)
+	}
+	must(runReencrypt, append([]string{"--tenant", org, "--table", "files", "--columns", "name", "--tenant-column", "owner"}, db...)...)
+	if out := must(runReencrypt, notes...); !strings.Contains(out, "0 cells rewritten") || !strings.Contains(out, "retired 1 keys") {
 		t.Errorf("reencrypt: %s", out)
 	}
 
@@ -71,6 +88,8 @@ func TestKeysLocalKEK(t *testing.T) {
 		"not a member":     {runRevoke, []string{"--tenant", org, "--user", "zed"}, "not a member"},
 		"bad recipient":    {runDevice, []string{"add", "--user", "b", "--device", "d", "--recipient", "ssh-rsa AAA"}, "unsupported recipient"},
 		"keygen without o": {runKeygen, []string{"-o", ""}, "-o FILE"},
+		"also alone":       {runReencrypt, []string{"--tenant", org, "--table", "notes", "--columns", "note", "--also", "files:name"}, "--also names tables for --retire"},
+		"bad also":         {runReencrypt, []string{"--tenant", org, "--table", "notes", "--columns", "note", "--retire", "--also", "files"}, "want TABLE:C1,C2"},
 	} {
 		a := c.args
 		if name != "keygen without o" {

@@ -13,7 +13,7 @@
 //	shapeseal tenant create --tenant T --kek URI
 //	shapeseal grant|revoke --tenant T --user U [--kek URI]
 //	shapeseal rotate --tenant T [--kek URI]
-//	shapeseal reencrypt --tenant T --table TABLE --columns C1,C2 [--batch N] [--retire]
+//	shapeseal reencrypt --tenant T --table TABLE --columns C1,C2 [--batch N] [--retire [--also TABLE:C1,C2]...]
 //	shapeseal write --table TABLE --encrypted C1,C2 [--update|--upsert] [--json '{…}']
 //
 // Key commands read DATABASE_URL; KEKs are hcvault://… (Vault transit, with
