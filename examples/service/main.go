@@ -1,0 +1,223 @@
+// Service is a long-running Go service that reads an end-to-end encrypted
+// shape. It follows the "items" shape through the shapeseal proxy as one
+// user's device, decrypts the title and body of every row on arrival, keeps
+// the decrypted rows in memory, and serves them as JSON:
+//
+//	GET /items   every row the user may read, decrypted
+//
+// After every consistent batch it prints a one-line summary (row counts
+// only, never plaintext). It stops cleanly when interrupted.
+//
+// The pieces, in the order data flows through them:
+//
+//   - a keysync.Keyring follows the user's tenant keys (the proxy's "keys"
+//     shape, filtered to the token's user and device), unwraps each with
+//     the device's age identity, and adopts only keysets signed by a signer
+//     the service trusts (--signer, $SHAPESEAL_SIGNERS);
+//   - a keysync.Decrypter, used as the stream's Transform, opens the cells
+//     of each change message before anything else sees it;
+//   - a client.Shape materializes the decrypted rows, applying changes only
+//     at up-to-date messages, so readers never see half a transaction.
+//
+// Run it against the development stack, whose ready line holds the proxy's
+// URL, the signer key and each demo user's token and identity file:
+//
+//	go run ./cmd/shapeseal dev > /tmp/dev.ready &
+//	# once /tmp/dev.ready holds the ready line:
+//	R=$(sed 's/^shapeseal dev ready //' /tmp/dev.ready)
+//	export SHAPESEAL_SIGNERS=$(jq -r .signer <<<"$R")
+//	go run ./examples/service --proxy "$(jq -r .proxy_url <<<"$R")" \
+//		--token "$(jq -r .users.alice.token <<<"$R")" \
+//		--identity "$(jq -r .users.alice.identity <<<"$R")" --listen 127.0.0.1:8080
+//	curl -s http://127.0.0.1:8080/items
+//
+// Then write a row (see examples/writer) and watch it appear, decrypted.
+// Alice sees acme's rows only: the proxy filters rows by the token's
+// tenants, and the keyring holds only the keysets granted to her device.
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/shapeseal/shapeseal/client"
+	"github.com/shapeseal/shapeseal/keysync"
+)
+
+// itemsSpec says how items is encrypted. Readers and writers must agree on
+// it exactly: the table, column, tenant and row key are bound into every
+// cell, and a cell opens only in the place it was sealed for.
+var itemsSpec = keysync.TableSpec{
+	Table:        "public.items",
+	Columns:      []string{"title", "body"},
+	TenantColumn: "tenant_id",
+	RowKey:       []string{"id"},
+}
+
+type options struct {
+	ProxyURL string // the proxy's base URL; shapes are at /v1/shapes/{name}
+	Token    string // bearer token of the user's device
+	Identity string // the device's age identity file
+	Signers  string // trusted signer keys, ssvk1…, comma- or space-separated
+	Listen   string // address of the JSON endpoint
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.ProxyURL, "proxy", os.Getenv("PROXY_URL"), "proxy base URL (default $PROXY_URL)")
+	flag.StringVar(&o.Token, "token", os.Getenv("SHAPESEAL_TOKEN"), "bearer token (default $SHAPESEAL_TOKEN)")
+	flag.StringVar(&o.Identity, "identity", os.Getenv("SHAPESEAL_IDENTITY"), "age identity file (default $SHAPESEAL_IDENTITY)")
+	flag.StringVar(&o.Signers, "signer", os.Getenv("SHAPESEAL_SIGNERS"), "trusted signer keys ssvk1… (default $SHAPESEAL_SIGNERS)")
+	flag.StringVar(&o.Listen, "listen", "127.0.0.1:8080", "address to serve GET /items on")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "service:", err)
+		os.Exit(1)
+	}
+}
+
+// run serves until ctx ends (then it returns nil) or a part fails.
+func run(ctx context.Context, o options, out io.Writer) error {
+	if o.ProxyURL == "" || o.Token == "" || o.Identity == "" {
+		return errors.New("--proxy, --token and --identity are required")
+	}
+	identity, err := keysync.LoadIdentityFile(o.Identity)
+	if err != nil {
+		return err
+	}
+	// The signer keys come from configuration, never from the database
+	// that serves the keys: that is what makes a keyset forged by someone
+	// who can write shapeseal_tenant_keys worthless.
+	signers, err := keysync.ParseVerifyKeys(o.Signers)
+	if err != nil {
+		return err
+	}
+	if len(signers) == 0 {
+		return errors.New("no trusted signer: set --signer or $SHAPESEAL_SIGNERS")
+	}
+	// One token for both shapes: the proxy reads the user, device and
+	// tenants from it. A real service would use a RefreshableTokenSource.
+	token := client.StaticToken(o.Token)
+
+	ring, err := keysync.NewKeyring(keysync.KeyringOptions{
+		Stream:   client.Options{URL: o.ProxyURL + "/v1/shapes/keys", TokenSource: token},
+		Identity: identity,
+		Signers:  signers,
+	})
+	if err != nil {
+		return err
+	}
+	dec, err := keysync.NewDecrypter(ring, itemsSpec)
+	if err != nil {
+		return err
+	}
+	stream, err := client.New(client.Options{
+		URL:         o.ProxyURL + "/v1/shapes/items",
+		TokenSource: token,
+		Live:        true,
+		Transform:   dec.Transform, // cells become plaintext, or a *keysync.CellError
+	})
+	if err != nil {
+		return err
+	}
+	items := client.NewShape(stream)
+	items.Subscribe(func(sh *client.Shape) { fmt.Fprintln(out, summary(sh)) })
+
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /items", func(w http.ResponseWriter, r *http.Request) { serveItems(w, items) })
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(out, "service listening on http://%s\n", ln.Addr())
+
+	// Three parts run until ctx ends; the first to fail stops the others.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	start := func(part string, f func() error) {
+		wg.Go(func() {
+			if err := f(); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", part, err)
+			}
+			cancel()
+		})
+	}
+	start("tenant keys", func() error { return ring.Run(ctx) })
+	start("items", func() error {
+		// Waiting for the keyring first spares the first rows a wait for
+		// their keys; Decrypter would wait for them anyway.
+		if ring.Ready(ctx) != nil {
+			return nil // ctx ended, or the keyring stopped: its part says why
+		}
+		return items.Run(ctx)
+	})
+	start("http", func() error {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+
+	<-ctx.Done()
+	shutdown, done := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer done()
+	hs.Shutdown(shutdown)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// summary describes the shape's current view by counts, never by content.
+func summary(sh *client.Shape) string {
+	perTenant := map[string]int{}
+	unreadable := 0
+	for _, row := range sh.Rows() {
+		perTenant[fmt.Sprint(row["tenant_id"])]++
+		if len(keysync.CellErrors(row)) > 0 {
+			unreadable++
+		}
+	}
+	var parts []string
+	for _, t := range slices.Sorted(maps.Keys(perTenant)) {
+		parts = append(parts, fmt.Sprintf("%s=%d", t, perTenant[t]))
+	}
+	return fmt.Sprintf("items up to date: %d rows (%s), %d with unreadable cells",
+		sh.Len(), strings.Join(parts, " "), unreadable)
+}
+
+// serveItems writes the current view as a JSON array ordered by creation.
+// A cell that did not open is {"error": "no_key", "message": …}: the
+// decrypter never leaves ciphertext in a row, and never invents plaintext.
+func serveItems(w http.ResponseWriter, items *client.Shape) {
+	rows := slices.Collect(maps.Values(items.Rows()))
+	slices.SortFunc(rows, func(a, b client.Row) int {
+		return cmp.Or(cmp.Compare(fmt.Sprint(a["created_at"]), fmt.Sprint(b["created_at"])),
+			cmp.Compare(fmt.Sprint(a["id"]), fmt.Sprint(b["id"])))
+	})
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(rows)
+}
