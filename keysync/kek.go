@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
 	"github.com/tink-crypto/tink-go/v2/insecurecleartextkeyset"
@@ -106,9 +107,11 @@ func localKEK(path string, h *keyset.Handle) (KEK, error) {
 	return NewKEK(LocalKEKScheme+filepath.ToSlash(abs), a), nil
 }
 
-// OpenKEK opens the KEK named by uri. It knows "local://PATH" (see
-// [OpenLocalKEK]); other providers, such as Vault transit, are built with
-// [NewKEK].
+// OpenKEK opens the KEK named by uri: "local://PATH" (see [OpenLocalKEK]),
+// or a URI of a provider registered with [RegisterKEKScheme]. Vault transit
+// ("hcvault://…") registers itself when its package is imported:
+//
+//	import _ "github.com/shapeseal/shapeseal/keysync/vaultkek"
 func OpenKEK(uri string) (KEK, error) {
 	if path, ok := strings.CutPrefix(uri, LocalKEKScheme); ok {
 		if path == "" {
@@ -116,7 +119,43 @@ func OpenKEK(uri string) (KEK, error) {
 		}
 		return OpenLocalKEK(filepath.FromSlash(path))
 	}
+	kekSchemes.Lock()
+	var open func(string) (KEK, error)
+	for prefix, o := range kekSchemes.m {
+		if strings.HasPrefix(uri, prefix) {
+			open = o
+		}
+	}
+	kekSchemes.Unlock()
+	switch {
+	case open != nil:
+		return open(uri)
+	case uri == "":
+		return nil, errors.New("keysync: no KEK URI")
+	case strings.HasPrefix(uri, "hcvault://"):
+		return nil, fmt.Errorf("keysync: KEK URI %q: import github.com/shapeseal/shapeseal/keysync/vaultkek to open Vault transit keys", uri)
+	}
 	return nil, fmt.Errorf("keysync: unsupported KEK URI %q", uri)
+}
+
+var kekSchemes struct {
+	sync.Mutex
+	m map[string]func(string) (KEK, error)
+}
+
+// RegisterKEKScheme makes [OpenKEK] open the URIs that start with prefix
+// (for example "hcvault://") with open. KEK providers call it from an init
+// function; registering a prefix twice panics.
+func RegisterKEKScheme(prefix string, open func(uri string) (KEK, error)) {
+	kekSchemes.Lock()
+	defer kekSchemes.Unlock()
+	if _, dup := kekSchemes.m[prefix]; dup || prefix == LocalKEKScheme || prefix == "" {
+		panic("keysync: KEK scheme " + prefix + " registered twice")
+	}
+	if kekSchemes.m == nil {
+		kekSchemes.m = map[string]func(string) (KEK, error){}
+	}
+	kekSchemes.m[prefix] = open
 }
 
 // kekAD is the associated data that binds an encrypted keyset to its tenant

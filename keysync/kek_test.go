@@ -61,6 +61,9 @@ func TestLocalKEK(t *testing.T) {
 	if _, err := OpenKEK("vault://x"); err == nil {
 		t.Fatal("OpenKEK accepted an unknown scheme")
 	}
+	if _, err := OpenKEK("hcvault://vault:8200/transit/keys/k"); err == nil || !strings.Contains(err.Error(), "keysync/vaultkek") {
+		t.Fatalf("OpenKEK(hcvault://) without vaultkek: %v", err)
+	}
 	if _, err := OpenKEK("local://"); err == nil {
 		t.Fatal("OpenKEK accepted an empty path")
 	}

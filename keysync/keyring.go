@@ -183,19 +183,42 @@ func (r *Keyring) Tenants() int { return len(r.state.Load().keys) }
 // Ready waits until the key shape has been up to date once (so the ring
 // holds every key granted so far), ctx ends or the ring is closed.
 func (r *Keyring) Ready(ctx context.Context) error {
+	_, err := r.wait(ctx, func(st *ringState) bool { return st.ready })
+	return err
+}
+
+// Wait waits until ok accepts the ring's keyset of tenant (nil while the ring
+// holds none) and returns that keyset, or until ctx ends or the ring is
+// closed. It checks ok now and after every change of the ring, so it does
+// not miss one: wait for a grant with
+//
+//	ks, err := ring.Wait(ctx, "acme", func(ks *keysync.Keyset) bool { return ks != nil })
+//
+// for a rotation with ks != nil && ks.Generation() >= gen, and for a
+// revocation with ks == nil.
+func (r *Keyring) Wait(ctx context.Context, tenant string, ok func(*Keyset) bool) (*Keyset, error) {
+	st, err := r.wait(ctx, func(st *ringState) bool { return ok(st.keys[tenant]) })
+	if err != nil {
+		return nil, err
+	}
+	return st.keys[tenant], nil
+}
+
+// wait returns the first state, from now on, that cond accepts.
+func (r *Keyring) wait(ctx context.Context, cond func(*ringState) bool) (*ringState, error) {
 	for {
 		st := r.state.Load()
-		if st.ready {
-			return nil
+		if cond(st) {
+			return st, nil
 		}
 		select {
 		case <-st.changed:
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		case <-r.closed:
-			return ErrKeyringClosed
+			return nil, ErrKeyringClosed
 		case <-r.stopped:
-			return ErrKeyringClosed
+			return nil, ErrKeyringClosed
 		}
 	}
 }

@@ -238,7 +238,14 @@ func TestKeyringGrantRotateRevoke(t *testing.T) {
 	e.exec(`DELETE FROM shapeseal_tenant_keys WHERE user_id = 'alice'`)
 	ks3, _ := ks2.Rotate()
 	e.grant(ks3, "acme", "bob", "laptop", bob)
-	waitUntil(t, func() bool { return ring.Keyset("acme") == nil })
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := ring.Wait(wctx, "acme", func(ks *Keyset) bool { return ks == nil }); err != nil {
+		t.Fatalf("waiting for alice's revocation: %v", err)
+	}
+	if ks, err := bobRing.Wait(wctx, "acme", func(ks *Keyset) bool { return ks != nil && ks.Generation() >= 3 }); err != nil || ks.Generation() != 3 {
+		t.Fatalf("waiting for bob's generation 3: %v, %v", ks, err)
+	}
 	c := ringSpec
 	id := e.item(ks3, "after revoke", "b4")
 	start = time.Now()
@@ -391,6 +398,37 @@ func staticRing(t *testing.T, keysets ...*Keyset) *Keyring {
 	}
 	r.publish(rows)
 	return r
+}
+
+func TestKeyringWait(t *testing.T) {
+	acme, _ := NewKeyset("acme")
+	r := staticRing(t, acme)
+	ctx := context.Background()
+	if ks, err := r.Wait(ctx, "acme", func(ks *Keyset) bool { return ks != nil }); err != nil || ks != acme {
+		t.Fatalf("Wait for a held keyset: %v, %v", ks, err)
+	}
+	// A change wakes a waiter; the condition is checked again.
+	got := make(chan *Keyset, 1)
+	go func() {
+		ks, _ := r.Wait(ctx, "acme", func(ks *Keyset) bool { return ks != nil && ks.Generation() >= 2 })
+		got <- ks
+	}()
+	globex, _ := NewKeyset("globex")
+	r.publish(map[string]ringRow{"a": {tenant: "acme", ks: acme}, "g": {tenant: "globex", ks: globex}}) // not yet
+	acme2, _ := acme.Rotate()
+	r.publish(map[string]ringRow{"a": {tenant: "acme", ks: acme2}})
+	if ks := <-got; ks != acme2 {
+		t.Fatalf("Wait returned %v, want generation 2", ks)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := r.Wait(cctx, "globex", func(ks *Keyset) bool { return ks != nil }); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait with a done context: %v", err)
+	}
+	r.Close()
+	if _, err := r.Wait(ctx, "globex", func(ks *Keyset) bool { return ks != nil }); !errors.Is(err, ErrKeyringClosed) {
+		t.Fatalf("Wait on a closed ring: %v", err)
+	}
 }
 
 func TestDecrypterPerCellErrors(t *testing.T) {

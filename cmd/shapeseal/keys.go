@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/shapeseal/shapeseal/keysync"
-	"github.com/shapeseal/shapeseal/keysync/vaultkek"
+	_ "github.com/shapeseal/shapeseal/keysync/vaultkek" // hcvault:// KEKs
 )
 
 // Key administration: init, keygen, device add, tenant create, grant,
@@ -106,17 +106,13 @@ func (a *adminFlags) kekFor(ctx context.Context, db keysync.DB, tenant string) (
 	return openKEK(uri)
 }
 
-// openKEK opens a KEK by URI: hcvault:// through Vault, local:// from a file.
+// openKEK opens a KEK by URI: hcvault:// through Vault (package vaultkek
+// registers it), local:// from a file.
 func openKEK(uri string) (keysync.KEK, error) {
-	switch {
-	case strings.HasPrefix(uri, vaultkek.Scheme):
-		return vaultkek.Open(uri)
-	case strings.HasPrefix(uri, keysync.LocalKEKScheme):
-		return keysync.OpenKEK(uri)
-	case uri == "":
+	if uri == "" {
 		return nil, errors.New("no KEK: set --kek or SHAPESEAL_KEK")
 	}
-	return nil, fmt.Errorf("unsupported KEK URI %q (want hcvault://… or local://…)", uri)
+	return keysync.OpenKEK(uri)
 }
 
 func required(fs *flag.FlagSet, names ...string) error {

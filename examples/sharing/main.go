@@ -46,6 +46,7 @@ import (
 
 	"github.com/shapeseal/shapeseal/client"
 	"github.com/shapeseal/shapeseal/keysync"
+	_ "github.com/shapeseal/shapeseal/keysync/vaultkek" // opens hcvault:// KEKs
 )
 
 var itemsSpec = keysync.TableSpec{Table: "public.items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
@@ -166,6 +167,12 @@ func share(ctx context.Context, o options, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "5. revoked %s from globex: keyset rotated to generation %d\n", o.Bob.Name, ks.Generation())
+	// Bob's keyring follows his key rows live: it drops globex's keyset
+	// as soon as his row is deleted.
+	if _, err := bob.ring.Wait(ctx, "globex", func(ks *keysync.Keyset) bool { return ks == nil }); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "5. %s's device no longer holds globex's keyset\n", o.Bob.Name)
 	laterRow, err := write("globex", "globex after revocation", "not for bob")
 	if err != nil {
 		return err
@@ -183,6 +190,7 @@ func share(ctx context.Context, o options, out io.Writer) error {
 // A reader is a user's device following the items shape, decrypted.
 type reader struct {
 	user  user
+	ring  *keysync.Keyring
 	items *client.Shape
 	done  chan struct{} // closed when the reader stops
 	err   error         // why, once done is closed
@@ -218,7 +226,7 @@ func follow(ctx context.Context, o options, u user) (*reader, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	r := &reader{user: u, items: client.NewShape(stream), done: make(chan struct{})}
+	r := &reader{user: u, ring: ring, items: client.NewShape(stream), done: make(chan struct{})}
 	r.stop = func() { cancel(); <-r.done }
 	go func() {
 		defer close(r.done)
@@ -268,7 +276,8 @@ func cell(v any) string {
 }
 
 // openKEK opens the KEK named by uri, or else the one acme's keyset is
-// stored under. Only local KEK files here; examples/writer opens Vault's.
+// stored under: a local file, or a Vault transit key (keysync/vaultkek,
+// imported for that, reads VAULT_ADDR, VAULT_TOKEN and VAULT_NAMESPACE).
 func openKEK(ctx context.Context, db keysync.DB, uri string) (keysync.KEK, error) {
 	if uri == "" {
 		var err error

@@ -48,6 +48,7 @@ func TestSharing(t *testing.T) {
 		`4. bob reads globex's row: title="globex budget" body="shared with bob"`,
 		`4. carol reads globex's row: title="globex budget" body="shared with bob"`,
 		"5. revoked bob from globex: keyset rotated to generation 2",
+		"5. bob's device no longer holds globex's keyset",
 		`6. carol reads globex's new row: title="globex after revocation" body="not for bob"`,
 		`6. bob reads globex's new row: title=<no_key> body=<no_key>`,
 		`6. bob reads globex's first row, from his copy: title="globex budget" body="shared with bob"`,
@@ -78,6 +79,7 @@ func TestSharing(t *testing.T) {
 		"1. tenant globex: already exists",
 		`4. bob reads globex's row: title="globex budget"`,
 		"5. revoked bob from globex: keyset rotated to generation 3",
+		"5. bob's device no longer holds globex's keyset",
 		`6. bob reads globex's new row: title=<no_key> body=<no_key>`,
 	} {
 		if !strings.Contains(out.String(), w) {

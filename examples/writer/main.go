@@ -53,7 +53,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/shapeseal/shapeseal/keysync"
-	"github.com/shapeseal/shapeseal/keysync/vaultkek"
+	_ "github.com/shapeseal/shapeseal/keysync/vaultkek" // opens hcvault:// KEKs
 )
 
 type options struct {
@@ -167,23 +167,13 @@ func kekSource(db keysync.DB, uri string) func(context.Context, string) (keysync
 		if k, ok := opened[u]; ok {
 			return k, nil
 		}
-		k, err := openKEK(u)
+		k, err := keysync.OpenKEK(u) // local://, or hcvault:// through vaultkek
 		if err != nil {
 			return nil, err
 		}
 		opened[u] = k
 		return k, nil
 	}
-}
-
-// openKEK opens a KEK by URI. keysync opens local files itself; Vault
-// transit keys come from keysync/vaultkek, which reads VAULT_ADDR,
-// VAULT_TOKEN and VAULT_NAMESPACE.
-func openKEK(uri string) (keysync.KEK, error) {
-	if strings.HasPrefix(uri, vaultkek.Scheme) {
-		return vaultkek.Open(uri)
-	}
-	return keysync.OpenKEK(uri)
 }
 
 // newUUID returns a random (version 4) UUID as Postgres prints it.

@@ -135,7 +135,7 @@ func TestWriterVault(t *testing.T) {
 		t.Fatal(err)
 	}
 	uri := "hcvault://vault/transit/keys/examples-writer"
-	kek, err := openKEK(uri)
+	kek, err := keysync.OpenKEK(uri)
 	if err != nil {
 		t.Fatal(err)
 	}

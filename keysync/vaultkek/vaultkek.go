@@ -15,6 +15,11 @@
 //
 //	vault secrets enable transit
 //	vault write -f transit/keys/shapeseal
+//
+// Importing the package registers the scheme with keysync, so that
+// [keysync.OpenKEK] opens "hcvault://" URIs with [Open]:
+//
+//	import _ "github.com/shapeseal/shapeseal/keysync/vaultkek"
 package vaultkek
 
 import (
@@ -31,6 +36,8 @@ import (
 
 // Scheme prefixes the URI of a Vault transit KEK.
 const Scheme = "hcvault://"
+
+func init() { keysync.RegisterKEKScheme(Scheme, Open) }
 
 // New returns the KEK for the transit key that uri names, using client to
 // reach Vault.

@@ -93,7 +93,8 @@ func TestOpenFromEnvironment(t *testing.T) {
 	client, uri := vaultClient(t)
 	t.Setenv("VAULT_ADDR", client.Address())
 	t.Setenv("VAULT_TOKEN", client.Token())
-	kek, err := Open(uri)
+	// keysync.OpenKEK opens hcvault:// URIs once this package is imported.
+	kek, err := keysync.OpenKEK(uri)
 	if err != nil {
 		t.Fatal(err)
 	}
