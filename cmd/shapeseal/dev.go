@@ -180,10 +180,11 @@ Flags:
 		ProxyURL    string              `json:"proxy_url"`
 		DatabaseURL string              `json:"database_url"`
 		Signer      string              `json:"signer"`
+		KEK         string              `json:"kek"`
 		Shapes      map[string]string   `json:"shapes"`
 		Users       map[string]userInfo `json:"users"`
 	}{
-		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL, Signer: signer,
+		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL, Signer: signer, KEK: kek.URI(),
 		Shapes: map[string]string{"items": proxyURL + "/v1/shapes/items", "keys": proxyURL + "/v1/shapes/keys"},
 		Users:  map[string]userInfo{},
 	}

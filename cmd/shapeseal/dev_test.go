@@ -63,6 +63,7 @@ func TestDev(t *testing.T) {
 		Electric string `json:"electric_url"`
 		Database string `json:"database_url"`
 		Signer   string
+		KEK      string
 		Shapes   map[string]string
 		Users    map[string]struct {
 			Token, Identity string
@@ -72,7 +73,8 @@ func TestDev(t *testing.T) {
 	if err := json.Unmarshal([]byte(readyJSON), &ready); err != nil {
 		t.Fatal(err)
 	}
-	if ready.Proxy == "" || ready.Electric == "" || ready.Database == "" || len(ready.Users) != 3 {
+	if ready.Proxy == "" || ready.Electric == "" || ready.Database == "" || len(ready.Users) != 3 ||
+		!strings.HasPrefix(ready.Signer, "ssvk1") || !strings.HasPrefix(ready.KEK, "local://") {
 		t.Fatalf("ready line %s", readyJSON)
 	}
 
