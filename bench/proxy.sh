@@ -16,9 +16,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Two sockets per held poll in the proxy (client and upstream side), and as
-# many in this benchmark's own process: raise the soft open-file limit as
-# far as the hard limit allows (proxybench holds fewer polls if it must).
+# Up to two sockets per held poll in the proxy (client and upstream side),
+# one in proxybench's client process and one in its upstream: raise the
+# soft open-file limit as far as the hard limit allows (proxybench holds
+# fewer polls if it must).
 hard=$(ulimit -Hn)
 if [[ $hard == unlimited || $hard -gt 65536 ]]; then hard=65536; fi
 ulimit -n "$hard"

@@ -85,6 +85,8 @@ func TestCoalescedLivePolls(t *testing.T) {
 		t.Fatalf("leaver: %+v", r)
 	}
 	waitFor(t, "the leaver's handler", func() bool { return e.p.metrics.liveNow.Load() == n+1 })
+	// The shared requests reach the upstream on their own goroutines.
+	waitFor(t, "2 upstream live requests", func() bool { return e.liveUpstream()-base >= 2 })
 	if got := e.liveUpstream() - base; got != 2 {
 		t.Fatalf("upstream saw %d live requests for %d polls of 2 shapes, want 2", got, n+2)
 	}

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,10 +34,14 @@ type Proxy struct {
 	limiter  *limiter
 	metrics  *metrics
 	client   *http.Client
+	lean     *liveClient // shared live requests, when not nil (upstream.go)
 	logger   *slog.Logger
 	origins  map[string]bool
 	ws       wsState                  // GET /v1/ws (ws.go)
 	live     flightGroup[*liveResult] // coalesced HTTP live polls
+	parked   atomic.Int64             // live polls parked now (park.go)
+
+	parkWriteTimeout time.Duration // parkedWriteTimeout
 }
 
 // New checks cfg and returns a Proxy.
@@ -51,7 +56,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{cfg: cfg, upstream: u, verifier: v, rules: map[string]*rule{},
-		limits: cfg.Limits.withDefaults(), metrics: newMetrics(), logger: cfg.Logger}
+		limits: cfg.Limits.withDefaults(), metrics: newMetrics(), logger: cfg.Logger, parkWriteTimeout: parkedWriteTimeout}
 	if p.logger == nil {
 		p.logger = slog.New(slog.DiscardHandler)
 	}
@@ -81,6 +86,7 @@ func New(cfg Config) (*Proxy, error) {
 		t.WriteBufferSize = 1 << 10
 		t.ReadBufferSize = 2 << 10
 		rt = t
+		p.lean = newLiveClient(u, p.limits.UpstreamTimeout)
 	}
 	p.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error {
 		return http.ErrUseLastResponse
@@ -136,37 +142,77 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	aw := &auditWriter{ResponseWriter: w}
 	aw.Header().Set("X-Request-Id", reqID)
 	p.cors(aw, r)
-	info := &reqInfo{shape: "-"}
+	info := &reqInfo{shape: "-", reqID: reqID, method: methodName(r.Method), start: start}
+	defer func() {
+		if !info.parked {
+			info.endLive() // also when a handler panics
+		}
+	}()
 	p.serve(aw, r, info)
-	if aw.status == 0 {
-		aw.status = http.StatusOK
+	if info.parked {
+		// The connection is parked (park.go): the response, metrics and
+		// audit line come when the shared upstream request ends.
+		return
 	}
-	d := time.Since(start)
-	p.metrics.observe(info.shape, aw.status, d)
-	p.metrics.bytesSent.Add(uint64(aw.bytes))
+	p.finish(r.Context(), info, aw.status, aw.bytes)
+	if info.abort {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// methodName returns m, as a constant when it is a known method: r.Method
+// is a slice of the request line, which a parked poll would keep.
+func methodName(m string) string {
+	for _, k := range [...]string{http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPost} {
+		if m == k {
+			return k
+		}
+	}
+	return m
+}
+
+// finish ends a request: it releases its live slot, records its metrics
+// and writes its audit line.
+func (p *Proxy) finish(ctx context.Context, info *reqInfo, status int, bytes int64) {
+	info.endLive()
+	if status == 0 {
+		status = http.StatusOK
+	}
+	d := time.Since(info.start)
+	p.metrics.observe(info.shape, status, d)
+	p.metrics.bytesSent.Add(uint64(bytes))
 	attrs := []slog.Attr{
-		slog.String("request_id", reqID),
-		slog.String("method", r.Method),
+		slog.String("request_id", info.reqID),
+		slog.String("method", info.method),
 		slog.String("shape", info.shape),
 		slog.String("user", info.user),
-		slog.Int("status", aw.status),
-		slog.Int64("bytes", aw.bytes),
+		slog.Int("status", status),
+		slog.Int64("bytes", bytes),
 		slog.Duration("duration", d),
 		slog.Bool("live", info.live),
 	}
 	if info.reason != "" {
 		attrs = append(attrs, slog.String("reason", info.reason))
 	}
-	p.logger.LogAttrs(r.Context(), slog.LevelInfo, "proxy request", attrs...)
-	if info.abort {
-		panic(http.ErrAbortHandler)
-	}
+	p.logger.LogAttrs(ctx, slog.LevelInfo, "proxy request", attrs...)
 }
 
 // reqInfo is what the audit line reports about a request.
 type reqInfo struct {
+	reqID, method       string
+	start               time.Time
 	shape, user, reason string
 	live, abort         bool
+	parked              bool   // answered later from a parked connection (park.go)
+	release             func() // ends a live request's limiter slot and gauge
+}
+
+// endLive releases the live slot of the request, once.
+func (info *reqInfo) endLive() {
+	if info.release != nil {
+		info.release()
+		info.release = nil
+	}
 }
 
 func (p *Proxy) cors(w http.ResponseWriter, r *http.Request) {
@@ -293,10 +339,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 			tooMany(w, time.Second, "too many concurrent live requests")
 			return
 		}
-		defer release()
 		info.live = true
 		p.metrics.liveNow.Add(1)
-		defer p.metrics.liveNow.Add(-1)
+		info.release = func() {
+			release()
+			p.metrics.liveNow.Add(-1)
+		}
 	}
 	p.forward(w, r, rl, upQ, info)
 }
@@ -361,12 +409,12 @@ type liveResult struct {
 	tooLarge bool // over liveShareMax: not shared
 }
 
-// upstreamRequest builds the upstream request for q with the client's
-// forwarded headers from hdr.
-func (p *Proxy) upstreamRequest(ctx context.Context, method string, q url.Values, hdr http.Header, reqID string) (*http.Request, error) {
+// upstreamRequest builds the upstream request for rawQuery (encoded) with
+// the client's forwarded headers from hdr.
+func (p *Proxy) upstreamRequest(ctx context.Context, method string, rawQuery string, hdr http.Header, reqID string) (*http.Request, error) {
 	u := *p.upstream
 	u.Path += "/v1/shape"
-	u.RawQuery = q.Encode()
+	u.RawQuery = rawQuery
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
 		return nil, err
@@ -384,6 +432,22 @@ func (p *Proxy) upstreamRequest(ctx context.Context, method string, q url.Values
 	return req, nil
 }
 
+// forwardedHeaders are the forwardedRequestHeaders of hdr (nil if none).
+func forwardedHeaders(hdr http.Header) http.Header {
+	var out http.Header
+	for _, h := range forwardedRequestHeaders {
+		if vs := hdr.Values(h); len(vs) > 0 {
+			if out == nil {
+				out = http.Header{}
+			}
+			// A copy: vs shares its array with every other header value
+			// of the request, the token included.
+			out[h] = append([]string(nil), vs...)
+		}
+	}
+	return out
+}
+
 // liveKey is the coalescing key of a live GET: the rule-resolved upstream
 // URL (cursor included) and the forwarded headers that change the
 // response; "" when the request is not shared (SSE streams).
@@ -393,7 +457,7 @@ func liveKey(q url.Values, hdr http.Header) string {
 	}
 	var b strings.Builder
 	b.WriteString(q.Encode())
-	for _, h := range []string{"Accept", "Accept-Encoding", "If-None-Match"} {
+	for _, h := range liveKeyHeaders {
 		b.WriteByte('\n')
 		b.WriteString(strings.Join(hdr.Values(h), "\x00"))
 	}
@@ -402,12 +466,15 @@ func liveKey(q url.Values, hdr http.Header) string {
 
 // fetchShared makes a coalesced live request and reads it whole (up to
 // liveShareMax).
-func (p *Proxy) fetchShared(ctx context.Context, q url.Values, hdr http.Header, reqID string) *liveResult {
+func (p *Proxy) fetchShared(ctx context.Context, rawQuery string, hdr http.Header, reqID string) *liveResult {
 	p.metrics.liveShared.Add(1)
 	defer p.metrics.liveShared.Add(-1)
 	ctx, cancel := context.WithTimeout(ctx, p.limits.UpstreamTimeout)
 	defer cancel()
-	req, err := p.upstreamRequest(ctx, http.MethodGet, q, hdr, reqID)
+	if p.lean != nil {
+		return leanResult(p.lean.get(ctx, p.sharedRequest(rawQuery, hdr, reqID), liveShareMax))
+	}
+	req, err := p.upstreamRequest(ctx, http.MethodGet, rawQuery, hdr, reqID)
 	if err != nil {
 		return &liveResult{err: err}
 	}
@@ -427,46 +494,132 @@ func (p *Proxy) fetchShared(ctx context.Context, q url.Values, hdr http.Header, 
 	return res
 }
 
+// fetchSharedAsync is fetchShared without waiting for the response (for
+// flightGroup.join): it returns once the request is sent and calls done
+// with the result, from another goroutine. With the liveClient, no
+// goroutine waits on a grown stack while the upstream holds the request
+// (see liveClient.start).
+func (p *Proxy) fetchSharedAsync(ctx context.Context, rawQuery string, hdr http.Header, reqID string, done func(*liveResult)) {
+	if p.lean == nil {
+		go func() { done(p.fetchShared(ctx, rawQuery, hdr, reqID)) }()
+		return
+	}
+	p.metrics.liveShared.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, p.limits.UpstreamTimeout)
+	p.lean.start(ctx, p.sharedRequest(rawQuery, hdr, reqID), liveShareMax, func(resp *http.Response, body []byte, err error) {
+		cancel()
+		p.metrics.liveShared.Add(-1)
+		done(leanResult(resp, body, err))
+	})
+}
+
+// sharedRequest returns the builder of a shared live request.
+func (p *Proxy) sharedRequest(rawQuery string, hdr http.Header, reqID string) func(context.Context) (*http.Request, error) {
+	return func(ctx context.Context) (*http.Request, error) {
+		return p.upstreamRequest(ctx, http.MethodGet, rawQuery, hdr, reqID)
+	}
+}
+
+// leanResult is the liveResult of a liveClient request.
+func leanResult(resp *http.Response, body []byte, err error) *liveResult {
+	switch {
+	case err != nil:
+		return &liveResult{err: err}
+	case len(body) > liveShareMax:
+		return &liveResult{status: resp.StatusCode, header: resp.Header, tooLarge: true}
+	}
+	return &liveResult{status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+// liveKeyHeaders are the forwarded request headers that are part of a
+// live poll's coalescing key.
+var liveKeyHeaders = [...]string{"Accept", "Accept-Encoding", "If-None-Match"}
+
+// splitLiveKey is the inverse of liveKey: the encoded upstream query and
+// the key's request headers (a parked poll keeps only its flight's key).
+func splitLiveKey(key string) (rawQuery string, hdr http.Header) {
+	parts := strings.Split(key, "\n")
+	hdr = http.Header{}
+	for i, h := range liveKeyHeaders {
+		if i+1 < len(parts) && parts[i+1] != "" {
+			hdr[h] = strings.Split(parts[i+1], "\x00")
+		}
+	}
+	return parts[0], hdr
+}
+
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.Values, info *reqInfo) {
-	reqID := w.Header().Get("X-Request-Id")
 	key := ""
 	if info.live && r.Method == http.MethodGet {
 		key = liveKey(q, r.Header)
 	}
 	if key != "" {
-		// fetch runs only for the first poll (the leader), on its own
-		// goroutine: the upstream request carries its headers.
-		res, ok := p.live.do(r.Context(), key, func(ctx context.Context) *liveResult {
-			return p.fetchShared(ctx, q, r.Header, reqID)
-		})
+		// fetch (or start, for a poll that may be parked) runs only for
+		// the first poll (the leader): the upstream request carries its
+		// forwarded headers. They keep only what they need (not the
+		// request), as the request may outlive a parked leader's handler
+		// by minutes.
+		rawQuery, fwd := q.Encode(), forwardedHeaders(r.Header)
+		fetch := func(ctx context.Context) *liveResult {
+			return p.fetchShared(ctx, rawQuery, fwd, info.reqID)
+		}
+		start := func(ctx context.Context, done func(*liveResult)) {
+			p.fetchSharedAsync(ctx, rawQuery, fwd, info.reqID, done)
+		}
+		var res *liveResult
+		var ok bool
+		if pc := parkConnOf(r); pc != nil {
+			// Served by Proxy.Serve: a poll still waiting after parkAfter
+			// is parked (park.go).
+			if res, ok = p.waitOrPark(w, r, pc, rl, info, key, start); info.parked {
+				return
+			}
+		} else {
+			res, ok = p.live.do(r.Context(), key, fetch)
+		}
 		if !ok {
 			info.reason = "client went away"
 			w.WriteHeader(499) // never seen by the client; recorded in the audit line
 			return
 		}
-		if !res.tooLarge {
-			if res.err != nil {
-				p.badGateway(w, info, res.err)
-				return
-			}
-			if !p.writeHeader(w, rl, info, res.status, res.header) {
-				return
-			}
-			w.Write(res.body)
+		if p.replayShared(w, rl, info, res) {
 			return
 		}
 		// Too large to share: this poll fetches it on its own.
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), p.limits.UpstreamTimeout)
+	p.stream(r.Context(), w, r.Method, q.Encode(), r.Header, rl, info)
+}
+
+// replayShared answers a coalesced live poll from its shared result; false
+// when the result was too large to share.
+func (p *Proxy) replayShared(w http.ResponseWriter, rl *rule, info *reqInfo, res *liveResult) bool {
+	if res.tooLarge {
+		return false
+	}
+	if res.err != nil {
+		p.badGateway(w, info, res.err)
+		return true
+	}
+	if p.writeHeader(w, rl, info, res.status, res.header) {
+		w.Write(res.body)
+	}
+	return true
+}
+
+// stream makes its own upstream request and streams the response to w.
+// ctx is the client's: when it has ended, a failed upstream request is
+// the client going away, not a bad gateway.
+func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, method, rawQuery string, hdr http.Header, rl *rule, info *reqInfo) {
+	uctx, cancel := context.WithTimeout(ctx, p.limits.UpstreamTimeout)
 	defer cancel()
-	req, err := p.upstreamRequest(ctx, r.Method, q, r.Header, reqID)
+	req, err := p.upstreamRequest(uctx, method, rawQuery, hdr, info.reqID)
 	if err != nil {
 		p.badGateway(w, info, err)
 		return
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
-		if r.Context().Err() != nil {
+		if ctx.Err() != nil {
 			info.reason = "client went away"
 			w.WriteHeader(499) // never seen by the client; recorded in the audit line
 			return
@@ -478,16 +631,16 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.
 	if !p.writeHeader(w, rl, info, resp.StatusCode, resp.Header) {
 		return
 	}
-	if r.Method == http.MethodHead {
+	if method == http.MethodHead {
 		return
 	}
 	// Send the headers at once: an SSE stream may wait long for its
 	// first event.
 	http.NewResponseController(w).Flush()
-	if err := copyFlush(w, resp.Body); err != nil && r.Context().Err() == nil {
+	if err := copyFlush(w, resp.Body); err != nil && ctx.Err() == nil {
 		info.reason = "upstream body: " + redact(err)
 		p.metrics.upErrors.Add(1)
-		p.logger.Warn("proxy: upstream body interrupted", "request_id", reqID, "shape", rl.Name, "err", info.reason)
+		p.logger.Warn("proxy: upstream body interrupted", "request_id", info.reqID, "shape", rl.Name, "err", info.reason)
 		// The status is sent; aborting (after the audit line) makes the
 		// client see a truncated response rather than a complete-looking one.
 		info.abort = true

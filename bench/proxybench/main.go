@@ -30,14 +30,19 @@
 //	(b) a snapshot of -snapshot-mb MB read through each proxy, -rounds
 //	    alternating rounds: MB/s (median), and each proxy's peak RSS (and
 //	    Go heap / V8 heap) while it streams;
-//	(c) -polls live polls held at once through shapeseal's proxy (fewer
-//	    when the open-file limit cannot hold 2 per poll in one process):
-//	    the growth of its Go heap + goroutine stacks, and of its RSS, per
-//	    held poll; then all are released and answered.
+//	(c) -polls live polls held at once through shapeseal's proxy, by a
+//	    child process of this program (-hold-clients), distinct (one
+//	    upstream request each; fewer when the open-file limit cannot
+//	    hold 2 sockets per poll in the proxy) then identical (coalesced):
+//	    the growth of its Go heap + goroutine stacks (after a forced GC)
+//	    and of its RSS per held poll, where the heap goes (its heap
+//	    profile, from `shapeseal proxy --debug-listen`) and where its
+//	    goroutines wait; then all are released and answered.
 package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -76,6 +81,12 @@ var (
 	rounds     = flag.Int("rounds", 5, "alternating snapshot rounds per proxy for (b)")
 	polls      = flag.Int("polls", 10000, "live polls to hold through shapeseal's proxy for (c)")
 	parts      = flag.String("parts", "abc", "which parts to run: any of a, b, c")
+
+	// The poll-holding child process of (c) (see holdClients).
+	holdChild  = flag.Bool("hold-clients", false, "internal: be the process holding (c)'s client connections")
+	holdURL    = flag.String("hold-url", "", "internal: the proxy's base URL, for -hold-clients")
+	holdN      = flag.Int("hold-n", 0, "internal: polls to hold, for -hold-clients")
+	holdShared = flag.Bool("hold-shared", false, "internal: identical polls, for -hold-clients")
 )
 
 const (
@@ -85,6 +96,13 @@ const (
 
 func main() {
 	flag.Parse()
+	if *holdChild {
+		if err := holdClients(); err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "proxybench:", err)
 		os.Exit(1)
@@ -208,7 +226,17 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 	defer auditLog.Close()
 	env := append(os.Environ(), "ELECTRIC_URL="+ups.URL, "ELECTRIC_SECRET="+upSecret, "JWT_SECRET="+jwtSecret)
 	startGo := func() (*proc, error) {
-		return startProc(ctx, exec.Command(bin, "proxy", "--config", cfgFile, "--listen", "127.0.0.1:0"), env, auditLog, "shapeseal proxy ready ")
+		// --debug-listen: Go's profiles on a port of their own, to force a
+		// GC before measuring and to break the memory down in (c).
+		debugAddr, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		pr, err := startProc(ctx, exec.Command(bin, "proxy", "--config", cfgFile, "--listen", "127.0.0.1:0", "--debug-listen", debugAddr), env, auditLog, "shapeseal proxy ready ")
+		if pr != nil {
+			pr.debugURL = "http://" + debugAddr
+		}
+		return pr, err
 	}
 	goProxy, err := startGo()
 	if err != nil {
@@ -359,41 +387,60 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 		return nil
 	}
 
-	// (c) held live polls.
-	n := *polls
+	// (c) held live polls. The clients are a child process (holdClients),
+	// so that each process stays within its own open-file limit: the
+	// proxy holds one socket per poll, plus one upstream socket per poll
+	// when they are distinct; the child one per poll; this process (the
+	// upstream) one per distinct poll.
 	var lim syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
-		// This process holds a client and an upstream socket per poll, the
-		// proxy one of each: 2 per poll in each process, plus a margin.
-		if max := (int(lim.Cur) - 300) / 2; n > max {
-			logf("(c) open-file limit %d: holding %d polls instead of %d", lim.Cur, max, n)
-			n = max
-		}
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
 	}
+	fdLimit := int(min(lim.Max, 1<<20))
 	for _, shared := range []bool{false, true} {
 		label, what := "distinct", "each its own shape position: not coalesced, one upstream request each"
 		if shared {
 			label, what = "identical", "one shape position: coalesced into one upstream request"
+		}
+		n, perPoll := *polls, 2
+		if shared {
+			perPoll = 1
+		}
+		if max := (fdLimit - 100) / perPoll; n > max {
+			logf("(c) open-file limit %d: holding %d %s polls instead of %d (%d sockets each in the proxy)", fdLimit, max, label, n, perPoll)
+			n = max
 		}
 		logf("(c) holding %d %s live polls through shapeseal", n, label)
 		held, err := holdPolls(ctx, up, goProxy, tok, n, shared)
 		if err != nil {
 			return fmt.Errorf("(c) %s: %w", label, err)
 		}
-		fmt.Printf("\n(c) %d %s live polls held at once through shapeseal's proxy (%s; upstream holds them; loopback):\n", held.n, label, what)
-		fmt.Printf("  proxy live polls in flight (its metric): %.0f, upstream requests held: %d; goroutines %.0f → %.0f (%.1f per poll)\n",
+		fmt.Printf("\n(c) %d %s live polls held at once through shapeseal's proxy (%s; upstream holds them; clients in a child process; loopback):\n", held.n, label, what)
+		fmt.Printf("  proxy live polls in flight (its metric): %.0f, upstream requests held: %d; goroutines %.0f → %.0f (%.2f per poll)\n",
 			held.after["shapeseal_proxy_live_requests"], held.upstream, held.before["go_goroutines"], held.after["go_goroutines"],
 			(held.after["go_goroutines"]-held.before["go_goroutines"])/float64(held.n))
 		hs := func(m map[string]float64) float64 {
 			return m["go_memstats_heap_alloc_bytes"] + m["go_memstats_stack_inuse_bytes"]
 		}
-		fmt.Printf("  Go heap + stacks: %.1f MB → %.1f MB: %.1f KB per held poll (target < 16 KB)\n",
+		fmt.Printf("  Go heap + stacks (after a forced GC): %.1f MB → %.1f MB: %.1f KB per held poll (target < 16 KB)\n",
 			hs(held.before)/1e6, hs(held.after)/1e6, (hs(held.after)-hs(held.before))/float64(held.n)/1024)
 		fmt.Printf("  of which goroutine stacks %.1f KB and heap objects %.1f KB per held poll\n",
 			(held.after["go_memstats_stack_inuse_bytes"]-held.before["go_memstats_stack_inuse_bytes"])/float64(held.n)/1024,
 			(held.after["go_memstats_heap_alloc_bytes"]-held.before["go_memstats_heap_alloc_bytes"])/float64(held.n)/1024)
-		fmt.Printf("  RSS: %.1f MB → %.1f MB: %.1f KB per held poll\n", float64(held.rssBefore)/1e6, float64(held.rssAfter)/1e6,
+		fmt.Printf("  RSS: %.1f MB → %.1f MB: %.1f KB per held poll (target < 16 KB)\n", float64(held.rssBefore)/1e6, float64(held.rssAfter)/1e6,
 			(float64(held.rssAfter)-float64(held.rssBefore))/float64(held.n)/1024)
+		if len(held.heapSites) > 0 {
+			fmt.Printf("  heap in use per held poll by allocation site (pprof, sampled):\n")
+			for _, st := range held.heapSites {
+				fmt.Printf("    %7.0f B  %s\n", st.bytes/float64(held.n), st.site)
+			}
+		}
+		if len(held.goroutines) > 0 {
+			fmt.Printf("  goroutines by where they wait (pprof):\n")
+			for _, st := range held.goroutines {
+				fmt.Printf("    %7.0f    %s\n", st.bytes, st.site)
+			}
+		}
 		fmt.Printf("  held in %.1f s; all %d answered %.1f s after release\n", held.setup.Seconds(), held.answered, held.drain.Seconds())
 		up.release = make(chan struct{})
 		if !shared {
@@ -458,59 +505,156 @@ type heldResult struct {
 	before, after       map[string]float64
 	rssBefore, rssAfter uint64
 	setup, drain        time.Duration
+	heapSites           []siteTotal // in use while held, minus before
+	goroutines          []siteTotal // while held (bytes is the count)
 }
 
-// holdPolls opens n live polls through the proxy, each on its own
-// connection, waits until the upstream holds them all, measures the
-// proxy, then releases them and waits for every answer.
-// With shared, every poll asks for the same position (coalesced by the
-// proxy); otherwise each asks for its own.
+// holdPolls has a child process (holdClients) open n live polls through
+// the proxy, each on its own connection, waits until they are all held
+// (by the upstream, or with shared by the proxy's live gauge with one
+// upstream request), measures the proxy after a forced GC, then releases
+// them and waits for the child to count the answers.
 func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int, shared bool) (res heldResult, err error) {
 	res.n = n
+	gc := func() { // a GC in the proxy, so that heap figures are live bytes
+		resp, err := benchClient.Get(p.debugURL + "/debug/pprof/heap?gc=1")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	gc()
 	if res.before, err = scrape(p.url + "/metrics"); err != nil {
 		return res, err
 	}
 	res.rssBefore, _ = procStatus(p.cmd.Process.Pid, "VmRSS")
+	heapBefore, _ := heapSites(p.debugURL)
+
+	self, err := os.Executable()
+	if err != nil {
+		return res, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+	defer cancel()
+	child := exec.CommandContext(cctx, self, "-hold-clients", "-hold-url", p.url, "-hold-n", strconv.Itoa(n), "-hold-shared="+strconv.FormatBool(shared))
+	child.Env = append(os.Environ(), "PROXYBENCH_TOKEN="+tok)
+	child.Stderr = os.Stderr
+	out, err := child.StdoutPipe()
+	if err != nil {
+		return res, err
+	}
+	if err := child.Start(); err != nil {
+		cancel()
+		return res, err
+	}
+	defer func() {
+		cancel() // kills the child if it is still there
+		child.Wait()
+	}()
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	start := time.Now()
+	held := func() bool {
+		if !shared {
+			return up.holding.Load() == int64(n)
+		}
+		m, err := scrape(p.url + "/metrics")
+		return err == nil && up.holding.Load() == 1 && int(m["shapeseal_proxy_live_requests"]) == n
+	}
+	for !held() {
+		select {
+		case l, ok := <-lines:
+			if !ok || strings.HasPrefix(l, "error") {
+				return res, fmt.Errorf("the client process: %s", l)
+			}
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Since(start) > 2*time.Minute {
+			return res, fmt.Errorf("only %d upstream requests held after 2 min", up.holding.Load())
+		}
+	}
+	res.setup = time.Since(start)
+	time.Sleep(2 * time.Second) // let the proxy settle (idle buffers)
+	res.upstream = up.holding.Load()
+	gc()
+	if res.after, err = scrape(p.url + "/metrics"); err != nil {
+		return res, err
+	}
+	res.rssAfter, _ = procStatus(p.cmd.Process.Pid, "VmRSS")
+	if heapAfter, err := heapSites(p.debugURL); err == nil {
+		res.heapSites = topSites(heapAfter, heapBefore, 8)
+	}
+	if g, err := goroutineSites(p.debugURL); err == nil {
+		res.goroutines = topSites(g, nil, 5)
+	}
+	start = time.Now()
+	close(up.release)
+	for l := range lines {
+		if rest, ok := strings.CutPrefix(l, "done "); ok {
+			var failed int
+			var first string
+			fmt.Sscanf(rest, "%d %d", &res.answered, &failed)
+			if _, f, ok := strings.Cut(rest, " first: "); ok {
+				first = f
+			}
+			res.drain = time.Since(start)
+			if failed > 0 || res.answered != n {
+				return res, fmt.Errorf("%d of %d answered, %d failed, first: %s", res.answered, n, failed, first)
+			}
+			return res, nil
+		}
+		if strings.HasPrefix(l, "error") {
+			return res, fmt.Errorf("the client process: %s", l)
+		}
+	}
+	return res, errors.New("the client process ended without its count")
+}
+
+// holdClients is the child process of (c) (-hold-clients): it opens
+// -hold-n live polls through the proxy at -hold-url, each on its own
+// connection (at most 256 being set up at a time, by the proxy's live
+// gauge: the listen backlog), reads every answer, and prints
+// "done ANSWERED FAILED[ first: ERR]".
+func holdClients() error {
+	n, base, tok := *holdN, *holdURL, os.Getenv("PROXYBENCH_TOKEN")
 	tr := &http.Transport{MaxIdleConnsPerHost: n, DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr}
-	pctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	var answered atomic.Int64
-	var failed atomic.Int64
+	var answered, failed atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
-	// inProxy is how many polls are held: the upstream's count, or with
-	// shared (one upstream request) the proxy's live gauge, scraped at
-	// most every 20 ms.
 	var lastScrape time.Time
-	var lastLive int64
-	inProxy := func() int64 {
-		if !shared {
-			return up.holding.Load()
-		}
+	var live int
+	inProxy := func() int {
 		if time.Since(lastScrape) > 20*time.Millisecond {
 			lastScrape = time.Now()
-			if m, err := scrape(p.url + "/metrics"); err == nil && up.holding.Load() > 0 {
-				lastLive = int64(m["shapeseal_proxy_live_requests"])
+			if m, err := scrape(base + "/metrics"); err == nil {
+				live = int(m["shapeseal_proxy_live_requests"])
 			}
 		}
-		return lastLive
+		return live
 	}
 	start := time.Now()
 	for i := range n {
-		// At most 256 polls on their way at once (the listen backlog).
-		for i-int(inProxy()) >= 256 && failed.Load() == 0 && time.Since(start) < 2*time.Minute {
+		for i-inProxy() >= 256 && failed.Load() == 0 && time.Since(start) < 2*time.Minute {
 			time.Sleep(time.Millisecond)
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			handle := fmt.Sprintf("hold-%d", i)
-			if shared {
+			if *holdShared {
 				handle = "hold-shared"
 			}
-			req, _ := http.NewRequestWithContext(pctx, "GET", p.url+"/v1/shapes/hold?live=true&offset=0_0&handle="+handle, nil)
+			req, _ := http.NewRequestWithContext(ctx, "GET", base+"/v1/shapes/hold?live=true&offset=0_0&handle="+handle, nil)
 			req.Header.Set("Authorization", "Bearer "+tok)
 			resp, err := c.Do(req)
 			if err == nil {
@@ -521,44 +665,147 @@ func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int, sh
 				}
 			}
 			if err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err)
+				if failed.Add(1) == 1 {
+					firstErr.Store(err.Error())
+					fmt.Println("error poll:", err)
+				}
 				return
 			}
 			answered.Add(1)
 		}()
 	}
-	for inProxy() < int64(n) {
-		if failed.Load() > 0 {
-			cancel()
-			wg.Wait()
-			return res, fmt.Errorf("%d polls failed, first: %v", failed.Load(), firstErr.Load())
-		}
-		if time.Since(start) > 2*time.Minute {
-			cancel()
-			wg.Wait()
-			return res, fmt.Errorf("only %d of %d polls held after 2 min", inProxy(), n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	res.setup = time.Since(start)
-	time.Sleep(2 * time.Second) // let the proxy settle (GC, idle buffers)
-	res.upstream = up.holding.Load()
-	if res.after, err = scrape(p.url + "/metrics"); err != nil {
-		cancel()
-		wg.Wait()
-		return res, err
-	}
-	res.rssAfter, _ = procStatus(p.cmd.Process.Pid, "VmRSS")
-	start = time.Now()
-	close(up.release)
 	wg.Wait()
-	res.drain = time.Since(start)
-	res.answered = int(answered.Load())
-	if failed.Load() > 0 {
-		return res, fmt.Errorf("%d polls failed after release, first: %v", failed.Load(), firstErr.Load())
+	line := fmt.Sprintf("done %d %d", answered.Load(), failed.Load())
+	if e, ok := firstErr.Load().(string); ok {
+		line += " first: " + e
 	}
-	return res, nil
+	fmt.Println(line)
+	return nil
+}
+
+// siteTotal is a total (bytes, or goroutines) for one code site.
+type siteTotal struct {
+	site  string
+	bytes float64
+}
+
+// heapSites reads the proxy's heap profile (pprof text format, after a
+// GC) and totals the bytes in use by allocation site: the first frame
+// outside the runtime, with its caller.
+func heapSites(debugURL string) (map[string]float64, error) {
+	return profileSites(debugURL+"/debug/pprof/heap?debug=1&gc=1", func(head string) (float64, bool) {
+		// "inuse_objects: inuse_bytes [alloc_objects: alloc_bytes] @ ...":
+		// sampled counts (one sample per 512 KiB allocated, on average),
+		// scaled up as pprof does: by the inverse of the probability that
+		// an allocation of that average size was sampled.
+		var objs, bytes float64
+		if _, err := fmt.Sscanf(head, "%g: %g", &objs, &bytes); err != nil || objs == 0 {
+			return 0, false
+		}
+		const rate = 512 * 1024
+		return bytes / (1 - math.Exp(-bytes/objs/rate)), true
+	})
+}
+
+// goroutineSites counts the proxy's goroutines by where they wait.
+func goroutineSites(debugURL string) (map[string]float64, error) {
+	return profileSites(debugURL+"/debug/pprof/goroutine?debug=1", func(head string) (float64, bool) {
+		// "N @ 0x... 0x..."
+		var k float64
+		if _, err := fmt.Sscanf(head, "%g @", &k); err != nil {
+			return 0, false
+		}
+		return k, true
+	})
+}
+
+// profileSites parses a pprof debug=1 text profile: records of a head line
+// (value from parse) followed by "#\t0xADDR\tfunc+0xOFF\tfile:line" frames.
+func profileSites(u string, parse func(head string) (float64, bool)) (map[string]float64, error) {
+	resp, err := benchClient.Get(u)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	sites := map[string]float64{}
+	var val float64
+	var frames []string
+	flush := func() {
+		if val > 0 && len(frames) > 0 {
+			sites[siteOf(frames)] += val
+		}
+		val, frames = 0, nil
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if f, ok := strings.CutPrefix(l, "#\t"); ok {
+			if parts := strings.Split(f, "\t"); len(parts) >= 2 {
+				name, _, _ := strings.Cut(parts[1], "+0x")
+				frames = append(frames, name)
+			}
+			continue
+		}
+		if l == "" || strings.HasPrefix(l, "#") {
+			flush()
+			continue
+		}
+		if v, ok := parse(l); ok {
+			flush()
+			val = v
+		}
+	}
+	flush()
+	return sites, sc.Err()
+}
+
+// siteOf names a stack by its first frame outside the runtime's and
+// generic helpers, with that frame's caller.
+func siteOf(frames []string) string {
+	skip := func(f string) bool {
+		for _, p := range []string{"runtime.", "internal/", "sync.", "bufio.New", "context.", "reflect.", "strings.", "bytes.", "slices.", "maps."} {
+			if strings.HasPrefix(f, p) {
+				return true
+			}
+		}
+		return false
+	}
+	for i, f := range frames {
+		if skip(f) {
+			continue
+		}
+		if i+1 < len(frames) {
+			return f + " ← " + frames[i+1]
+		}
+		return f
+	}
+	return frames[0]
+}
+
+// topSites returns the k largest totals of after minus before.
+func topSites(after, before map[string]float64, k int) []siteTotal {
+	var out []siteTotal
+	for s, v := range after {
+		if d := v - before[s]; d > 0 {
+			out = append(out, siteTotal{s, d})
+		}
+	}
+	slices.SortFunc(out, func(a, b siteTotal) int { return cmp.Compare(b.bytes, a.bytes) })
+	if len(out) > k {
+		out = out[:k]
+	}
+	return out
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 // catchUp follows a shape from offset -1 to up-to-date and returns its
@@ -611,9 +858,10 @@ func timedGet(u, tok string, auth bool) (time.Duration, int, error) {
 }
 
 type proc struct {
-	cmd  *exec.Cmd
-	url  string
-	once sync.Once
+	cmd      *exec.Cmd
+	url      string
+	debugURL string // Go's profiles (shapeseal proxy --debug-listen)
+	once     sync.Once
 }
 
 // startProc starts cmd and waits for a line "<ready>{"proxy_url":…}" on

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
@@ -22,7 +23,8 @@ func init() {
 	}})
 }
 
-// runProxy is `shapeseal proxy --config FILE [--listen ADDR] [-v]`: it reads
+// runProxy is `shapeseal proxy --config FILE [--listen ADDR] [-v]
+// [--debug-listen ADDR]`: it reads
 // the YAML config (proxy.LoadConfig, secrets from the environment:
 // ELECTRIC_URL, ELECTRIC_SECRET, JWT_SECRET, JWT_PUBLIC_KEY, JWKS_URL),
 // prints one line `shapeseal proxy ready {"proxy_url":…}` on stdout, logs
@@ -34,6 +36,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	config := fs.String("config", "", "YAML config file (see proxy.FileConfig); required")
 	listen := fs.String("listen", "127.0.0.1:3001", "address to listen on")
 	verbose := fs.Bool("v", false, "log debug events")
+	debugListen := fs.String("debug-listen", "", "also serve Go's profiles (/debug/pprof/) on this address, apart from the proxy (for benchmarks; never expose it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -70,14 +73,27 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	}
 	ready, _ := json.Marshal(map[string]string{"proxy_url": "http://" + ln.Addr().String(), "upstream": cfg.Upstream})
 	fmt.Fprintf(stdout, "shapeseal proxy ready %s\n", ready)
+	if *debugListen != "" {
+		dln, err := net.Listen("tcp", *debugListen)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer dln.Close()
+		go (&http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}).Serve(dln)
+		fmt.Fprintf(stderr, "shapeseal proxy: profiles on http://%s/debug/pprof/\n", dln.Addr())
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	// Serve parks coalesced live polls (see proxy.Proxy.Serve): a waiting
+	// poll then costs a few KB instead of a handler goroutine and buffers.
+	go func() { errc <- p.Serve(hs, ln) }()
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
 		return err
 	}
-	// Live polls in flight are given a few seconds to finish, then cut.
+	// Live polls in flight on a handler are given a few seconds to finish,
+	// then cut; parked ones are closed at once (with the listener).
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
@@ -87,4 +103,16 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		}
 	}
 	return nil
+}
+
+// debugMux serves Go's runtime profiles (net/http/pprof), only on the
+// --debug-listen address: never next to the proxy's own routes.
+func debugMux() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("/debug/pprof/", pprof.Index)
+	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return m
 }
