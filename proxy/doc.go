@@ -95,6 +95,12 @@
 // last one leaving does. The WebSocket subscriptions below use the same
 // mechanism.
 //
+// Served with [Proxy.Serve] (as `shapeseal proxy` does) instead of as a
+// plain handler, a coalesced poll still waiting after 100 ms is parked:
+// its connection leaves net/http's handler, buffers and goroutines, and is
+// answered from the shared request, then handed back for keep-alive. A
+// parked poll costs a few KB instead of about 25 (see park.go).
+//
 // # WebSocket multiplexing
 //
 // One WebSocket carries many shape subscriptions, each following a shape
@@ -194,6 +200,7 @@
 //	shapeseal_proxy_request_duration_seconds{shape}     histogram to the end of the body
 //	shapeseal_proxy_live_requests                       gauge     live upstream polls in flight (HTTP and WebSocket)
 //	shapeseal_proxy_upstream_shared_live_requests       gauge     upstream live requests shared by coalesced HTTP polls
+//	shapeseal_proxy_live_parked                         gauge     coalesced live polls parked off their handler (Proxy.Serve)
 //	shapeseal_proxy_upstream_errors_total               counter   upstream failures: network, timeouts, refused credentials, bad bodies
 //	shapeseal_proxy_response_bytes_total                counter   body bytes sent to clients, WebSocket frames included
 //

@@ -26,6 +26,7 @@ type metrics struct {
 	latency    map[string]*histogram
 	liveNow    atomic.Int64
 	liveShared atomic.Int64 // coalesced upstream live requests (HTTP)
+	parked     atomic.Int64 // live polls parked now (park.go)
 	upErrors   atomic.Uint64
 	bytesSent  atomic.Uint64
 
@@ -134,6 +135,9 @@ func (m *metrics) write(w io.Writer) {
 	fmt.Fprintln(w, "# HELP shapeseal_proxy_upstream_shared_live_requests Upstream live requests shared by coalesced HTTP live polls.")
 	fmt.Fprintln(w, "# TYPE shapeseal_proxy_upstream_shared_live_requests gauge")
 	fmt.Fprintf(w, "shapeseal_proxy_upstream_shared_live_requests %d\n", m.liveShared.Load())
+	fmt.Fprintln(w, "# HELP shapeseal_proxy_live_parked Live polls parked off their handler, waiting on a shared upstream request (Proxy.Serve).")
+	fmt.Fprintln(w, "# TYPE shapeseal_proxy_live_parked gauge")
+	fmt.Fprintf(w, "shapeseal_proxy_live_parked %d\n", m.parked.Load())
 	fmt.Fprintln(w, "# HELP shapeseal_proxy_upstream_errors_total Upstream requests that failed (network errors, timeouts, refused credentials).")
 	fmt.Fprintln(w, "# TYPE shapeseal_proxy_upstream_errors_total counter")
 	fmt.Fprintf(w, "shapeseal_proxy_upstream_errors_total %d\n", m.upErrors.Load())

@@ -333,7 +333,7 @@ func (pp *parkedPoll) park(w http.ResponseWriter) bool {
 		p.finish(context.Background(), info, 499, 0)
 		return true
 	}
-	p.parked.Add(1)
+	p.metrics.parked.Add(1)
 	pp.state.CompareAndSwap(stParking, stParked) // or stReady: watch answers at once
 	go pp.watch()
 	return true
@@ -373,7 +373,7 @@ func (pp *parkedPoll) watch() {
 	c := pp.conn
 	for {
 		if pp.state.Load() == stReady {
-			pp.p.parked.Add(-1)
+			pp.p.metrics.parked.Add(-1)
 			pp.answer()
 			return
 		}
@@ -381,7 +381,7 @@ func (pp *parkedPoll) watch() {
 		if n > 0 {
 			// A pipelined request: kept for the server.
 			if len(c.prefix) >= maxParkedPrefix {
-				pp.p.parked.Add(-1)
+				pp.p.metrics.parked.Add(-1)
 				pp.gone("pipelined too much while parked")
 				return
 			}
@@ -389,7 +389,7 @@ func (pp *parkedPoll) watch() {
 			continue
 		}
 		if pp.state.CompareAndSwap(stParked, stGone) {
-			pp.p.parked.Add(-1)
+			pp.p.metrics.parked.Add(-1)
 			pp.gone("client went away")
 			return
 		}

@@ -80,7 +80,10 @@ func TestParkedPollSameAsUnparked(t *testing.T) {
 	plain := livePoll(context.Background(), http.DefaultClient, e.url+path, alice, hdr)
 	waitFor(t, "the plain poll", func() bool { return e.p.metrics.liveNow.Load() == 1 })
 	parked := livePoll(context.Background(), http.DefaultClient, purl+path, alice, hdr)
-	waitFor(t, "the parked poll", func() bool { return e.p.parked.Load() == 1 })
+	waitFor(t, "the parked poll", func() bool { return e.p.metrics.parked.Load() == 1 })
+	if m := e.metricsText(t); !strings.Contains(m, "\nshapeseal_proxy_live_parked 1\n") {
+		t.Errorf("metrics while parked:\n%s", m)
+	}
 	if got := e.liveUpstream() - base; got != 1 {
 		t.Fatalf("%d upstream live requests, want 1 (shared)", got)
 	}
@@ -110,7 +113,7 @@ func TestParkedPollSameAsUnparked(t *testing.T) {
 	if b.resp.Header.Get("Date") == "" {
 		t.Error("parked response without Date")
 	}
-	waitFor(t, "the gauges", func() bool { return e.p.metrics.liveNow.Load() == 0 && e.p.parked.Load() == 0 })
+	waitFor(t, "the gauges", func() bool { return e.p.metrics.liveNow.Load() == 0 && e.p.metrics.parked.Load() == 0 })
 	waitFor(t, "an audit line per poll", func() bool {
 		return strings.Count(e.logs.String(), `"request_id":"same-request"`) == 2
 	})
@@ -147,7 +150,7 @@ func TestParkedKeepAlive(t *testing.T) {
 	}
 	for i := range 3 {
 		ch := livePoll(trace(context.Background()), c, purl+"/v1/shapes/items?offset="+off+"&handle="+handle+"&live=true", alice, nil)
-		waitFor(t, "the parked poll", func() bool { return e.p.parked.Load() == 1 })
+		waitFor(t, "the parked poll", func() bool { return e.p.metrics.parked.Load() == 1 })
 		pgtest.Exec(t, e.db, `INSERT INTO items VALUES ($1,'acme','alice','ka','x')`, 50+i)
 		r := <-ch
 		if r.err != nil || r.resp.StatusCode != 200 || !strings.Contains(r.body, `"ka"`) {
@@ -192,12 +195,12 @@ func TestParkedClientGoneLeaves(t *testing.T) {
 	ctx2, leave2 := context.WithCancel(context.Background())
 	p1 := livePoll(ctx1, http.DefaultClient, url, alice, nil)
 	p2 := livePoll(ctx2, http.DefaultClient, url, alice, nil)
-	waitFor(t, "two parked polls", func() bool { return e.p.parked.Load() == 2 })
+	waitFor(t, "two parked polls", func() bool { return e.p.metrics.parked.Load() == 2 })
 	leave1()
 	if r := <-p1; r.err == nil {
 		t.Fatal("the cancelled poll got a response")
 	}
-	waitFor(t, "the first to leave", func() bool { return e.p.parked.Load() == 1 && e.p.metrics.liveNow.Load() == 1 })
+	waitFor(t, "the first to leave", func() bool { return e.p.metrics.parked.Load() == 1 && e.p.metrics.liveNow.Load() == 1 })
 	if e.p.live.inFlight() != 1 || e.p.metrics.liveShared.Load() != 1 {
 		t.Fatal("the shared request ended with a poll still waiting")
 	}
@@ -205,7 +208,7 @@ func TestParkedClientGoneLeaves(t *testing.T) {
 	<-p2
 	// Well before the upstream's 3 s long poll ends.
 	waitFor(t, "the shared request to be cancelled", func() bool {
-		return e.p.metrics.liveShared.Load() == 0 && e.p.live.inFlight() == 0 && e.p.metrics.liveNow.Load() == 0 && e.p.parked.Load() == 0
+		return e.p.metrics.liveShared.Load() == 0 && e.p.live.inFlight() == 0 && e.p.metrics.liveNow.Load() == 0 && e.p.metrics.parked.Load() == 0
 	})
 	waitFor(t, "two audit lines saying the client went away", func() bool {
 		return strings.Count(e.logs.String(), `"reason":"client went away"`) == 2
@@ -232,7 +235,7 @@ func TestParkedPipelined(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the parked poll", func() bool { return e.p.parked.Load() == 1 })
+	waitFor(t, "the parked poll", func() bool { return e.p.metrics.parked.Load() == 1 })
 	pgtest.Exec(t, e.db, `INSERT INTO items VALUES (60,'acme','alice','piped','x')`)
 	br := bufio.NewReader(conn)
 	for i, want := range []string{`"piped"`, `"a1"`} {
@@ -255,13 +258,13 @@ func TestParkedServerClose(t *testing.T) {
 	alice := token(t, "alice", nil)
 	off, handle, _ := e.initial("items", alice)
 	ch := livePoll(context.Background(), http.DefaultClient, purl+"/v1/shapes/items?offset="+off+"&handle="+handle+"&live=true", alice, nil)
-	waitFor(t, "the parked poll", func() bool { return e.p.parked.Load() == 1 })
+	waitFor(t, "the parked poll", func() bool { return e.p.metrics.parked.Load() == 1 })
 	hs.Close()
 	if r := <-ch; r.err == nil {
 		t.Fatalf("a response after Close: %d", r.resp.StatusCode)
 	}
 	waitFor(t, "the poll to end", func() bool {
-		return e.p.parked.Load() == 0 && e.p.metrics.liveNow.Load() == 0 && e.p.live.inFlight() == 0
+		return e.p.metrics.parked.Load() == 0 && e.p.metrics.liveNow.Load() == 0 && e.p.live.inFlight() == 0
 	})
 }
 
@@ -288,7 +291,7 @@ func TestParkedLargeBody(t *testing.T) {
 	for range n {
 		chans = append(chans, livePoll(context.Background(), c, purl+"/v1/shapes/news?offset=0_0&handle=h&live=true", tok, nil))
 	}
-	waitFor(t, "the parked polls", func() bool { return p.parked.Load() == n })
+	waitFor(t, "the parked polls", func() bool { return p.metrics.parked.Load() == n })
 	close(bt.release)
 	for _, ch := range chans {
 		r := <-ch
@@ -329,4 +332,19 @@ func TestParkedUpstreamDown(t *testing.T) {
 		r.resp.ContentLength != int64(len(r.body)) || r.resp.Header.Get("Cache-Control") != "no-store" {
 		t.Fatalf("%v: %+v %q", r.err, r.resp, r.body)
 	}
+}
+
+// metricsText returns the proxy's /metrics page.
+func (e *env) metricsText(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get(e.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

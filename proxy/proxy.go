@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -39,7 +38,6 @@ type Proxy struct {
 	origins  map[string]bool
 	ws       wsState                  // GET /v1/ws (ws.go)
 	live     flightGroup[*liveResult] // coalesced HTTP live polls
-	parked   atomic.Int64             // live polls parked now (park.go)
 
 	parkWriteTimeout time.Duration // parkedWriteTimeout
 }

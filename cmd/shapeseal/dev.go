@@ -281,14 +281,19 @@ func seedDev(ctx context.Context, dbURL string, kek keysync.KEK, dir string) (ma
 	return identities, nil
 }
 
-// serve listens on addr and serves h until the returned stop is called.
+// serve listens on addr and serves h until the returned stop is called. A
+// proxy serves through its own Serve, which parks waiting live polls.
 func serve(addr string, h http.Handler) (url string, stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, err
 	}
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go hs.Serve(ln)
+	if p, ok := h.(*proxy.Proxy); ok {
+		go p.Serve(hs, ln)
+	} else {
+		go hs.Serve(ln)
+	}
 	return "http://" + ln.Addr().String(), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
