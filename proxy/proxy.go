@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -712,11 +713,20 @@ func (p *Proxy) cacheHeaders(h http.Header, rl *rule) {
 	}
 }
 
+// copyBufs holds copyFlush's buffers. They are large because every write
+// to a chunked response costs net/http a chunk header, the data and the
+// chunk's end, and a flush: relaying a 50 MB snapshot in 256 KiB reads
+// instead of 32 KiB ones made it 1.3× faster (bench/proxy.sh part b), and
+// the pool keeps that from costing a quarter MB per request.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 // copyFlush streams src to w, flushing after every read so that a live
 // response is not held back.
 func copyFlush(w http.ResponseWriter, src io.Reader) error {
 	rc := http.NewResponseController(w)
-	buf := make([]byte, 32<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {

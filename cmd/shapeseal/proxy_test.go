@@ -17,6 +17,7 @@ import (
 
 	"github.com/shapeseal/shapeseal/electrictest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
+	"github.com/shapeseal/shapeseal/internal/proxycmd"
 )
 
 const (
@@ -57,7 +58,7 @@ func startProxyCommand(t *testing.T, upstream string) (proxyURL string, stop fun
 	errc := make(chan error, 1)
 	config := filepath.Join("..", "..", "proxy", "testdata", "example.yaml")
 	go func() {
-		errc <- runProxy(ctx, []string{"--config", config, "--listen", "127.0.0.1:0"}, pw, os.Stderr, func(k string) string { return env[k] })
+		errc <- proxycmd.Run(ctx, []string{"--config", config, "--listen", "127.0.0.1:0"}, pw, os.Stderr, func(k string) string { return env[k] })
 		pw.Close()
 	}()
 	ready := make(chan string, 1)
