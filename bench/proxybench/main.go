@@ -276,6 +276,7 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 		}{
 			{"direct", ups.URL + "/v1/shape?" + smallQ + "&" + livePos, false},
 			{"shapeseal", goProxy.url + "/v1/shapes/small?" + livePos, true},
+			{"solo", solo.url + "/v1/shapes/small?" + livePos, true}, // so that (b) compares warmed processes
 			{"express", expProxy.url + "/v1/shapes/small?" + livePos, true},
 		}
 		lat := make([][]float64, len(paths))
