@@ -18,15 +18,7 @@ import (
 // and retire.
 func TestAdmin(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.NewDB(t)
-	db, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := ApplySchema(ctx, db); err != nil {
-		t.Fatal(err)
-	}
+	url, db := newAdminDB(t)
 	pgtest.Exec(t, url, `CREATE TABLE items (id uuid PRIMARY KEY, tenant_id text NOT NULL, n int, title text, body text)`)
 	kek := newLocalKEK(t)
 
@@ -229,13 +221,7 @@ func TestAdmin(t *testing.T) {
 // TestReencryptConflict: a cell changed after the scan is not overwritten.
 func TestReencryptConflict(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.NewDB(t)
-	db, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	ApplySchema(ctx, db)
+	url, db := newAdminDB(t)
 	pgtest.Exec(t, url, `CREATE TABLE items (id int8 PRIMARY KEY, tenant_id text NOT NULL, title text)`)
 	kek := newLocalKEK(t)
 	ks, _ := CreateTenant(ctx, db, kek, "acme")
@@ -305,13 +291,7 @@ func newIdentityT(t *testing.T) *identityT {
 // fails and every member ends with the newest generation.
 func TestConcurrentAdmin(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.NewDB(t)
-	db, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	ApplySchema(ctx, db)
+	_, db := newAdminDB(t)
 	kek := newLocalKEK(t)
 	if _, err := CreateTenant(ctx, db, kek, "acme"); err != nil {
 		t.Fatal(err)
@@ -335,4 +315,20 @@ func TestConcurrentAdmin(t *testing.T) {
 	if n != len(users) || minGen != 1+len(users) {
 		t.Fatalf("%d members, oldest generation %d", n, minGen)
 	}
+}
+
+// newAdminDB returns a fresh database with shapeseal's schema, and a pool on
+// it that the test closes.
+func newAdminDB(t *testing.T) (url string, db *pgxpool.Pool) {
+	t.Helper()
+	url = pgtest.NewDB(t)
+	db, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if err := ApplySchema(context.Background(), db); err != nil {
+		t.Fatal(err)
+	}
+	return url, db
 }

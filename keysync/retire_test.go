@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shapeseal/shapeseal/internal/pgtest"
 )
@@ -21,15 +20,7 @@ import (
 // retired, and every cell still opens.
 func TestRetireAcrossTables(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.NewDB(t)
-	db, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := ApplySchema(ctx, db); err != nil {
-		t.Fatal(err)
-	}
+	url, db := newAdminDB(t)
 	pgtest.Exec(t, url, `CREATE TABLE items (id int8 PRIMARY KEY, tenant_id text NOT NULL, title text, body text)`)
 	pgtest.Exec(t, url, `CREATE TABLE notes (id int8 PRIMARY KEY, tenant_id text NOT NULL, note text)`)
 	pgtest.Exec(t, url, `CREATE TABLE docs (id int8 PRIMARY KEY, org text NOT NULL, content text)`)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	rtmetrics "runtime/metrics"
@@ -92,26 +93,30 @@ func (m *metrics) observe(shape string, status int, d time.Duration) {
 	h.n++
 }
 
+// header writes a metric's HELP and TYPE lines.
+func header(w io.Writer, name, kind, help string) {
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
+}
+
+// single writes a metric without labels: its header and its value.
+func single[V int64 | uint64](w io.Writer, name, kind, help string, v V) {
+	header(w, name, kind, help)
+	fmt.Fprintf(w, "%s %d\n", name, v)
+}
+
 func (m *metrics) write(w io.Writer) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_requests_total Requests by shape and status.")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_requests_total counter")
+	header(w, "shapeseal_proxy_requests_total", "counter", "Requests by shape and status.")
 	keys := make([][2]string, 0, len(m.requests))
 	for k := range m.requests {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b [2]string) int {
-		if a[0] != b[0] {
-			return compare(a[0], b[0])
-		}
-		return compare(a[1], b[1])
-	})
+	slices.SortFunc(keys, func(a, b [2]string) int { return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1])) })
 	for _, k := range keys {
 		fmt.Fprintf(w, "shapeseal_proxy_requests_total{shape=%q,status=%q} %d\n", k[0], k[1], m.requests[k])
 	}
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_request_duration_seconds Request latency by shape (to the end of the body).")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_request_duration_seconds histogram")
+	header(w, "shapeseal_proxy_request_duration_seconds", "histogram", "Request latency by shape (to the end of the body).")
 	shapes := make([]string, 0, len(m.latency))
 	for s := range m.latency {
 		shapes = append(shapes, s)
@@ -129,21 +134,11 @@ func (m *metrics) write(w io.Writer) {
 		fmt.Fprintf(w, "shapeseal_proxy_request_duration_seconds_sum{shape=%q} %g\n", s, h.sum)
 		fmt.Fprintf(w, "shapeseal_proxy_request_duration_seconds_count{shape=%q} %d\n", s, h.n)
 	}
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_live_requests Live (long-poll) requests in flight.")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_live_requests gauge")
-	fmt.Fprintf(w, "shapeseal_proxy_live_requests %d\n", m.liveNow.Load())
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_upstream_shared_live_requests Upstream live requests shared by coalesced HTTP live polls.")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_upstream_shared_live_requests gauge")
-	fmt.Fprintf(w, "shapeseal_proxy_upstream_shared_live_requests %d\n", m.liveShared.Load())
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_live_parked Live polls parked off their handler, waiting on a shared upstream request (Proxy.Serve).")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_live_parked gauge")
-	fmt.Fprintf(w, "shapeseal_proxy_live_parked %d\n", m.parked.Load())
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_upstream_errors_total Upstream requests that failed (network errors, timeouts, refused credentials).")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_upstream_errors_total counter")
-	fmt.Fprintf(w, "shapeseal_proxy_upstream_errors_total %d\n", m.upErrors.Load())
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_response_bytes_total Response body bytes sent to clients.")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_response_bytes_total counter")
-	fmt.Fprintf(w, "shapeseal_proxy_response_bytes_total %d\n", m.bytesSent.Load())
+	single(w, "shapeseal_proxy_live_requests", "gauge", "Live (long-poll) requests in flight.", m.liveNow.Load())
+	single(w, "shapeseal_proxy_upstream_shared_live_requests", "gauge", "Upstream live requests shared by coalesced HTTP live polls.", m.liveShared.Load())
+	single(w, "shapeseal_proxy_live_parked", "gauge", "Live polls parked off their handler, waiting on a shared upstream request (Proxy.Serve).", m.parked.Load())
+	single(w, "shapeseal_proxy_upstream_errors_total", "counter", "Upstream requests that failed (network errors, timeouts, refused credentials).", m.upErrors.Load())
+	single(w, "shapeseal_proxy_response_bytes_total", "counter", "Response body bytes sent to clients.", m.bytesSent.Load())
 	m.writeWS(w)
 	writeRuntime(w)
 }
@@ -151,26 +146,17 @@ func (m *metrics) write(w io.Writer) {
 // writeWS writes the WebSocket figures; m.mu is held.
 func (m *metrics) writeWS(w io.Writer) {
 	ws := &m.ws
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_connections WebSocket connections open on /v1/ws.")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_connections gauge")
-	fmt.Fprintf(w, "shapeseal_proxy_ws_connections %d\n", ws.open.Load())
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_connections_closed_total WebSocket connections ended, by reason and close code (1006: no close frame).")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_connections_closed_total counter")
+	single(w, "shapeseal_proxy_ws_connections", "gauge", "WebSocket connections open on /v1/ws.", ws.open.Load())
+	header(w, "shapeseal_proxy_ws_connections_closed_total", "counter", "WebSocket connections ended, by reason and close code (1006: no close frame).")
 	closes := make([]wsClose, 0, len(ws.closed))
 	for k := range ws.closed {
 		closes = append(closes, k)
 	}
-	slices.SortFunc(closes, func(a, b wsClose) int {
-		if a.reason != b.reason {
-			return compare(a.reason, b.reason)
-		}
-		return compare(a.code, b.code)
-	})
+	slices.SortFunc(closes, func(a, b wsClose) int { return cmp.Or(cmp.Compare(a.reason, b.reason), cmp.Compare(a.code, b.code)) })
 	for _, k := range closes {
 		fmt.Fprintf(w, "shapeseal_proxy_ws_connections_closed_total{reason=%q,code=%q} %d\n", k.reason, k.code, ws.closed[k])
 	}
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_subscriptions Active WebSocket shape subscriptions, by shape.")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_subscriptions gauge")
+	header(w, "shapeseal_proxy_ws_subscriptions", "gauge", "Active WebSocket shape subscriptions, by shape.")
 	shapes := make([]string, 0, len(ws.subs))
 	for s := range ws.subs {
 		shapes = append(shapes, s)
@@ -179,17 +165,10 @@ func (m *metrics) writeWS(w io.Writer) {
 	for _, s := range shapes {
 		fmt.Fprintf(w, "shapeseal_proxy_ws_subscriptions{shape=%q} %d\n", s, ws.subs[s])
 	}
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_messages_sent_total WebSocket messages (frames of any type) written to clients.")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_messages_sent_total counter")
-	fmt.Fprintf(w, "shapeseal_proxy_ws_messages_sent_total %d\n", ws.framesSent.Load())
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_bytes_sent_total Payload bytes of the WebSocket messages written to clients.")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_bytes_sent_total counter")
-	fmt.Fprintf(w, "shapeseal_proxy_ws_bytes_sent_total %d\n", ws.bytesSent.Load())
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_slow_consumer_closes_total WebSocket connections closed with 4008 because their outbound queue overflowed.")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_slow_consumer_closes_total counter")
-	fmt.Fprintf(w, "shapeseal_proxy_ws_slow_consumer_closes_total %d\n", ws.slowCloses.Load())
-	fmt.Fprintln(w, "# HELP shapeseal_proxy_ws_token_refreshes_total Auth messages replacing a connection's token, by result (failed: invalid, another user, or rate-limited).")
-	fmt.Fprintln(w, "# TYPE shapeseal_proxy_ws_token_refreshes_total counter")
+	single(w, "shapeseal_proxy_ws_messages_sent_total", "counter", "WebSocket messages (frames of any type) written to clients.", ws.framesSent.Load())
+	single(w, "shapeseal_proxy_ws_bytes_sent_total", "counter", "Payload bytes of the WebSocket messages written to clients.", ws.bytesSent.Load())
+	single(w, "shapeseal_proxy_ws_slow_consumer_closes_total", "counter", "WebSocket connections closed with 4008 because their outbound queue overflowed.", ws.slowCloses.Load())
+	header(w, "shapeseal_proxy_ws_token_refreshes_total", "counter", "Auth messages replacing a connection's token, by result (failed: invalid, another user, or rate-limited).")
 	fmt.Fprintf(w, "shapeseal_proxy_ws_token_refreshes_total{result=\"failed\"} %d\n", ws.refreshFail.Load())
 	fmt.Fprintf(w, "shapeseal_proxy_ws_token_refreshes_total{result=\"ok\"} %d\n", ws.refreshOK.Load())
 }
@@ -213,16 +192,6 @@ func writeRuntime(w io.Writer) {
 		if samples[i].Value.Kind() != rtmetrics.KindUint64 {
 			continue
 		}
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s gauge\n%s %d\n", g.name, g.help, g.name, g.name, samples[i].Value.Uint64())
+		single(w, g.name, "gauge", g.help, samples[i].Value.Uint64())
 	}
-}
-
-func compare(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
