@@ -27,7 +27,8 @@ import (
 //	signature   64 bytes: Ed25519 signature over every byte before it
 //
 // Nothing may follow the signature. Version 1 had no recipient, signer or
-// signature; it is refused as untrusted.
+// signature; it is refused as untrusted. docs/keyset-payload.md specifies
+// the format for other implementations.
 const (
 	payloadMagic   = "shapeseal/keyset/v2\n"
 	payloadMagicV1 = "shapeseal/keyset/v1\n"
