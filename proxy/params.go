@@ -69,27 +69,58 @@ func parseColumns(s string) ([]string, error) {
 func quoteIdent(s string) string { return pgident.Quote(s) }
 
 // Client query parameters: each names the validator of its value. Nothing
-// else is accepted.
-var (
-	reOffset = regexp.MustCompile(`^(-1|now|[0-9]{1,20}_([0-9]{1,20}|inf))$`)
-	reHandle = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
-	reCursor = regexp.MustCompile(`^[0-9]{0,20}$`) // the Go client sends an empty cursor
-	reBuster = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
-	reFlag   = regexp.MustCompile(`^(true|false)$`)
-	reLog    = regexp.MustCompile(`^(full|changes_only)$`)
-)
-
-var positionParams = map[string]*regexp.Regexp{
-	"offset":                reOffset,
-	"handle":                reHandle,
-	"live":                  reFlag,
-	"cursor":                reCursor,
-	"live_sse":              reFlag,
-	"experimental_live_sse": reFlag,
-	"expired_handle":        reHandle,
-	"cache-buster":          reBuster,
-	"log":                   reLog,
+// else is accepted. (Hand-written rather than regexps: a regexp with a
+// {1,128} repetition compiles to a program of its own size, and nine of
+// them cost every process half a megabyte at start.)
+var positionParams = map[string]func(string) bool{
+	"offset":                validOffset,
+	"handle":                validToken,
+	"live":                  validFlag,
+	"cursor":                validCursor,
+	"live_sse":              validFlag,
+	"experimental_live_sse": validFlag,
+	"expired_handle":        validToken,
+	"cache-buster":          validToken,
+	"log":                   validLog,
 }
+
+// validOffset accepts -1, now, and TX_OP with 1–20 digits each, or TX_inf.
+func validOffset(s string) bool {
+	if s == "-1" || s == "now" {
+		return true
+	}
+	tx, op, ok := strings.Cut(s, "_")
+	return ok && allIn(tx, 1, 20, isDigit) && (op == "inf" || allIn(op, 1, 20, isDigit))
+}
+
+// validToken accepts a handle or cache-buster: 1–128 of A–Z a–z 0–9 _ . : -
+func validToken(s string) bool {
+	return allIn(s, 1, 128, func(c byte) bool { return isAlnum(c) || c == '_' || c == '.' || c == ':' || c == '-' })
+}
+
+// validCursor accepts 0–20 digits (the Go client sends an empty cursor).
+func validCursor(s string) bool { return allIn(s, 0, 20, isDigit) }
+
+func validFlag(s string) bool { return s == "true" || s == "false" }
+
+func validLog(s string) bool { return s == "full" || s == "changes_only" }
+
+// allIn reports whether s has min to max bytes, each accepted by ok.
+func allIn(s string, min, max int, ok func(byte) bool) bool {
+	if len(s) < min || len(s) > max {
+		return false
+	}
+	for i := range len(s) {
+		if !ok(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+func isAlnum(c byte) bool { return isDigit(c) || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
 
 // clientQuery is a validated client query.
 type clientQuery struct {
@@ -121,7 +152,7 @@ func parseClientQuery(raw string) (*clientQuery, error) {
 			return nil, badRequest(safeKey(key), "given more than once")
 		}
 		seen[key] = true
-		re, isPos := positionParams[key]
+		valid, isPos := positionParams[key]
 		if !isPos && key != "columns" {
 			return nil, badRequest(safeKey(key), "is not allowed: the proxy defines the shape; only offset, handle, live, cursor, live_sse, expired_handle, cache-buster, log and columns may be sent")
 		}
@@ -140,7 +171,7 @@ func parseClientQuery(raw string) (*clientQuery, error) {
 			q.columns = cols
 			continue
 		}
-		if !re.MatchString(v) {
+		if !valid(v) {
 			return nil, badRequest(key, "has invalid format")
 		}
 		q.position.Set(key, v)

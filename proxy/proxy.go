@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,7 +101,10 @@ func New(cfg Config) (*Proxy, error) {
 // exposed are the response headers a browser client may read.
 const exposed = "electric-cursor, electric-handle, electric-has-data, electric-offset, electric-schema, electric-up-to-date, electric-internal-known-error, electric-snapshot, etag, retry-after, x-request-id"
 
-var reRequestID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+// validRequestID accepts a client's X-Request-Id: 1–64 of A–Z a–z 0–9 . _ -
+func validRequestID(s string) bool {
+	return allIn(s, 1, 64, func(c byte) bool { return isAlnum(c) || c == '.' || c == '_' || c == '-' })
+}
 
 // auditWriter counts the status and body bytes of a response.
 type auditWriter struct {
@@ -133,7 +135,7 @@ func (w *auditWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	reqID := r.Header.Get("X-Request-Id")
-	if !reRequestID.MatchString(reqID) {
+	if !validRequestID(reqID) {
 		var b [12]byte
 		rand.Read(b[:])
 		reqID = hex.EncodeToString(b[:])
@@ -257,7 +259,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 		return
 	}
 	name, ok := strings.CutPrefix(path, "/v1/shapes/")
-	if !ok || !reName.MatchString(name) {
+	if !ok || !validRuleName(name) {
 		if canonicalPath(path) {
 			writeJSON(w, http.StatusNotFound, map[string]any{"message": "Not found"})
 		} else {

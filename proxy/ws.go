@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"sync"
 	"time"
@@ -74,7 +73,8 @@ func (s *wsState) defaults() (authTimeout, writeTimeout time.Duration, frames, s
 	return
 }
 
-var reSubID = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
+// validSubID accepts a subscription id: 1–64 of A–Z a–z 0–9 _ . : -
+func validSubID(s string) bool { return len(s) <= 64 && validToken(s) }
 
 type wsIn struct {
 	Type    string   `json:"type"`
@@ -331,7 +331,7 @@ func (c *wsConn) subError(id string, status int, msg string) {
 }
 
 func (c *wsConn) subscribe(m wsIn) {
-	if !reSubID.MatchString(m.ID) {
+	if !validSubID(m.ID) {
 		c.subError(m.ID, 400, "id: use 1-64 of A-Z a-z 0-9 _ . : -")
 		return
 	}
@@ -352,7 +352,7 @@ func (c *wsConn) subscribe(m wsIn) {
 	if s.offset == "" {
 		s.offset = "-1"
 	}
-	if !reOffset.MatchString(s.offset) || s.handle != "" && !reHandle.MatchString(s.handle) {
+	if !validOffset(s.offset) || s.handle != "" && !validToken(s.handle) {
 		c.subError(m.ID, 400, "offset or handle has invalid format")
 		return
 	}
@@ -505,7 +505,7 @@ func (c *wsConn) run(s *wsSub) {
 		case res.status == http.StatusConflict:
 			retry = 0
 			s.offset, s.handle, s.cursor, s.following = "-1", res.handle, "", false
-			if !reHandle.MatchString(s.handle) {
+			if !validToken(s.handle) {
 				s.handle = ""
 			}
 			c.send(map[string]any{"type": "must_refetch", "id": s.id, "handle": s.handle})
