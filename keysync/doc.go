@@ -64,7 +64,9 @@
 // goes backwards, [ErrStaleGeneration]), revocations (a deleted row drops the
 // tenant) and must-refetch (the ring is rebuilt, the old one serving
 // meanwhile) take effect live. A row the keyring cannot use is reported to
-// KeyringOptions.OnRowError as a *[KeyRowError] and changes nothing.
+// KeyringOptions.OnRowError as a *[KeyRowError] and changes nothing. A
+// [GenerationFloor] (KeyringOptions.Floor) carries "never go backwards"
+// across runs.
 //
 // [Keyring.Open] opens a cell; when the cell names a key the ring does not
 // hold yet, it waits for the key shape up to KeyringOptions.KeyWait, then

@@ -56,6 +56,10 @@ type KeyringOptions struct {
 	// keys.
 	Signers []VerifyKey
 
+	// Floor, if set, keeps the newest generation adopted per tenant across
+	// runs, and the ring refuses keysets below it (see [GenerationFloor]).
+	Floor GenerationFloor
+
 	// UserID and DeviceID, if set, make the keyring ignore rows of other
 	// users or devices (rows whose user_id or device_id column differs), for
 	// a key shape that is not filtered to the device.
@@ -454,10 +458,25 @@ func (r *Keyring) apply(rows map[string]ringRow, high map[string]uint64, m clien
 	if ks.generation != gen {
 		return refuse(detail(ErrMalformedPayload, "payload is generation %d, row says %d", ks.generation, gen))
 	}
-	if h := high[ks.tenant]; ks.generation < h {
+	h, seen := high[ks.tenant]
+	if !seen && r.opts.Floor != nil {
+		// The first row of a tenant in this run: the floor of earlier runs.
+		f, err := r.opts.Floor.Floor(ks.tenant)
+		if err != nil {
+			return refuse(fmt.Errorf("keysync: generation floor: %w", err))
+		}
+		h = f
+	}
+	if ks.generation < h {
 		return refuse(detail(ErrStaleGeneration, "generation %d, held %d", ks.generation, h))
 	}
 	high[ks.tenant] = ks.generation
+	if r.opts.Floor != nil {
+		if err := r.opts.Floor.Raise(ks.tenant, ks.generation); err != nil && r.opts.Logger != nil {
+			// The keyset is genuine; only the next run's check is weaker.
+			r.opts.Logger.Warn("keysync: generation floor not raised", "tenant", ks.tenant, "generation", ks.generation, "err", err.Error())
+		}
+	}
 	rows[m.Key] = ringRow{tenant: ks.tenant, ks: ks}
 	return true
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -93,11 +95,18 @@ func (e *ringEnv) item(ks *Keyset, title, body string) string {
 // ring starts a keyring for the device and waits until it is ready.
 func (e *ringEnv) ring(user, device string, id age.Identity, wait time.Duration) (*Keyring, *rowErrors) {
 	e.t.Helper()
+	return e.ringWith(user, device, id, wait, nil)
+}
+
+// ringWith is ring with a generation floor.
+func (e *ringEnv) ringWith(user, device string, id age.Identity, wait time.Duration, floor GenerationFloor) (*Keyring, *rowErrors) {
+	e.t.Helper()
 	errs := &rowErrors{}
 	r, err := NewKeyring(KeyringOptions{
 		Stream:     KeyShapeOptions(e.srv.URL+"/v1/shape", user, device),
 		Identity:   id,
 		Signers:    testSigners,
+		Floor:      floor,
 		KeyWait:    wait,
 		OnRowError: errs.add,
 	})
@@ -398,6 +407,94 @@ func staticRing(t *testing.T, keysets ...*Keyset) *Keyring {
 	}
 	r.publish(rows)
 	return r
+}
+
+// TestKeyringFloor is the rollback that a generation floor stops: whoever
+// can write the key table puts back an older payload once genuinely signed
+// for alice's device, after a rotation. A keyring that starts afresh adopts
+// it; one with the floor of its earlier run refuses it.
+func TestKeyringFloor(t *testing.T) {
+	t.Parallel()
+	e := newRingEnv(t)
+	alice := e.device("alice", "phone")
+	ks1, _ := NewKeyset("acme")
+	ks2, _ := ks1.Rotate()
+	old, err := Wrap(ks1, testSigner, alice.Recipient().String()) // kept by the attacker
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.grant(ks2, "acme", "alice", "phone", alice)
+
+	path := filepath.Join(t.TempDir(), "floor.json")
+	floor, err := OpenFileFloor(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := e.ringWith("alice", "phone", alice, -1, floor)
+	if ks := first.Keyset("acme"); ks == nil || ks.Generation() != 2 {
+		t.Fatalf("first run holds %v", ks)
+	}
+	first.Close()
+
+	e.exec(`UPDATE shapeseal_tenant_keys SET generation = 1, wrapped = $1 WHERE user_id = 'alice'`, old)
+	// A client arriving later sees only the table as it is now (as after
+	// Electric compacts a shape's log), not the generation-2 row before it.
+	if _, err := e.srv.Rotate("shapeseal_tenant_keys"); err != nil {
+		t.Fatal(err)
+	}
+	if fresh, _ := e.ring("alice", "phone", alice, -1); fresh.Keyset("acme") == nil || fresh.Keyset("acme").Generation() != 1 {
+		t.Fatalf("without a floor, a fresh ring holds %v (the rollback this test is about)", fresh.Keyset("acme"))
+	}
+	reopened, err := OpenFileFloor(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, errs := e.ringWith("alice", "phone", alice, -1, reopened)
+	errs.waitFor(t, ErrStaleGeneration)
+	if ks := second.Keyset("acme"); ks != nil {
+		t.Fatalf("with the floor, the ring adopted generation %d", ks.Generation())
+	}
+}
+
+func TestFileFloor(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "floor.json")
+	f, err := OpenFileFloor(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, _ := f.Floor("acme"); g != 0 {
+		t.Fatalf("empty floor: %d", g)
+	}
+	if err := f.Raise("acme", 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Raise("acme", 2); err != nil { // lower: no change
+		t.Fatal(err)
+	}
+	f.Raise("globex", 1)
+	g, err := OpenFileFloor(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := g.Floor("acme"); a != 3 {
+		t.Fatalf("reopened floor: acme %d, want 3", a)
+	}
+	if b, _ := g.Floor("globex"); b != 1 {
+		t.Fatalf("reopened floor: globex %d, want 1", b)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("floor file mode %v, %v", fi.Mode(), err)
+	}
+	os.Chmod(path, 0o666)
+	if _, err := OpenFileFloor(path); !errors.Is(err, ErrInsecureFile) {
+		t.Fatalf("a floor file others can write: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "bad.json"), []byte("not json"), 0o600)
+	if _, err := OpenFileFloor(filepath.Join(dir, "bad.json")); err == nil {
+		t.Fatal("a malformed floor file was accepted")
+	}
 }
 
 func TestKeyringWait(t *testing.T) {

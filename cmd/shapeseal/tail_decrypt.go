@@ -39,6 +39,7 @@ tenant_mismatch or invalid_context (tenant or row-key column missing).
 type decryptFlags struct {
 	identity     *string
 	signers      multiFlag
+	floor        *string
 	tenantColumn *string
 	rowKey       *string
 	unboundRows  *bool
@@ -60,6 +61,7 @@ func addDecryptFlags(fs *flag.FlagSet) *decryptFlags {
 		keyWait:      fs.Duration("key-wait", keysync.DefaultKeyWait, "how long to wait for a key a cell names before printing no_key"),
 	}
 	fs.Var(&d.encrypted, "encrypted", "TABLE:COLUMN[,COLUMN…] encrypted columns to open (repeatable)")
+	d.floor = fs.String("floor", "", "file keeping the newest keyset generation per tenant across runs, to refuse older keysets put back (created 0600 if missing)")
 	fs.Var(&d.signers, "signer", "trusted signer key ssvk1… of the key administrators (repeatable; default $SHAPESEAL_SIGNERS)")
 	return d
 }
@@ -187,6 +189,12 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 	if len(signers) == 0 {
 		return nil, errors.New("--encrypted needs --signer ssvk1… (or $SHAPESEAL_SIGNERS): the key that signs tenant keysets, printed by shapeseal init --kek")
 	}
+	var floor keysync.GenerationFloor
+	if *d.floor != "" {
+		if floor, err = keysync.OpenFileFloor(*d.floor); err != nil {
+			return nil, fmt.Errorf("--floor: %w", err)
+		}
+	}
 	ko, err := d.keyShapeOptions(shape, secret, opts)
 	if err != nil {
 		return nil, err
@@ -196,6 +204,7 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 		Stream:   ko,
 		Identity: id,
 		Signers:  signers,
+		Floor:    floor,
 		KeyWait:  *d.keyWait,
 		OnRowError: func(e *keysync.KeyRowError) {
 			// Unfiltered, the key shape holds rows of other devices.

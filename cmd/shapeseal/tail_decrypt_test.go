@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -103,7 +104,11 @@ func TestTailDecrypts(t *testing.T) {
 	}
 
 	// A member, with the key shape filtered to her device.
-	v := run("--identity", alice, "--user", "alice", "--device", "d1")
+	floorPath := filepath.Join(dir, "floor.json")
+	v := run("--identity", alice, "--user", "alice", "--device", "d1", "--floor", floorPath)
+	if b, err := os.ReadFile(floorPath); err != nil || string(b) != `{"acme":1}` {
+		t.Errorf("--floor file: %q, %v", b, err)
+	}
 	if v[0]["title"] != "first secret" || v[0]["body"] != "a body" || v[1]["title"] != "second secret" || v[1]["body"] != nil {
 		t.Errorf("member: %v", v)
 	}
