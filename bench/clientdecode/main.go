@@ -61,6 +61,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/shapeseal/shapeseal/bench/internal/benchenv"
 	"github.com/shapeseal/shapeseal/electrictest"
 	"github.com/shapeseal/shapeseal/internal/nodetest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
@@ -91,7 +92,7 @@ func run() error {
 	}
 	ctx := context.Background()
 
-	root, err := moduleRoot()
+	root, err := benchenv.ModuleRoot()
 	if err != nil {
 		return err
 	}
@@ -100,7 +101,7 @@ func run() error {
 		return err
 	}
 	nodeVersion, _ := exec.Command(node, "--version").Output()
-	tsVersion, err := packageVersion(filepath.Join(interop, "node_modules", "@electric-sql", "client"))
+	tsVersion, err := benchenv.PackageVersion(filepath.Join(interop, "node_modules", "@electric-sql", "client"))
 	if err != nil {
 		return err
 	}
@@ -400,31 +401,4 @@ func thousands(x float64) string {
 		b.WriteRune(c)
 	}
 	return b.String()
-}
-
-// moduleRoot returns the directory of the main module's go.mod.
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %v", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("not inside the shapeseal module: run from its root")
-	}
-	return filepath.Dir(mod), nil
-}
-
-func packageVersion(dir string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "package.json"))
-	if err != nil {
-		return "", err
-	}
-	var pkg struct {
-		Version string `json:"version"`
-	}
-	if err := json.Unmarshal(b, &pkg); err != nil {
-		return "", err
-	}
-	return pkg.Version, nil
 }

@@ -71,6 +71,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/shapeseal/shapeseal/bench/internal/benchenv"
 	"github.com/shapeseal/shapeseal/electrictest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
 )
@@ -114,7 +115,7 @@ func logf(format string, args ...any) { fmt.Fprintf(os.Stderr, "proxybench: "+fo
 func run() (err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	root, err := moduleRoot()
+	root, err := benchenv.ModuleRoot()
 	if err != nil {
 		return err
 	}
@@ -261,7 +262,7 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 		return err
 	}
 	defer expProxy.stop()
-	expressVersion, _ := packageVersion(filepath.Join(expressDir, "node_modules", "express"))
+	expressVersion, _ := benchenv.PackageVersion(filepath.Join(expressDir, "node_modules", "express"))
 
 	tok := signHS256(map[string]any{"sub": "bench", "exp": time.Now().Add(time.Hour).Unix()})
 	fmt.Printf("\nproxy bench: shapeseal proxy vs direct vs Express %s (node %s), all on loopback, one run\n", expressVersion, strings.TrimSpace(string(nodeVersion)))
@@ -1009,30 +1010,4 @@ func spread(xs []float64) string {
 		return ""
 	}
 	return fmt.Sprintf("(%.0f–%.0f)", slices.Min(xs), slices.Max(xs))
-}
-
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %v", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("not inside the shapeseal module: run from its root")
-	}
-	return filepath.Dir(mod), nil
-}
-
-func packageVersion(dir string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "package.json"))
-	if err != nil {
-		return "", err
-	}
-	var pkg struct {
-		Version string `json:"version"`
-	}
-	if err := json.Unmarshal(b, &pkg); err != nil {
-		return "", err
-	}
-	return pkg.Version, nil
 }
