@@ -131,7 +131,9 @@ func TestCoalescedLastLeaverCancels(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, "the polls", func() bool { return e.p.metrics.liveNow.Load() == 3 })
+	// The shared request is counted on the leader's goroutine, some time
+	// after its poll.
+	waitFor(t, "the polls", func() bool { return e.p.metrics.liveNow.Load() == 3 && e.p.metrics.liveShared.Load() >= 1 })
 	if got := e.p.metrics.liveShared.Load(); got != 1 {
 		t.Fatalf("%d shared upstream requests, want 1", got)
 	}
@@ -198,11 +200,18 @@ func TestCoalescedLargeBody(t *testing.T) {
 			errs <- err
 		}()
 	}
-	waitFor(t, "the polls", func() bool { return p.metrics.liveNow.Load() == n })
+	// On failure, release the upstream before srv.Close waits for the
+	// handlers.
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(bt.release) }) }
+	defer release()
+	// The shared request reaches the upstream on the leader's goroutine
+	// some time after its poll is counted.
+	waitFor(t, "the polls", func() bool { return p.metrics.liveNow.Load() == n && bt.live.Load() >= 1 })
 	if got := bt.live.Load(); got != 1 {
 		t.Fatalf("%d upstream live requests before release, want 1 (shared)", got)
 	}
-	close(bt.release)
+	release()
 	for range n {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
