@@ -166,18 +166,26 @@ func (bt *gatedBigTransport) RoundTrip(r *http.Request) (*http.Response, error) 
 	return &http.Response{StatusCode: 200, Header: h, Body: io.NopCloser(&zeroJSON{bt.size}), ContentLength: -1, Request: r}, nil
 }
 
-// TestCoalescedLargeBody: a live response over the sharing cap is not
-// shared; each poll fetches and streams it whole on its own.
-func TestCoalescedLargeBody(t *testing.T) {
-	t.Parallel()
+// bigProxy is a proxy whose upstream answers live requests, once released,
+// with size bytes: more than it shares.
+func bigProxy(t *testing.T, size int64) (*Proxy, *gatedBigTransport) {
+	t.Helper()
 	testKeys(t)
-	const size = 3 << 20
 	bt := &gatedBigTransport{size: size, release: make(chan struct{})}
 	p, err := New(Config{Upstream: "http://electric.invalid", Secret: upSecret, Auth: testAuth(), Shapes: testRules(),
 		Transport: bt, Limits: Limits{RequestsPerSecond: -1, MaxLivePerUser: -1}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p, bt
+}
+
+// TestCoalescedLargeBody: a live response over the sharing cap is not
+// shared; each poll fetches and streams it whole on its own.
+func TestCoalescedLargeBody(t *testing.T) {
+	t.Parallel()
+	const size = 3 << 20
+	p, bt := bigProxy(t, size)
 	srv := httptest.NewServer(p)
 	defer srv.Close()
 	tok := token(t, "alice", nil)

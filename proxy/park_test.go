@@ -273,14 +273,8 @@ func TestParkedServerClose(t *testing.T) {
 // connection is reused afterwards.
 func TestParkedLargeBody(t *testing.T) {
 	t.Parallel()
-	testKeys(t)
 	const size = 3 << 20
-	bt := &gatedBigTransport{size: size, release: make(chan struct{})}
-	p, err := New(Config{Upstream: "http://electric.invalid", Secret: upSecret, Auth: testAuth(), Shapes: testRules(),
-		Transport: bt, Limits: Limits{RequestsPerSecond: -1, MaxLivePerUser: -1}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, bt := bigProxy(t, size)
 	purl, _ := parkServer(t, p)
 	tok := token(t, "alice", nil)
 	tr := &http.Transport{}

@@ -82,17 +82,7 @@ func TestTailDecrypts(t *testing.T) {
 			t.Errorf("stderr: %s", s)
 		}
 		var values []map[string]any
-		for _, l := range out.lines() {
-			if strings.Contains(l, "ss1:") {
-				t.Errorf("ciphertext printed: %s", l)
-			}
-			var m struct {
-				Headers map[string]any `json:"headers"`
-				Value   map[string]any `json:"value"`
-			}
-			if err := json.Unmarshal([]byte(l), &m); err != nil {
-				t.Fatalf("line %q: %v", l, err)
-			}
+		for _, m := range decryptedChanges(t, out.lines()) {
 			if m.Headers["operation"] == "insert" {
 				values = append(values, m.Value)
 			}
@@ -189,4 +179,28 @@ func TestTailDecrypts(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("live tail: %v (%s)", err, errOut.lines())
 	}
+}
+
+// tailChange is a change message as tail prints it.
+type tailChange struct {
+	Headers map[string]any `json:"headers"`
+	Value   map[string]any `json:"value"`
+}
+
+// decryptedChanges parses the lines a decrypting tail printed, and fails
+// the test if any holds a ciphertext.
+func decryptedChanges(t *testing.T, lines []string) []tailChange {
+	t.Helper()
+	var ms []tailChange
+	for _, l := range lines {
+		if strings.Contains(l, "ss1:") {
+			t.Errorf("ciphertext printed: %s", l)
+		}
+		var m tailChange
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		ms = append(ms, m)
+	}
+	return ms
 }
