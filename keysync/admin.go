@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/shapeseal/shapeseal/internal/b64url"
-	"github.com/tink-crypto/tink-go/v2/keyset"
 )
 
 // AdminDB is what the key administration functions ([Grant], [Rotate],
@@ -279,24 +278,6 @@ func RetireKeys(ctx context.Context, db AdminDB, kek KEK, tenant string, tables 
 		return err
 	})
 	return ks, err
-}
-
-// retire is Retire for several keys at once, one generation later.
-func (ks *Keyset) retire(ids []uint32) (*Keyset, error) {
-	m := keyset.NewManagerFromHandle(ks.handle)
-	for _, id := range ids {
-		if id == ks.primaryID {
-			return nil, fmt.Errorf("keysync: retire: key 0x%08x is the primary key", id)
-		}
-		if err := m.Delete(id); err != nil {
-			return nil, fmt.Errorf("keysync: retire: no key 0x%08x in keyset", id)
-		}
-	}
-	h, err := m.Handle()
-	if err != nil {
-		return nil, fmt.Errorf("keysync: retire: %w", err)
-	}
-	return newKeyset(ks.tenant, ks.generation+1, h)
 }
 
 // sqlTable quotes a TableSpec's table, "schema.table", as an identifier.

@@ -118,13 +118,18 @@ func (ks *Keyset) Rotate() (*Keyset, error) {
 // sealed with that key no longer open ([ErrNoKey]), so retire a key only
 // after every cell it sealed has been re-encrypted. The primary key cannot be
 // retired.
-func (ks *Keyset) Retire(id uint32) (*Keyset, error) {
-	if id == ks.primaryID {
-		return nil, fmt.Errorf("keysync: retire: key 0x%08x is the primary key", id)
-	}
+func (ks *Keyset) Retire(id uint32) (*Keyset, error) { return ks.retire([]uint32{id}) }
+
+// retire is Retire for several keys at once, in one generation.
+func (ks *Keyset) retire(ids []uint32) (*Keyset, error) {
 	m := keyset.NewManagerFromHandle(ks.handle)
-	if err := m.Delete(id); err != nil {
-		return nil, fmt.Errorf("keysync: retire: no key 0x%08x in keyset", id)
+	for _, id := range ids {
+		if id == ks.primaryID {
+			return nil, fmt.Errorf("keysync: retire: key 0x%08x is the primary key", id)
+		}
+		if err := m.Delete(id); err != nil {
+			return nil, fmt.Errorf("keysync: retire: no key 0x%08x in keyset", id)
+		}
 	}
 	h, err := m.Handle()
 	if err != nil {
