@@ -22,8 +22,8 @@ type State struct {
 	time    time.Time
 	admins  map[PublicKey]bool
 	members map[string]map[string]string // user → device → recipient
-	byRcpt  map[string]Device             // recipient → device
-	keysets []KeysetInfo                  // every keyset op, oldest first
+	byRcpt  map[string]Device            // recipient → device
+	keysets []KeysetInfo                 // every keyset op, oldest first
 	revs    []Revocation
 	broken  error // set when an Append failed half-way: the state is unusable
 }
