@@ -65,7 +65,56 @@ var (
 
 	// ErrKeysetNotFound means no keyset row is stored for a tenant.
 	ErrKeysetNotFound = errors.New("keysync: no keyset stored for tenant")
+
+	// ErrStateMismatch means a table disagrees with a tenant's signed log:
+	// the keyset the log names is missing or is another one. The table was
+	// changed by someone who cannot sign; the error is a *[StateError].
+	ErrStateMismatch = errors.New("keysync: a table disagrees with the tenant's log")
+
+	// ErrUncertifiedDevice means a device row has no certificate signed by
+	// a root or an admin of the tenant, or one that does not match the
+	// row: it is data, not a device, and receives nothing.
+	ErrUncertifiedDevice = errors.New("keysync: device is not certified for the tenant")
+
+	// ErrNotMember means a device or user is not a member of a tenant, as
+	// the tenant's log says.
+	ErrNotMember = errors.New("keysync: not a member of the tenant")
+
+	// ErrTenantExists means a tenant already has a log.
+	ErrTenantExists = errors.New("keysync: tenant exists")
+
+	// ErrSuspectCell means a cell is sealed with a key that was revoked
+	// before the row was last written: a revoked member may have forged
+	// it. Re-encryption leaves it alone and reports it.
+	ErrSuspectCell = errors.New("keysync: cell written with a revoked key after the revocation")
 )
+
+// StateError reports a table that disagrees with a tenant's signed log.
+// It wraps [ErrStateMismatch].
+type StateError struct {
+	Tenant string
+	Table  string
+	Detail string
+}
+
+func (e *StateError) Error() string {
+	return fmt.Sprintf("keysync: tenant %q: %s disagrees with the log: %s", e.Tenant, e.Table, e.Detail)
+}
+
+func (e *StateError) Unwrap() error { return ErrStateMismatch }
+
+// DeviceError reports a device row that was ignored. It wraps
+// [ErrUncertifiedDevice].
+type DeviceError struct {
+	User, Device string
+	Detail       string
+}
+
+func (e *DeviceError) Error() string {
+	return fmt.Sprintf("keysync: device %q of %q ignored: %s", e.Device, e.User, e.Detail)
+}
+
+func (e *DeviceError) Unwrap() error { return ErrUncertifiedDevice }
 
 // OpenError is the error [Open] returns. It tells where the cell was and,
 // once the cell's prefix has been parsed, which key it names. It never holds

@@ -46,19 +46,30 @@ type KeyringOptions struct {
 	// always follows the shape live and sets no Transform.
 	Stream client.Options
 
+	// Log follows the tenant logs (shapeseal_log) of the tenants this
+	// device's user belongs to: from Electric, build it with
+	// [LogShapeOptions]; behind the proxy, point it at a shape rule on
+	// shapeseal_log filtered to the user (see [LogShapeWhere]). The
+	// keyring always follows it live and sets no Transform.
+	Log client.Options
+
 	// Identity is the device's age identity, which unwraps the rows.
 	Identity age.Identity
 
-	// Signers are the signer keys the device trusts (see [Signer]): the
-	// ring adopts a keyset only if one of them signed it for this device.
-	// At least one is required. Configure them out of band (a flag, a
-	// file, the app's build) — never from the database that serves the
-	// keys.
-	Signers []VerifyKey
+	// Roots are the root keys the device pins (see package chain): the
+	// ring adopts a tenant's keyset only if the tenant's log, verified
+	// from one of them, lists this device and names that keyset. At least
+	// one is required. Configure them out of band (a flag, a file, the
+	// app's build) — never from the database that serves the keys.
+	Roots []VerifyKey
 
-	// Floor, if set, keeps the newest generation adopted per tenant across
-	// runs, and the ring refuses keysets below it (see [GenerationFloor]).
-	Floor GenerationFloor
+	// Floor keeps how far each tenant's log has been seen, and the newest
+	// generation adopted, across runs; the ring refuses logs and keysets
+	// below it (see [Floor]). Required: [OpenFileFloor] with
+	// [DefaultFloorPath] next to the identity, or [NewMemoryFloor] for a
+	// device that keeps no state (and so can be rolled back when it
+	// restarts).
+	Floor Floor
 
 	// UserID and DeviceID, if set, make the keyring ignore rows of other
 	// users or devices (rows whose user_id or device_id column differs), for
@@ -71,7 +82,9 @@ type KeyringOptions struct {
 
 	// OnRowError, if set, is called (from the goroutine running Run) with
 	// every row the keyring refuses: a payload wrapped for another device,
-	// for another tenant, malformed, or older than the keyset held. The
+	// for another tenant, malformed, not the keyset the tenant's log names,
+	// or older than the keyset held; and a tenant's log that does not
+	// verify or no longer lists this device (Key is then empty). The
 	// refused row changes nothing in the ring. Errors never hold key
 	// material.
 	OnRowError func(*KeyRowError)
@@ -94,22 +107,51 @@ func KeyShapeOptions(shapeURL, userID, deviceID string) client.Options {
 			Where:   "user_id = $1 AND device_id = $2",
 			Params:  []string{userID, deviceID},
 			Columns: []string{"tenant_id", "user_id", "device_id", "generation", "wrapped"},
+			Replica: "full",
 		},
 		Live: true,
 	}
 }
 
-// KeyRowError reports a tenant-key row the keyring refused. It wraps
-// [ErrWrongIdentity], [ErrTenantMismatch], [ErrMalformedPayload],
-// [ErrInvalidKeyset] or [ErrStaleGeneration].
+// LogShapeWhere is the where clause that filters shapeseal_log to the
+// entries a user's devices read, with the user id as $1: a proxy rule
+// pins it with the authenticated user as the parameter.
+const LogShapeWhere = "$1 = ANY(readers)"
+
+// LogShapeOptions returns stream options that follow, directly from
+// Electric (or electrictest), the logs of the tenants userID belongs to:
+// shapeURL is the /v1/shape endpoint. Behind the proxy, use the proxy's URL
+// of a rule that pins [LogShapeWhere] to the token's user instead.
+func LogShapeOptions(shapeURL, userID string) client.Options {
+	return client.Options{
+		URL: shapeURL,
+		Params: client.Params{
+			Table:   LogTable,
+			Where:   LogShapeWhere,
+			Params:  []string{userID},
+			Columns: []string{"tenant_id", "seq", "entry"},
+			Replica: "full",
+		},
+		Live: true,
+	}
+}
+
+// KeyRowError reports a tenant-key row the keyring refused, or a tenant's
+// log it refused (Key is then empty). It wraps [ErrWrongIdentity],
+// [ErrTenantMismatch], [ErrMalformedPayload], [ErrInvalidKeyset],
+// [ErrUntrustedKeyset], [ErrStaleGeneration], [ErrNotMember] or a
+// *[chain.Error].
 type KeyRowError struct {
-	Key        string // the row's key in the shape
+	Key        string // the row's key in the shape; empty for the log
 	Tenant     string // the row's tenant_id, if it had one
 	Generation uint64 // the row's generation, if it had one
 	Err        error
 }
 
 func (e *KeyRowError) Error() string {
+	if e.Key == "" {
+		return fmt.Sprintf("keysync: tenant %q refused: %s", e.Tenant, trimPrefix(e.Err.Error()))
+	}
 	return fmt.Sprintf("keysync: tenant-key row %s (tenant %q, generation %d) refused: %s",
 		e.Key, e.Tenant, e.Generation, trimPrefix(e.Err.Error()))
 }
@@ -160,15 +202,20 @@ func NewKeyring(opts KeyringOptions) (*Keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(opts.Signers) == 0 {
-		return nil, errors.New("keysync: keyring needs at least one trusted signer key (KeyringOptions.Signers)")
+	if len(opts.Roots) == 0 {
+		return nil, errors.New("keysync: keyring needs at least one pinned root key (KeyringOptions.Roots)")
 	}
-	opts.Signers = slices.Clone(opts.Signers)
-	if opts.Stream.URL == "" {
-		return nil, errors.New("keysync: keyring needs the key shape's URL")
+	opts.Roots = slices.Clone(opts.Roots)
+	if opts.Floor == nil {
+		return nil, errors.New("keysync: keyring needs a floor (KeyringOptions.Floor: OpenFileFloor(DefaultFloorPath(identityFile)), or NewMemoryFloor)")
 	}
-	if _, err := url.Parse(opts.Stream.URL); err != nil {
-		return nil, fmt.Errorf("keysync: key shape URL: %w", err)
+	for _, s := range []struct{ what, url string }{{"key shape", opts.Stream.URL}, {"log shape", opts.Log.URL}} {
+		if s.url == "" {
+			return nil, fmt.Errorf("keysync: keyring needs the %s's URL", s.what)
+		}
+		if _, err := url.Parse(s.url); err != nil {
+			return nil, fmt.Errorf("keysync: %s URL: %w", s.what, err)
+		}
 	}
 	r := &Keyring{opts: opts, self: self, keyWait: opts.KeyWait, closed: make(chan struct{}), stopped: make(chan struct{}), misses: map[missKey]*Keyset{}}
 	if r.keyWait == 0 {
@@ -343,172 +390,6 @@ func (r *Keyring) missed(mk missKey, ks *Keyset) bool {
 		return false
 	}
 	return ok
-}
-
-// ringRow is what the ring learnt from one tenant-key row.
-type ringRow struct {
-	tenant string
-	ks     *Keyset // nil if the row was refused
-}
-
-// Run follows the key shape until ctx ends, Close is called (both return
-// nil) or the stream fails (its error). Run may be called once. After Run
-// has returned, the ring keeps the keysets it held, and Open no longer waits
-// for keys.
-func (r *Keyring) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	r.mu.Lock()
-	if r.cancel != nil {
-		r.mu.Unlock()
-		return errors.New("keysync: Keyring.Run called twice")
-	}
-	r.cancel = cancel
-	r.mu.Unlock()
-	defer close(r.stopped)
-	select {
-	case <-r.closed:
-		return nil
-	default:
-	}
-
-	opts := r.opts.Stream
-	opts.Live = true
-	opts.Transform = nil
-	s, err := client.New(opts)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-
-	rows := map[string]ringRow{} // by shape key
-	high := map[string]uint64{}  // newest generation ever held per tenant: never go backwards
-	dirty, rebuilding := true, false
-	for m, err := range s.Messages(ctx) {
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		switch {
-		case m.IsChange():
-			if r.apply(rows, high, m) {
-				dirty = true
-			}
-		case m.IsMustRefetch():
-			clear(rows)
-			dirty, rebuilding = true, true
-		case m.IsUpToDate():
-			if dirty || rebuilding {
-				r.publish(rows)
-				dirty, rebuilding = false, false
-			}
-		}
-	}
-	return nil
-}
-
-// apply records one change of the key shape in rows and reports whether the
-// ring changed.
-func (r *Keyring) apply(rows map[string]ringRow, high map[string]uint64, m client.Message) bool {
-	if m.Headers.Operation == client.Delete {
-		_, had := rows[m.Key]
-		delete(rows, m.Key)
-		return had
-	}
-	v := m.Value
-	if r.opts.UserID != "" && !matches(v, m.OldValue, "user_id", r.opts.UserID) ||
-		r.opts.DeviceID != "" && !matches(v, m.OldValue, "device_id", r.opts.DeviceID) {
-		return false
-	}
-	prev, had := rows[m.Key]
-	rowErr := &KeyRowError{Key: m.Key, Tenant: prev.tenant}
-	if t, ok := v["tenant_id"].(string); ok {
-		rowErr.Tenant = t
-	}
-	refuse := func(err error) bool {
-		rowErr.Err = err
-		r.report(rowErr)
-		if !had {
-			rows[m.Key] = ringRow{tenant: rowErr.Tenant}
-		}
-		return false
-	}
-	if rowErr.Tenant == "" {
-		return refuse(detail(ErrMalformedPayload, "row has no tenant_id"))
-	}
-	gen, ok := uintValue(v["generation"])
-	if !ok {
-		return refuse(detail(ErrMalformedPayload, "row has no valid generation"))
-	}
-	rowErr.Generation = gen
-	wrapped, ok := byteaValue(v["wrapped"])
-	if !ok {
-		if _, present := v["wrapped"]; !present && had && prev.ks != nil && prev.ks.generation == gen {
-			return false // an update that did not change the payload
-		}
-		return refuse(detail(ErrMalformedPayload, "row has no valid wrapped payload"))
-	}
-	ks, err := unwrap(r.opts.Identity, r.self, wrapped, rowErr.Tenant, r.opts.Signers)
-	clear(wrapped)
-	if err != nil {
-		return refuse(err)
-	}
-	if ks.generation != gen {
-		return refuse(detail(ErrMalformedPayload, "payload is generation %d, row says %d", ks.generation, gen))
-	}
-	h, seen := high[ks.tenant]
-	if !seen && r.opts.Floor != nil {
-		// The first row of a tenant in this run: the floor of earlier runs.
-		f, err := r.opts.Floor.Floor(ks.tenant)
-		if err != nil {
-			return refuse(fmt.Errorf("keysync: generation floor: %w", err))
-		}
-		h = f
-	}
-	if ks.generation < h {
-		return refuse(detail(ErrStaleGeneration, "generation %d, held %d", ks.generation, h))
-	}
-	high[ks.tenant] = ks.generation
-	if r.opts.Floor != nil {
-		if err := r.opts.Floor.Raise(ks.tenant, ks.generation); err != nil && r.opts.Logger != nil {
-			// The keyset is genuine; only the next run's check is weaker.
-			r.opts.Logger.Warn("keysync: generation floor not raised", "tenant", ks.tenant, "generation", ks.generation, "err", err.Error())
-		}
-	}
-	rows[m.Key] = ringRow{tenant: ks.tenant, ks: ks}
-	return true
-}
-
-func (r *Keyring) report(e *KeyRowError) {
-	if r.opts.Logger != nil {
-		r.opts.Logger.Warn("keysync: tenant-key row refused", "key", e.Key, "tenant", e.Tenant,
-			"generation", e.Generation, "err", e.Err.Error())
-	}
-	if r.opts.OnRowError != nil {
-		r.opts.OnRowError(e)
-	}
-}
-
-// publish swaps in a new ring built from rows: per tenant, the newest
-// keyset of its rows.
-func (r *Keyring) publish(rows map[string]ringRow) {
-	keys := make(map[string]*Keyset, len(rows))
-	for _, row := range rows {
-		if row.ks == nil {
-			continue
-		}
-		if cur := keys[row.tenant]; cur == nil || row.ks.generation > cur.generation {
-			keys[row.tenant] = row.ks
-		}
-	}
-	old := r.state.Load()
-	r.state.Store(&ringState{keys: keys, ready: true, changed: make(chan struct{})})
-	close(old.changed)
-	if r.opts.Logger != nil {
-		r.opts.Logger.Debug("keysync: keyring updated", "tenants", len(keys))
-	}
 }
 
 func matches(v, old client.Row, col, want string) bool {

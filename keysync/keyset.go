@@ -12,6 +12,8 @@ import (
 	"github.com/tink-crypto/tink-go/v2/insecurecleartextkeyset"
 	"github.com/tink-crypto/tink-go/v2/insecuresecretdataaccess"
 	"github.com/tink-crypto/tink-go/v2/keyset"
+
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
 // A Keyset is a tenant's data-encryption keys: a Tink AEAD keyset of
@@ -30,6 +32,10 @@ type Keyset struct {
 	// keys holds the enabled keys by id, for opening. A keyset has a handful
 	// of keys, so a slice beats a map.
 	keys []keyEntry
+
+	// commit is the commitment to the enabled keys that a tenant's log
+	// records (chain.Commit).
+	commit [32]byte
 }
 
 type keyEntry struct {
@@ -152,6 +158,12 @@ func newKeyset(tenant string, generation uint64, h *keyset.Handle) (*Keyset, err
 		return nil, detail(ErrInvalidKeyset, "generation 0")
 	}
 	ks := &Keyset{tenant: tenant, generation: generation, handle: h}
+	material := map[uint32][]byte{}
+	defer func() {
+		for _, k := range material {
+			clear(k)
+		}
+	}()
 	for i := range h.Len() {
 		e, err := h.Entry(i)
 		if err != nil {
@@ -181,7 +193,9 @@ func newKeyset(tenant string, generation uint64, h *keyset.Handle) (*Keyset, err
 		// nonce || ciphertext || tag), which Tink itself computes with
 		// crypto/cipher. Using crypto/cipher directly on the key lets Open
 		// decrypt in place, without the copy Tink's Decrypt makes.
-		a, err := newGCM(k.KeyBytes().Data(insecuresecretdataaccess.Token{}))
+		raw := k.KeyBytes().Data(insecuresecretdataaccess.Token{})
+		material[e.KeyID()] = bytes.Clone(raw)
+		a, err := newGCM(raw)
 		if err != nil {
 			return nil, detail(ErrInvalidKeyset, "key 0x%08x: %v", e.KeyID(), err)
 		}
@@ -193,7 +207,33 @@ func newKeyset(tenant string, generation uint64, h *keyset.Handle) (*Keyset, err
 	if ks.primary == nil {
 		return nil, detail(ErrInvalidKeyset, "no primary key")
 	}
+	ks.commit = chain.Commit(tenant, generation, ks.primaryID, material, ks.sortedIDs())
 	return ks, nil
+}
+
+// sortedIDs returns the ids of the keys that open cells, ascending.
+func (ks *Keyset) sortedIDs() []uint32 {
+	ids := ks.KeyIDs()
+	slices.Sort(ids)
+	return ids
+}
+
+// Commitment returns the keyset's commitment (docs/chain-format.md §5):
+// a hash of its tenant, generation and key material that the tenant's log
+// records, so that a device or writer can check it holds the keyset the
+// log names without the log revealing any key.
+func (ks *Keyset) Commitment() [32]byte { return ks.commit }
+
+// Ref returns the reference to ks that a tenant log's keyset operation
+// records, stored under the KEK named kekURI.
+func (ks *Keyset) Ref(kekURI string) chain.KeysetRef {
+	return chain.KeysetRef{Generation: ks.generation, Primary: ks.primaryID, KeyIDs: ks.sortedIDs(), Commitment: ks.commit, KEK: kekURI}
+}
+
+// matches reports whether ks is the keyset ref names: same generation and
+// commitment.
+func (ks *Keyset) matches(ref chain.KeysetRef) bool {
+	return ks.generation == ref.Generation && ks.commit == ref.Commitment
 }
 
 // marshalKeyset returns the Tink binary (protobuf) serialization of the

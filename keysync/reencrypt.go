@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
 // ReencryptOptions configures [Reencrypt].
@@ -37,6 +39,9 @@ type ReencryptOptions struct {
 	OtherTables []TableSpec
 	// Progress, if set, is called after every batch.
 	Progress func(ReencryptProgress)
+	// AcceptSuspect re-seals suspect cells too (see
+	// ReencryptResult.Suspect), once the administrator has checked them.
+	AcceptSuspect bool
 }
 
 // ReencryptProgress reports the progress of [Reencrypt] after a batch.
@@ -59,7 +64,15 @@ type ReencryptResult struct {
 	// with a key the keyset does not hold); they were left alone. Errors
 	// holds the first few of their errors.
 	Failed int
-	Errors []error
+	// Suspect counts cells sealed with a key that a revocation point of the
+	// tenant's log revoked, in rows written after that point: a revoked
+	// member may have forged them with the key they kept. They are left
+	// alone (unless AcceptSuspect) and counted, each with a
+	// *[SuspectCellError] in Errors; they keep the old key in use, so the
+	// old keys cannot be retired until they are dealt with (deleted, or
+	// checked and re-sealed with AcceptSuspect).
+	Suspect int
+	Errors  []error
 	// Retired lists the keys removed with ReencryptOptions.Retire, and
 	// RetiredGeneration is the keyset generation without them.
 	Retired           []uint32
@@ -71,6 +84,45 @@ type ReencryptResult struct {
 }
 
 const maxReencryptErrors = 10
+
+// SuspectCellError is a cell that [Admin.Reencrypt] did not re-seal
+// because it was written with a revoked key after the revocation. It
+// wraps [ErrSuspectCell].
+type SuspectCellError struct {
+	Table, Column, Tenant string
+	RowKey                []string // the row's key, to find it
+	KeyID                 uint32
+	RevokedAt             uint64 // the log entry that revoked the key
+}
+
+func (e *SuspectCellError) Error() string {
+	return fmt.Sprintf("keysync: %s.%s row %v of tenant %q: sealed with key %08x, revoked at log entry %d, in a row written after that: not re-sealed",
+		e.Table, e.Column, e.RowKey, e.Tenant, e.KeyID, e.RevokedAt)
+}
+
+func (e *SuspectCellError) Unwrap() error { return ErrSuspectCell }
+
+// revokedAt maps each key that a revocation point of st revoked to the
+// first such point.
+func revokedAt(st *chain.State) map[uint32]chain.Revocation {
+	m := map[uint32]chain.Revocation{}
+	for _, r := range st.Revocations() {
+		for _, id := range r.KeyIDs {
+			if _, ok := m[id]; !ok {
+				m[id] = r
+			}
+		}
+	}
+	return m
+}
+
+// writtenAfter reports whether a row whose xmin is the 32-bit transaction
+// id xmin was written after the transaction xid (an xid8), comparing
+// modulo 2^32 as Postgres does, which holds within 2^31 transactions. A
+// frozen row (xmin below 3) is older than any revocation.
+func writtenAfter(xmin uint32, xid uint64) bool {
+	return xmin >= 3 && int32(xmin-uint32(xid)) > 0
+}
 
 // Reencrypt rewrites the cells of spec's encrypted columns, in the rows of
 // tenant, that are sealed with a key other than the keyset's primary key:
@@ -85,7 +137,14 @@ const maxReencryptErrors = 10
 // concurrent writer is never overwritten (that cell counts as a conflict).
 // Running Reencrypt again changes nothing once every cell is under the
 // primary key; an interrupted run can resume from ReencryptProgress.Last.
-func Reencrypt(ctx context.Context, db AdminDB, kek KEK, spec TableSpec, tenant string, opts ReencryptOptions) (*ReencryptResult, error) {
+//
+// Reencrypt refuses to launder forgeries: a cell sealed with a key revoked
+// at a revocation point of the log (see [Admin.Revoke]), in a row written
+// after that point, is left alone and reported (ReencryptResult.Suspect).
+// Run it right after a revocation ([Admin.Revoke], then Reencrypt with
+// Retire) so that honest rows changed in between are few.
+func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, opts ReencryptOptions) (*ReencryptResult, error) {
+	db := a.DB
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -103,10 +162,15 @@ func Reencrypt(ctx context.Context, db AdminDB, kek KEK, spec TableSpec, tenant 
 			return nil, err
 		}
 	}
-	ks, err := LoadKeyset(ctx, db, kek, tenant)
+	st, err := a.State(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
+	ks, err := LoadKeyset(ctx, db, st, a.KEKs)
+	if err != nil {
+		return nil, err
+	}
+	revoked := revokedAt(st)
 	sc, err := newScanner(ctx, db, &spec, tenant, opts.BatchSize)
 	if err != nil {
 		return nil, err
@@ -138,6 +202,14 @@ func Reencrypt(ctx context.Context, db AdminDB, kek KEK, spec TableSpec, tenant 
 					continue
 				}
 				if id == ks.primaryID {
+					continue
+				}
+				if rev, ok := revoked[id]; ok && !opts.AcceptSuspect && writtenAfter(r.xmin, rev.XID) {
+					res.Suspect++
+					if len(res.Errors) < maxReencryptErrors {
+						res.Errors = append(res.Errors, &SuspectCellError{Table: spec.QualifiedTable(), Column: col, Tenant: tenant,
+							RowKey: r.key, KeyID: id, RevokedAt: rev.Seq})
+					}
 					continue
 				}
 				c := CellContext{Table: spec.QualifiedTable(), Column: col, Tenant: tenant}
@@ -179,8 +251,8 @@ func Reencrypt(ctx context.Context, db AdminDB, kek KEK, spec TableSpec, tenant 
 	if !opts.Retire {
 		return res, nil
 	}
-	err = inTx(ctx, db, tenant, func(tx pgx.Tx) error {
-		cur, err := LoadKeyset(ctx, tx, kek, tenant)
+	err = a.tx(ctx, tenant, true, func(tx pgx.Tx, st *chain.State) error {
+		cur, err := LoadKeyset(ctx, tx, st, a.KEKs)
 		if err != nil {
 			return err
 		}
@@ -208,7 +280,7 @@ func Reencrypt(ctx context.Context, db AdminDB, kek KEK, spec TableSpec, tenant 
 			}
 			return inUse
 		}
-		next, err := rotateIn(ctx, tx, kek, tenant, func(ks *Keyset) (*Keyset, error) { return ks.retire(retire) })
+		next, err := a.rotateIn(ctx, tx, st, func(ks *Keyset) (*Keyset, error) { return ks.retire(retire) }, nil)
 		if err != nil {
 			return err
 		}
@@ -267,6 +339,7 @@ type scanner struct {
 type scanRow struct {
 	key   []string
 	cells []*string
+	xmin  uint32 // the transaction that last wrote the row
 }
 
 func newScanner(ctx context.Context, db DB, s *TableSpec, tenant string, limit int) (*scanner, error) {
@@ -290,7 +363,7 @@ func newScanner(ctx context.Context, db DB, s *TableSpec, tenant string, limit i
 	for _, c := range s.Columns {
 		cols = append(cols, ident(c)+"::text")
 	}
-	sel := "SELECT " + strings.Join(slices.Concat(keyText, cols), ", ") + " FROM " + table + " WHERE " + tenantCond
+	sel := "SELECT " + strings.Join(slices.Concat(keyText, cols), ", ") + ", xmin::text::int8 FROM " + table + " WHERE " + tenantCond
 	order := " ORDER BY " + strings.Join(keys, ", ") + fmt.Sprintf(" LIMIT %d", limit)
 	sc := &scanner{
 		spec:          s,
@@ -328,9 +401,11 @@ func (sc *scanner) batch(ctx context.Context, db AdminDB, after []string) ([]sca
 		for i := range sr.cells {
 			dst = append(dst, &sr.cells[i])
 		}
-		if err := r.Scan(dst...); err != nil {
+		var xmin int64
+		if err := r.Scan(append(dst, &xmin)...); err != nil {
 			return sr, err
 		}
+		sr.xmin = uint32(xmin)
 		for i, k := range keys {
 			if k == nil {
 				return sr, errors.New("NULL row-key value")

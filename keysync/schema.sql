@@ -44,14 +44,30 @@ CREATE TABLE IF NOT EXISTS shapeseal_keysets (
 	PRIMARY KEY (tenant_id, generation)
 );
 
--- The keys that sign the keyset payloads wrapped to devices (Ed25519), one
--- per KEK: the private key envelope-encrypted under that KEK (associated
--- data binds the public key), so whoever can use the KEK can grant. Devices
--- trust the public keys ("ssvk1…") they are configured with, never ones
--- read from here.
-CREATE TABLE IF NOT EXISTS shapeseal_signers (
-	kek_uri       text        PRIMARY KEY,
-	public_key    text        NOT NULL UNIQUE CHECK (public_key LIKE 'ssvk1%'),
-	encrypted_key bytea       NOT NULL,
-	created_at    timestamptz NOT NULL DEFAULT now()
+-- Each tenant's signed, hash-chained log (docs/chain-format.md): who
+-- administers the tenant, its members and their devices, the current keyset
+-- generation and its KEK. This is the only authority over who receives a
+-- tenant's keys; every other table is checked against it. readers lists the
+-- users whose devices sync the entry (the members, and a removed member for
+-- the entry that removes them): a filter for the log shape, not authority.
+CREATE TABLE IF NOT EXISTS shapeseal_log (
+	tenant_id  text        NOT NULL,
+	seq        bigint      NOT NULL CHECK (seq > 0),
+	entry      bytea       NOT NULL,
+	readers    text[]      NOT NULL DEFAULT '{}',
+	created_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (tenant_id, seq)
+);
+CREATE INDEX IF NOT EXISTS shapeseal_log_readers_idx ON shapeseal_log USING gin (readers);
+
+-- Device certificates (docs/chain-format.md §6): an admin's signed
+-- statement of a device's recipient. A grant adds a device to a tenant's
+-- log only from a certificate whose signer administers that tenant.
+CREATE TABLE IF NOT EXISTS shapeseal_device_certs (
+	user_id    text        NOT NULL,
+	device_id  text        NOT NULL,
+	signer     text        NOT NULL CHECK (signer LIKE 'ssvk1%'),
+	cert       bytea       NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (user_id, device_id, signer)
 );

@@ -3,6 +3,8 @@ package keysync
 import (
 	"crypto/sha256"
 	"testing"
+
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
 // testSigner signs the payloads of this package's tests, and testSigners
@@ -10,20 +12,20 @@ import (
 // (TestVectors -update) do not change from run to run.
 var (
 	testSigner  = fixedSigner("shapeseal test signer")
-	testSigners = []VerifyKey{testSigner.VerifyKey()}
+	testSigners = []VerifyKey{testSigner.Public()}
 )
 
-func fixedSigner(label string) *Signer {
+func fixedSigner(label string) *chain.PrivateKey {
 	seed := sha256.Sum256([]byte(label))
-	s, err := newSigner(seed[:])
+	s, err := chain.NewPrivateKey(seed[:])
 	if err != nil {
 		panic(err)
 	}
 	return s
 }
 
-func mustSigner() *Signer {
-	s, err := GenerateSigner()
+func mustSigner() *chain.PrivateKey {
+	s, err := chain.GenerateKey()
 	if err != nil {
 		panic(err)
 	}
@@ -31,12 +33,12 @@ func mustSigner() *Signer {
 }
 
 func TestVerifyKeyText(t *testing.T) {
-	k := testSigner.VerifyKey()
+	k := testSigner.Public()
 	got, err := ParseVerifyKey(k.String())
 	if err != nil || got != k {
 		t.Fatalf("ParseVerifyKey(%s) = %v, %v", k, got, err)
 	}
-	list, err := ParseVerifyKeys(" " + k.String() + ",\n" + mustSigner().VerifyKey().String() + " ")
+	list, err := ParseVerifyKeys(" " + k.String() + ",\n" + mustSigner().Public().String() + " ")
 	if err != nil || len(list) != 2 || list[0] != k {
 		t.Fatalf("ParseVerifyKeys = %v, %v", list, err)
 	}
@@ -46,7 +48,7 @@ func TestVerifyKeyText(t *testing.T) {
 			t.Errorf("ParseVerifyKey(%q) succeeded", bad)
 		}
 	}
-	if str := testSigner.String(); str != "keysync.Signer("+s+")" {
+	if str := testSigner.String(); str != "chain.PrivateKey("+s+")" {
 		t.Errorf("Signer.String() = %q", str)
 	}
 }

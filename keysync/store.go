@@ -9,14 +9,17 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
 //go:embed schema.sql
 var schemaSQL string
 
 // Schema returns the SQL that creates shapeseal's tables (design.md §4):
-// shapeseal_devices, shapeseal_tenant_keys and shapeseal_keysets. It is
-// idempotent; [ApplySchema] runs it.
+// shapeseal_devices, shapeseal_device_certs, shapeseal_tenant_keys,
+// shapeseal_keysets and shapeseal_log. It is idempotent; [ApplySchema] runs
+// it.
 func Schema() string { return schemaSQL }
 
 // DB is what keysync needs of a Postgres connection: *pgx.Conn,
@@ -61,27 +64,74 @@ func StoreKeyset(ctx context.Context, db DB, kek KEK, ks *Keyset) error {
 	return nil
 }
 
-// LoadKeyset loads and decrypts the newest generation of tenant's keyset
-// from shapeseal_keysets. It returns an error wrapping [ErrKeysetNotFound]
-// if none is stored, and a *[KEKError] naming the row's kek_uri if kek cannot
-// decrypt it.
-func LoadKeyset(ctx context.Context, db DB, kek KEK, tenant string) (*Keyset, error) {
-	var (
-		gen int64
-		uri string
-		enc []byte
-	)
-	err := db.QueryRow(ctx, `SELECT generation, kek_uri, encrypted_keyset FROM shapeseal_keysets
-		WHERE tenant_id = $1 ORDER BY generation DESC LIMIT 1`, tenant).Scan(&gen, &uri, &enc)
+// A KEKSource opens the KEK that a tenant's log names, by URI. [OpenKEK]
+// is one; [UseKEK] allows only the KEK an operator configured.
+type KEKSource func(uri string) (KEK, error)
+
+// UseKEK returns a KEKSource that opens only kek: a log that names another
+// KEK is refused with a *[KEKMismatchError], so that a tenant moved to a KEK
+// the operator did not configure is noticed, not followed.
+func UseKEK(kek KEK) KEKSource {
+	return func(uri string) (KEK, error) {
+		if uri != kek.URI() {
+			return nil, &KEKMismatchError{Log: uri, Configured: kek.URI()}
+		}
+		return kek, nil
+	}
+}
+
+// KEKMismatchError: a tenant's log names a KEK other than the one
+// configured.
+type KEKMismatchError struct {
+	Tenant     string
+	Log        string // the KEK URI the signed log names
+	Configured string
+}
+
+func (e *KEKMismatchError) Error() string {
+	t := ""
+	if e.Tenant != "" {
+		t = fmt.Sprintf(" of tenant %q", e.Tenant)
+	}
+	return fmt.Sprintf("keysync: the log%s names KEK %s, not the configured %s", t, e.Log, e.Configured)
+}
+
+// LoadKeyset loads the keyset that st, a tenant's verified log, names as
+// current: it decrypts the row of shapeseal_keysets of that generation with
+// the KEK the log names (opened with keks, [OpenKEK] if nil), and checks it
+// against the log's commitment. A missing row, or one that decrypts to
+// another keyset, is a *[StateError]; a KEK that cannot decrypt it, a
+// *[KEKError].
+func LoadKeyset(ctx context.Context, db DB, st *chain.State, keks KEKSource) (*Keyset, error) {
+	return loadKeysetRef(ctx, db, st.Tenant(), st.Keyset().KeysetRef, keks)
+}
+
+func loadKeysetRef(ctx context.Context, db DB, tenant string, ref chain.KeysetRef, keks KEKSource) (*Keyset, error) {
+	if keks == nil {
+		keks = OpenKEK
+	}
+	kek, err := keks(ref.KEK)
+	if kerr, ok := errors.AsType[*KEKMismatchError](err); ok {
+		kerr.Tenant = tenant
+	}
+	if err != nil {
+		return nil, err
+	}
+	var enc []byte
+	err = db.QueryRow(ctx, `SELECT encrypted_keyset FROM shapeseal_keysets WHERE tenant_id = $1 AND generation = $2`,
+		tenant, int64(ref.Generation)).Scan(&enc)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, detail(ErrKeysetNotFound, "tenant %q", tenant)
+		return nil, &StateError{Tenant: tenant, Table: "shapeseal_keysets", Detail: fmt.Sprintf("the log names generation %d, which is not stored", ref.Generation)}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("keysync: load keyset of tenant %q: %w", tenant, err)
 	}
-	ks, err := DecryptKeyset(kek, tenant, uint64(gen), enc)
-	if kerr, ok := errors.AsType[*KEKError](err); ok && uri != kek.URI() {
-		kerr.Err = fmt.Errorf("stored under KEK %s: %w", uri, kerr.Err)
+	ks, err := DecryptKeyset(kek, tenant, ref.Generation, enc)
+	if err != nil {
+		return nil, err
 	}
-	return ks, err
+	if !ks.matches(ref) {
+		return nil, &StateError{Tenant: tenant, Table: "shapeseal_keysets", Detail: fmt.Sprintf("generation %d is not the keyset the log commits to", ref.Generation)}
+	}
+	return ks, nil
 }

@@ -2,6 +2,7 @@ package keysync
 
 import (
 	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/sha256"
@@ -467,7 +468,10 @@ func writeFuzzSeeds(t *testing.T, vf *vectorFile) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := (&payload{tenant: "tenant-a", generation: 7, recipient: "age1example", keyset: material}).marshal(testSigner)
+	good, err := (&payload{tenant: "tenant-a", generation: 7, recipient: "age1example", keyset: material}).marshal(context.Background(), testSigner)
+	if err != nil {
+		t.Fatal(err)
+	}
 	afterRecipient := len(payloadMagic) + 2 + len("tenant-a") + 8 + 2 + len("age1example")
 	cuts := map[string][]byte{
 		"valid":               good,

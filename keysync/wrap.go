@@ -2,6 +2,7 @@ package keysync
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"slices"
 
 	"filippo.io/age"
+
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
 // The wrapped payload is what age encrypts to a device: a small binary
@@ -33,6 +36,7 @@ const (
 	payloadMagic   = "shapeseal/keyset/v2\n"
 	payloadMagicV1 = "shapeseal/keyset/v1\n"
 	signatureLen   = 64
+	signerLen      = 32
 )
 
 // maxPayload bounds a payload (and so an age plaintext read by Unwrap).
@@ -50,16 +54,21 @@ type payload struct {
 }
 
 // marshal encodes p, signed by s.
-func (p *payload) marshal(s *Signer) []byte {
-	p.signer = s.pub
+func (p *payload) marshal(ctx context.Context, s chain.Signer) ([]byte, error) {
+	p.signer = s.Public()
 	b := p.body()
-	return append(b, s.sign(b)...)
+	sig, err := s.Sign(ctx, b)
+	if err != nil {
+		clear(b)
+		return nil, fmt.Errorf("keysync: sign keyset payload: %w", err)
+	}
+	return append(b, sig...), nil
 }
 
 // body encodes every field of p up to the signature: what the signature
 // covers.
 func (p *payload) body() []byte {
-	b := make([]byte, 0, len(payloadMagic)+2+len(p.tenant)+8+2+len(p.recipient)+4+len(p.keyset)+len(p.signer.key)+signatureLen)
+	b := make([]byte, 0, len(payloadMagic)+2+len(p.tenant)+8+2+len(p.recipient)+4+len(p.keyset)+signerLen+signatureLen)
 	b = append(b, payloadMagic...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(p.tenant)))
 	b = append(b, p.tenant...)
@@ -68,7 +77,7 @@ func (p *payload) body() []byte {
 	b = append(b, p.recipient...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(p.keyset)))
 	b = append(b, p.keyset...)
-	return append(b, p.signer.key[:]...)
+	return append(b, p.signer.Bytes()...)
 }
 
 // parsePayload parses a payload; it checks the structure only, not the
@@ -126,11 +135,15 @@ func parsePayload(b []byte) (*payload, error) {
 	if p.keyset, ok = field(4); !ok {
 		return bad("truncated keyset")
 	}
-	if len(rest) != len(p.signer.key)+signatureLen {
+	if len(rest) != signerLen+signatureLen {
 		return bad("signer and signature do not end the payload")
 	}
-	copy(p.signer.key[:], rest)
-	p.signature = rest[len(p.signer.key):]
+	signer, err := chain.PublicKeyFromBytes(rest[:signerLen])
+	if err != nil {
+		return bad("signer")
+	}
+	p.signer = signer
+	p.signature = rest[signerLen:]
 	p.signed = b[:len(b)-signatureLen]
 	return &p, nil
 }
@@ -142,7 +155,9 @@ func parsePayload(b []byte) (*payload, error) {
 //
 // One device per payload: the signature binds the payload to its device, and
 // a row per device is what lets a grant or a revocation touch one device.
-func Wrap(ks *Keyset, signer *Signer, recipient string) ([]byte, error) {
+// Devices accept it only from a key that may sign for the tenant (a pinned
+// root or an admin of the tenant, as its log says).
+func Wrap(ctx context.Context, ks *Keyset, signer chain.Signer, recipient string) ([]byte, error) {
 	if signer == nil {
 		return nil, errors.New("keysync: wrap: no signer")
 	}
@@ -154,9 +169,12 @@ func Wrap(ks *Keyset, signer *Signer, recipient string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	pt := (&payload{tenant: ks.tenant, generation: ks.generation, recipient: recipient, keyset: material}).marshal(signer)
-	defer clear(pt)
+	pt, err := (&payload{tenant: ks.tenant, generation: ks.generation, recipient: recipient, keyset: material}).marshal(ctx, signer)
 	clear(material)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(pt)
 
 	var out bytes.Buffer
 	w, err := age.Encrypt(&out, r)
@@ -197,35 +215,48 @@ func Unwrap(identity age.Identity, wrapped []byte, tenant string, signers []Veri
 // unwrap is Unwrap for callers that know identity's recipient, self (which
 // takes a hybrid identity about as long to compute as a signature check).
 func unwrap(identity age.Identity, self string, wrapped []byte, tenant string, signers []VerifyKey) (*Keyset, error) {
+	ks, signer, err := unwrapSigned(identity, self, wrapped, tenant)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(signers, signer) {
+		return nil, detail(ErrUntrustedKeyset, "signed by %s, which this device does not trust", signer)
+	}
+	return ks, nil
+}
+
+// unwrapSigned decrypts and parses a payload, checks that it is signed by
+// the key it names, for self, and for tenant, and returns the keyset and
+// that key. Whether the key may sign for the tenant is the caller's check.
+func unwrapSigned(identity age.Identity, self string, wrapped []byte, tenant string) (*Keyset, VerifyKey, error) {
+	var none VerifyKey
 	r, err := age.Decrypt(bytes.NewReader(wrapped), identity)
 	if err != nil {
 		if _, ok := errors.AsType[*age.NoIdentityMatchError](err); ok {
-			return nil, &wrongIdentityError{err}
+			return nil, none, &wrongIdentityError{err}
 		}
-		return nil, detail(ErrMalformedPayload, "%v", err)
+		return nil, none, detail(ErrMalformedPayload, "%v", err)
 	}
 	pt, err := io.ReadAll(io.LimitReader(r, maxPayload+1))
 	defer clear(pt)
 	if err != nil {
-		return nil, detail(ErrMalformedPayload, "%v", err)
+		return nil, none, detail(ErrMalformedPayload, "%v", err)
 	}
 	p, err := parsePayload(pt)
 	if err != nil {
-		return nil, err
+		return nil, none, err
 	}
-	if !slices.Contains(signers, p.signer) {
-		return nil, detail(ErrUntrustedKeyset, "signed by %s, which this device does not trust", p.signer)
-	}
-	if !p.signer.verify(p.signed, p.signature) {
-		return nil, detail(ErrUntrustedKeyset, "bad signature")
+	if !p.signer.Verify(p.signed, p.signature) {
+		return nil, none, detail(ErrUntrustedKeyset, "bad signature")
 	}
 	if p.recipient != self {
-		return nil, detail(ErrUntrustedKeyset, "signed for another device")
+		return nil, none, detail(ErrUntrustedKeyset, "signed for another device")
 	}
 	if p.tenant != tenant {
-		return nil, &TenantMismatchError{Want: tenant, Got: p.tenant}
+		return nil, none, &TenantMismatchError{Want: tenant, Got: p.tenant}
 	}
-	return unmarshalKeyset(p.tenant, p.generation, p.keyset)
+	ks, err := unmarshalKeyset(p.tenant, p.generation, p.keyset)
+	return ks, p.signer, err
 }
 
 type wrongIdentityError struct{ err error }

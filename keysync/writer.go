@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
 // WriteMode is how a [Writer] writes a row.
@@ -28,52 +30,70 @@ const (
 
 // A Writer encrypts the encrypted columns of rows before writing them into
 // Postgres, so that plaintext never reaches the database: the cells are
-// sealed with the tenant's current keyset (loaded from shapeseal_keysets
-// with a KEK) and bound to their place by the table spec, and every value is
-// sent as a bound parameter.
+// sealed with the tenant's current keyset and bound to their place by the
+// table spec, and every value is sent as a bound parameter.
 //
-// Before each row the Writer asks Postgres for the tenant's newest keyset
-// generation, and reloads the keyset when it changed, so rows written after
-// a [Revoke] or [Rotate] are sealed with the new primary key. It also asks
-// Postgres for the text form of the tenant and row-key values (for example
-// the canonical spelling of a UUID), which is what readers see and what the
-// cells are bound to.
+// Which keyset is current, and which KEK holds it, the Writer takes from
+// the tenant's signed log (package chain), verified from the pinned roots
+// and checked against its floor: never from an unsigned row. Before each
+// row it asks Postgres how long the tenant's log is, and follows it when it
+// grew, so rows written after a [Admin.Revoke] or [Admin.Rotate] are sealed
+// with the new primary key; a log that shrank or changed is refused
+// (*[chain.Error]), and a keyset row that is missing or is not the one the
+// log names is refused (*[StateError]) — the Writer never falls back to an
+// older key. It also asks Postgres for the text form of the tenant and
+// row-key values (for example the canonical spelling of a UUID), which is
+// what readers see and what the cells are bound to.
 //
 // A Writer is safe for concurrent use.
 type Writer struct {
 	spec TableSpec
 	mode WriteMode
-	kek  func(ctx context.Context, tenant string) (KEK, error)
+	opts WriterOptions
 
-	mu    sync.Mutex
-	types map[string]string  // column → SQL type
-	keys  map[string]*Keyset // tenant → keyset
+	mu      sync.Mutex
+	types   map[string]string // column → SQL type
+	tenants map[string]*writerTenant
 }
 
-// NewWriter returns a Writer of rows of spec's table. kek returns the KEK of
-// a tenant's stored keyset; see [StoredKEKURI] to find which one it is.
-func NewWriter(spec TableSpec, mode WriteMode, kek func(ctx context.Context, tenant string) (KEK, error)) (*Writer, error) {
+// writerTenant is what a Writer holds of one tenant: its verified log and
+// the keyset the log names.
+type writerTenant struct {
+	mu sync.Mutex
+	st *chain.State
+	ks *Keyset
+}
+
+// WriterOptions configure a [Writer].
+type WriterOptions struct {
+	// Roots are the pinned root keys the tenants' logs are verified
+	// against. Required.
+	Roots []VerifyKey
+	// KEKs opens the KEK a log names; nil means [OpenKEK]. [UseKEK] allows
+	// only the configured one.
+	KEKs KEKSource
+	// Floor keeps how far each log has been seen, so that a log cut back
+	// after a revocation is refused even by a writer that restarted.
+	// Required: [OpenFileFloor] for a writer that runs again,
+	// [NewMemoryFloor] for one that keeps no state.
+	Floor Floor
+}
+
+// NewWriter returns a Writer of rows of spec's table.
+func NewWriter(spec TableSpec, mode WriteMode, opts WriterOptions) (*Writer, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
 	if mode != Insert && len(spec.RowKey) == 0 {
 		return nil, fmt.Errorf("keysync: writer: updates need row-key columns")
 	}
-	if kek == nil {
-		return nil, errors.New("keysync: writer: no KEK")
+	if len(opts.Roots) == 0 {
+		return nil, errors.New("keysync: writer: no pinned roots (WriterOptions.Roots)")
 	}
-	return &Writer{spec: spec, mode: mode, kek: kek, types: map[string]string{}, keys: map[string]*Keyset{}}, nil
-}
-
-// StoredKEKURI returns the URI of the KEK that tenant's newest keyset is
-// stored under.
-func StoredKEKURI(ctx context.Context, db DB, tenant string) (string, error) {
-	var uri string
-	err := db.QueryRow(ctx, `SELECT kek_uri FROM shapeseal_keysets WHERE tenant_id = $1 ORDER BY generation DESC LIMIT 1`, tenant).Scan(&uri)
-	if err != nil {
-		return "", detail(ErrKeysetNotFound, "tenant %q", tenant)
+	if opts.Floor == nil {
+		return nil, errors.New("keysync: writer: no floor (WriterOptions.Floor: OpenFileFloor, or NewMemoryFloor)")
 	}
-	return uri, nil
+	return &Writer{spec: spec, mode: mode, opts: opts, types: map[string]string{}, tenants: map[string]*writerTenant{}}, nil
 }
 
 // Write seals row's encrypted columns and writes it with db (a connection or
@@ -81,7 +101,7 @@ func StoredKEKURI(ctx context.Context, db DB, tenant string) (string, error) {
 // in encrypted columns), a number (int, int64, float64, json.Number), a bool,
 // nil for NULL, or json.RawMessage; every value is sent as text and cast to
 // its column's type by Postgres. row itself is not modified.
-func (w *Writer) Write(ctx context.Context, db DB, row map[string]any) error {
+func (w *Writer) Write(ctx context.Context, db QueryDB, row map[string]any) error {
 	s := &w.spec
 	cols := make([]string, 0, len(row))
 	for c := range row {
@@ -109,7 +129,7 @@ func (w *Writer) Write(ctx context.Context, db DB, row map[string]any) error {
 		vals[c] = v
 	}
 
-	// The canonical text of tenant and row key, and the newest generation.
+	// The canonical text of tenant and row key, and the length of the log.
 	place := slices.Concat([]string{s.TenantColumn}, s.RowKey)
 	var sel []string
 	var args []any
@@ -117,22 +137,22 @@ func (w *Writer) Write(ctx context.Context, db DB, row map[string]any) error {
 		sel = append(sel, fmt.Sprintf("$%d::text::%s::text", i+1, types[c]))
 		args = append(args, *vals[c])
 	}
-	sel = append(sel, "(SELECT max(generation) FROM shapeseal_keysets WHERE tenant_id = $1::text::"+types[s.TenantColumn]+"::text)")
+	sel = append(sel, "(SELECT max(seq) FROM shapeseal_log WHERE tenant_id = $1::text::"+types[s.TenantColumn]+"::text)")
 	canon := make([]string, len(place))
 	dst := make([]any, 0, len(place)+1)
 	for i := range canon {
 		dst = append(dst, &canon[i])
 	}
-	var gen *int64
-	dst = append(dst, &gen)
+	var seq *int64
+	dst = append(dst, &seq)
 	if err := db.QueryRow(ctx, "SELECT "+strings.Join(sel, ", "), args...).Scan(dst...); err != nil {
 		return fmt.Errorf("keysync: write %s: %w", s.QualifiedTable(), err)
 	}
 	tenant := canon[0]
-	if gen == nil {
-		return detail(ErrKeysetNotFound, "tenant %q", tenant)
+	if seq == nil {
+		return &chain.Error{Tenant: tenant, Err: chain.ErrNoLog}
 	}
-	ks, err := w.keyset(ctx, db, tenant, uint64(*gen))
+	ks, err := w.keyset(ctx, db, tenant, uint64(*seq))
 	if err != nil {
 		return err
 	}
@@ -254,27 +274,43 @@ func (w *Writer) columnTypes(ctx context.Context, db DB, cols []string) (map[str
 	return out, nil
 }
 
-// keyset returns tenant's keyset at generation gen, from the cache or
-// loaded again.
-func (w *Writer) keyset(ctx context.Context, db DB, tenant string, gen uint64) (*Keyset, error) {
+// keyset returns the keyset that tenant's log names when the log has seq
+// entries: the one held, or after following the log to seq.
+func (w *Writer) keyset(ctx context.Context, db QueryDB, tenant string, seq uint64) (*Keyset, error) {
 	w.mu.Lock()
-	ks := w.keys[tenant]
-	w.mu.Unlock()
-	if ks != nil && ks.generation >= gen {
-		return ks, nil
+	t := w.tenants[tenant]
+	if t == nil {
+		t = &writerTenant{}
+		w.tenants[tenant] = t
 	}
-	kek, err := w.kek(ctx, tenant)
+	w.mu.Unlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.st != nil && t.st.Seq() == seq {
+		return t.ks, nil
+	}
+	if t.st != nil && seq < t.st.Seq() {
+		return nil, &chain.Error{Tenant: tenant, Err: fmt.Errorf("%w: %d entries, %d seen before", chain.ErrRollback, seq, t.st.Seq())}
+	}
+	st := t.st
+	if st == nil {
+		st = chain.NewState(tenant, w.opts.Roots)
+	}
+	t.st, t.ks = nil, nil // a failure below leaves nothing half-followed
+	if err := extendState(ctx, db, st); err != nil {
+		return nil, err
+	}
+	if st.Seq() == 0 {
+		return nil, &chain.Error{Tenant: tenant, Err: chain.ErrNoLog}
+	}
+	ks, err := LoadKeyset(ctx, db, st, w.opts.KEKs)
 	if err != nil {
 		return nil, err
 	}
-	if ks, err = LoadKeyset(ctx, db, kek, tenant); err != nil {
+	if err := checkFloor(w.opts.Floor, st, ks.generation); err != nil {
 		return nil, err
 	}
-	w.mu.Lock()
-	if old := w.keys[tenant]; old == nil || old.generation < ks.generation {
-		w.keys[tenant] = ks
-	}
-	w.mu.Unlock()
+	t.st, t.ks = st, ks
 	return ks, nil
 }
 

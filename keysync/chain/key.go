@@ -34,6 +34,16 @@ func (k PublicKey) String() string {
 // Bytes returns the 32 bytes of the key.
 func (k PublicKey) Bytes() []byte { return append([]byte(nil), k.key[:]...) }
 
+// PublicKeyFromBytes returns the PublicKey of 32 bytes.
+func PublicKeyFromBytes(b []byte) (PublicKey, error) {
+	var k PublicKey
+	if len(b) != len(k.key) {
+		return k, errors.New("chain: a public key is 32 bytes")
+	}
+	copy(k.key[:], b)
+	return k, nil
+}
+
 // IsZero reports whether k is the zero value (no key).
 func (k PublicKey) IsZero() bool { return k == PublicKey{} }
 
