@@ -120,20 +120,23 @@ const LogShapeWhere = "$1 = ANY(readers)"
 
 // LogShapeOptions returns stream options that follow, directly from
 // Electric (or electrictest), the logs of the tenants userID belongs to:
-// shapeURL is the /v1/shape endpoint. Behind the proxy, use the proxy's URL
-// of a rule that pins [LogShapeWhere] to the token's user instead.
+// shapeURL is the /v1/shape endpoint; an empty userID follows every
+// tenant's log. Behind the proxy, use the proxy's URL of a rule that pins
+// [LogShapeWhere] to the token's user instead.
 func LogShapeOptions(shapeURL, userID string) client.Options {
-	return client.Options{
+	o := client.Options{
 		URL: shapeURL,
 		Params: client.Params{
 			Table:   LogTable,
-			Where:   LogShapeWhere,
-			Params:  []string{userID},
 			Columns: []string{"tenant_id", "seq", "entry"},
 			Replica: "full",
 		},
 		Live: true,
 	}
+	if userID != "" {
+		o.Params.Where, o.Params.Params = LogShapeWhere, []string{userID}
+	}
+	return o
 }
 
 // KeyRowError reports a tenant-key row the keyring refused, or a tenant's
