@@ -296,6 +296,7 @@ func (w *Writer) keyset(ctx context.Context, db QueryDB, tenant string, seq uint
 	if st == nil {
 		st = chain.NewState(tenant, w.opts.Roots)
 	}
+	held := t.ks
 	t.st, t.ks = nil, nil // a failure below leaves nothing half-followed
 	if err := extendState(ctx, db, st); err != nil {
 		return nil, err
@@ -303,9 +304,12 @@ func (w *Writer) keyset(ctx context.Context, db QueryDB, tenant string, seq uint
 	if st.Seq() == 0 {
 		return nil, &chain.Error{Tenant: tenant, Err: chain.ErrNoLog}
 	}
-	ks, err := LoadKeyset(ctx, db, st, w.opts.KEKs)
-	if err != nil {
-		return nil, err
+	ks := held
+	if ks == nil || !ks.matches(st.Keyset().KeysetRef) {
+		var err error
+		if ks, err = LoadKeyset(ctx, db, st, w.opts.KEKs); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkFloor(w.opts.Floor, st, ks.generation); err != nil {
 		return nil, err
