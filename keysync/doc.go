@@ -45,14 +45,26 @@
 // Devices hold age identities, post-quantum hybrid by default
 // ([GenerateIdentity]); X25519 identities are accepted. [Wrap] seals a keyset
 // to a device's recipient in a payload that names the tenant, the generation
-// and the device, signed by a [Signer] of the key administrators. [Unwrap]
-// refuses a payload that no trusted signer signed for this device
-// ([ErrUntrustedKeyset]) or that names another tenant ([ErrTenantMismatch]),
-// so a database that swaps wrapped keys between tenants, or wraps keysets of
-// its own making to a device's public recipient, gains nothing. Devices are
-// given the signer keys ([VerifyKey], "ssvk1…") they trust out of band; the
-// admin functions sign with the signer stored under their KEK
-// ([EnsureSigner]).
+// and the device, signed by the administrator who wrapped it.
+//
+// # Authority: the tenant log
+//
+// Who receives a tenant's keys is decided by the tenant's signed,
+// hash-chained log (package chain, docs/chain-format.md), never by an
+// unsigned row: the database, Electric and the proxy may be hostile. A root
+// key, which every device, writer and admin tool pins out of band, signs a
+// tenant's first entry and delegates the tenant to admin keys; admins sign
+// the entries that add members and their certified devices, name the
+// current keyset (by generation and a commitment to its keys) and the KEK
+// it is stored under, and remove members with a revocation point.
+//
+// A [Keyring] adopts a keyset only if the tenant's log, verified from the
+// pinned roots, lists the device and names that keyset; [Admin] operations
+// and [Writer]s take members, devices, the current generation and the KEK
+// from the verified log, and refuse tables that disagree with it
+// ([ErrStateMismatch]). Each keeps a [Floor] so that a log cut back or
+// replaced, or an older payload put back, is refused after a restart too.
+// docs/trust-model.md says what each party can and cannot do.
 //
 // # Keyring
 //
@@ -76,10 +88,13 @@
 // cells become plaintext strings, or *[CellError] values (JSON
 // {"error": code, "message": text}) for cells that do not open.
 //
+//	floor, _ := keysync.OpenFileFloor(keysync.DefaultFloorPath(identityFile))
 //	ring, _ := keysync.NewKeyring(keysync.KeyringOptions{
 //		Stream:   keysync.KeyShapeOptions(electricURL+"/v1/shape", "alice", "phone"),
+//		Log:      keysync.LogShapeOptions(electricURL+"/v1/shape", "alice"),
 //		Identity: identity,
-//		Signers:  trusted, // keysync.ParseVerifyKeys(os.Getenv("SHAPESEAL_SIGNERS"))
+//		Roots:    roots, // keysync.ParseVerifyKeys(os.Getenv("SHAPESEAL_ROOT"))
+//		Floor:    floor,
 //	})
 //	go ring.Run(ctx)
 //	dec, _ := keysync.NewDecrypter(ring, spec)
@@ -87,20 +102,24 @@
 //
 // # Administration and writers
 //
-// The functions behind the shapeseal key commands work on a Postgres
-// connection ([AdminDB]) and a KEK: [CreateTenant] stores a new keyset,
-// [AddDevice] registers a device's recipient, [Grant] wraps the current
-// keyset to every device of a user, [Rotate] adds a primary key and re-wraps
-// for every member, [Revoke] deletes a user's wrapped keys, rotates and
-// re-wraps for the remaining members, and [RetireKeys] drops old keys. Each
-// runs in one transaction under a per-tenant advisory lock, so concurrent
-// administration of a tenant never wraps a stale generation.
+// An [Admin] holds one signing key (a root, or an admin key the tenant was
+// delegated to) and a Postgres connection: [Admin.CreateTenant] (a root
+// only) stores a new keyset and starts the tenant's log, [Admin.SetAdmins]
+// delegates it, [Admin.CertifyDevice] signs a certificate for a user's
+// device recipient, [Admin.Grant] adds a member with their certified
+// devices and wraps the current keyset to them, [Admin.Rotate] adds a
+// primary key and re-wraps for every device of the log, [Admin.Revoke]
+// removes a member, records a revocation point and rotates, and
+// [Admin.RetireKeys] drops old keys. Each signs one log entry, in one
+// transaction under a per-tenant advisory lock.
 //
-// [Reencrypt] moves a table's cells to the primary key in short batches,
-// touching only cells under other keys and never overwriting a concurrent
-// write; it is idempotent and resumable, and can retire the keys no cell
-// uses any more. A [Writer] seals the encrypted columns of rows before it
-// inserts, updates or upserts them, with the tenant's newest keyset.
+// [Admin.Reencrypt] moves a table's cells to the primary key in short
+// batches, touching only cells under other keys and never overwriting a
+// concurrent write; it is idempotent and resumable, refuses to re-seal
+// cells a revoked member may have forged after the revocation, and can
+// retire the keys no cell uses any more. A [Writer] seals the encrypted
+// columns of rows before it inserts, updates or upserts them, with the
+// keyset the tenant's log names.
 //
 // # Errors
 //
