@@ -39,10 +39,20 @@ func LoadState(ctx context.Context, db QueryDB, roots []VerifyKey, tenant string
 }
 
 // extendState appends to st the entries of its tenant's log after st's
-// head, in order; a missing entry is a gap.
+// head, in order; a missing entry is a gap, and a log shorter than st a
+// rollback.
 func extendState(ctx context.Context, db QueryDB, st *chain.State) error {
 	if st.Seq() >= math.MaxInt64 {
 		return &chain.Error{Tenant: st.Tenant(), Err: chain.ErrBroken}
+	}
+	if st.Seq() > 0 {
+		var n int64
+		if err := db.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM shapeseal_log WHERE tenant_id = $1`, st.Tenant()).Scan(&n); err != nil {
+			return fmt.Errorf("keysync: read the log of tenant %q: %w", st.Tenant(), err)
+		}
+		if uint64(n) < st.Seq() {
+			return &chain.Error{Tenant: st.Tenant(), Err: fmt.Errorf("%w: %d entries, %d seen before", chain.ErrRollback, n, st.Seq())}
+		}
 	}
 	rows, err := db.Query(ctx, `SELECT seq, entry FROM shapeseal_log WHERE tenant_id = $1 AND seq > $2 ORDER BY seq`,
 		st.Tenant(), int64(st.Seq()))

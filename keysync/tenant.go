@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 
@@ -24,7 +25,8 @@ import (
 //
 // Each operation runs in one transaction under a per-tenant advisory
 // lock, so concurrent administration of a tenant never signs two entries
-// with the same sequence number.
+// with the same sequence number. An Admin keeps the logs it verified and
+// verifies only the entries added since; it is safe for concurrent use.
 type Admin struct {
 	DB    AdminDB
 	Roots []VerifyKey  // the pinned roots the logs are verified against
@@ -42,6 +44,9 @@ type Admin struct {
 	// does not back it: device rows without a valid certificate
 	// (*[DeviceError]) and stray wrapped keys (*[StateError]).
 	Report func(error)
+
+	mu     sync.Mutex
+	states map[string]*chain.State // verified logs, by tenant, as last committed
 }
 
 func (a *Admin) report(err error) {
@@ -56,8 +61,16 @@ func (a *Admin) tx(ctx context.Context, tenant string, mustExist bool, f func(tx
 	if a.DB == nil || a.Key == nil || len(a.Roots) == 0 {
 		return errors.New("keysync: an Admin needs DB, Roots and Key")
 	}
-	return inTx(ctx, a.DB, tenant, func(tx pgx.Tx) error {
-		st := chain.NewState(tenant, a.Roots)
+	// The verified log is taken out of the cache for the transaction, and
+	// put back only once the transaction has committed.
+	a.mu.Lock()
+	st := a.states[tenant]
+	delete(a.states, tenant)
+	a.mu.Unlock()
+	if st == nil {
+		st = chain.NewState(tenant, a.Roots)
+	}
+	err := inTx(ctx, a.DB, tenant, func(tx pgx.Tx) error {
 		if err := extendState(ctx, tx, st); err != nil {
 			return err
 		}
@@ -75,6 +88,15 @@ func (a *Admin) tx(ctx context.Context, tenant string, mustExist bool, f func(tx
 		}
 		return f(tx, st)
 	})
+	if err == nil && st.Seq() > 0 {
+		a.mu.Lock()
+		if a.states == nil {
+			a.states = map[string]*chain.State{}
+		}
+		a.states[tenant] = st
+		a.mu.Unlock()
+	}
+	return err
 }
 
 // State returns tenant's verified log.
