@@ -113,17 +113,20 @@ func KeyShapeOptions(shapeURL, userID, deviceID string) client.Options {
 	}
 }
 
-// LogShapeWhere is the where clause that filters shapeseal_log to the
-// entries a user's devices read, with the user id as $1: a proxy rule
-// pins it with the authenticated user as the parameter.
-const LogShapeWhere = "$1 = ANY(readers)"
+// LogShapeWhere is the where clause that filters shapeseal_log to the logs
+// of a list of tenants, given as $1 in Postgres array form ("{acme,globex}"):
+// a proxy rule pins it with the token's tenants ("$tenants"), the same
+// authorization as the tenants' data. The log holds no secret — public
+// keys, user and device ids, generations, KEK URIs — but who belongs to a
+// tenant is the tenant's business.
+const LogShapeWhere = "tenant_id = ANY($1::text[])"
 
 // LogShapeOptions returns stream options that follow, directly from
-// Electric (or electrictest), the logs of the tenants userID belongs to:
-// shapeURL is the /v1/shape endpoint; an empty userID follows every
-// tenant's log. Behind the proxy, use the proxy's URL of a rule that pins
-// [LogShapeWhere] to the token's user instead.
-func LogShapeOptions(shapeURL, userID string) client.Options {
+// Electric (or electrictest), the logs of tenants — every tenant's if none
+// is given: shapeURL is the /v1/shape endpoint. Behind the proxy, use the
+// proxy's URL of a rule that pins [LogShapeWhere] to the token's tenants
+// instead.
+func LogShapeOptions(shapeURL string, tenants ...string) client.Options {
 	o := client.Options{
 		URL: shapeURL,
 		Params: client.Params{
@@ -133,10 +136,31 @@ func LogShapeOptions(shapeURL, userID string) client.Options {
 		},
 		Live: true,
 	}
-	if userID != "" {
-		o.Params.Where, o.Params.Params = LogShapeWhere, []string{userID}
+	if len(tenants) > 0 {
+		o.Params.Where, o.Params.Params = LogShapeWhere, []string{pgTextArray(tenants)}
 	}
 	return o
+}
+
+// pgTextArray writes ss as a Postgres text[] literal.
+func pgTextArray(ss []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, s := range ss {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for _, r := range s {
+			if r == '"' || r == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(r)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 // KeyRowError reports a tenant-key row the keyring refused, or a tenant's

@@ -102,9 +102,7 @@ func checkFloor(floor Floor, st *chain.State, gen uint64) error {
 
 // appendEntry signs ops as the next entry of st's log with key, applies it
 // to st (so an entry the log would refuse is never stored), and inserts it.
-// The entry's readers are the members after it and also, to learn that
-// they left, the users in also.
-func appendEntry(ctx context.Context, tx pgx.Tx, st *chain.State, key chain.Signer, ops []chain.Op, also ...string) error {
+func appendEntry(ctx context.Context, tx pgx.Tx, st *chain.State, key chain.Signer, ops []chain.Op) error {
 	e, err := chain.Sign(ctx, chain.Entry{Tenant: st.Tenant(), Seq: st.Seq() + 1, Prev: st.Head(), Ops: ops}, key)
 	if err != nil {
 		return err
@@ -112,24 +110,13 @@ func appendEntry(ctx context.Context, tx pgx.Tx, st *chain.State, key chain.Sign
 	if _, err := st.Append(e.Bytes()); err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO shapeseal_log (tenant_id, seq, entry, readers) VALUES ($1, $2, $3, $4)`,
-		st.Tenant(), int64(e.Seq), e.Bytes(), append(append([]string{}, st.Members()...), also...))
+	_, err = tx.Exec(ctx, `INSERT INTO shapeseal_log (tenant_id, seq, entry) VALUES ($1, $2, $3)`,
+		st.Tenant(), int64(e.Seq), e.Bytes())
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok && pe.Code == "23505" {
 		return &chain.Error{Tenant: st.Tenant(), Seq: e.Seq, Err: fmt.Errorf("%w: entry %d was written concurrently", chain.ErrFork, e.Seq)}
 	}
 	if err != nil {
 		return fmt.Errorf("keysync: store log entry %d of tenant %q: %w", e.Seq, st.Tenant(), err)
-	}
-	return nil
-}
-
-// addReader lets user's devices sync every entry of tenant's log, as a
-// member must, to verify it from the first.
-func addReader(ctx context.Context, tx pgx.Tx, tenant, user string) error {
-	_, err := tx.Exec(ctx, `UPDATE shapeseal_log SET readers = array_append(readers, $2)
-		WHERE tenant_id = $1 AND NOT ($2 = ANY (readers))`, tenant, user)
-	if err != nil {
-		return fmt.Errorf("keysync: log readers of tenant %q: %w", tenant, err)
 	}
 	return nil
 }

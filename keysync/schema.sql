@@ -47,18 +47,16 @@ CREATE TABLE IF NOT EXISTS shapeseal_keysets (
 -- Each tenant's signed, hash-chained log (docs/chain-format.md): who
 -- administers the tenant, its members and their devices, the current keyset
 -- generation and its KEK. This is the only authority over who receives a
--- tenant's keys; every other table is checked against it. readers lists the
--- users whose devices sync the entry (the members, and a removed member for
--- the entry that removes them): a filter for the log shape, not authority.
+-- tenant's keys; every other table is checked against it. Devices sync
+-- the logs of their tenants (filtered like the tenants' data), writers and
+-- admin tools read them.
 CREATE TABLE IF NOT EXISTS shapeseal_log (
 	tenant_id  text        NOT NULL,
 	seq        bigint      NOT NULL CHECK (seq > 0),
 	entry      bytea       NOT NULL,
-	readers    text[]      NOT NULL DEFAULT '{}',
 	created_at timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (tenant_id, seq)
 );
-CREATE INDEX IF NOT EXISTS shapeseal_log_readers_idx ON shapeseal_log USING gin (readers);
 
 -- Device certificates (docs/chain-format.md §6): an admin's signed
 -- statement of a device's recipient. A grant adds a device to a tenant's

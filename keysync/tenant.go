@@ -267,9 +267,6 @@ func (a *Admin) Grant(ctx context.Context, tenant, user string) (int, error) {
 		var ops []chain.Op
 		if !st.IsMember(user) {
 			ops = append(ops, chain.Op{Type: chain.OpMemberAdd, User: user})
-			if err := addReader(ctx, tx, tenant, user); err != nil {
-				return err
-			}
 		}
 		for _, d := range devs {
 			if r, ok := st.Device(user, d.Device); !ok || r != d.Recipient {
@@ -325,7 +322,7 @@ func (a *Admin) Revoke(ctx context.Context, tenant, user string) (*Keyset, error
 		}
 		ops := []chain.Op{{Type: chain.OpMemberRemove, User: user}, {Type: chain.OpRevocationPoint, XID: xid}}
 		var err error
-		ks, err = a.rotateIn(ctx, tx, st, (*Keyset).Rotate, ops, user)
+		ks, err = a.rotateIn(ctx, tx, st, (*Keyset).Rotate, ops)
 		return err
 	})
 	return ks, err
@@ -369,9 +366,8 @@ func (a *Admin) RetireKeys(ctx context.Context, tenant string, tables []TableSpe
 
 // rotateIn replaces the tenant's keyset with next of the current one,
 // stores it under the same KEK, appends a log entry of ops followed by the
-// new keyset, and re-wraps it for every device of the log. The users in
-// also read the entry too.
-func (a *Admin) rotateIn(ctx context.Context, tx pgx.Tx, st *chain.State, next func(*Keyset) (*Keyset, error), ops []chain.Op, also ...string) (*Keyset, error) {
+// new keyset, and re-wraps it for every device of the log.
+func (a *Admin) rotateIn(ctx context.Context, tx pgx.Tx, st *chain.State, next func(*Keyset) (*Keyset, error), ops []chain.Op) (*Keyset, error) {
 	ks, err := LoadKeyset(ctx, tx, st, a.KEKs)
 	if err != nil {
 		return nil, err
@@ -388,7 +384,7 @@ func (a *Admin) rotateIn(ctx context.Context, tx pgx.Tx, st *chain.State, next f
 		return nil, err
 	}
 	ops = append(ops, chain.Op{Type: chain.OpKeyset, Keyset: ks.Ref(uri)})
-	if err := appendEntry(ctx, tx, st, a.Key, ops, also...); err != nil {
+	if err := appendEntry(ctx, tx, st, a.Key, ops); err != nil {
 		return nil, err
 	}
 	return ks, a.wrapFor(ctx, tx, st, ks, "")

@@ -95,7 +95,7 @@ func (e *trustEnv) ring(user, device string, id age.Identity, floor Floor) (*Key
 	errs := &rowErrors{}
 	r, err := NewKeyring(KeyringOptions{
 		Stream:     KeyShapeOptions(e.srv.URL+"/v1/shape", user, device),
-		Log:        LogShapeOptions(e.srv.URL+"/v1/shape", user),
+		Log:        LogShapeOptions(e.srv.URL + "/v1/shape"),
 		Identity:   id,
 		Roots:      e.roots,
 		Floor:      floor,
