@@ -49,7 +49,7 @@ type KeyringOptions struct {
 	// Log follows the tenant logs (shapeseal_log) of the tenants this
 	// device's user belongs to: from Electric, build it with
 	// [LogShapeOptions]; behind the proxy, point it at a shape rule on
-	// shapeseal_log filtered to the user (see [LogShapeWhere]). The
+	// shapeseal_log filtered to the token's tenants (see [LogShapeWhere]). The
 	// keyring always follows it live and sets no Transform.
 	Log client.Options
 

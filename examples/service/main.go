@@ -10,26 +10,35 @@
 //
 // The pieces, in the order data flows through them:
 //
-//   - a keysync.Keyring follows the user's tenant keys (the proxy's "keys"
-//     shape, filtered to the token's user and device), unwraps each with
-//     the device's age identity, and adopts only keysets signed by a signer
-//     the service trusts (--signer, $SHAPESEAL_SIGNERS);
+//   - a keysync.Keyring follows two shapes through the proxy: the logs of
+//     the token's tenants ("log"), signed records of who may hold each
+//     tenant's keys, which it verifies from the root key the service pins
+//     (--root, $SHAPESEAL_ROOT); and the wrapped tenant keys of the
+//     token's user and device ("keys"), which it unwraps with the device's
+//     age identity. It adopts a keyset only if the tenant's log lists this
+//     device and names that keyset, and remembers in a floor file next to
+//     the identity how far it has seen each log, so that an older log put
+//     back in the database is refused after a restart too;
 //   - a keysync.Decrypter, used as the stream's Transform, opens the cells
 //     of each change message before anything else sees it;
 //   - a client.Shape materializes the decrypted rows, applying changes only
 //     at up-to-date messages, so readers never see half a transaction.
 //
 // Run it against the development stack, whose ready line holds the proxy's
-// URL, the signer key and each demo user's token and identity file:
+// URL, the root key and each demo user's token and identity file:
 //
 //	go run ./cmd/shapeseal dev > /tmp/dev.ready &
 //	# once /tmp/dev.ready holds the ready line:
 //	R=$(sed 's/^shapeseal dev ready //' /tmp/dev.ready)
-//	export SHAPESEAL_SIGNERS=$(jq -r .signer <<<"$R")
+//	export SHAPESEAL_ROOT=$(jq -r .root <<<"$R")
 //	go run ./examples/service --proxy "$(jq -r .proxy_url <<<"$R")" \
 //		--token "$(jq -r .users.alice.token <<<"$R")" \
 //		--identity "$(jq -r .users.alice.identity <<<"$R")" --listen 127.0.0.1:8080
 //	curl -s http://127.0.0.1:8080/items
+//
+// The key and log shapes are the proxy's PROXY/v1/shapes/keys and
+// PROXY/v1/shapes/log (dev's "shapes" in the ready line); --keys-url and
+// --log-url point elsewhere.
 //
 // Then write a row (see examples/writer) and watch it appear, decrypted.
 // Alice sees acme's rows only: the proxy filters rows by the token's
@@ -47,8 +56,10 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -71,9 +82,11 @@ var itemsSpec = keysync.TableSpec{
 
 type options struct {
 	ProxyURL string // the proxy's base URL; shapes are at /v1/shapes/{name}
+	KeysURL  string // the key shape; "" is PROXY/v1/shapes/keys
+	LogURL   string // the log shape; "" is the keys URL ending in "log"
 	Token    string // bearer token of the user's device
 	Identity string // the device's age identity file
-	Signers  string // trusted signer keys, ssvk1…, comma- or space-separated
+	Root     string // pinned root keys, ssvk1…, comma- or space-separated
 	Listen   string // address of the JSON endpoint
 }
 
@@ -82,7 +95,9 @@ func main() {
 	flag.StringVar(&o.ProxyURL, "proxy", os.Getenv("PROXY_URL"), "proxy base URL (default $PROXY_URL)")
 	flag.StringVar(&o.Token, "token", os.Getenv("SHAPESEAL_TOKEN"), "bearer token (default $SHAPESEAL_TOKEN)")
 	flag.StringVar(&o.Identity, "identity", os.Getenv("SHAPESEAL_IDENTITY"), "age identity file (default $SHAPESEAL_IDENTITY)")
-	flag.StringVar(&o.Signers, "signer", os.Getenv("SHAPESEAL_SIGNERS"), "trusted signer keys ssvk1… (default $SHAPESEAL_SIGNERS)")
+	flag.StringVar(&o.Root, "root", os.Getenv("SHAPESEAL_ROOT"), "pinned root key ssvk1… (default $SHAPESEAL_ROOT)")
+	flag.StringVar(&o.KeysURL, "keys-url", "", "key shape URL (default PROXY/v1/shapes/keys)")
+	flag.StringVar(&o.LogURL, "log-url", "", `log shape URL (default the keys URL with "keys" replaced by "log")`)
 	flag.StringVar(&o.Listen, "listen", "127.0.0.1:8080", "address to serve GET /items on")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -102,24 +117,38 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// The signer keys come from configuration, never from the database
-	// that serves the keys: that is what makes a keyset forged by someone
-	// who can write shapeseal_tenant_keys worthless.
-	signers, err := keysync.ParseVerifyKeys(o.Signers)
+	// The root keys come from configuration, never from the database that
+	// serves the keys: that is what makes a log or a keyset forged by
+	// someone who can write the database worthless.
+	roots, err := keysync.ParseVerifyKeys(o.Root)
 	if err != nil {
 		return err
 	}
-	if len(signers) == 0 {
-		return errors.New("no trusted signer: set --signer or $SHAPESEAL_SIGNERS")
+	if len(roots) == 0 {
+		return errors.New("no pinned root key: set --root or $SHAPESEAL_ROOT")
 	}
-	// One token for both shapes: the proxy reads the user, device and
+	keysURL := cmp.Or(o.KeysURL, o.ProxyURL+"/v1/shapes/keys")
+	logURL := o.LogURL
+	if logURL == "" {
+		if logURL, err = logURLFor(keysURL); err != nil {
+			return err
+		}
+	}
+	// The floor lives next to the identity: both belong to this device.
+	floor, err := keysync.OpenFileFloor(keysync.DefaultFloorPath(o.Identity))
+	if err != nil {
+		return err
+	}
+	// One token for every shape: the proxy reads the user, device and
 	// tenants from it. A real service would use a RefreshableTokenSource.
 	token := client.StaticToken(o.Token)
 
 	ring, err := keysync.NewKeyring(keysync.KeyringOptions{
-		Stream:   client.Options{URL: o.ProxyURL + "/v1/shapes/keys", TokenSource: token},
+		Stream:   client.Options{URL: keysURL, TokenSource: token},
+		Log:      client.Options{URL: logURL, TokenSource: token},
 		Identity: identity,
-		Signers:  signers,
+		Roots:    roots,
+		Floor:    floor,
 	})
 	if err != nil {
 		return err
@@ -189,6 +218,21 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	default:
 		return nil
 	}
+}
+
+// logURLFor returns the log shape's URL next to the key shape's: keysURL
+// with its last path segment, "keys", replaced by "log".
+func logURLFor(keysURL string) (string, error) {
+	u, err := url.Parse(keysURL)
+	if err != nil {
+		return "", err
+	}
+	dir, last := path.Split(u.Path)
+	if last != "keys" {
+		return "", fmt.Errorf("the key shape %s does not end in /keys: set --log-url", keysURL)
+	}
+	u.Path, u.RawPath = dir+"log", ""
+	return u.String(), nil
 }
 
 // summary describes the shape's current view by counts, never by content.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/shapeseal/shapeseal/examples/internal/exampletest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
+	"github.com/shapeseal/shapeseal/keysync"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
@@ -39,7 +40,7 @@ func TestService(t *testing.T) {
 			ProxyURL: env.ProxyURL,
 			Token:    env.Token("alice", "laptop", "acme"),
 			Identity: identity,
-			Signers:  env.Signer,
+			Root:     env.Root,
 			Listen:   "127.0.0.1:0",
 		}, out)
 	}()
@@ -100,6 +101,27 @@ func TestService(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("run: %v", err)
+	}
+	// The device's floor, next to its identity, remembers acme's log.
+	floor, err := keysync.OpenFileFloor(keysync.DefaultFloorPath(identity))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := floor.Mark("acme"); err != nil || m.Seq == 0 || m.Generation != 1 {
+		t.Errorf("floor mark of acme: %+v (%v), want the log seen and generation 1", m, err)
+	}
+}
+
+func TestLogURLFor(t *testing.T) {
+	for keys, want := range map[string]string{
+		"http://127.0.0.1:3000/v1/shapes/keys":        "http://127.0.0.1:3000/v1/shapes/log",
+		"https://sync.example/app/v1/shapes/keys?x=1": "https://sync.example/app/v1/shapes/log?x=1",
+		"http://127.0.0.1:3000/v1/shapes/tenant-keys": "",
+	} {
+		got, err := logURLFor(keys)
+		if got != want || (err != nil) != (want == "") {
+			t.Errorf("logURLFor(%q) = %q, %v; want %q", keys, got, err, want)
+		}
 	}
 }
 

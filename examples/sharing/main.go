@@ -1,30 +1,42 @@
 // Sharing walks through sharing one tenant's keys with a user of another
-// tenant, and taking them back, with the keysync admin API; two users'
-// devices follow their keys and the items shape live, as apps would.
+// tenant, and taking them back, with a keysync.Admin; two users' devices
+// follow their keys and the items shape live, as apps would.
 //
-//  1. create the tenants acme and globex (each a keyset, stored encrypted
-//     under the KEK; kept if it exists);
-//  2. register each user's device: its public age recipient;
+// Every step of the Admin is an entry of the tenant's log (shapeseal_log),
+// signed with the Admin's key and verified by every device from the root
+// key it pins: the log, not the tables beside it, says who may hold a
+// tenant's keys.
+//
+//  1. create the tenants acme and globex: each a keyset, stored encrypted
+//     under the KEK, and a log whose first entry, signed by the root,
+//     names it (kept if it exists);
+//  2. certify each user's device: the Admin signs its public age
+//     recipient;
 //  3. make bob a member of acme and carol of globex, then share globex
-//     with bob: keysync.Grant wraps globex's keyset to bob's device;
+//     with bob: Admin.Grant adds him and his device to globex's log and
+//     wraps globex's keyset to his device;
 //  4. write one encrypted row in each tenant; bob reads both, carol globex's;
-//  5. revoke bob from globex: keysync.Revoke deletes his wrapped keys,
-//     rotates globex's keyset and re-wraps it for carol alone;
+//  5. revoke bob from globex: Admin.Revoke removes him in globex's log,
+//     rotates globex's keyset, re-wraps it for carol alone and deletes his
+//     wrapped keys;
 //  6. write another globex row: carol reads it, bob's cells are no_key.
 //
 // Revocation protects what is written afterwards. What bob read before
 // stays in his copy, and older cells open with the old key until they are
-// re-encrypted (keysync.Reencrypt). Which rows a device receives is the
+// re-encrypted (Admin.Reencrypt). Which rows a device receives is the
 // proxy's decision (bob's token still lists globex here, so he receives
-// the new row); which it can read is the keys'.
+// the new row); which it can read is the keys' and the log's.
 //
-// Run it against the development stack, whose ready line names the proxy,
-// the database, the signer and bob's and carol's tokens and identities;
-// the KEK is found through the keyset table:
+// The Admin signs with --key FILE ($SHAPESEAL_KEY), a signing key made by
+// keysync.GenerateKeyFile; creating tenants takes a root key. Run it
+// against the development stack, whose ready line names the proxy and its
+// key and log shapes, the database, the root key and bob's and carol's
+// tokens and identities, with dev's root signing key, which dev keeps in
+// its --dir; the KEK is the one acme's log names:
 //
-//	go run ./cmd/shapeseal dev > /tmp/dev.ready &
+//	go run ./cmd/shapeseal dev --dir /tmp/dev > /tmp/dev.ready &
 //	# once /tmp/dev.ready holds the ready line:
-//	go run ./examples/sharing --dev-ready /tmp/dev.ready
+//	go run ./examples/sharing --dev-ready /tmp/dev.ready --key /tmp/dev/root.key
 //
 // Running it again re-grants globex to bob, and revokes it again.
 package main
@@ -37,12 +49,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
+	"path"
 	"strconv"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shapeseal/shapeseal/client"
 	"github.com/shapeseal/shapeseal/keysync"
@@ -58,21 +72,25 @@ type user struct{ Name, Device, Token, Identity string }
 
 type options struct {
 	ProxyURL, DatabaseURL string
-	KEK                   string // KEK URI; "" uses the one acme's keyset is stored under
-	Signers               string // the devices' trusted signer keys
+	KeysURL, LogURL       string // the key and log shapes; "" is PROXY/v1/shapes/keys and …/log
+	KEK                   string // KEK URI; "" uses the one acme's log names
+	Root                  string // the pinned root keys, ssvk1…
+	Key                   string // the Admin's signing key file
 	Bob, Carol            user
 }
 
 func main() {
 	ready := flag.String("dev-ready", "", "file holding the ready line of `shapeseal dev`")
-	kek := flag.String("kek", os.Getenv("SHAPESEAL_KEK"), "local KEK URI (default $SHAPESEAL_KEK, else the one acme's keyset is stored under)")
+	key := flag.String("key", os.Getenv("SHAPESEAL_KEY"), "the Admin's signing key file, a root's to create tenants (default $SHAPESEAL_KEY)")
+	root := flag.String("root", os.Getenv("SHAPESEAL_ROOT"), "pinned root key ssvk1… (default $SHAPESEAL_ROOT, else the ready line's)")
+	kek := flag.String("kek", os.Getenv("SHAPESEAL_KEK"), "KEK URI for new tenants (default $SHAPESEAL_KEK, else the one acme's log names)")
 	flag.Parse()
 	o, err := fromDevReady(*ready)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sharing: --dev-ready:", err)
 		os.Exit(2)
 	}
-	o.KEK = *kek
+	o.Key, o.KEK, o.Root = *key, *kek, cmp.Or(*root, o.Root)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := share(ctx, o, os.Stdout); err != nil {
@@ -82,19 +100,40 @@ func main() {
 }
 
 func share(ctx context.Context, o options, out io.Writer) error {
-	db, err := pgx.Connect(ctx, o.DatabaseURL)
+	// The roots come from configuration, never from the database.
+	roots, err := keysync.ParseVerifyKeys(o.Root)
+	if err != nil || len(roots) == 0 {
+		return fmt.Errorf("pinned root keys %q: %v", o.Root, cmp.Or(err, errors.New("none")))
+	}
+	if o.Key == "" {
+		return errors.New("no signing key: set --key or $SHAPESEAL_KEY")
+	}
+	key, err := keysync.LoadKeyFile(o.Key)
 	if err != nil {
 		return err
 	}
-	defer db.Close(context.WithoutCancel(ctx))
-	kek, err := openKEK(ctx, db, o.KEK)
+	db, err := pgxpool.New(ctx, o.DatabaseURL)
 	if err != nil {
 		return err
 	}
+	defer db.Close()
+	admin := &keysync.Admin{
+		DB: db, Roots: roots, Key: key,
+		// A long-lived admin tool keeps its floor in a file
+		// (keysync.OpenFileFloor), to notice a log cut back across runs.
+		Floor: keysync.NewMemoryFloor(),
+		// Rows the log does not back are ignored; say so.
+		Report: func(err error) { fmt.Fprintln(os.Stderr, "sharing:", err) },
+	}
+	kek, err := openKEK(ctx, admin, o.KEK)
+	if err != nil {
+		return err
+	}
+	admin.KEKs = keysync.UseKEK(kek) // refuse a log that names another KEK
 
 	for _, tenant := range []string{"acme", "globex"} {
 		status := "created"
-		if _, err := keysync.CreateTenant(ctx, db, kek, tenant); errors.Is(err, keysync.ErrGenerationExists) {
+		if _, err := admin.CreateTenant(ctx, kek, tenant); errors.Is(err, keysync.ErrTenantExists) {
 			status = "already exists"
 		} else if err != nil {
 			return err
@@ -102,8 +141,9 @@ func share(ctx context.Context, o options, out io.Writer) error {
 		fmt.Fprintf(out, "1. tenant %s: %s\n", tenant, status)
 	}
 	for _, u := range []user{o.Bob, o.Carol} {
-		// A device sends its public recipient; loading its identity here
-		// only stands in for that.
+		// A device sends its public recipient, which the admin checks out
+		// of band before certifying it; loading its identity here only
+		// stands in for that.
 		id, err := keysync.LoadIdentityFile(u.Identity)
 		if err != nil {
 			return err
@@ -112,30 +152,33 @@ func share(ctx context.Context, o options, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := keysync.AddDevice(ctx, db, u.Name, u.Device, recipient); err != nil {
+		if err := admin.CertifyDevice(ctx, u.Name, u.Device, recipient); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "2. registered device %s of %s\n", u.Device, u.Name)
+		fmt.Fprintf(out, "2. certified device %s of %s\n", u.Device, u.Name)
 	}
 	for _, g := range [][2]string{{"acme", o.Bob.Name}, {"globex", o.Carol.Name}, {"globex", o.Bob.Name}} {
-		devices, err := keysync.Grant(ctx, db, kek, g[0], g[1])
+		devices, err := admin.Grant(ctx, g[0], g[1])
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "3. granted %s %s's keyset, wrapped to %d device\n", g[1], g[0], devices)
 	}
 
-	bob, err := follow(ctx, o, o.Bob)
+	bob, err := follow(ctx, o, roots, o.Bob)
 	if err != nil {
 		return err
 	}
 	defer bob.stop()
-	carol, err := follow(ctx, o, o.Carol)
+	carol, err := follow(ctx, o, roots, o.Carol)
 	if err != nil {
 		return err
 	}
 	defer carol.stop()
-	w, err := keysync.NewWriter(itemsSpec, keysync.Insert, func(context.Context, string) (keysync.KEK, error) { return kek, nil })
+	// The writer, too, takes the current keyset from the verified log.
+	w, err := keysync.NewWriter(itemsSpec, keysync.Insert, keysync.WriterOptions{
+		Roots: roots, KEKs: keysync.UseKEK(kek), Floor: keysync.NewMemoryFloor(),
+	})
 	if err != nil {
 		return err
 	}
@@ -162,13 +205,13 @@ func share(ctx context.Context, o options, out io.Writer) error {
 		return err
 	}
 
-	ks, err := keysync.Revoke(ctx, db, kek, "globex", o.Bob.Name)
+	ks, err := admin.Revoke(ctx, "globex", o.Bob.Name)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "5. revoked %s from globex: keyset rotated to generation %d\n", o.Bob.Name, ks.Generation())
-	// Bob's keyring follows his key rows live: it drops globex's keyset
-	// as soon as his row is deleted.
+	// Bob's keyring follows his key rows and globex's log live: it drops
+	// globex's keyset as soon as the log no longer lists him.
 	if _, err := bob.ring.Wait(ctx, "globex", func(ks *keysync.Keyset) bool { return ks == nil }); err != nil {
 		return err
 	}
@@ -199,20 +242,30 @@ type reader struct {
 
 // follow starts a device's keyring and items shape through the proxy; both
 // stop when ctx ends.
-func follow(ctx context.Context, o options, u user) (*reader, error) {
+func follow(ctx context.Context, o options, roots []keysync.VerifyKey, u user) (*reader, error) {
 	identity, err := keysync.LoadIdentityFile(u.Identity)
 	if err != nil {
 		return nil, err
 	}
-	signers, err := keysync.ParseVerifyKeys(o.Signers)
-	if err != nil || len(signers) == 0 {
-		return nil, fmt.Errorf("trusted signer keys %q: %v", o.Signers, err)
+	keysURL := cmp.Or(o.KeysURL, o.ProxyURL+"/v1/shapes/keys")
+	logURL := o.LogURL
+	if logURL == "" {
+		if logURL, err = logURLFor(keysURL); err != nil {
+			return nil, err
+		}
+	}
+	// The device's floor lives next to its identity.
+	floor, err := keysync.OpenFileFloor(keysync.DefaultFloorPath(u.Identity))
+	if err != nil {
+		return nil, err
 	}
 	token := client.StaticToken(u.Token)
 	ring, err := keysync.NewKeyring(keysync.KeyringOptions{
-		Stream:   client.Options{URL: o.ProxyURL + "/v1/shapes/keys", TokenSource: token},
+		Stream:   client.Options{URL: keysURL, TokenSource: token},
+		Log:      client.Options{URL: logURL, TokenSource: token},
 		Identity: identity,
-		Signers:  signers,
+		Roots:    roots,
+		Floor:    floor,
 	})
 	if err != nil {
 		return nil, err
@@ -275,17 +328,33 @@ func cell(v any) string {
 	return strconv.Quote(fmt.Sprint(v))
 }
 
-// openKEK opens the KEK named by uri, or else the one acme's keyset is
-// stored under: a local file, or a Vault transit key (keysync/vaultkek,
-// imported for that, reads VAULT_ADDR, VAULT_TOKEN and VAULT_NAMESPACE).
-func openKEK(ctx context.Context, db keysync.DB, uri string) (keysync.KEK, error) {
+// openKEK opens the KEK named by uri, or else the one acme's log names: a
+// local file, or a Vault transit key (keysync/vaultkek, imported for that,
+// reads VAULT_ADDR, VAULT_TOKEN and VAULT_NAMESPACE).
+func openKEK(ctx context.Context, admin *keysync.Admin, uri string) (keysync.KEK, error) {
 	if uri == "" {
-		var err error
-		if uri, err = keysync.StoredKEKURI(ctx, db, "acme"); err != nil {
+		st, err := admin.State(ctx, "acme")
+		if err != nil {
 			return nil, fmt.Errorf("no KEK given, and none found: %w", err)
 		}
+		uri = st.Keyset().KEK
 	}
 	return keysync.OpenKEK(uri)
+}
+
+// logURLFor returns the log shape's URL next to the key shape's: keysURL
+// with its last path segment, "keys", replaced by "log".
+func logURLFor(keysURL string) (string, error) {
+	u, err := url.Parse(keysURL)
+	if err != nil {
+		return "", err
+	}
+	dir, last := path.Split(u.Path)
+	if last != "keys" {
+		return "", fmt.Errorf("the key shape %s does not end in /keys: give the log shape's URL", keysURL)
+	}
+	u.Path, u.RawPath = dir+"log", ""
+	return u.String(), nil
 }
 
 // fromDevReady reads the options from the ready line of `shapeseal dev`:
@@ -301,14 +370,19 @@ func fromDevReady(path string) (options, error) {
 		return options{}, errors.New("no ready line")
 	}
 	var r struct {
-		ProxyURL    string `json:"proxy_url"`
-		DatabaseURL string `json:"database_url"`
-		Signer      string `json:"signer"`
+		ProxyURL    string            `json:"proxy_url"`
+		DatabaseURL string            `json:"database_url"`
+		Root        string            `json:"root"`
+		Shapes      map[string]string `json:"shapes"`
 		Users       map[string]struct{ Token, Identity string }
 	}
 	if err := json.Unmarshal([]byte(js), &r); err != nil {
 		return options{}, err
 	}
 	u := func(name string) user { return user{name, "laptop", r.Users[name].Token, r.Users[name].Identity} }
-	return options{ProxyURL: r.ProxyURL, DatabaseURL: r.DatabaseURL, Signers: r.Signer, Bob: u("bob"), Carol: u("carol")}, nil
+	return options{
+		ProxyURL: r.ProxyURL, DatabaseURL: r.DatabaseURL, Root: r.Root,
+		KeysURL: r.Shapes["keys"], LogURL: r.Shapes["log"],
+		Bob: u("bob"), Carol: u("carol"),
+	}, nil
 }

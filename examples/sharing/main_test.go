@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/shapeseal/shapeseal/examples/internal/exampletest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
+	"github.com/shapeseal/shapeseal/keysync"
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
@@ -21,7 +25,9 @@ func TestSharing(t *testing.T) {
 	env := exampletest.New(t)
 	env.StartProxy(t)
 	o := options{
-		ProxyURL: env.ProxyURL, DatabaseURL: env.DatabaseURL, KEK: env.KEKURI, Signers: env.Signer,
+		ProxyURL: env.ProxyURL, DatabaseURL: env.DatabaseURL, KEK: env.KEKURI,
+		// The Admin signs with the root key, which the devices pin.
+		Root: env.Root, Key: env.RootKey,
 		// As in dev: bob's token lets him fetch both tenants' rows, carol's
 		// only globex's; what they can read is up to their keys.
 		Bob:   user{"bob", "laptop", env.Token("bob", "laptop", "acme", "globex"), env.Identity(t, "bob")},
@@ -39,8 +45,8 @@ func TestSharing(t *testing.T) {
 	want := []string{
 		"1. tenant acme: created",
 		"1. tenant globex: created",
-		"2. registered device laptop of bob",
-		"2. registered device laptop of carol",
+		"2. certified device laptop of bob",
+		"2. certified device laptop of carol",
 		"3. granted bob acme's keyset, wrapped to 1 device",
 		"3. granted carol globex's keyset, wrapped to 1 device",
 		"3. granted bob globex's keyset, wrapped to 1 device",
@@ -57,11 +63,20 @@ func TestSharing(t *testing.T) {
 		t.Errorf("output:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 
+	// In globex's verified log: bob is no longer a member, carol is, at
+	// generation 2.
+	st, err := env.Admin.State(ctx, "globex")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.IsMember("bob") || !st.IsMember("carol") || st.Keyset().Generation != 2 {
+		t.Errorf("globex's log: members %v, generation %d", st.Members(), st.Keyset().Generation)
+	}
 	// In Postgres: bob holds no globex key any more, carol holds the new
 	// generation, and every cell is ciphertext.
 	conn := env.Conn(t)
 	var bobKeys, carolGen, plain int
-	err := conn.QueryRow(ctx, `SELECT
+	err = conn.QueryRow(ctx, `SELECT
 		(SELECT count(*) FROM shapeseal_tenant_keys WHERE tenant_id = 'globex' AND user_id = 'bob'),
 		(SELECT max(generation) FROM shapeseal_tenant_keys WHERE tenant_id = 'globex' AND user_id = 'carol'),
 		(SELECT count(*) FROM items WHERE title NOT LIKE 'ss1:%' OR body NOT LIKE 'ss1:%')`).Scan(&bobKeys, &carolGen, &plain)
@@ -85,5 +100,16 @@ func TestSharing(t *testing.T) {
 		if !strings.Contains(out.String(), w) {
 			t.Errorf("second run: no %q in:\n%s", w, out.String())
 		}
+	}
+
+	// A key that is not the pinned root cannot create tenants, nor
+	// administer tenants it was not delegated.
+	o.Key = filepath.Join(t.TempDir(), "stranger.key")
+	if _, err := keysync.GenerateKeyFile(o.Key); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := share(ctx, o, &out); !errors.Is(err, chain.ErrUnauthorized) {
+		t.Errorf("share with a key that is not a root: %v, want chain.ErrUnauthorized\n%s", err, out.String())
 	}
 }

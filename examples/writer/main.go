@@ -12,25 +12,32 @@
 //
 // Keys: a writer is not a member device. It loads the tenant's keyset from
 // the shapeseal_keysets table, where the keyset is stored encrypted under a
-// key-encryption key (KEK), and needs that KEK: --kek (or $SHAPESEAL_KEK),
-// either "local:///path/kek.json" (a development key file) or
-// "hcvault://HOST/MOUNT/keys/NAME" (a Vault transit key, with $VAULT_ADDR
-// and $VAULT_TOKEN). Without --kek, each tenant's keyset is opened with the
-// KEK it is stored under. keysync.Writer rechecks the keyset generation
-// before every row, so rows written after a revocation are sealed with the
-// new key.
+// key-encryption key (KEK). Which generation is current, and which KEK
+// holds it, it takes from the tenant's signed log (shapeseal_log), which it
+// verifies from the root key it pins (--root, $SHAPESEAL_ROOT): never from
+// an unsigned row, so whoever can write the database cannot make it seal
+// with a keyset of their own or an older one. It needs the KEK the log
+// names: "local:///path/kek.json" (a development key file) or
+// "hcvault://HOST[:PORT]/MOUNT/keys/NAME" (a Vault transit key, with
+// $VAULT_ADDR, whose host must be HOST[:PORT], and $VAULT_TOKEN). With
+// --kek (or $SHAPESEAL_KEK) it uses only that KEK and refuses a log that
+// names another. keysync.Writer rechecks the log before every row, so rows
+// written after a revocation are sealed with the new key; its floor
+// (--floor FILE, else kept in memory for this run only) remembers how far
+// each log has been seen, so that a log cut back is refused across runs.
 //
 // Every cell is bound to its table, column, tenant and row id, so the id
 // must be known before sealing: a row without one gets a random UUID here,
 // not a database default.
 //
-// Run it against the development stack, with the database URL from its
-// ready line; the KEK is found through the keyset table:
+// Run it against the development stack, with the database URL and the root
+// key from its ready line; the KEK is the one the log names:
 //
 //	go run ./cmd/shapeseal dev > /tmp/dev.ready &
 //	R=$(sed 's/^shapeseal dev ready //' /tmp/dev.ready)
 //	echo '{"tenant_id":"acme","title":"hello","body":"from the writer"}' |
-//		go run ./examples/writer --database-url "$(jq -r .database_url <<<"$R")"
+//		go run ./examples/writer --database-url "$(jq -r .database_url <<<"$R")" \
+//			--root "$(jq -r .root <<<"$R")"
 //
 // psql shows only ss1:… in title and body; examples/service, or shapeseal
 // tail, shows the plaintext to acme's members.
@@ -48,7 +55,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 
 	"github.com/jackc/pgx/v5"
 
@@ -58,7 +64,9 @@ import (
 
 type options struct {
 	DatabaseURL string
-	KEK         string   // KEK URI; "" uses the one each keyset is stored under
+	Root        string   // pinned root keys, ssvk1…, comma- or space-separated
+	Floor       string   // floor file; "" keeps the floor in memory
+	KEK         string   // KEK URI; "" uses the one each tenant's log names
 	Table       string   // [schema.]table
 	Encrypted   []string // the columns to seal
 	Upsert      bool
@@ -68,7 +76,9 @@ func main() {
 	var o options
 	var encrypted string
 	flag.StringVar(&o.DatabaseURL, "database-url", os.Getenv("DATABASE_URL"), "Postgres URL (default $DATABASE_URL)")
-	flag.StringVar(&o.KEK, "kek", os.Getenv("SHAPESEAL_KEK"), "KEK URI, local:///… or hcvault://… (default $SHAPESEAL_KEK, else the keyset's own)")
+	flag.StringVar(&o.Root, "root", os.Getenv("SHAPESEAL_ROOT"), "pinned root key ssvk1… (default $SHAPESEAL_ROOT)")
+	flag.StringVar(&o.Floor, "floor", os.Getenv("SHAPESEAL_FLOOR"), "floor file (default $SHAPESEAL_FLOOR, else in memory)")
+	flag.StringVar(&o.KEK, "kek", os.Getenv("SHAPESEAL_KEK"), "the only KEK URI to use, local:///… or hcvault://… (default $SHAPESEAL_KEK, else the one the log names)")
 	flag.StringVar(&o.Table, "table", "items", "table to write")
 	flag.StringVar(&encrypted, "encrypted", "title,body", "comma-separated columns to encrypt")
 	flag.BoolVar(&o.Upsert, "upsert", false, "update rows whose id exists instead of failing")
@@ -92,16 +102,36 @@ func write(ctx context.Context, o options, in io.Reader, out io.Writer) error {
 	if o.Upsert {
 		mode = keysync.Upsert
 	}
+	// The root keys come from configuration, never from the database.
+	roots, err := keysync.ParseVerifyKeys(o.Root)
+	if err != nil {
+		return err
+	}
+	wo := keysync.WriterOptions{Roots: roots}
+	if o.Floor != "" {
+		if wo.Floor, err = keysync.OpenFileFloor(o.Floor); err != nil {
+			return err
+		}
+	} else {
+		wo.Floor = keysync.NewMemoryFloor()
+	}
+	if o.KEK != "" {
+		kek, err := keysync.OpenKEK(o.KEK) // local://, or hcvault:// through vaultkek
+		if err != nil {
+			return err
+		}
+		wo.KEKs = keysync.UseKEK(kek)
+	} // else keysync.OpenKEK opens the KEK each tenant's log names
+	w, err := keysync.NewWriter(spec, mode, wo)
+	if err != nil {
+		return err // no root, or an invalid spec, for example an encrypted "id"
+	}
+
 	db, err := pgx.Connect(ctx, o.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer db.Close(context.WithoutCancel(ctx))
-
-	w, err := keysync.NewWriter(spec, mode, kekSource(db, o.KEK))
-	if err != nil {
-		return err // an invalid spec, for example an encrypted "id"
-	}
 	tx, err := db.Begin(ctx)
 	if err != nil {
 		return err
@@ -147,33 +177,6 @@ func write(ctx context.Context, o options, in io.Reader, out io.Writer) error {
 		fmt.Fprintln(out, id)
 	}
 	return nil
-}
-
-// kekSource returns the KEK lookup of a keysync.Writer: uri if set, else
-// the URI stored with the tenant's newest keyset. KEKs are opened once.
-func kekSource(db keysync.DB, uri string) func(context.Context, string) (keysync.KEK, error) {
-	var mu sync.Mutex
-	opened := map[string]keysync.KEK{}
-	return func(ctx context.Context, tenant string) (keysync.KEK, error) {
-		u := uri
-		if u == "" {
-			var err error
-			if u, err = keysync.StoredKEKURI(ctx, db, tenant); err != nil {
-				return nil, err
-			}
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if k, ok := opened[u]; ok {
-			return k, nil
-		}
-		k, err := keysync.OpenKEK(u) // local://, or hcvault:// through vaultkek
-		if err != nil {
-			return nil, err
-		}
-		opened[u] = k
-		return k, nil
-	}
 }
 
 // newUUID returns a random (version 4) UUID as Postgres prints it.

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
+	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,6 +15,7 @@ import (
 	"github.com/shapeseal/shapeseal/internal/pgtest"
 	"github.com/shapeseal/shapeseal/internal/vaulttest"
 	"github.com/shapeseal/shapeseal/keysync"
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
 func TestMain(m *testing.M) {
@@ -28,9 +32,9 @@ func TestWriter(t *testing.T) {
 	env := exampletest.New(t)
 	identityFile := env.Member(t, "carol", "laptop", "acme")
 	ctx, conn := t.Context(), env.Conn(t)
-	opts := options{DatabaseURL: env.DatabaseURL, Table: "items", Encrypted: []string{"title", "body"}}
+	opts := options{DatabaseURL: env.DatabaseURL, Root: env.Root, Table: "items", Encrypted: []string{"title", "body"}}
 
-	// No --kek: the writer opens the KEK acme's keyset is stored under.
+	// No --kek: the writer opens the KEK acme's log names.
 	given := exampletest.NewID()
 	input := `{"id": "` + given + `", "tenant_id": "acme", "title": "Q3 plan", "body": "Hire two engineers."}
 {"tenant_id": "acme", "title": "No body", "body": null}
@@ -44,11 +48,20 @@ func TestWriter(t *testing.T) {
 		t.Fatalf("printed ids %q, want %s and a generated one", ids, given)
 	}
 
-	// With --kek and --upsert: the first row is updated in place.
+	// With --kek, --floor and --upsert: the first row is updated in place,
+	// and the floor file remembers acme's log.
 	opts.KEK, opts.Upsert = env.KEKURI, true
+	opts.Floor = filepath.Join(t.TempDir(), "writer.floor")
 	input = `{"id": "` + given + `", "tenant_id": "acme", "title": "Q3 plan, revised", "body": "Hire three."}`
 	if err := write(ctx, opts, strings.NewReader(input), &out); err != nil {
 		t.Fatal(err)
+	}
+	floor, err := keysync.OpenFileFloor(opts.Floor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := floor.Mark("acme"); err != nil || m.Seq == 0 || m.Generation != 1 {
+		t.Errorf("floor mark of acme: %+v (%v)", m, err)
 	}
 
 	// Postgres holds ciphertext only. A NULL stays NULL.
@@ -72,7 +85,7 @@ func TestWriter(t *testing.T) {
 	}
 
 	// A keyset holder (carol's device) opens them: the keyset wrapped to
-	// her device, signed by the signer she trusts.
+	// her device, signed by the root she pins.
 	var wrapped []byte
 	err = conn.QueryRow(ctx, `SELECT wrapped FROM shapeseal_tenant_keys WHERE tenant_id = 'acme' AND user_id = 'carol'`).Scan(&wrapped)
 	if err != nil {
@@ -82,8 +95,7 @@ func TestWriter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	signers, _ := keysync.ParseVerifyKeys(env.Signer)
-	ks, err := keysync.Unwrap(identity, wrapped, "acme", signers)
+	ks, err := keysync.Unwrap(identity, wrapped, "acme", env.Roots)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,9 +114,9 @@ func TestWriter(t *testing.T) {
 		t.Errorf("generated-id row opens to %q", got)
 	}
 
-	// A row for a tenant without a keyset fails, and the whole input with
-	// it: one transaction.
-	opts.KEK, opts.Upsert = "", false
+	// A row for a tenant without a log fails, and the whole input with it:
+	// one transaction.
+	opts.KEK, opts.Upsert, opts.Floor = "", false, ""
 	input = `{"tenant_id": "acme", "title": "fine"}
 {"tenant_id": "initech", "title": "no keyset for initech"}`
 	err = write(ctx, opts, strings.NewReader(input), &out)
@@ -115,10 +127,36 @@ func TestWriter(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&n); err != nil || n != 2 {
 		t.Errorf("items has %d rows after a failed write (%v), want 2", n, err)
 	}
+
+	// A --kek other than the one acme's log names is refused, not used.
+	other, err := keysync.GenerateLocalKEK(filepath.Join(t.TempDir(), "other.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.KEK = other.URI()
+	err = write(ctx, opts, strings.NewReader(`{"tenant_id": "acme", "title": "under another KEK"}`), &out)
+	if _, ok := errors.AsType[*keysync.KEKMismatchError](err); !ok {
+		t.Errorf("writing with a KEK the log does not name: %v, want a *KEKMismatchError", err)
+	}
+
+	// A root the log was not signed by is refused, and so is no root.
+	opts.KEK = ""
+	stranger, _ := chain.GenerateKey()
+	opts.Root = stranger.Public().String()
+	if err := write(ctx, opts, strings.NewReader(`{"tenant_id": "acme", "title": "t"}`), &out); !errors.Is(err, chain.ErrUnauthorized) {
+		t.Errorf("writing with another root pinned: %v", err)
+	}
+	opts.Root = ""
+	if err := write(ctx, opts, strings.NewReader(`{"tenant_id": "acme", "title": "t"}`), &out); err == nil {
+		t.Error("writing without a pinned root succeeded")
+	}
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&n); err != nil || n != 2 {
+		t.Errorf("items has %d rows after refused writes (%v), want 2", n, err)
+	}
 }
 
 // TestWriterVault writes with a KEK held by a real Vault's transit engine:
-// the keyset row names its hcvault:// KEK, which the writer opens with
+// the tenant's log names its hcvault:// KEK, which the writer opens with
 // VAULT_ADDR and VAULT_TOKEN from the environment.
 func TestWriterVault(t *testing.T) {
 	v := vaulttest.New(t)
@@ -134,19 +172,25 @@ func TestWriterVault(t *testing.T) {
 	if _, err := vc.Logical().Write("transit/keys/examples-writer", nil); err != nil {
 		t.Fatal(err)
 	}
-	uri := "hcvault://vault/transit/keys/examples-writer"
+	// The URI names the Vault it lives in: vaultkek refuses one whose host
+	// is not VAULT_ADDR's.
+	addr, err := url.Parse(v.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := "hcvault://" + addr.Host + "/transit/keys/examples-writer"
 	kek, err := keysync.OpenKEK(uri)
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := exampletest.New(t)
 	ctx, conn := t.Context(), env.Conn(t)
-	if _, err := keysync.CreateTenant(ctx, conn, kek, "initech"); err != nil {
+	if _, err := env.Admin.CreateTenant(ctx, kek, "initech"); err != nil {
 		t.Fatal(err)
 	}
 
 	var out strings.Builder
-	opts := options{DatabaseURL: env.DatabaseURL, Table: "items", Encrypted: []string{"title", "body"}}
+	opts := options{DatabaseURL: env.DatabaseURL, Root: env.Root, Table: "items", Encrypted: []string{"title", "body"}}
 	if err := write(ctx, opts, strings.NewReader(`{"tenant_id": "initech", "title": "TPS reports", "body": "new cover sheets"}`), &out); err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +202,11 @@ func TestWriterVault(t *testing.T) {
 	if !strings.HasPrefix(row["title"].(string), keysync.CellPrefix) || row["id"] != strings.TrimSpace(out.String()) {
 		t.Fatalf("stored %v, printed %q", row, out.String())
 	}
-	ks, err := keysync.LoadKeyset(ctx, conn, kek, "initech")
+	st, err := env.Admin.State(ctx, "initech")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := keysync.LoadKeyset(ctx, conn, st, keysync.UseKEK(kek))
 	if err != nil {
 		t.Fatal(err)
 	}

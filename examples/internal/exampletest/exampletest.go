@@ -2,8 +2,9 @@
 // `go run ./cmd/shapeseal dev` runs, so that the tests of the examples run
 // them end to end against real parts: a fresh Postgres database (through
 // internal/pgtest) with shapeseal's schema and dev's "items" table, a local
-// KEK and its signer, and on demand electrictest behind the key-sync proxy,
-// with HS256 tokens minted here as dev mints them.
+// KEK, a root signing key and a keysync.Admin that signs with it, and on
+// demand electrictest behind the key-sync proxy, with HS256 tokens minted
+// here as dev mints them.
 //
 // It is test support for the examples only; the examples themselves take
 // everything from flags and the environment.
@@ -19,10 +20,12 @@ import (
 	"errors"
 	"net/http/httptest"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shapeseal/shapeseal/electrictest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
@@ -42,6 +45,18 @@ const Items = `CREATE TABLE items (
 // ItemsSpec says how items is encrypted, as in dev.
 var ItemsSpec = keysync.TableSpec{Table: "public.items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
 
+// LogRule is the proxy rule that serves the tenant logs (shapeseal_log)
+// that devices verify: the logs of the token's tenants, the same
+// authorization as the tenants' rows, as in dev's rule of the same name.
+var LogRule = proxy.ShapeRule{
+	Name:    "log",
+	Table:   keysync.LogTable,
+	Where:   keysync.LogShapeWhere,
+	Params:  []string{"$tenants"},
+	Columns: []string{"tenant_id", "seq", "entry"},
+	Replica: "full",
+}
+
 const issuer = "shapeseal-example"
 
 // An Env is one test's stack.
@@ -49,16 +64,30 @@ type Env struct {
 	DatabaseURL string
 	KEKURI      string // local:///…/kek.json
 	KEK         keysync.KEK
-	Signer      string // the signer's verify key, ssvk1…, which devices trust
-	Dir         string // holds the KEK and identity files
+	Dir         string // holds the KEK, the root key and identity files
+
+	// Root is the root's public key, ssvk1…, which readers and writers
+	// pin; RootKey is the file of its signing key (0600), for examples
+	// that administer tenants themselves.
+	Root    string
+	RootKey string
+	Roots   []keysync.VerifyKey // Root, parsed
+
+	// Admin signs with the root key: it creates tenants, certifies
+	// devices and grants.
+	Admin *keysync.Admin
 
 	// ProxyURL is set by StartProxy.
 	ProxyURL string
 	jwtKey   []byte
+
+	writerOnce sync.Once
+	writer     *keysync.Writer
+	writerErr  error
 }
 
 // New creates a database with shapeseal's schema and the items table, a
-// local KEK and the signer stored under it.
+// local KEK, a root key and an Admin holding it.
 func New(t testing.TB) *Env {
 	t.Helper()
 	e := &Env{DatabaseURL: pgtest.NewDB(t), Dir: t.TempDir()}
@@ -70,12 +99,19 @@ func New(t testing.TB) *Env {
 		t.Fatal(err)
 	}
 	e.KEK, e.KEKURI = kek, keysync.LocalKEKScheme+path
-	conn := e.Conn(t)
-	signer, err := keysync.EnsureSigner(t.Context(), conn, kek)
+	e.RootKey = filepath.Join(e.Dir, "root.key")
+	root, err := keysync.GenerateKeyFile(e.RootKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.Signer = signer.VerifyKey().String()
+	e.Roots = []keysync.VerifyKey{root.Public()}
+	e.Root = root.Public().String()
+	pool, err := pgxpool.New(context.Background(), e.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	e.Admin = &keysync.Admin{DB: pool, Roots: e.Roots, Key: root, Floor: keysync.NewMemoryFloor()}
 	return e
 }
 
@@ -91,8 +127,9 @@ func (e *Env) Conn(t testing.TB) *pgx.Conn {
 }
 
 // StartProxy starts electrictest on the database and, in front of it, the
-// proxy with dev's two rules: "items" (rows of the token's tenant_ids) and
-// "keys" (the token's user's and device's wrapped tenant keys).
+// proxy with dev's three rules: "items" (rows of the token's tenant_ids),
+// "keys" (the token's user's and device's wrapped tenant keys) and "log"
+// (the logs of the token's tenant_ids, [LogRule]).
 func (e *Env) StartProxy(t testing.TB) {
 	t.Helper()
 	secret := rand.Text()
@@ -110,6 +147,7 @@ func (e *Env) StartProxy(t testing.TB) {
 		Shapes: []proxy.ShapeRule{
 			{Name: "items", Table: "items", Where: "tenant_id = ANY($1::text[])", Params: []string{"$tenants"}},
 			{Name: "keys", Kind: proxy.KindTenantKeys},
+			LogRule,
 		},
 	})
 	if err != nil {
@@ -157,9 +195,10 @@ func (e *Env) Identity(t testing.TB, user string) string {
 	return path
 }
 
-// Member gives user a device with a new identity, makes them a member of
-// tenants (creating the tenants that do not exist yet) and returns the
-// identity file's path.
+// Member gives user a device with a new identity, certified by the root,
+// makes them a member of tenants (creating, with the root key and the
+// local KEK, the tenants that do not exist yet) and returns the identity
+// file's path.
 func (e *Env) Member(t testing.TB, user, device string, tenants ...string) string {
 	t.Helper()
 	path := e.Identity(t, user)
@@ -171,30 +210,35 @@ func (e *Env) Member(t testing.TB, user, device string, tenants ...string) strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, conn := t.Context(), e.Conn(t)
-	if err := keysync.AddDevice(ctx, conn, user, device, rcpt); err != nil {
+	ctx := t.Context()
+	if err := e.Admin.CertifyDevice(ctx, user, device, rcpt); err != nil {
 		t.Fatal(err)
 	}
 	for _, tenant := range tenants {
-		if _, err := keysync.CreateTenant(ctx, conn, e.KEK, tenant); err != nil && !errors.Is(err, keysync.ErrGenerationExists) {
+		if _, err := e.Admin.CreateTenant(ctx, e.KEK, tenant); err != nil && !errors.Is(err, keysync.ErrTenantExists) {
 			t.Fatal(err)
 		}
-		if _, err := keysync.Grant(ctx, conn, e.KEK, tenant, user); err != nil {
+		if _, err := e.Admin.Grant(ctx, tenant, user); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return path
 }
 
-// WriteItem writes an encrypted item with keysync.Writer and returns its id.
+// WriteItem writes an encrypted item with a keysync.Writer that pins the
+// root and allows only the local KEK, and returns its id.
 func (e *Env) WriteItem(t testing.TB, tenant, title, body string) string {
 	t.Helper()
-	w, err := keysync.NewWriter(ItemsSpec, keysync.Insert, func(context.Context, string) (keysync.KEK, error) { return e.KEK, nil })
-	if err != nil {
-		t.Fatal(err)
+	e.writerOnce.Do(func() {
+		e.writer, e.writerErr = keysync.NewWriter(ItemsSpec, keysync.Insert, keysync.WriterOptions{
+			Roots: e.Roots, KEKs: keysync.UseKEK(e.KEK), Floor: keysync.NewMemoryFloor(),
+		})
+	})
+	if e.writerErr != nil {
+		t.Fatal(e.writerErr)
 	}
 	id := NewID()
-	if err := w.Write(t.Context(), e.Conn(t), map[string]any{"id": id, "tenant_id": tenant, "title": title, "body": body}); err != nil {
+	if err := e.writer.Write(t.Context(), e.Admin.DB, map[string]any{"id": id, "tenant_id": tenant, "title": title, "body": body}); err != nil {
 		t.Fatal(err)
 	}
 	return id
