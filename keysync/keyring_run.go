@@ -61,8 +61,8 @@ type ringRun struct {
 	rows               map[string]*keyRow     // by shape key
 	logs               map[string]*tenantLog  // by tenant
 	logKeys            map[string]logPosition // log shape key → entry
-	keyReady, logReady bool
-	dirty, rebuilding  bool
+	keyReady, logReady bool // each stream is up to date, and not rebuilding
+	dirty              bool
 	high               map[string]uint64 // newest generation adopted per tenant in this run
 	logReported        map[string]string // the last error reported per tenant
 }
@@ -148,21 +148,23 @@ func (run *ringRun) handle(ev ringEvent) {
 	case m.IsChange():
 		run.keyChange(m)
 	case m.IsMustRefetch() && ev.log:
+		// The ring keeps serving what it holds until the log is up to
+		// date again.
 		clear(run.logs)
 		clear(run.logKeys)
-		run.dirty, run.rebuilding = true, true
+		run.logReady, run.dirty = false, true
 	case m.IsMustRefetch():
 		clear(run.rows)
-		run.dirty, run.rebuilding = true, true
+		run.keyReady, run.dirty = false, true
 	case m.IsUpToDate():
 		if ev.log {
 			run.logReady = true
 		} else {
 			run.keyReady = true
 		}
-		if run.keyReady && run.logReady && (run.dirty || run.rebuilding) {
+		if run.keyReady && run.logReady && run.dirty {
 			run.publish()
-			run.dirty, run.rebuilding = false, false
+			run.dirty = false
 		}
 	}
 }
@@ -351,7 +353,9 @@ func (run *ringRun) decide(tenant string) *Keyset {
 		}
 	}
 	if err != nil {
-		if tl != nil || run.hasRows(tenant) {
+		// A device that follows every tenant's log hears only about its
+		// own tenants.
+		if run.hasRows(tenant) || run.high[tenant] > 0 {
 			run.reportLog(tenant, err)
 		}
 		return nil

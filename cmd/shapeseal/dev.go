@@ -24,6 +24,7 @@ import (
 	"github.com/shapeseal/shapeseal/electrictest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
 	"github.com/shapeseal/shapeseal/keysync"
+	"github.com/shapeseal/shapeseal/keysync/chain"
 	"github.com/shapeseal/shapeseal/proxy"
 )
 
@@ -62,20 +63,21 @@ func dev(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprint(fs.Output(), `usage: shapeseal dev [flags]
 
 Runs the whole stack on this machine: a private Postgres (unless
-DATABASE_URL is set), an Electric-compatible shape server, a local KEK,
-the key-sync proxy, demo users (alice, bob, carol) with identities and
-tokens, two tenants (acme, globex) and encrypted rows in "items". It prints
-one line "shapeseal dev ready {json}" and serves until interrupted, then
-cleans up.
+DATABASE_URL is set), an Electric-compatible shape server, a local KEK, a
+root signing key, the key-sync proxy, demo users (alice, bob, carol) with
+certified device identities and tokens, two tenants (acme, globex) whose
+signed logs grant them, and encrypted rows in "items". It prints one line
+"shapeseal dev ready {json}" and serves until interrupted, then cleans up.
 
 Follow the demo shape, decrypted, as alice:
 
 	shapeseal tail PROXY_URL/v1/shapes/items --token TOKEN --identity FILE \
-		--signer SIGNER --encrypted items:title,body \
+		--root ROOT --encrypted items:title,body \
 		--keys-url PROXY_URL/v1/shapes/keys --live
 
-with the proxy URL, alice's token and identity file, and the signer key
-(which the devices trust to sign tenant keysets) from the ready line.
+with the proxy URL, alice's token and identity file, and the root public key
+(which devices pin to verify the tenants' logs) from the ready line; the
+tenant logs come from PROXY_URL/v1/shapes/log.
 
 Flags:
 `)
@@ -83,7 +85,7 @@ Flags:
 	}
 	electricAddr := fs.String("electric-listen", "127.0.0.1:0", "address of the shape server")
 	proxyAddr := fs.String("listen", "127.0.0.1:0", "address of the proxy")
-	dir := fs.String("dir", "", "directory for identities and the KEK (default: a temporary one, removed on exit)")
+	dir := fs.String("dir", "", "directory for identities, the root key and the KEK (default: a temporary one, removed on exit)")
 	verbose := fs.Bool("v", false, "log every request")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -124,11 +126,11 @@ Flags:
 	if err != nil {
 		return err
 	}
-	users, err := seedDev(ctx, dbURL, kek, *dir)
+	root, err := devRoot(filepath.Join(*dir, "root.key"))
 	if err != nil {
 		return err
 	}
-	signer, err := devSigner(ctx, dbURL, kek)
+	users, err := seedDev(ctx, dbURL, kek, root, *dir)
 	if err != nil {
 		return err
 	}
@@ -158,6 +160,10 @@ Flags:
 		Shapes: []proxy.ShapeRule{
 			{Name: "items", Table: "items", Where: "tenant_id = ANY($1::text[])", Params: []string{"$tenants"}},
 			{Name: "keys", Kind: proxy.KindTenantKeys},
+			// Each user reads the logs of the tenants they belong to (or
+			// left), to verify them from the root.
+			{Name: "log", Table: keysync.LogTable, Where: keysync.LogShapeWhere, Params: []string{"$user"},
+				Columns: []string{"tenant_id", "seq", "entry"}, Replica: "full"},
 		},
 		Logger: logger,
 	})
@@ -179,13 +185,17 @@ Flags:
 		ElectricURL string              `json:"electric_url"`
 		ProxyURL    string              `json:"proxy_url"`
 		DatabaseURL string              `json:"database_url"`
-		Signer      string              `json:"signer"`
+		Root        string              `json:"root"`
 		KEK         string              `json:"kek"`
 		Shapes      map[string]string   `json:"shapes"`
 		Users       map[string]userInfo `json:"users"`
 	}{
-		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL, Signer: signer, KEK: kek.URI(),
-		Shapes: map[string]string{"items": proxyURL + "/v1/shapes/items", "keys": proxyURL + "/v1/shapes/keys"},
+		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL, Root: root.Public().String(), KEK: kek.URI(),
+		Shapes: map[string]string{
+			"items": proxyURL + "/v1/shapes/items",
+			"keys":  proxyURL + "/v1/shapes/keys",
+			"log":   proxyURL + "/v1/shapes/log",
+		},
 		Users:  map[string]userInfo{},
 	}
 	for _, u := range devUsers {
@@ -202,23 +212,38 @@ Flags:
 	return nil
 }
 
-// devSigner returns the public key of the signer of the demo's grants.
-func devSigner(ctx context.Context, dbURL string, kek keysync.KEK) (string, error) {
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		return "", err
+// devRoot loads the demo's root signing key from path, or creates it.
+func devRoot(path string) (*chain.PrivateKey, error) {
+	if _, err := os.Stat(path); err == nil {
+		return keysync.LoadKeyFile(path)
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	s, err := keysync.EnsureSigner(ctx, conn, kek)
-	if err != nil {
-		return "", err
-	}
-	return s.VerifyKey().String(), nil
+	return keysync.GenerateKeyFile(path)
 }
 
-// seedDev creates the demo schema, identities, devices, tenants, grants and
-// encrypted rows, and returns each user's identity file.
-func seedDev(ctx context.Context, dbURL string, kek keysync.KEK, dir string) (map[string]string, error) {
+// devIdentity loads a demo user's identity from path, or creates it, and
+// returns its recipient.
+func devIdentity(path string) (string, error) {
+	id, err := keysync.LoadIdentityFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		hid, gerr := keysync.GenerateIdentity()
+		if gerr != nil {
+			return "", gerr
+		}
+		if err := keysync.WriteIdentityFile(path, hid); err != nil {
+			return "", err
+		}
+		id, err = hid, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return keysync.RecipientOf(id)
+}
+
+// seedDev creates the demo schema, identities, tenants (signed with the
+// root key), device certificates, grants and encrypted rows, and returns
+// each user's identity file.
+func seedDev(ctx context.Context, dbURL string, kek keysync.KEK, root *chain.PrivateKey, dir string) (map[string]string, error) {
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
 		return nil, err
@@ -230,40 +255,31 @@ func seedDev(ctx context.Context, dbURL string, kek keysync.KEK, dir string) (ma
 	if _, err := conn.Exec(ctx, devItems); err != nil {
 		return nil, err
 	}
+	roots := []keysync.VerifyKey{root.Public()}
+	adm := &keysync.Admin{DB: conn, Roots: roots, Key: root, KEKs: keysync.UseKEK(kek)}
+	for _, tenant := range []string{"acme", "globex"} {
+		if _, err := adm.CreateTenant(ctx, kek, tenant); err != nil && !errors.Is(err, keysync.ErrTenantExists) {
+			return nil, fmt.Errorf("tenant %s: %w", tenant, err)
+		}
+	}
 	identities := map[string]string{}
 	for _, u := range devUsers {
-		id, err := keysync.GenerateIdentity()
-		if err != nil {
-			return nil, err
-		}
 		path := filepath.Join(dir, u.name+".age")
-		if err := keysync.WriteIdentityFile(path, id); err != nil {
-			return nil, err
-		}
-		recipient, err := keysync.RecipientOf(id)
+		recipient, err := devIdentity(path)
 		if err != nil {
 			return nil, err
 		}
-		if err := keysync.AddDevice(ctx, conn, u.name, "laptop", recipient); err != nil {
+		if err := adm.CertifyDevice(ctx, u.name, "laptop", recipient); err != nil {
 			return nil, err
+		}
+		for _, t := range u.tenants {
+			if _, err := adm.Grant(ctx, t, u.name); err != nil {
+				return nil, fmt.Errorf("grant %s to %s: %w", t, u.name, err)
+			}
 		}
 		identities[u.name] = path
 	}
-	for _, tenant := range []string{"acme", "globex"} {
-		if _, err := keysync.CreateTenant(ctx, conn, kek, tenant); err != nil && !errors.Is(err, keysync.ErrGenerationExists) {
-			return nil, err
-		}
-		for _, u := range devUsers {
-			for _, t := range u.tenants {
-				if t == tenant {
-					if _, err := keysync.Grant(ctx, conn, kek, tenant, u.name); err != nil {
-						return nil, err
-					}
-				}
-			}
-		}
-	}
-	w, err := keysync.NewWriter(devSpec, keysync.Insert, func(context.Context, string) (keysync.KEK, error) { return kek, nil })
+	w, err := keysync.NewWriter(devSpec, keysync.Insert, keysync.WriterOptions{Roots: roots, KEKs: keysync.UseKEK(kek), Floor: keysync.NewMemoryFloor()})
 	if err != nil {
 		return nil, err
 	}

@@ -15,8 +15,9 @@ import (
 )
 
 // TestDev runs `shapeseal dev` on a fresh database and follows the demo
-// shape through its proxy as two users: each reads the plaintext of their
-// own tenant's rows and nothing of the other tenant's.
+// shape through its proxy as two users, with the key and log shapes of the
+// proxy and the root key of the ready line: each reads the plaintext of
+// their own tenant's rows and nothing of the other tenant's.
 func TestDev(t *testing.T) {
 	t.Setenv("DATABASE_URL", pgtest.NewDB(t))
 	ctx, cancel := context.WithCancel(t.Context())
@@ -62,7 +63,7 @@ func TestDev(t *testing.T) {
 		Proxy    string `json:"proxy_url"`
 		Electric string `json:"electric_url"`
 		Database string `json:"database_url"`
-		Signer   string
+		Root     string
 		KEK      string
 		Shapes   map[string]string
 		Users    map[string]struct {
@@ -74,17 +75,20 @@ func TestDev(t *testing.T) {
 		t.Fatal(err)
 	}
 	if ready.Proxy == "" || ready.Electric == "" || ready.Database == "" || len(ready.Users) != 3 ||
-		!strings.HasPrefix(ready.Signer, "ssvk1") || !strings.HasPrefix(ready.KEK, "local://") {
+		!strings.HasPrefix(ready.Root, "ssvk1") || ready.Shapes["log"] != ready.Proxy+"/v1/shapes/log" || !strings.HasPrefix(ready.KEK, "local://") {
 		t.Fatalf("ready line %s", readyJSON)
 	}
 
 	follow := func(user string) string {
 		u := ready.Users[user]
 		var out, errOut syncBuffer
-		err := tail(ctx, []string{ready.Shapes["items"], "--token", u.Token, "--identity", u.Identity, "--signer", ready.Signer,
+		err := tail(ctx, []string{ready.Shapes["items"], "--token", u.Token, "--identity", u.Identity, "--root", ready.Root,
 			"--encrypted", "items:title,body", "--keys-url", ready.Shapes["keys"]}, &out, &errOut)
 		if err != nil {
 			t.Fatalf("tail as %s: %v\n%s", user, err, strings.Join(errOut.lines(), "\n"))
+		}
+		if e := strings.Join(errOut.lines(), "\n"); e != "" {
+			t.Errorf("tail as %s, stderr:\n%s", user, e)
 		}
 		return strings.Join(out.lines(), "\n")
 	}

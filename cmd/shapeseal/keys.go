@@ -12,22 +12,29 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/shapeseal/shapeseal/keysync"
+	"github.com/shapeseal/shapeseal/keysync/chain"
 	_ "github.com/shapeseal/shapeseal/keysync/vaultkek" // hcvault:// KEKs
 )
 
-// Key administration: init, keygen, device add, tenant create, grant,
-// rotate, revoke, reencrypt. The logic is in package keysync; this file is
-// flags and wiring.
+// Key administration: init, keygen, signkey, tenant, device add, grant,
+// rotate, revoke, reencrypt, floor forget. The logic is in package keysync
+// (type Admin); these files are flags and wiring.
+//
+// Every command that reads a tenant's log verifies it from the pinned root
+// keys (--root, $SHAPESEAL_ROOT); every command that changes it signs with
+// this administrator's key (--key, $SHAPESEAL_KEY).
 
 func init() {
 	register(command{"init", "create shapeseal's key tables in Postgres", stdio(runInit)})
 	register(command{"keygen", "create a device identity and print its recipient", stdio(runKeygen)})
-	register(command{"device", "device add: register a device's recipient", stdio(runDevice)})
-	register(command{"tenant", "tenant create: create a tenant keyset under a KEK", stdio(runTenant)})
-	register(command{"grant", "wrap a tenant's keyset to every device of a user", stdio(runGrant)})
+	register(command{"signkey", "create a root or admin signing key and print its public key", stdio(runSignkey)})
+	register(command{"tenant", "tenant create|admins|show: a tenant's log, its admins, its state", stdio(runTenant)})
+	register(command{"device", "device add: certify a user's device recipient", stdio(runDevice)})
+	register(command{"grant", "make a user a member of a tenant and wrap its keyset to their devices", stdio(runGrant)})
 	register(command{"rotate", "rotate a tenant's keyset and re-wrap it for its members", stdio(runRotate)})
-	register(command{"revoke", "remove a user from a tenant, rotate and re-wrap", stdio(runRevoke)})
+	register(command{"revoke", "remove a user from a tenant and rotate (then --table: re-encrypt)", stdio(runRevoke)})
 	register(command{"reencrypt", "rewrite cells under the primary key (then --retire old keys)", stdio(runReencrypt)})
+	register(command{"floor", "floor forget: drop what a floor file remembers of a tenant", stdio(runFloor)})
 }
 
 type stdioRun func(ctx context.Context, args []string, stdout, stderr io.Writer) error
@@ -36,11 +43,24 @@ func stdio(f stdioRun) func(context.Context, []string) error {
 	return func(ctx context.Context, args []string) error { return f(ctx, args, os.Stdout, os.Stderr) }
 }
 
-// adminFlags are the flags every key command shares.
+// listFlag collects a repeatable flag whose values may also be comma- or
+// space-separated lists.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
+// adminFlags are the flags the key commands share. The optional ones are
+// nil unless the command asked for them.
 type adminFlags struct {
 	fs          *flag.FlagSet
 	databaseURL *string
-	kek         *string
+	kek         *string   // withKEK
+	key         *string   // withKey
+	roots       *listFlag // withRoots
 }
 
 func newAdminFlags(name, usage string, stderr io.Writer) *adminFlags {
@@ -56,9 +76,26 @@ func newAdminFlags(name, usage string, stderr io.Writer) *adminFlags {
 	}
 }
 
+const kekHelp = "hcvault://HOST[:PORT]/MOUNT/keys/NAME (Vault transit, with $VAULT_ADDR, $VAULT_TOKEN, $VAULT_NAMESPACE) or local:///PATH"
+
+// withKEK adds --kek. Optional, it only restricts the KEK the tenant's log
+// names: a log naming another is refused.
 func (a *adminFlags) withKEK() *adminFlags {
-	a.kek = a.fs.String("kek", "",
-		"KEK URI: hcvault://HOST/MOUNT/keys/NAME (Vault transit, with $VAULT_ADDR, $VAULT_TOKEN, $VAULT_NAMESPACE) or local:///PATH (default $SHAPESEAL_KEK, else the KEK the tenant's keyset is stored under)")
+	a.kek = a.fs.String("kek", "", "KEK URI: "+kekHelp+
+		" (default $SHAPESEAL_KEK; if neither is set, the KEK the tenant's signed log names; if set, a log naming another KEK is refused)")
+	return a
+}
+
+// withKey adds --key, this administrator's signing key.
+func (a *adminFlags) withKey() *adminFlags {
+	a.key = a.fs.String("key", "", "signing key file of this administrator, a root or an admin key of the tenant, from shapeseal signkey (default $SHAPESEAL_KEY)")
+	return a
+}
+
+// withRoots adds --root, the pinned root keys.
+func (a *adminFlags) withRoots() *adminFlags {
+	a.roots = &listFlag{}
+	a.fs.Var(a.roots, "root", "pinned root public key ssvk1… the tenant logs are verified against (repeatable or comma-separated; default $SHAPESEAL_ROOT)")
 	return a
 }
 
@@ -74,6 +111,14 @@ func (a *adminFlags) parse(args []string) error {
 	}
 	if a.kek != nil && *a.kek == "" {
 		*a.kek = os.Getenv("SHAPESEAL_KEK")
+	}
+	if a.key != nil && *a.key == "" {
+		*a.key = os.Getenv("SHAPESEAL_KEY")
+	}
+	if a.roots != nil && len(*a.roots) == 0 {
+		if env := os.Getenv("SHAPESEAL_ROOT"); env != "" {
+			*a.roots = listFlag{env}
+		}
 	}
 	if a.fs.NArg() > 0 {
 		a.fs.Usage()
@@ -93,17 +138,71 @@ func (a *adminFlags) connect(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// kekFor opens the KEK of tenant: --kek, else the one its newest keyset is
-// stored under.
-func (a *adminFlags) kekFor(ctx context.Context, db keysync.DB, tenant string) (keysync.KEK, error) {
-	uri := *a.kek
-	if uri == "" {
-		var err error
-		if uri, err = keysync.StoredKEKURI(ctx, db, tenant); err != nil {
+// rootKeys returns the pinned roots.
+func (a *adminFlags) rootKeys() ([]keysync.VerifyKey, error) {
+	return parseRoots(*a.roots)
+}
+
+// parseRoots parses the values of --root (or $SHAPESEAL_ROOT); none is an
+// error that says what to pass.
+func parseRoots(values []string) ([]keysync.VerifyKey, error) {
+	roots, err := keysync.ParseVerifyKeys(strings.Join(values, ","))
+	if err != nil {
+		return nil, fmt.Errorf("--root: %w", err)
+	}
+	if len(roots) == 0 {
+		return nil, errors.New(`no pinned root key: pass --root ssvk1… (or set $SHAPESEAL_ROOT), the public key that "shapeseal signkey" printed for the root key (shapeseal dev prints it as "root")`)
+	}
+	return roots, nil
+}
+
+// signingKey loads --key.
+func (a *adminFlags) signingKey() (*chain.PrivateKey, error) {
+	if *a.key == "" {
+		return nil, errors.New(`no signing key: pass --key FILE (or set $SHAPESEAL_KEY), a root key or an admin key of the tenant made with "shapeseal signkey"`)
+	}
+	k, err := keysync.LoadKeyFile(*a.key)
+	if err != nil {
+		return nil, fmt.Errorf("--key: %w", err)
+	}
+	return k, nil
+}
+
+// kekSource returns the KEKs the command may use: only --kek when it is
+// set, else the one each tenant's log names (nil: keysync.OpenKEK).
+func (a *adminFlags) kekSource() (keysync.KEKSource, error) {
+	if *a.kek == "" {
+		return nil, nil
+	}
+	kek, err := openKEK(*a.kek)
+	if err != nil {
+		return nil, err
+	}
+	return keysync.UseKEK(kek), nil
+}
+
+// admin returns an Admin with the pinned roots, the signing key (if the
+// command has --key and needKey) and the KEKs, which reports every ignored
+// row to stderr.
+func (a *adminFlags) admin(db *pgx.Conn, needKey bool, stderr io.Writer) (*keysync.Admin, error) {
+	roots, err := a.rootKeys()
+	if err != nil {
+		return nil, err
+	}
+	adm := &keysync.Admin{DB: db, Roots: roots, Report: func(err error) {
+		fmt.Fprintf(stderr, "shapeseal: ignored: %v\n", err)
+	}}
+	if needKey {
+		if adm.Key, err = a.signingKey(); err != nil {
 			return nil, err
 		}
 	}
-	return openKEK(uri)
+	if a.kek != nil {
+		if adm.KEKs, err = a.kekSource(); err != nil {
+			return nil, err
+		}
+	}
+	return adm, nil
 }
 
 // openKEK opens a KEK by URI: hcvault:// through Vault (package vaultkek
@@ -133,8 +232,20 @@ func helpOK(err error) error {
 	return err
 }
 
+// forkHint adds to an error about a log below a floor kept in floorPath —
+// forked or shorter, as the log of a tenant deleted and created again is —
+// how to accept the new log once it has been checked.
+func forkHint(err error, floorPath string) error {
+	ce, ok := errors.AsType[*chain.Error](err)
+	if !ok || floorPath == "" || !errors.Is(err, chain.ErrFork) && !errors.Is(err, chain.ErrRollback) {
+		return err
+	}
+	return fmt.Errorf("%w\n(if tenant %q was deleted and created again, check out of band that the new tenant is genuine, then: shapeseal floor forget --floor %s --tenant %s)",
+		err, ce.Tenant, floorPath, ce.Tenant)
+}
+
 func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	a := newAdminFlags("init", "init [--database-url URL] [--kek URI]", stderr).withKEK()
+	a := newAdminFlags("init", "init [--database-url URL]\n\nCreates shapeseal's tables if they do not exist (idempotent).", stderr)
 	if err := a.parse(args); err != nil {
 		return helpOK(err)
 	}
@@ -143,28 +254,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer db.Close(context.WithoutCancel(ctx))
-	if err := keysync.ApplySchema(ctx, db); err != nil {
-		return err
-	}
-	if *a.kek == "" {
-		return nil
-	}
-	kek, err := openKEK(*a.kek)
-	if err != nil {
-		return err
-	}
-	return printSigner(ctx, db, kek, stdout)
-}
-
-// printSigner prints the public key of kek's signer (creating the signer
-// the first time), which devices must be configured to trust.
-func printSigner(ctx context.Context, db keysync.DB, kek keysync.KEK, stdout io.Writer) error {
-	s, err := keysync.EnsureSigner(ctx, db, kek)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "signer %s (give it to devices: tail --signer, $SHAPESEAL_SIGNERS)\n", s.VerifyKey())
-	return nil
+	return keysync.ApplySchema(ctx, db)
 }
 
 func runKeygen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -197,25 +287,86 @@ func runKeygen(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-// subcommand splits "add --flags…" into "add" and the flags.
-func subcommand(args []string, want string, usage string, stderr io.Writer) ([]string, error) {
-	if len(args) == 0 || args[0] != want {
-		fmt.Fprintf(stderr, "usage: shapeseal %s\n", usage)
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			return nil, flag.ErrHelp
-		}
-		return nil, fmt.Errorf("want subcommand %q", want)
+func runSignkey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("signkey", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("o", "", "signing key file to create, mode 0600")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `usage: shapeseal signkey -o FILE
+
+Creates an Ed25519 signing key in FILE (mode 0600; an existing file is never
+overwritten) and prints its public key, "ssvk1…".
+
+A root key creates tenants and names their admins: give its public key to
+every device, writer and admin tool (--root, $SHAPESEAL_ROOT) and keep the
+file offline. An admin key, once a root delegated a tenant to it (tenant
+create --admin, tenant admins --add), certifies devices, grants, rotates and
+revokes (--key, $SHAPESEAL_KEY).
+
+flags:
+`)
+		fs.PrintDefaults()
 	}
-	return args[1:], nil
+	if err := fs.Parse(args); err != nil {
+		return helpOK(err)
+	}
+	if *out == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return errors.New("-o FILE is required")
+	}
+	k, err := keysync.GenerateKeyFile(*out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, k.Public())
+	return nil
 }
 
+// subcommand splits "add --flags…" into "add" and the flags; want lists
+// the subcommands.
+func subcommand(args []string, usage string, stderr io.Writer, want ...string) (string, []string, error) {
+	if len(args) == 0 || !contains(want, args[0]) {
+		fmt.Fprintf(stderr, "usage: shapeseal %s\n", usage)
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return "", nil, flag.ErrHelp
+		}
+		return "", nil, fmt.Errorf("want subcommand %s", quoteList(want))
+	}
+	return args[0], args[1:], nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func quoteList(list []string) string {
+	q := make([]string, len(list))
+	for i, s := range list {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, " or ")
+}
+
+const deviceUsage = `device add --user U --device D --recipient age1… --key KEY
+
+Certifies a user's device: signs, with KEY, a certificate for the device's
+age recipient (as "shapeseal keygen" printed it on the device: check it out
+of band) and stores it. The certificate counts for every tenant KEY
+administers (a root: every tenant); "shapeseal grant" then gives the device
+a tenant's keys. Certifying a device again with another recipient re-keys it
+from the next grant on.`
+
 func runDevice(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const usage = "device add --user U --device D --recipient age1…"
-	args, err := subcommand(args, "add", usage, stderr)
+	_, args, err := subcommand(args, deviceUsage, stderr, "add")
 	if err != nil {
 		return helpOK(err)
 	}
-	a := newAdminFlags("device add", usage, stderr)
+	a := newAdminFlags("device add", deviceUsage, stderr).withKey().withRoots()
 	user := a.fs.String("user", "", "user id")
 	device := a.fs.String("device", "", "device id")
 	rcpt := a.fs.String("recipient", "", "the device's age recipient (age1pq1… or age1…), as keygen printed it")
@@ -225,29 +376,10 @@ func runDevice(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := required(a.fs, "user", "device", "recipient"); err != nil {
 		return err
 	}
-	db, err := a.connect(ctx)
-	if err != nil {
+	if _, err := keysync.ParseRecipient(*rcpt); err != nil {
 		return err
 	}
-	defer db.Close(context.WithoutCancel(ctx))
-	return keysync.AddDevice(ctx, db, *user, *device, *rcpt)
-}
-
-func runTenant(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const usage = "tenant create --tenant T --kek URI"
-	args, err := subcommand(args, "create", usage, stderr)
-	if err != nil {
-		return helpOK(err)
-	}
-	a := newAdminFlags("tenant create", usage, stderr).withKEK()
-	tenant := a.fs.String("tenant", "", "tenant id")
-	if err := a.parse(args); err != nil {
-		return helpOK(err)
-	}
-	if err := required(a.fs, "tenant"); err != nil {
-		return err
-	}
-	kek, err := openKEK(*a.kek)
+	key, err := a.signingKey()
 	if err != nil {
 		return err
 	}
@@ -256,20 +388,24 @@ func runTenant(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer db.Close(context.WithoutCancel(ctx))
-	ks, err := keysync.CreateTenant(ctx, db, kek, *tenant)
-	if err != nil {
+	// A certificate names no tenant, so no log is verified: --root is
+	// accepted (from $SHAPESEAL_ROOT too) but not needed.
+	adm := &keysync.Admin{DB: db, Key: key}
+	if err := adm.CertifyDevice(ctx, *user, *device, *rcpt); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "tenant %s: generation %d under %s\n", *tenant, ks.Generation(), kek.URI())
-	return printSigner(ctx, db, kek, stdout)
+	fmt.Fprintf(stdout, "certified device %s of %s with key %s; \"shapeseal grant --tenant T --user %s\" gives it the keys of a tenant that key administers\n",
+		*device, *user, key.Public(), *user)
+	return nil
 }
 
-// tenantCommand parses the flags of grant, rotate and revoke and runs f.
+// tenantCommand parses the flags of grant and rotate and runs f with an
+// Admin that signs with --key.
 func tenantCommand(ctx context.Context, name, usage string, withUser bool, args []string, stderr io.Writer,
-	f func(db *pgx.Conn, kek keysync.KEK, tenant, user string) error) error {
-	a := newAdminFlags(name, usage, stderr).withKEK()
+	f func(adm *keysync.Admin, tenant, user string) error) error {
+	a := newAdminFlags(name, usage, stderr).withKEK().withKey().withRoots()
 	tenant := a.fs.String("tenant", "", "tenant id")
-	var user *string
+	user := new(string)
 	if withUser {
 		user = a.fs.String("user", "", "user id")
 	}
@@ -279,8 +415,6 @@ func tenantCommand(ctx context.Context, name, usage string, withUser bool, args 
 	names := []string{"tenant"}
 	if withUser {
 		names = append(names, "user")
-	} else {
-		user = new(string)
 	}
 	if err := required(a.fs, names...); err != nil {
 		return err
@@ -290,22 +424,24 @@ func tenantCommand(ctx context.Context, name, usage string, withUser bool, args 
 		return err
 	}
 	defer db.Close(context.WithoutCancel(ctx))
-	kek, err := a.kekFor(ctx, db, *tenant)
+	adm, err := a.admin(db, true, stderr)
 	if err != nil {
 		return err
 	}
-	return f(db, kek, *tenant, *user)
+	return f(adm, *tenant, *user)
 }
 
-func runGrant(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const usage = `grant --tenant T --user U [--kek URI]
+const grantUsage = `grant --tenant T --user U --key KEY [--root ssvk1…] [--kek URI]
 
-Wraps the tenant's current keyset to every device the user has registered
-(device add), replacing older wrapped keys. Run it again after the user adds
-a device.`
-	return tenantCommand(ctx, "grant", usage, true, args, stderr,
-		func(db *pgx.Conn, kek keysync.KEK, tenant, user string) error {
-			n, err := keysync.Grant(ctx, db, kek, tenant, user)
+Makes the user a member of the tenant with their certified devices (device
+add), in a log entry signed with KEY, and wraps the tenant's current keyset
+to each of them. Run it again after certifying another device of the user,
+or re-keying one.`
+
+func runGrant(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return tenantCommand(ctx, "grant", grantUsage, true, args, stderr,
+		func(adm *keysync.Admin, tenant, user string) error {
+			n, err := adm.Grant(ctx, tenant, user)
 			if err == nil {
 				fmt.Fprintf(stdout, "granted tenant %s to %s (%d devices)\n", tenant, user, n)
 			}
@@ -313,118 +449,22 @@ a device.`
 		})
 }
 
+const rotateUsage = `rotate --tenant T --key KEY [--root ssvk1…] [--kek URI]
+
+Adds a new primary key to the tenant's keyset, records the new generation in
+the tenant's log and re-wraps it for every member device the log lists.
+Cells sealed before keep opening with the older keys until they are
+re-encrypted (reencrypt).`
+
 func runRotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return tenantCommand(ctx, "rotate", "rotate --tenant T [--kek URI]", false, args, stderr,
-		func(db *pgx.Conn, kek keysync.KEK, tenant, _ string) error {
-			ks, err := keysync.Rotate(ctx, db, kek, tenant)
+	return tenantCommand(ctx, "rotate", rotateUsage, false, args, stderr,
+		func(adm *keysync.Admin, tenant, _ string) error {
+			ks, err := adm.Rotate(ctx, tenant)
 			if err == nil {
 				fmt.Fprintf(stdout, "tenant %s: generation %d, primary key %08x\n", tenant, ks.Generation(), ks.PrimaryKeyID())
 			}
 			return err
 		})
-}
-
-func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return tenantCommand(ctx, "revoke", "revoke --tenant T --user U [--kek URI]", true, args, stderr,
-		func(db *pgx.Conn, kek keysync.KEK, tenant, user string) error {
-			ks, err := keysync.Revoke(ctx, db, kek, tenant, user)
-			if err == nil {
-				fmt.Fprintf(stdout, "revoked %s from tenant %s: generation %d (run reencrypt to move old cells to the new key)\n", user, tenant, ks.Generation())
-			}
-			return err
-		})
-}
-
-const reencryptUsage = `reencrypt --tenant T --table TABLE --columns C1,C2 [--tenant-column tenant_id] [--row-key id] [--batch 500] [--after K] [--retire [--also TABLE:C1,C2[:TENANT_COLUMN]]...]
-
-Rewrites the cells of the tenant's rows that are sealed with a key other than
-the keyset's primary key, in batches by row key, each batch in a short
-transaction. Only those cells are touched, and only if they still hold the
-value read (a concurrent writer wins). Idempotent: run it again to resume or
-to check; --after resumes after the row key a progress line printed.
-
---retire then removes the old keys from the keyset, but only if no cell of
-the tenant still sealed with one remains: the tenant's keyset seals the cells
-of every table, so they are counted in this table, in every text column of
-every table with a column named like the tenant column, and in each table
-named with --also (whose tenant column, if not given, is --tenant-column).
-Name every table whose tenant column is named otherwise. If cells remain,
-nothing is retired and the command fails, listing them: re-encrypt those
-tables, then retire again.`
-
-func runReencrypt(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	a := newAdminFlags("reencrypt", reencryptUsage, stderr).withKEK()
-	tenant := a.fs.String("tenant", "", "tenant id")
-	table := a.fs.String("table", "", "table, [schema.]name")
-	columns := a.fs.String("columns", "", "comma-separated encrypted columns")
-	tenantCol := a.fs.String("tenant-column", "tenant_id", "column holding the tenant id")
-	rowKey := a.fs.String("row-key", "id", "comma-separated primary-key columns (cells are bound to them unless --unbound-rows)")
-	unbound := a.fs.Bool("unbound-rows", false, "cells are not bound to their rows (--row-key only orders the batches)")
-	batch := a.fs.Int("batch", 500, "rows per batch")
-	after := a.fs.String("after", "", "resume after this row key (comma-separated values)")
-	retire := a.fs.Bool("retire", false, "afterwards, retire the old keys if no cell of the tenant uses them any more")
-	var also []keysync.TableSpec
-	a.fs.Func("also", "with --retire, another table holding the tenant's cells: TABLE:C1,C2[:TENANT_COLUMN] (repeatable)", func(v string) error {
-		table, rest, ok := strings.Cut(v, ":")
-		cols, tc, _ := strings.Cut(rest, ":")
-		if !ok || table == "" || cols == "" {
-			return fmt.Errorf("want TABLE:C1,C2[:TENANT_COLUMN], got %q", v)
-		}
-		// Only counted, never rewritten: the row key does not matter.
-		also = append(also, keysync.TableSpec{Table: table, Columns: splitList(cols), TenantColumn: tc, UnboundRows: true})
-		return nil
-	})
-	if err := a.parse(args); err != nil {
-		return helpOK(err)
-	}
-	if err := required(a.fs, "tenant", "table", "columns"); err != nil {
-		return err
-	}
-	spec := keysync.TableSpec{Table: *table, Columns: splitList(*columns), TenantColumn: *tenantCol, RowKey: splitList(*rowKey), UnboundRows: *unbound}
-	if len(also) > 0 && !*retire {
-		return errors.New("--also names tables for --retire")
-	}
-	for i := range also {
-		if also[i].TenantColumn == "" {
-			also[i].TenantColumn = *tenantCol
-		}
-	}
-	opts := keysync.ReencryptOptions{BatchSize: *batch, Retire: *retire, OtherTables: also, Progress: func(p keysync.ReencryptProgress) {
-		fmt.Fprintf(stderr, "reencrypt: %d rows read, %d cells rewritten, last row key %s\n", p.Rows, p.Rewritten, strings.Join(p.Last, ","))
-	}}
-	if *after != "" {
-		opts.After = strings.Split(*after, ",")
-	}
-	db, err := a.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close(context.WithoutCancel(ctx))
-	kek, err := a.kekFor(ctx, db, *tenant)
-	if err != nil {
-		return err
-	}
-	res, err := keysync.Reencrypt(ctx, db, kek, spec, *tenant, opts)
-	if res != nil {
-		fmt.Fprintf(stdout, "tenant %s, %s: %d rows, %d cells rewritten under key %08x (generation %d), %d conflicts, %d failed\n",
-			*tenant, spec.QualifiedTable(), res.Rows, res.Rewritten, res.PrimaryKey, res.Generation, res.Conflicts, res.Failed)
-		for _, e := range res.Errors {
-			fmt.Fprintf(stderr, "reencrypt: %v\n", e)
-		}
-		if len(res.Retired) > 0 {
-			fmt.Fprintf(stdout, "retired %d keys: generation %d\n", len(res.Retired), res.RetiredGeneration)
-		}
-		for id, n := range res.Remaining {
-			fmt.Fprintf(stdout, "key %08x still seals %d cells: not retired\n", id, n)
-		}
-	}
-	if err != nil {
-		return err
-	}
-	if res.Failed > 0 || res.Conflicts > 0 {
-		return fmt.Errorf("%d cells do not open (left as they are), %d changed concurrently (run again)", res.Failed, res.Conflicts)
-	}
-	return nil
 }
 
 func splitList(s string) []string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,10 +13,12 @@ import (
 
 	"github.com/shapeseal/shapeseal/internal/pgtest"
 	"github.com/shapeseal/shapeseal/keysync"
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
-// TestKeysLocalKEK runs the key commands with a local KEK file, and checks
-// their usage errors.
+// TestKeysLocalKEK runs the key commands with a local KEK file — tenant
+// create, admins, show, device add, grant, write, rotate, reencrypt with
+// --retire and --also, floor forget — and checks their usage errors.
 func TestKeysLocalKEK(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -26,53 +29,129 @@ func TestKeysLocalKEK(t *testing.T) {
 		t.Fatal(err)
 	}
 	kek := "local://" + filepath.ToSlash(kekPath)
-	db := []string{"--database-url", url}
-	run := func(f stdioRun, args ...string) (string, error) {
+	run := func(f stdioRun, args ...string) (string, string, error) {
 		var out, errOut bytes.Buffer
 		err := f(ctx, args, &out, &errOut)
-		return out.String(), err
+		return out.String(), errOut.String(), err
 	}
 	must := func(f stdioRun, args ...string) string {
 		t.Helper()
-		out, err := run(f, args...)
+		out, errOut, err := run(f, args...)
 		if err != nil {
-			t.Fatalf("%v: %v", args, err)
+			t.Fatalf("%v: %v\n%s", args, err, errOut)
 		}
 		return out
 	}
-	must(runInit, db...)
+
+	// Keys: a root, which creates the tenant, and two admin keys.
+	rootFile, adminFile, admin2File := filepath.Join(dir, "root.key"), filepath.Join(dir, "admin.key"), filepath.Join(dir, "admin2.key")
+	root := strings.TrimSpace(must(runSignkey, "-o", rootFile))
+	admin := strings.TrimSpace(must(runSignkey, "-o", adminFile))
+	admin2 := strings.TrimSpace(must(runSignkey, "-o", admin2File))
+	for _, k := range []string{root, admin, admin2} {
+		if _, err := keysync.ParseVerifyKey(k); err != nil {
+			t.Fatalf("signkey printed %q: %v", k, err)
+		}
+	}
+	if fi, err := os.Stat(rootFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("root key file: %v, %v", fi, err)
+	}
+	if _, _, err := run(runSignkey, "-o", rootFile); err == nil {
+		t.Error("signkey overwrote a key file")
+	}
+
+	db := []string{"--database-url", url, "--root", root}
+	withDB := func(args ...string) []string { return append(args, db...) }
+	must(runInit, "--database-url", url)
 	pgtest.Exec(t, url, `CREATE TABLE notes (id int8 PRIMARY KEY, org uuid NOT NULL, note text)`)
 	rcpt := strings.TrimSpace(must(runKeygen, "-o", filepath.Join(dir, "a.key")))
-	must(runDevice, append([]string{"add", "--user", "a", "--device", "d", "--recipient", rcpt}, db...)...)
 	org := "0b5e0000-0000-4000-8000-000000000001"
-	must(runTenant, append([]string{"create", "--tenant", org, "--kek", kek}, db...)...)
-	must(runGrant, append([]string{"--tenant", org, "--user", "a"}, db...)...)
+	out := must(runTenant, withDB("create", "--tenant", org, "--kek", kek, "--key", rootFile, "--admin", admin)...)
+	if !strings.Contains(out, "generation 1 under "+kek) || !strings.Contains(out, "admin "+admin) {
+		t.Errorf("tenant create: %s", out)
+	}
+	// The admin certifies and grants.
+	out = must(runDevice, withDB("add", "--user", "a", "--device", "d", "--recipient", rcpt, "--key", adminFile)...)
+	if !strings.Contains(out, "certified device d of a") || !strings.Contains(out, "shapeseal grant") {
+		t.Errorf("device add: %s", out)
+	}
+	if out := must(runGrant, withDB("--tenant", org, "--user", "a", "--key", adminFile)...); !strings.Contains(out, "(1 devices)") {
+		t.Errorf("grant: %s", out)
+	}
 
-	var out, errOut bytes.Buffer
-	args := append([]string{"--table", "notes", "--encrypted", "note", "--tenant-column", "org",
-		"--json", `{"id": 7, "org": "` + strings.ToUpper(org) + `", "note": "hello"}`}, db...)
-	if err := write(ctx, args, strings.NewReader(""), &out, &errOut); err != nil {
-		t.Fatal(err, errOut.String())
+	// tenant show prints the verified state, and no secret.
+	out = must(runTenant, withDB("show", "--tenant", org)...)
+	for _, w := range []string{"seq 2\n", "head ", "admin " + admin, "generation 1\n", "primary ", "kek " + kek, "member a\n", "  device d age1pq1"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("tenant show: no %q in\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "sssk1") || strings.Contains(out, "AGE-SECRET") {
+		t.Errorf("tenant show prints a secret:\n%s", out)
+	}
+
+	// admin2 may not administer the tenant until a root delegates it; an
+	// admin may not delegate.
+	if _, _, err := run(runRotate, withDB("--tenant", org, "--key", admin2File)...); !errors.Is(err, chain.ErrUnauthorized) {
+		t.Errorf("rotate by a key that is not an admin: %v", err)
+	}
+	if _, _, err := run(runTenant, withDB("admins", "--tenant", org, "--key", adminFile, "--add", admin2)...); !errors.Is(err, chain.ErrUnauthorized) {
+		t.Errorf("an admin delegated the tenant: %v", err)
+	}
+	if out := must(runTenant, withDB("admins", "--tenant", org, "--key", rootFile, "--add", admin2)...); !strings.Contains(out, "admin "+admin2) {
+		t.Errorf("tenant admins --add: %s", out)
+	}
+
+	floor := filepath.Join(dir, "writer.floor")
+	writeRows := func(stdin string, args ...string) (string, error) {
+		var out, errOut bytes.Buffer
+		err := write(ctx, append(args, append(db, "--floor", floor)...), strings.NewReader(stdin), &out, &errOut)
+		return errOut.String(), err
+	}
+	if errOut, err := writeRows("", "--table", "notes", "--encrypted", "note", "--tenant-column", "org",
+		"--json", `{"id": 7, "org": "`+strings.ToUpper(org)+`", "note": "hello"}`); err != nil {
+		t.Fatal(err, errOut)
+	}
+	if b, err := os.ReadFile(floor); err != nil || !strings.Contains(string(b), `"`+org+`":{"seq":3,`) {
+		t.Errorf("writer floor: %s, %v", b, err)
 	}
 	// Another table holds a cell of the tenant; its tenant column is named
 	// otherwise, so --retire counts its cells when --also names it.
 	pgtest.Exec(t, url, `CREATE TABLE files (id int8 PRIMARY KEY, owner uuid NOT NULL, name text)`)
-	args = append([]string{"--table", "files", "--encrypted", "name", "--tenant-column", "owner",
-		"--json", `{"id": 1, "owner": "` + org + `", "name": "report.pdf"}`}, db...)
-	out.Reset()
-	errOut.Reset()
-	if err := write(ctx, args, strings.NewReader(""), &out, &errOut); err != nil {
-		t.Fatal(err, errOut.String())
+	if errOut, err := writeRows("", "--table", "files", "--encrypted", "name", "--tenant-column", "owner",
+		"--json", `{"id": 1, "owner": "`+org+`", "name": "report.pdf"}`); err != nil {
+		t.Fatal(err, errOut)
 	}
-	must(runRotate, append([]string{"--tenant", org}, db...)...)
-	notes := append([]string{"--tenant", org, "--table", "notes", "--columns", "note", "--tenant-column", "org", "--retire", "--also", "files:name:owner"}, db...)
-	if out, err := run(runReencrypt, notes...); !errors.Is(err, keysync.ErrKeysInUse) || !strings.Contains(err.Error(), "public.files.name") ||
+	must(runRotate, withDB("--tenant", org, "--key", admin2File)...)
+	// Withdrawn, admin2 may no longer.
+	must(runTenant, withDB("admins", "--tenant", org, "--key", rootFile, "--remove", admin2)...)
+	if _, _, err := run(runRotate, withDB("--tenant", org, "--key", admin2File)...); !errors.Is(err, chain.ErrUnauthorized) {
+		t.Errorf("rotate by a withdrawn admin: %v", err)
+	}
+
+	notes := withDB("--tenant", org, "--table", "notes", "--columns", "note", "--tenant-column", "org", "--retire", "--also", "files:name:owner", "--key", adminFile)
+	if out, _, err := run(runReencrypt, notes...); !errors.Is(err, keysync.ErrKeysInUse) || !strings.Contains(err.Error(), "public.files.name") ||
 		!strings.Contains(out, "1 cells rewritten") || !strings.Contains(out, "still seals 1 cells") {
 		t.Errorf("reencrypt --retire with files not re-encrypted: %s, %v", out, err)
 	}
-	must(runReencrypt, append([]string{"--tenant", org, "--table", "files", "--columns", "name", "--tenant-column", "owner"}, db...)...)
+	// Without --retire, no key is needed.
+	must(runReencrypt, withDB("--tenant", org, "--table", "files", "--columns", "name", "--tenant-column", "owner")...)
 	if out := must(runReencrypt, notes...); !strings.Contains(out, "0 cells rewritten") || !strings.Contains(out, "retired 1 keys") {
 		t.Errorf("reencrypt: %s", out)
+	}
+	out = must(runTenant, withDB("show", "--tenant", org)...)
+	if !strings.Contains(out, "generation 3\n") || !strings.Contains(out, "seq 6\n") {
+		t.Errorf("tenant show after retire:\n%s", out)
+	}
+
+	// A --kek other than the one the log names is refused.
+	otherKEK := filepath.Join(dir, "other.json")
+	if _, err := keysync.GenerateLocalKEK(otherKEK); err != nil {
+		t.Fatal(err)
+	}
+	var mismatch *keysync.KEKMismatchError
+	if _, _, err := run(runRotate, withDB("--tenant", org, "--key", adminFile, "--kek", "local://"+otherKEK)...); !errors.As(err, &mismatch) {
+		t.Errorf("rotate with another KEK: %v", err)
 	}
 
 	for name, c := range map[string]struct {
@@ -80,42 +159,79 @@ func TestKeysLocalKEK(t *testing.T) {
 		args []string
 		want string
 	}{
-		"no tenant":        {runGrant, []string{"--user", "a"}, "--tenant is required"},
-		"bad kek":          {runTenant, []string{"create", "--tenant", "x", "--kek", "s3://k"}, "unsupported KEK URI"},
-		"no kek":           {runTenant, []string{"create", "--tenant", "x", "--kek", ""}, "no KEK"},
-		"no subcommand":    {runDevice, []string{"--user", "a"}, `want subcommand "add"`},
-		"no keyset":        {runRotate, []string{"--tenant", "nobody"}, "no keyset stored"},
-		"not a member":     {runRevoke, []string{"--tenant", org, "--user", "zed"}, "not a member"},
-		"bad recipient":    {runDevice, []string{"add", "--user", "b", "--device", "d", "--recipient", "ssh-rsa AAA"}, "unsupported recipient"},
-		"keygen without o": {runKeygen, []string{"-o", ""}, "-o FILE"},
-		"also alone":       {runReencrypt, []string{"--tenant", org, "--table", "notes", "--columns", "note", "--also", "files:name"}, "--also names tables for --retire"},
-		"bad also":         {runReencrypt, []string{"--tenant", org, "--table", "notes", "--columns", "note", "--retire", "--also", "files"}, "want TABLE:C1,C2"},
+		"no tenant":         {runGrant, withDB("--user", "a", "--key", adminFile), "--tenant is required"},
+		"bad kek":           {runTenant, withDB("create", "--tenant", "x", "--kek", "s3://k", "--key", rootFile), "unsupported KEK URI"},
+		"no kek":            {runTenant, withDB("create", "--tenant", "x", "--kek", "", "--key", rootFile), "no KEK"},
+		"admin creates":     {runTenant, withDB("create", "--tenant", "x", "--kek", kek, "--key", adminFile), "takes a pinned root key"},
+		"tenant exists":     {runTenant, withDB("create", "--tenant", org, "--kek", kek, "--key", rootFile), "tenant exists"},
+		"no subcommand":     {runDevice, withDB("--user", "a"), `want subcommand "add"`},
+		"bad tenant sub":    {runTenant, withDB("delete", "--tenant", org), `want subcommand "create" or "admins" or "show"`},
+		"no log":            {runRotate, withDB("--tenant", "nobody", "--key", adminFile), "has no log"},
+		"not a member":      {runRevoke, withDB("--tenant", org, "--user", "zed", "--key", adminFile), "not a member"},
+		"bad recipient":     {runDevice, withDB("add", "--user", "b", "--device", "d", "--recipient", "ssh-rsa AAA", "--key", adminFile), "unsupported recipient"},
+		"no key":            {runGrant, withDB("--tenant", org, "--user", "a"), "pass --key FILE"},
+		"no device key":     {runDevice, withDB("add", "--user", "b", "--device", "d", "--recipient", rcpt), "pass --key FILE"},
+		"no root":           {runGrant, []string{"--database-url", url, "--tenant", org, "--user", "a", "--key", adminFile}, "pass --root ssvk1"},
+		"bad root":          {runGrant, append(withDB("--tenant", org, "--user", "a", "--key", adminFile), "--root", "ssvk1nope"), "--root"},
+		"other root":        {runTenant, []string{"show", "--tenant", org, "--database-url", url, "--root", admin}, "not authorized"},
+		"keygen without o":  {runKeygen, []string{"-o", ""}, "-o FILE"},
+		"signkey without o": {runSignkey, nil, "-o FILE"},
+		"also alone":        {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--also", "files:name"), "--also names tables for --retire"},
+		"bad also":          {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--retire", "--also", "files"), "want TABLE:C1,C2"},
+		"retire no key":     {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--tenant-column", "org", "--retire"), "pass --key FILE"},
+		"revoke bad table":  {runRevoke, withDB("--tenant", org, "--user", "a", "--key", adminFile, "--retire"), "--table is required"},
+		"floor no tenant":   {runFloor, []string{"forget", "--floor", floor}, "--tenant is required"},
+		"floor missing":     {runFloor, []string{"forget", "--floor", filepath.Join(dir, "nope"), "--tenant", org}, "no such file"},
 	} {
-		a := c.args
-		if name != "keygen without o" {
-			a = append(a, db...)
-		}
-		if _, err := run(c.f, a...); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, _, err := run(c.f, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
 	}
+	// The refused revocation above changed nothing: a is still a member.
+	if out := must(runTenant, withDB("show", "--tenant", org)...); !strings.Contains(out, "member a\n") {
+		t.Errorf("a revoke with bad flags revoked:\n%s", out)
+	}
+
 	// Bad rows are refused and nothing of the batch is written.
-	args = append([]string{"--table", "notes", "--encrypted", "note", "--tenant-column", "org"}, db...)
+	args := []string{"--table", "notes", "--encrypted", "note", "--tenant-column", "org"}
 	stdin := `{"id": 8, "org": "` + org + `", "note": "ok"}` + "\n" + `{"id": 9, "org": "` + org + `", "note": 42}` + "\n"
-	if err := write(ctx, args, strings.NewReader(stdin), &out, &errOut); err == nil || !strings.Contains(err.Error(), "row 2") {
+	if _, err := writeRows(stdin, args...); err == nil || !strings.Contains(err.Error(), "row 2") {
 		t.Errorf("bad row: %v", err)
 	}
-	if err := write(ctx, append(args, "--update", "--json", `{"id": 99, "org": "`+org+`", "note": "x"}`), nil, &out, &errOut); err == nil {
+	if _, err := writeRows("", append(args, "--update", "--json", `{"id": 99, "org": "`+org+`", "note": "x"}`)...); err == nil {
 		t.Error("updated a missing row")
 	}
-	var n int
+	noRoot := append(args, "--database-url", url, "--floor", floor, "--json", `{"id": 8, "org": "`+org+`", "note": "x"}`)
+	if err := write(ctx, noRoot, strings.NewReader(""), &bytes.Buffer{}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "pass --root") {
+		t.Errorf("write without --root: %v", err)
+	}
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
+	var n int
 	conn.QueryRow(ctx, `SELECT count(*) FROM notes`).Scan(&n)
 	if n != 1 {
 		t.Errorf("%d rows", n)
 	}
+
+	// The tenant is deleted and created again: the writer's floor refuses
+	// its new, shorter log as a rollback until the tenant is forgotten.
+	pgtest.Exec(t, url, `DELETE FROM notes; DELETE FROM files; DELETE FROM shapeseal_log; DELETE FROM shapeseal_keysets; DELETE FROM shapeseal_tenant_keys`)
+	must(runTenant, withDB("create", "--tenant", org, "--kek", kek, "--key", rootFile)...)
+	row := append(args, "--json", `{"id": 10, "org": "`+org+`", "note": "again"}`)
+	if _, err := writeRows("", row...); !errors.Is(err, chain.ErrRollback) || !strings.Contains(err.Error(), "shapeseal floor forget --floor "+floor+" --tenant "+org) {
+		t.Errorf("write to a tenant created again: %v", err)
+	}
+	if out := must(runFloor, "forget", "--floor", floor, "--tenant", org); !strings.Contains(out, "forgot tenant "+org) {
+		t.Errorf("floor forget: %s", out)
+	}
+	if out := must(runFloor, "forget", "--floor", floor, "--tenant", org); !strings.Contains(out, "remembers nothing") {
+		t.Errorf("floor forget again: %s", out)
+	}
+	if errOut, err := writeRows("", row...); err != nil {
+		t.Fatal(err, errOut)
+	}
 }
+

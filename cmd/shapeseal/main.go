@@ -1,24 +1,35 @@
 // Command shapeseal runs the shapeseal stack: an Electric-compatible shape
-// server for development and tests, and (as it grows) the key-sync proxy,
-// key administration, encrypt-before-write and a decrypting tail.
+// server for development and tests, the key-sync proxy, key
+// administration, encrypt-before-write and a decrypting tail.
 //
 // Usage:
 //
+//	shapeseal dev [--dir DIR] [--listen ADDR] [-v]
 //	shapeseal devserver [--database-url URL] [--listen ADDR] [--secret S] [--long-poll D]
 //	shapeseal proxy --config FILE [--listen ADDR] [-v]
-//	shapeseal tail URL [--encrypted TABLE:COLS --identity FILE] …
+//	shapeseal tail URL [--encrypted TABLE:COLS --identity FILE --root ssvk1… [--keys-url URL] [--log-url URL] [--floor FILE|--no-floor]] …
 //	shapeseal init
-//	shapeseal keygen [-o FILE]
-//	shapeseal device add --user U --device D --recipient age1…
-//	shapeseal tenant create --tenant T --kek URI
-//	shapeseal grant|revoke --tenant T --user U [--kek URI]
-//	shapeseal rotate --tenant T [--kek URI]
-//	shapeseal reencrypt --tenant T --table TABLE --columns C1,C2 [--batch N] [--retire [--also TABLE:C1,C2]...]
-//	shapeseal write --table TABLE --encrypted C1,C2 [--update|--upsert] [--json '{…}']
+//	shapeseal keygen -o FILE
+//	shapeseal signkey -o FILE
+//	shapeseal tenant create --tenant T --kek URI --key ROOTKEY [--admin ssvk1…]...
+//	shapeseal tenant admins --tenant T --key ROOTKEY [--add ssvk1…]... [--remove ssvk1…]...
+//	shapeseal tenant show --tenant T
+//	shapeseal device add --user U --device D --recipient age1… --key KEY
+//	shapeseal grant --tenant T --user U --key KEY
+//	shapeseal rotate --tenant T --key KEY
+//	shapeseal revoke --tenant T --user U --key KEY [--table TABLE --columns C1,C2 [--retire] [--electric-url URL] …]
+//	shapeseal reencrypt --tenant T --table TABLE --columns C1,C2 [--batch N] [--retire --key KEY [--also TABLE:C1,C2]...] [--accept-suspect] [--electric-url URL]
+//	shapeseal write --table TABLE --encrypted C1,C2 [--update|--upsert] [--floor FILE] [--json '{…}']
+//	shapeseal floor forget --floor FILE --tenant T
 //
-// Key commands read DATABASE_URL; KEKs are hcvault://… (Vault transit, with
-// VAULT_ADDR, VAULT_TOKEN, VAULT_NAMESPACE) or local:///PATH, from --kek or
-// SHAPESEAL_KEK.
+// Key commands read DATABASE_URL. Every command that reads a tenant's
+// signed log verifies it from the pinned root keys: --root ssvk1…
+// (repeatable or comma-separated) or SHAPESEAL_ROOT. Commands that sign
+// log entries or certificates take the administrator's signing key file,
+// made with signkey: --key FILE or SHAPESEAL_KEY. KEKs are hcvault://…
+// (Vault transit, with VAULT_ADDR, VAULT_TOKEN, VAULT_NAMESPACE) or
+// local:///PATH: tenant create needs one (--kek or SHAPESEAL_KEK); the
+// other commands use the KEK the tenant's log names, or only the one given.
 package main
 
 import (

@@ -18,14 +18,24 @@ import (
 
 const tailDecryptUsage = `
 Decryption: with --encrypted, the cells of the named columns are opened with
-the tenant keysets that --identity's device was granted, which tail follows
-live from the shapeseal_tenant_keys shape (--keys-url; by default the same
-server's /v1/shape, filtered with --user and --device when given). A keyset
-is used only if it is signed by a signer given with --signer (or
-$SHAPESEAL_SIGNERS): the "ssvk1…" key that shapeseal init --kek and
-shapeseal tenant create print. Change
-messages are then printed re-encoded: a cell that opens becomes its plaintext
-string; NULL stays null; a cell that does not open becomes an object
+the tenant keysets that --identity's device was granted. tail follows two
+shapes live: the device's wrapped keysets (shapeseal_tenant_keys, --keys-url;
+by default the same server's /v1/shape, filtered with --user and --device
+when given) and the logs of its tenants (shapeseal_log, --log-url; by default
+--keys-url with its final /keys replaced by /log, as the proxy of shapeseal
+dev serves them, or the server's /v1/shape filtered to --user). A keyset is
+used only if the tenant's log, verified from a root key pinned with --root
+(or $SHAPESEAL_ROOT), lists this device and names that keyset.
+
+A floor file (--floor; by default IDENTITY.floor next to the identity)
+remembers how far each log has been seen, so that a log or keyset put back
+after a revocation is refused after a restart too; --no-floor keeps it in
+memory only. A tenant deleted and created again is refused as a fork until
+"shapeseal floor forget" drops it from the floor.
+
+Change messages are printed re-encoded: a cell that opens becomes its
+plaintext string; NULL stays null; a cell that does not open becomes an
+object
 
 	{"error": "no_key", "message": "keysync: open public.items.title (…): …"}
 
@@ -38,8 +48,10 @@ tenant_mismatch or invalid_context (tenant or row-key column missing).
 // decryptFlags are tail's flags for decryption.
 type decryptFlags struct {
 	identity     *string
-	signers      multiFlag
+	roots        multiFlag
 	floor        *string
+	noFloor      *bool
+	logURL       *string
 	tenantColumn *string
 	rowKey       *string
 	unboundRows  *bool
@@ -61,8 +73,10 @@ func addDecryptFlags(fs *flag.FlagSet) *decryptFlags {
 		keyWait:      fs.Duration("key-wait", keysync.DefaultKeyWait, "how long to wait for a key a cell names before printing no_key"),
 	}
 	fs.Var(&d.encrypted, "encrypted", "TABLE:COLUMN[,COLUMN…] encrypted columns to open (repeatable)")
-	d.floor = fs.String("floor", "", "file keeping the newest keyset generation per tenant across runs, to refuse older keysets put back (created 0600 if missing)")
-	fs.Var(&d.signers, "signer", "trusted signer key ssvk1… of the key administrators (repeatable; default $SHAPESEAL_SIGNERS)")
+	d.floor = fs.String("floor", "", "file keeping how far each tenant's log was seen, across runs (default: IDENTITY.floor next to --identity; created 0600 if missing)")
+	d.noFloor = fs.Bool("no-floor", false, "keep the floor in memory only (a restarted tail can then be rolled back)")
+	d.logURL = fs.String("log-url", "", "URL of the tenant-log shape (default: --keys-url ending in /log instead of /keys; without --keys-url, the server's /v1/shape, table shapeseal_log, filtered to --user)")
+	fs.Var(&d.roots, "root", "pinned root public key ssvk1… the tenant logs are verified against (repeatable or comma-separated; default $SHAPESEAL_ROOT)")
 	return d
 }
 
@@ -133,6 +147,58 @@ func (d *decryptFlags) keyShapeOptions(shape *url.URL, secret string, opts clien
 	return ko, nil
 }
 
+// logShapeOptions returns the stream options of the log shape: --log-url;
+// else --keys-url with /keys replaced by /log (a proxy's rules), or the
+// same /v1/shape; else the server's /v1/shape. From Electric it is filtered
+// to --user's logs; a proxy filters it to the token's user.
+func (d *decryptFlags) logShapeOptions(shape *url.URL, secret string, opts client.Options) (client.Options, error) {
+	var u *url.URL
+	switch {
+	case *d.logURL != "":
+		var err error
+		if u, err = url.Parse(*d.logURL); err != nil {
+			return client.Options{}, fmt.Errorf("--log-url: %w", err)
+		}
+		if u.Path == "" || u.Path == "/" {
+			u.Path = "/v1/shape"
+		}
+	case *d.keysURL == "":
+		u = &url.URL{Scheme: shape.Scheme, Host: shape.Host, Path: "/v1/shape"}
+	default:
+		k, err := url.Parse(*d.keysURL)
+		if err != nil {
+			return client.Options{}, fmt.Errorf("--keys-url: %w", err)
+		}
+		u = k
+		switch p := strings.TrimSuffix(k.Path, "/"); {
+		case p == "" || strings.HasSuffix(p, "/v1/shape"):
+			u.Path = "/v1/shape"
+			if p != "" {
+				u.Path = p
+			}
+		case strings.HasSuffix(p, "/keys"):
+			u.Path = strings.TrimSuffix(p, "/keys") + "/log"
+		default:
+			return client.Options{}, fmt.Errorf("--keys-url %s does not end in /keys: pass --log-url, the URL of the tenant-log shape (shapeseal_log, filtered to the user)", *d.keysURL)
+		}
+	}
+	direct := strings.HasSuffix(u.Path, "/v1/shape")
+	if secret != "" && direct {
+		q := u.Query()
+		q.Set("secret", secret)
+		u.RawQuery = q.Encode()
+	}
+	lo := keysync.LogShapeOptions(u.String(), *d.user)
+	if !direct {
+		// A proxy pins the table and filters to the token's user.
+		lo.Params = client.Params{}
+	}
+	lo.Header = opts.Header.Clone()
+	lo.TokenSource = opts.TokenSource
+	lo.Logger = opts.Logger
+	return lo, nil
+}
+
 // decryptor is what tail needs while decrypting: the transform, and the
 // keyring's failure, if it failed.
 type decryptor struct {
@@ -147,9 +213,9 @@ func (d *decryptor) err() error {
 	select {
 	case <-d.done:
 		if d.runErr != nil {
-			return fmt.Errorf("tenant-key shape: %w", d.runErr)
+			return fmt.Errorf("keyring (key and log shapes): %w", d.runErr)
 		}
-		return errors.New("tenant-key shape: stopped")
+		return errors.New("keyring (key and log shapes): stopped")
 	default:
 		return nil
 	}
@@ -178,20 +244,30 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 	if err != nil {
 		return nil, fmt.Errorf("--identity: %w", err)
 	}
-	list := strings.Join(d.signers, ",")
+	list := strings.Join(d.roots, ",")
 	if list == "" {
-		list = os.Getenv("SHAPESEAL_SIGNERS")
+		list = os.Getenv("SHAPESEAL_ROOT")
 	}
-	signers, err := keysync.ParseVerifyKeys(list)
+	roots, err := keysync.ParseVerifyKeys(list)
 	if err != nil {
-		return nil, fmt.Errorf("--signer: %w", err)
+		return nil, fmt.Errorf("--root: %w", err)
 	}
-	if len(signers) == 0 {
-		return nil, errors.New("--encrypted needs --signer ssvk1… (or $SHAPESEAL_SIGNERS): the key that signs tenant keysets, printed by shapeseal init --kek")
+	if len(roots) == 0 {
+		return nil, errors.New(`--encrypted needs --root ssvk1… (or $SHAPESEAL_ROOT): the root public key the tenants' logs are signed from, as "shapeseal signkey" printed it (shapeseal dev prints it as "root")`)
 	}
-	var floor keysync.GenerationFloor
-	if *d.floor != "" {
-		if floor, err = keysync.OpenFileFloor(*d.floor); err != nil {
+	var floor keysync.Floor
+	floorPath := ""
+	switch {
+	case *d.noFloor && *d.floor != "":
+		return nil, errors.New("--floor and --no-floor are exclusive")
+	case *d.noFloor:
+		floor = keysync.NewMemoryFloor()
+	default:
+		floorPath = *d.floor
+		if floorPath == "" {
+			floorPath = keysync.DefaultFloorPath(path)
+		}
+		if floor, err = keysync.OpenFileFloor(floorPath); err != nil {
 			return nil, fmt.Errorf("--floor: %w", err)
 		}
 	}
@@ -199,21 +275,28 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 	if err != nil {
 		return nil, err
 	}
+	lo, err := d.logShapeOptions(shape, secret, opts)
+	if err != nil {
+		return nil, err
+	}
 	var mu sync.Mutex
 	ring, err := keysync.NewKeyring(keysync.KeyringOptions{
 		Stream:   ko,
+		Log:      lo,
 		Identity: id,
-		Signers:  signers,
+		Roots:    roots,
 		Floor:    floor,
 		KeyWait:  *d.keyWait,
 		OnRowError: func(e *keysync.KeyRowError) {
-			// Unfiltered, the key shape holds rows of other devices.
-			if errors.Is(e, keysync.ErrWrongIdentity) && *d.device == "" && !verbose {
+			// Unfiltered, the key shape holds rows of other devices, and
+			// the log shape the logs of other users' tenants.
+			if !verbose && (errors.Is(e, keysync.ErrWrongIdentity) && *d.device == "" ||
+				errors.Is(e, keysync.ErrNotMember) && *d.user == "") {
 				return
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			fmt.Fprintf(stderr, "shapeseal tail: %v\n", e)
+			fmt.Fprintf(stderr, "shapeseal tail: %v\n", forkHint(e, floorPath))
 		},
 	})
 	if err != nil {
@@ -245,7 +328,7 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 		if e := r.err(); e != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return nil, e
 		}
-		return nil, fmt.Errorf("tenant-key shape not up to date: %w", err)
+		return nil, fmt.Errorf("key and log shapes not up to date: %w", err)
 	}
 	return r, nil
 }

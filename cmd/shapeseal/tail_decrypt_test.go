@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/shapeseal/shapeseal/electrictest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
 	"github.com/shapeseal/shapeseal/keysync"
+	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
 func TestTailDecrypts(t *testing.T) {
@@ -31,9 +33,18 @@ func TestTailDecrypts(t *testing.T) {
 	pgtest.Exec(t, url, `CREATE TABLE items (id uuid PRIMARY KEY, tenant_id text NOT NULL, title text, body text)`)
 
 	dir := t.TempDir()
+	kek, err := keysync.GenerateLocalKEK(filepath.Join(dir, "kek.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootKey, _ := chain.GenerateKey()
+	root := rootKey.Public().String()
+	adm := &keysync.Admin{DB: db, Roots: []keysync.VerifyKey{rootKey.Public()}, Key: rootKey}
+	ks, err := adm.CreateTenant(ctx, kek, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
 	spec := keysync.TableSpec{Table: "items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
-	ks, _ := keysync.NewKeyset("acme")
-	signer, _ := keysync.GenerateSigner()
 	insert := func(ks *keysync.Keyset, id, title, body string) {
 		t.Helper()
 		row := map[string]any{"id": id, "tenant_id": "acme", "title": title}
@@ -55,27 +66,26 @@ func TestTailDecrypts(t *testing.T) {
 			t.Fatal(err)
 		}
 		rcpt, _ := keysync.RecipientOf(id)
-		pgtest.Exec(t, url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ($1, 'd1', $2)`, user, rcpt)
-		if user == "alice" {
-			wrapped, err := keysync.Wrap(ks, signer, id.Recipient().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			pgtest.Exec(t, url, `INSERT INTO shapeseal_tenant_keys VALUES ('acme', $1, 'd1', 1, $2)`, user, wrapped)
-			insert(ks, "00000000-0000-4000-8000-000000000001", "first secret", "a body")
-			insert(ks, "00000000-0000-4000-8000-000000000002", "second secret", "")
+		if err := adm.CertifyDevice(ctx, user, "d1", rcpt); err != nil {
+			t.Fatal(err)
 		}
 		return path
 	}
 	alice, eve := identity("alice"), identity("eve")
+	if _, err := adm.Grant(ctx, "acme", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	insert(ks, "00000000-0000-4000-8000-000000000001", "first secret", "a body")
+	insert(ks, "00000000-0000-4000-8000-000000000002", "second secret", "")
 	srv := electrictest.StartTest(t, electrictest.Options{DatabaseURL: url, LongPollTimeout: 300 * time.Millisecond})
 
+	tailArgs := func(args ...string) []string {
+		return append([]string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--tenant-column", "tenant_id"}, args...)
+	}
 	run := func(args ...string) []map[string]any {
 		t.Helper()
 		var out, errOut syncBuffer
-		args = append([]string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--tenant-column", "tenant_id",
-			"--signer", signer.VerifyKey().String()}, args...)
-		if err := tail(ctx, args, &out, &errOut); err != nil {
+		if err := tail(ctx, tailArgs(append(args, "--root", root)...), &out, &errOut); err != nil {
 			t.Fatal(err, errOut.lines())
 		}
 		if s := strings.Join(errOut.lines(), "\n"); s != "" {
@@ -92,42 +102,62 @@ func TestTailDecrypts(t *testing.T) {
 		}
 		return values
 	}
-
-	// A member, with the key shape filtered to her device.
-	floorPath := filepath.Join(dir, "floor.json")
-	v := run("--identity", alice, "--user", "alice", "--device", "d1", "--floor", floorPath)
-	if b, err := os.ReadFile(floorPath); err != nil || string(b) != `{"acme":1}` {
-		t.Errorf("--floor file: %q, %v", b, err)
-	}
-	if v[0]["title"] != "first secret" || v[0]["body"] != "a body" || v[1]["title"] != "second secret" || v[1]["body"] != nil {
-		t.Errorf("member: %v", v)
+	checkMember := func(who string, v []map[string]any) {
+		t.Helper()
+		if v[0]["title"] != "first secret" || v[0]["body"] != "a body" || v[1]["title"] != "second secret" || v[1]["body"] != nil {
+			t.Errorf("%s: %v", who, v)
+		}
 	}
 
-	// Without a trusted signer, tail refuses to start; trusting another
-	// signer, alice's genuine keyset is refused and every cell is no_key.
-	var errOut0 syncBuffer
-	err = tail(ctx, []string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--identity", alice}, &syncBuffer{}, &errOut0)
-	if err == nil || !strings.Contains(err.Error(), "--signer") {
-		t.Errorf("tail without --signer: %v", err)
+	// A member, with the key and log shapes filtered to her: the floor is
+	// kept next to her identity by default.
+	checkMember("member", run("--identity", alice, "--user", "alice", "--device", "d1"))
+	if b, err := os.ReadFile(keysync.DefaultFloorPath(alice)); err != nil || !strings.Contains(string(b), `"acme":{"seq":2,`) || !strings.Contains(string(b), `"generation":1}`) {
+		t.Errorf("default floor file: %s, %v", b, err)
 	}
-	other, _ := keysync.GenerateSigner()
+	floorPath := filepath.Join(dir, "other.floor")
+	checkMember("member, --floor", run("--identity", alice, "--user", "alice", "--device", "d1", "--floor", floorPath))
+	if _, err := os.Stat(floorPath); err != nil {
+		t.Errorf("--floor: %v", err)
+	}
+	// Unfiltered shapes, and a floor in memory only.
+	checkMember("member, --no-floor", run("--identity", alice, "--no-floor"))
+
+	// Without a pinned root, tail refuses to start, saying what to pass;
+	// pinning another root, alice's tenant log is refused and every cell
+	// is no_key.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--identity", alice}, "--root ssvk1"},
+		{[]string{"--identity", alice, "--root", root, "--keys-url", srv.URL + "/my/keys/shape"}, "pass --log-url"},
+		{[]string{"--identity", alice, "--root", root, "--floor", floorPath, "--no-floor"}, "exclusive"},
+		{[]string{"--identity", alice, "--root", "ssvk1bad"}, "--root"},
+	} {
+		err = tail(ctx, tailArgs(c.args...), &syncBuffer{}, &syncBuffer{})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("tail %v: %v, want %q", c.args, err, c.want)
+		}
+	}
+	other, _ := chain.GenerateKey()
 	var out1, errOut1 syncBuffer
-	err = tail(ctx, []string{srv.URL, "--table", "items", "--encrypted", "items:title,body", "--identity", alice,
-		"--user", "alice", "--device", "d1", "--key-wait", "300ms", "--signer", other.VerifyKey().String()}, &out1, &errOut1)
+	err = tail(ctx, tailArgs("--identity", alice, "--user", "alice", "--device", "d1", "--key-wait", "300ms", "--root", other.Public().String()), &out1, &errOut1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o := strings.Join(out1.lines(), "\n"); strings.Contains(o, "secret") || !strings.Contains(o, "no_key") {
-		t.Errorf("alice trusting another signer printed:\n%s", o)
+		t.Errorf("alice pinning another root printed:\n%s", o)
 	}
-	if e := strings.Join(errOut1.lines(), "\n"); !strings.Contains(e, "not signed by a trusted signer") {
-		t.Errorf("alice trusting another signer, stderr:\n%s", e)
+	if e := strings.Join(errOut1.lines(), "\n"); !strings.Contains(e, "not authorized") {
+		t.Errorf("alice pinning another root, stderr:\n%s", e)
 	}
 
-	// A non-member following the whole key shape: alice's row is not for
-	// her device, and every cell is a per-cell error.
+	// A non-member following the whole key and log shapes: alice's row is
+	// not for her device, the log does not list her, and every cell is a
+	// per-cell error.
 	start := time.Now()
-	v = run("--identity", eve, "--key-wait", "300ms")
+	v := run("--identity", eve, "--key-wait", "300ms")
 	for _, row := range v {
 		e, ok := row["title"].(map[string]any)
 		if !ok || e["error"] != "no_key" || !strings.HasPrefix(e["message"].(string), "keysync: open public.items.title") {
@@ -152,8 +182,7 @@ func TestTailDecrypts(t *testing.T) {
 	var out, errOut syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- tail(lctx, []string{srv.URL, "--live", "--table", "items", "--encrypted", "items:title,body",
-			"--identity", alice, "--user", "alice", "--device", "d1", "--key-wait", "500ms", "--signer", signer.VerifyKey().String()}, &out, &errOut)
+		done <- tail(lctx, tailArgs("--live", "--identity", alice, "--user", "alice", "--device", "d1", "--key-wait", "500ms", "--root", root), &out, &errOut)
 	}()
 	waitFor := func(sub string) {
 		t.Helper()
@@ -167,8 +196,10 @@ func TestTailDecrypts(t *testing.T) {
 	waitFor(`"up-to-date"`)
 	insert(ks, "00000000-0000-4000-8000-000000000003", "live secret", "")
 	waitFor(`"title":"live secret"`)
-	pgtest.Exec(t, url, `DELETE FROM shapeseal_tenant_keys WHERE user_id = 'alice'`)
-	ks2, _ := ks.Rotate()
+	ks2, err := adm.Revoke(ctx, "acme", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(500 * time.Millisecond) // the revocation reaches her keyring
 	insert(ks2, "00000000-0000-4000-8000-000000000004", "after revoke", "")
 	waitFor(`"id":"00000000-0000-4000-8000-000000000004","tenant_id":"acme","title":{"error":"no_key"`)
@@ -179,6 +210,40 @@ func TestTailDecrypts(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("live tail: %v (%s)", err, errOut.lines())
 	}
+	if e := strings.Join(errOut.lines(), "\n"); !strings.Contains(e, "does not list this device") {
+		t.Errorf("revoked member's stderr:\n%s", e)
+	}
+
+	// The tenant is deleted and created again, and alice granted: her
+	// floor refuses the new, shorter log, and says how to forget the old
+	// one; once forgotten, she reads the new tenant.
+	pgtest.Exec(t, url, `DELETE FROM items; DELETE FROM shapeseal_log; DELETE FROM shapeseal_keysets; DELETE FROM shapeseal_tenant_keys`)
+	ks, err = adm.CreateTenant(ctx, kek, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.Grant(ctx, "acme", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	insert(ks, "00000000-0000-4000-8000-000000000001", "first secret", "a body")
+	insert(ks, "00000000-0000-4000-8000-000000000002", "second secret", "")
+	var out2, errOut2 syncBuffer
+	if err := tail(ctx, tailArgs("--identity", alice, "--user", "alice", "--device", "d1", "--key-wait", "100ms", "--root", root), &out2, &errOut2); err != nil {
+		t.Fatal(err)
+	}
+	floorFile := keysync.DefaultFloorPath(alice)
+	hint := "shapeseal floor forget --floor " + floorFile + " --tenant acme"
+	if e := strings.Join(errOut2.lines(), "\n"); !strings.Contains(e, "rolled back") || !strings.Contains(e, hint) {
+		t.Errorf("tenant created again, stderr:\n%s", e)
+	}
+	if o := strings.Join(out2.lines(), "\n"); strings.Contains(o, "secret") {
+		t.Errorf("tenant created again, before floor forget:\n%s", o)
+	}
+	var fout bytes.Buffer
+	if err := runFloor(ctx, []string{"forget", "--floor", floorFile, "--tenant", "acme"}, &fout, &bytes.Buffer{}); err != nil || !strings.Contains(fout.String(), "forgot tenant acme") {
+		t.Fatalf("floor forget: %v, %s", err, fout.String())
+	}
+	checkMember("member of the tenant created again", run("--identity", alice, "--user", "alice", "--device", "d1"))
 }
 
 // tailChange is a change message as tail prints it.

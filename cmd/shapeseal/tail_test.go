@@ -19,7 +19,18 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// No test writes into the user's configuration directory (write's
+	// default floor).
+	cfg, err := os.MkdirTemp("", "shapeseal-test-config-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_CONFIG_HOME", cfg)
+	os.Unsetenv("SHAPESEAL_WRITER_FLOOR")
+	os.Unsetenv("SHAPESEAL_ROOT")
+	os.Unsetenv("SHAPESEAL_KEY")
 	code := pgtest.Run(m)
+	os.RemoveAll(cfg)
 	vaulttest.StopShared()
 	os.Exit(code)
 }

@@ -22,19 +22,26 @@ func runWrite(ctx context.Context, args []string) error {
 	return write(ctx, args, os.Stdin, os.Stdout, os.Stderr)
 }
 
-const writeUsage = `write --table TABLE --encrypted C1,C2 [--tenant-column tenant_id] [--row-key id] [--update|--upsert] [--json '{…}']
+const writeUsage = `write --table TABLE --encrypted C1,C2 --root ssvk1… [--tenant-column tenant_id] [--row-key id] [--update|--upsert] [--floor FILE] [--kek URI] [--json '{…}']
 
 Writes rows given as JSON objects (--json, or one object per line on stdin)
 into TABLE. The --encrypted columns are sealed on this machine with the
-tenant's current keyset, which is loaded from shapeseal_keysets with the KEK
-(--kek, $SHAPESEAL_KEK, or the one the keyset is stored under); every value is
-sent as a bound parameter, so plaintext never reaches the database. Each cell
-is bound to its table, column, tenant and row key, so the row key must be
-given, even for an INSERT. All rows are written in one transaction.`
+tenant's current keyset: the one the tenant's signed log names, verified
+from the pinned roots (--root, $SHAPESEAL_ROOT), loaded from
+shapeseal_keysets with the KEK the log names (or only --kek,
+$SHAPESEAL_KEK, if set: a log naming another KEK is refused). Every value
+is sent as a bound parameter, so plaintext never reaches the database. Each
+cell is bound to its table, column, tenant and row key, so the row key must
+be given, even for an INSERT. All rows are written in one transaction.
+
+The floor file (--floor; default $SHAPESEAL_WRITER_FLOOR, else
+shapeseal/writer.floor in the user's configuration directory) remembers how
+far each tenant's log has been seen, so that a log cut back after a
+revocation is refused even after a restart (see "shapeseal floor").`
 
 // write is runWrite with its streams as parameters (for tests).
 func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	a := newAdminFlags("write", writeUsage, stderr).withKEK()
+	a := newAdminFlags("write", writeUsage, stderr).withKEK().withRoots()
 	table := a.fs.String("table", "", "table, [schema.]name")
 	encrypted := a.fs.String("encrypted", "", "comma-separated columns to encrypt")
 	tenantCol := a.fs.String("tenant-column", "tenant_id", "column holding the tenant id")
@@ -43,6 +50,7 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	update := a.fs.Bool("update", false, "UPDATE existing rows (by row key and tenant) instead of inserting")
 	upsert := a.fs.Bool("upsert", false, "INSERT … ON CONFLICT (row key) DO UPDATE")
 	jsonRow := a.fs.String("json", "", "one row as a JSON object (default: JSON lines on stdin)")
+	floorPath := a.fs.String("floor", "", "floor file, created 0600 if missing (default $SHAPESEAL_WRITER_FLOOR, else shapeseal/writer.floor in the user's configuration directory)")
 	if err := a.parse(args); err != nil {
 		return helpOK(err)
 	}
@@ -62,38 +70,32 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	if !*unbound || mode != keysync.Insert {
 		spec.RowKey = splitList(*rowKey)
 	}
+	roots, err := a.rootKeys()
+	if err != nil {
+		return err
+	}
+	keks, err := a.kekSource()
+	if err != nil {
+		return err
+	}
+	if *floorPath == "" {
+		if *floorPath, err = writerFloorPath(); err != nil {
+			return err
+		}
+	}
+	floor, err := keysync.OpenFileFloor(*floorPath)
+	if err != nil {
+		return fmt.Errorf("--floor: %w", err)
+	}
+	w, err := keysync.NewWriter(spec, mode, keysync.WriterOptions{Roots: roots, KEKs: cachedKEKs(keks), Floor: floor})
+	if err != nil {
+		return err
+	}
 	db, err := a.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer db.Close(context.WithoutCancel(ctx))
-
-	// One KEK per URI, opened on first use.
-	var mu sync.Mutex
-	keks := map[string]keysync.KEK{}
-	kekFor := func(ctx context.Context, tenant string) (keysync.KEK, error) {
-		uri := *a.kek
-		if uri == "" {
-			var err error
-			if uri, err = keysync.StoredKEKURI(ctx, db, tenant); err != nil {
-				return nil, err
-			}
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if k := keks[uri]; k != nil {
-			return k, nil
-		}
-		k, err := openKEK(uri)
-		if err == nil {
-			keks[uri] = k
-		}
-		return k, err
-	}
-	w, err := keysync.NewWriter(spec, mode, kekFor)
-	if err != nil {
-		return err
-	}
 
 	tx, err := db.Begin(ctx)
 	if err != nil {
@@ -115,7 +117,7 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 			return fmt.Errorf("row %d: more than one JSON value", line)
 		}
 		if err := w.Write(ctx, tx, row); err != nil {
-			return fmt.Errorf("row %d: %w", line, err)
+			return fmt.Errorf("row %d: %w", line, forkHint(err, *floorPath))
 		}
 		n++
 		return nil
@@ -144,4 +146,25 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	}
 	fmt.Fprintf(stderr, "wrote %d rows to %s\n", n, spec.QualifiedTable())
 	return nil
+}
+
+// cachedKEKs opens each KEK once: keks, or keysync.OpenKEK if nil.
+func cachedKEKs(keks keysync.KEKSource) keysync.KEKSource {
+	if keks == nil {
+		keks = keysync.OpenKEK
+	}
+	var mu sync.Mutex
+	opened := map[string]keysync.KEK{}
+	return func(uri string) (keysync.KEK, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if k := opened[uri]; k != nil {
+			return k, nil
+		}
+		k, err := keks(uri)
+		if err == nil {
+			opened[uri] = k
+		}
+		return k, err
+	}
 }
