@@ -61,7 +61,7 @@ type ringRun struct {
 	rows               map[string]*keyRow     // by shape key
 	logs               map[string]*tenantLog  // by tenant
 	logKeys            map[string]logPosition // log shape key → entry
-	keyReady, logReady bool // each stream is up to date, and not rebuilding
+	keyReady, logReady bool                   // each stream is up to date, and not rebuilding
 	dirty              bool
 	high               map[string]uint64 // newest generation adopted per tenant in this run
 	logReported        map[string]string // the last error reported per tenant
