@@ -11,9 +11,8 @@ import (
 	"github.com/shapeseal/shapeseal/internal/b64url"
 )
 
-// AdminDB is what the key administration functions ([Grant], [Rotate],
-// [Revoke], [Reencrypt], [Writer]) need of Postgres: *pgx.Conn,
-// *pgxpool.Pool and pgx.Tx all have these methods.
+// AdminDB is what an [Admin] needs of Postgres: *pgx.Conn, *pgxpool.Pool
+// and pgx.Tx all have these methods.
 type AdminDB interface {
 	DB
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)

@@ -77,7 +77,7 @@
 // tenant) and must-refetch (the ring is rebuilt, the old one serving
 // meanwhile) take effect live. A row the keyring cannot use is reported to
 // KeyringOptions.OnRowError as a *[KeyRowError] and changes nothing. A
-// [GenerationFloor] (KeyringOptions.Floor) carries "never go backwards"
+// [Floor] (KeyringOptions.Floor) carries "never go backwards"
 // across runs.
 //
 // [Keyring.Open] opens a cell; when the cell names a key the ring does not
@@ -91,7 +91,7 @@
 //	floor, _ := keysync.OpenFileFloor(keysync.DefaultFloorPath(identityFile))
 //	ring, _ := keysync.NewKeyring(keysync.KeyringOptions{
 //		Stream:   keysync.KeyShapeOptions(electricURL+"/v1/shape", "alice", "phone"),
-//		Log:      keysync.LogShapeOptions(electricURL+"/v1/shape", "alice"),
+//		Log:      keysync.LogShapeOptions(electricURL+"/v1/shape", "acme"),
 //		Identity: identity,
 //		Roots:    roots, // keysync.ParseVerifyKeys(os.Getenv("SHAPESEAL_ROOT"))
 //		Floor:    floor,

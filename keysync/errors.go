@@ -63,9 +63,6 @@ var (
 	// is already stored: another writer changed the keyset concurrently.
 	ErrGenerationExists = errors.New("keysync: keyset generation already stored")
 
-	// ErrKeysetNotFound means no keyset row is stored for a tenant.
-	ErrKeysetNotFound = errors.New("keysync: no keyset stored for tenant")
-
 	// ErrStateMismatch means a table disagrees with a tenant's signed log:
 	// the keyset the log names is missing or is another one. The table was
 	// changed by someone who cannot sign; the error is a *[StateError].

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 
 	"github.com/shapeseal/shapeseal/client"
 	"github.com/shapeseal/shapeseal/keysync/chain"
@@ -93,21 +94,32 @@ func (r *Keyring) Run(ctx context.Context) error {
 	default:
 	}
 
-	var streams [2]*client.ShapeStream
+	var streams []*client.ShapeStream
+	events := make(chan ringEvent)
+	done := make(chan struct{})
+	var followers sync.WaitGroup
+	// On the way out: stop the followers, wait until none is inside Next,
+	// then close the streams (Close must not run during Next).
+	defer func() {
+		cancel()
+		close(done)
+		followers.Wait()
+		for _, s := range streams {
+			s.Close()
+		}
+	}()
 	for i, o := range []client.Options{r.opts.Stream, r.opts.Log} {
 		o.Live, o.Transform = true, nil
 		s, err := client.New(o)
 		if err != nil {
 			return err
 		}
-		defer s.Close()
-		streams[i] = s
-	}
-	events := make(chan ringEvent)
-	done := make(chan struct{})
-	defer close(done)
-	for i, s := range streams {
-		go follow(ctx, s, i == 1, events, done)
+		streams = append(streams, s)
+		followers.Add(1)
+		go func() {
+			defer followers.Done()
+			follow(ctx, s, i == 1, events, done)
+		}()
 	}
 	run := &ringRun{r: r, rows: map[string]*keyRow{}, logs: map[string]*tenantLog{}, logKeys: map[string]logPosition{}, high: map[string]uint64{}, logReported: map[string]string{}, dirty: true}
 	for {

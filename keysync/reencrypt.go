@@ -15,7 +15,7 @@ import (
 	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
-// ReencryptOptions configures [Reencrypt].
+// ReencryptOptions configures [Admin.Reencrypt].
 type ReencryptOptions struct {
 	// BatchSize is the number of rows read and rewritten per transaction;
 	// 500 if zero.
@@ -27,7 +27,7 @@ type ReencryptOptions struct {
 	// Retire, after the rewrite, removes every non-primary key from the
 	// keyset and re-wraps the new generation for every member, but only if
 	// no cell of the tenant sealed with one of those keys remains anywhere
-	// it can look (see [RetireKeys]): in this table, in OtherTables, and in
+	// it can look (see [Admin.RetireKeys]): in this table, in OtherTables, and in
 	// the text columns of every table with a column named like a tenant
 	// column of those. If one does, nothing is retired, Remaining counts
 	// them, and Reencrypt returns a *[KeysInUseError].
@@ -44,14 +44,14 @@ type ReencryptOptions struct {
 	AcceptSuspect bool
 }
 
-// ReencryptProgress reports the progress of [Reencrypt] after a batch.
+// ReencryptProgress reports the progress of [Admin.Reencrypt] after a batch.
 type ReencryptProgress struct {
 	Rows      int      // rows read so far
 	Rewritten int      // cells rewritten so far
 	Last      []string // row key of the last row read, for ReencryptOptions.After
 }
 
-// ReencryptResult is what [Reencrypt] did.
+// ReencryptResult is what [Admin.Reencrypt] did.
 type ReencryptResult struct {
 	Generation uint64 // generation of the keyset whose primary key sealed the new cells
 	PrimaryKey uint32
@@ -117,11 +117,13 @@ func revokedAt(st *chain.State) map[uint32]chain.Revocation {
 }
 
 // writtenAfter reports whether a row whose xmin is the 32-bit transaction
-// id xmin was written after the transaction xid (an xid8), comparing
-// modulo 2^32 as Postgres does, which holds within 2^31 transactions. A
-// frozen row (xmin below 3) is older than any revocation.
-func writtenAfter(xmin uint32, xid uint64) bool {
-	return xmin >= 3 && int32(xmin-uint32(xid)) > 0
+// id xmin may have been written after a revocation point, the oldest
+// transaction (an xid8) running when the revocation was written: xmin is
+// that transaction or a later one. It compares modulo 2^32 as Postgres
+// does, which holds within 2^31 transactions. A frozen row (xmin below 3)
+// is older than any revocation.
+func writtenAfter(xmin uint32, point uint64) bool {
+	return xmin >= 3 && int32(xmin-uint32(point)) >= 0
 }
 
 // Reencrypt rewrites the cells of spec's encrypted columns, in the rows of
@@ -165,6 +167,9 @@ func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, op
 	st, err := a.State(ctx, tenant)
 	if err != nil {
 		return nil, err
+	}
+	if !st.CanSign(a.Key.Public()) {
+		return nil, &chain.Error{Tenant: tenant, Err: fmt.Errorf("%w: %s is neither a pinned root nor an admin of the tenant", chain.ErrUnauthorized, a.Key.Public())}
 	}
 	ks, err := LoadKeyset(ctx, db, st, a.KEKs)
 	if err != nil {
@@ -427,7 +432,7 @@ var ErrKeysInUse = errors.New("keysync: keys still seal cells")
 
 // KeysInUseError refuses a retirement: cells of the tenant sealed with keys
 // that were to be retired remain in the tables listed. Nothing was retired.
-// Re-encrypt those tables ([Reencrypt]), then retire again.
+// Re-encrypt those tables ([Admin.Reencrypt]), then retire again.
 type KeysInUseError struct {
 	Tenant string
 	Cells  []KeyCells // sorted by table, column and key

@@ -109,6 +109,9 @@ func (a *Admin) State(ctx context.Context, tenant string) (*chain.State, error) 
 // delegates the tenant to admins. Only a root may create a tenant. A tenant
 // that has a log already is an error wrapping [ErrTenantExists].
 func (a *Admin) CreateTenant(ctx context.Context, kek KEK, tenant string, admins ...VerifyKey) (*Keyset, error) {
+	if a.Key == nil {
+		return nil, errors.New("keysync: an Admin needs DB, Roots and Key")
+	}
 	if !slices.Contains(a.Roots, a.Key.Public()) {
 		return nil, fmt.Errorf("%w: creating a tenant takes a pinned root key, not %s", chain.ErrUnauthorized, a.Key.Public())
 	}
@@ -214,6 +217,8 @@ func (a *Admin) certifiedDevices(ctx context.Context, tx pgx.Tx, st *chain.State
 			a.report(&DeviceError{User: user, Device: cr.device, Detail: "the certificate is for another device"})
 		case !st.CanSign(c.Signer):
 			// A certificate by an admin of another tenant: not for this one.
+		case replayed(st, c):
+			a.report(&DeviceError{User: user, Device: cr.device, Detail: "the certificate is older than the recipient the log holds for the device (a replayed certificate)"})
 		case best[cr.device] == nil || c.Time.After(best[cr.device].Time):
 			best[cr.device] = c
 		}
@@ -242,6 +247,18 @@ func (a *Admin) certifiedDevices(ctx context.Context, tx pgx.Tx, st *chain.State
 		}
 	}
 	return out, nil
+}
+
+// replayed reports whether c would give a device of the log another
+// recipient although c is not newer than the entry that set the current
+// one: someone kept an old certificate and put it back.
+func replayed(st *chain.State, c *chain.Cert) bool {
+	r, ok := st.Device(c.User, c.Device)
+	if !ok || r == c.Recipient {
+		return false
+	}
+	since, _ := st.DeviceTime(c.User, c.Device)
+	return !c.Time.After(since)
 }
 
 // Grant makes user a member of tenant with their certified devices (see
@@ -316,8 +333,14 @@ func (a *Admin) Revoke(ctx context.Context, tenant, user string) (*Keyset, error
 		if !st.IsMember(user) {
 			return detail(ErrNotMember, "user %q, tenant %q", user, tenant)
 		}
+		// The revocation point is the oldest transaction still running:
+		// a transaction that began before the revocation and commits a
+		// cell after it counts as after it.
 		var xid uint64
-		if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text::numeric::int8`).Scan(&xid); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric::int8`).Scan(&xid); err != nil {
+			return fmt.Errorf("keysync: revoke: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM shapeseal_tenant_keys WHERE tenant_id = $1 AND user_id = $2`, tenant, user); err != nil {
 			return fmt.Errorf("keysync: revoke: %w", err)
 		}
 		ops := []chain.Op{{Type: chain.OpMemberRemove, User: user}, {Type: chain.OpRevocationPoint, XID: xid}}
@@ -379,6 +402,15 @@ func (a *Admin) rotateIn(ctx context.Context, tx pgx.Tx, st *chain.State, next f
 	kek, err := a.kek(uri)
 	if err != nil {
 		return nil, err
+	}
+	// Rows above the log's generation were stored by someone who cannot
+	// sign: they would block the new generation.
+	tag, err := tx.Exec(ctx, `DELETE FROM shapeseal_keysets WHERE tenant_id = $1 AND generation > $2`, st.Tenant(), int64(st.Keyset().Generation))
+	if err != nil {
+		return nil, fmt.Errorf("keysync: tenant %q: %w", st.Tenant(), err)
+	}
+	if tag.RowsAffected() > 0 {
+		a.report(&StateError{Tenant: st.Tenant(), Table: "shapeseal_keysets", Detail: fmt.Sprintf("deleted %d keyset rows above the log's generation %d", tag.RowsAffected(), st.Keyset().Generation)})
 	}
 	if err := StoreKeyset(ctx, tx, kek, ks); err != nil {
 		return nil, err

@@ -16,7 +16,7 @@ import (
 
 // The wrapped payload is what age encrypts to a device: a small binary
 // structure that names the keyset's tenant and generation and the device it
-// is for next to the key material, signed by a [Signer], so that a device
+// is for next to the key material, signed by a [chain.Signer], so that a device
 // can check it got the keyset it asked for, from the key administrators.
 //
 //	magic       "shapeseal/keyset/v2\n"  (20 bytes)

@@ -289,9 +289,9 @@ func (w *Writer) keyset(ctx context.Context, db QueryDB, tenant string, seq uint
 	if t.st != nil && t.st.Seq() == seq {
 		return t.ks, nil
 	}
-	if t.st != nil && seq < t.st.Seq() {
-		return nil, &chain.Error{Tenant: tenant, Err: fmt.Errorf("%w: %d entries, %d seen before", chain.ErrRollback, seq, t.st.Seq())}
-	}
+	// The log has grown, or seq was read before another write followed it
+	// further: either way, follow the log from the state held, which also
+	// refuses a log that is now shorter than that state.
 	st := t.st
 	if st == nil {
 		st = chain.NewState(tenant, w.opts.Roots)

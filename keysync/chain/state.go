@@ -23,6 +23,7 @@ type State struct {
 	admins  map[PublicKey]bool
 	members map[string]map[string]string // user → device → recipient
 	byRcpt  map[string]Device            // recipient → device
+	devTime map[[2]string]time.Time      // (user, device) → time of the entry that set its recipient
 	keysets []KeysetInfo                 // every keyset op, oldest first
 	revs    []Revocation
 	broken  error // set when an Append failed half-way: the state is unusable
@@ -63,6 +64,7 @@ func NewState(tenant string, roots []PublicKey) *State {
 		admins:  map[PublicKey]bool{},
 		members: map[string]map[string]string{},
 		byRcpt:  map[string]Device{},
+		devTime: map[[2]string]time.Time{},
 	}
 }
 
@@ -149,6 +151,13 @@ func (s *State) Devices() []Device {
 func (s *State) Device(user, device string) (string, bool) {
 	r, ok := s.members[user][device]
 	return r, ok
+}
+
+// DeviceTime returns the time of the entry that gave a member's device its
+// current recipient. A certificate older than that must not replace it.
+func (s *State) DeviceTime(user, device string) (time.Time, bool) {
+	t, ok := s.devTime[[2]string{user, device}]
+	return t, ok
 }
 
 // HasRecipient reports whether a device with the age recipient receives
@@ -258,8 +267,9 @@ func (s *State) apply(e *Entry, op *Op) error {
 		if !s.IsMember(op.User) {
 			return invalid("%q is not a member", op.User)
 		}
-		for _, r := range s.members[op.User] {
+		for d, r := range s.members[op.User] {
 			delete(s.byRcpt, r)
+			delete(s.devTime, [2]string{op.User, d})
 		}
 		delete(s.members, op.User)
 	case OpDeviceAdd:
@@ -278,6 +288,7 @@ func (s *State) apply(e *Entry, op *Op) error {
 		}
 		devs[op.Device] = op.Recipient
 		s.byRcpt[op.Recipient] = Device{op.User, op.Device, op.Recipient}
+		s.devTime[[2]string{op.User, op.Device}] = e.Time
 	case OpDeviceRemove:
 		r, ok := s.members[op.User][op.Device]
 		if !ok {
@@ -285,6 +296,7 @@ func (s *State) apply(e *Entry, op *Op) error {
 		}
 		delete(s.members[op.User], op.Device)
 		delete(s.byRcpt, r)
+		delete(s.devTime, [2]string{op.User, op.Device})
 	case OpKeyset:
 		if n := len(s.keysets); n > 0 && op.Keyset.Generation <= s.keysets[n-1].Generation {
 			return invalid("generation %d does not follow %d", op.Keyset.Generation, s.keysets[n-1].Generation)
