@@ -64,8 +64,9 @@ type ringRun struct {
 	logKeys            map[string]logPosition // log shape key → entry
 	keyReady, logReady bool                   // each stream is up to date, and not rebuilding
 	dirty              bool
-	high               map[string]uint64 // newest generation adopted per tenant in this run
-	logReported        map[string]string // the last error reported per tenant
+	high               map[string]uint64  // newest generation adopted per tenant in this run
+	adopted            map[string]*Keyset // the keyset held per tenant
+	logReported        map[string]string  // the last error reported per tenant
 }
 
 type logPosition struct {
@@ -121,7 +122,7 @@ func (r *Keyring) Run(ctx context.Context) error {
 			follow(ctx, s, i == 1, events, done)
 		}()
 	}
-	run := &ringRun{r: r, rows: map[string]*keyRow{}, logs: map[string]*tenantLog{}, logKeys: map[string]logPosition{}, high: map[string]uint64{}, logReported: map[string]string{}, dirty: true}
+	run := &ringRun{r: r, rows: map[string]*keyRow{}, logs: map[string]*tenantLog{}, logKeys: map[string]logPosition{}, high: map[string]uint64{}, logReported: map[string]string{}, adopted: map[string]*Keyset{}, dirty: true}
 	for {
 		select {
 		case <-ctx.Done():
@@ -370,6 +371,7 @@ func (run *ringRun) decide(tenant string) *Keyset {
 		if run.hasRows(tenant) || run.high[tenant] > 0 {
 			run.reportLog(tenant, err)
 		}
+		delete(run.adopted, tenant)
 		return nil
 	}
 	delete(run.logReported, tenant)
@@ -390,19 +392,30 @@ func (run *ringRun) decide(tenant string) *Keyset {
 			best = row
 		}
 	}
+	// A row that is refused, or waits for the log, changes nothing: the
+	// keyset held stays while the log still names it.
+	ks := run.adopted[tenant]
+	if ks != nil {
+		if info, ok := st.KeysetAt(ks.generation); !ok || !ks.matches(info.KeysetRef) {
+			ks = nil
+		}
+	}
+	if best != nil && (ks == nil || best.gen >= ks.generation) {
+		ks = best.ks
+	}
 	next := FloorMark{Seq: st.Seq(), Head: st.Head(), Generation: mark.Generation}
-	if best != nil {
-		run.high[tenant] = best.gen
-		next.Generation = max(next.Generation, best.gen)
+	if ks != nil {
+		run.high[tenant] = ks.generation
+		next.Generation = max(next.Generation, ks.generation)
+		run.adopted[tenant] = ks
+	} else {
+		delete(run.adopted, tenant)
 	}
 	if err := r.opts.Floor.Raise(tenant, next); err != nil && r.opts.Logger != nil {
 		// The state is genuine; only the next run's check is weaker.
 		r.opts.Logger.Warn("keysync: floor not raised", "tenant", tenant, "err", err.Error())
 	}
-	if best == nil {
-		return nil
-	}
-	return best.ks
+	return ks
 }
 
 // errPending marks a row whose generation the log has not reached yet.
@@ -415,6 +428,8 @@ func (run *ringRun) check(st *chain.State, mark FloorMark, row *keyRow) error {
 	}
 	info, ok := st.KeysetAt(row.gen)
 	switch {
+	case !ok && row.gen > st.Keyset().Generation && !st.CanSign(row.signer):
+		return detail(ErrUntrustedKeyset, "generation %d, which the log does not name yet, signed by %s, neither a root nor an admin of the tenant", row.gen, row.signer)
 	case !ok && row.gen > st.Keyset().Generation:
 		return errPending
 	case !ok:

@@ -249,16 +249,22 @@ func (a *Admin) certifiedDevices(ctx context.Context, tx pgx.Tx, st *chain.State
 	return out, nil
 }
 
-// replayed reports whether c would give a device of the log another
-// recipient although c is not newer than the entry that set the current
-// one: someone kept an old certificate and put it back.
+// replayed reports whether c is a certificate someone kept and put back:
+// one that names a recipient the log already replaced for that device
+// (re-keyed), or one that would change the device's recipient although it
+// is older than the entry that set the current one.
 func replayed(st *chain.State, c *chain.Cert) bool {
+	if st.HadRecipient(c.User, c.Device, c.Recipient) {
+		if r, ok := st.Device(c.User, c.Device); !ok || r != c.Recipient {
+			return true
+		}
+	}
 	r, ok := st.Device(c.User, c.Device)
 	if !ok || r == c.Recipient {
 		return false
 	}
 	since, _ := st.DeviceTime(c.User, c.Device)
-	return !c.Time.After(since)
+	return c.Time.Before(since)
 }
 
 // Grant makes user a member of tenant with their certified devices (see

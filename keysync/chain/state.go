@@ -24,6 +24,7 @@ type State struct {
 	members map[string]map[string]string // user → device → recipient
 	byRcpt  map[string]Device            // recipient → device
 	devTime map[[2]string]time.Time      // (user, device) → time of the entry that set its recipient
+	devPast map[[2]string][]string       // (user, device) → recipients replaced since
 	keysets []KeysetInfo                 // every keyset op, oldest first
 	revs    []Revocation
 	broken  error // set when an Append failed half-way: the state is unusable
@@ -65,6 +66,7 @@ func NewState(tenant string, roots []PublicKey) *State {
 		members: map[string]map[string]string{},
 		byRcpt:  map[string]Device{},
 		devTime: map[[2]string]time.Time{},
+		devPast: map[[2]string][]string{},
 	}
 }
 
@@ -158,6 +160,12 @@ func (s *State) Device(user, device string) (string, bool) {
 func (s *State) DeviceTime(user, device string) (time.Time, bool) {
 	t, ok := s.devTime[[2]string{user, device}]
 	return t, ok
+}
+
+// HadRecipient reports whether the log gave a user's device the recipient
+// once and replaced it with another since (re-keying the device).
+func (s *State) HadRecipient(user, device, recipient string) bool {
+	return slices.Contains(s.devPast[[2]string{user, device}], recipient)
 }
 
 // HasRecipient reports whether a device with the age recipient receives
@@ -285,6 +293,7 @@ func (s *State) apply(e *Entry, op *Op) error {
 		}
 		if old, ok := devs[op.Device]; ok {
 			delete(s.byRcpt, old)
+			s.devPast[[2]string{op.User, op.Device}] = append(s.devPast[[2]string{op.User, op.Device}], old)
 		}
 		devs[op.Device] = op.Recipient
 		s.byRcpt[op.Recipient] = Device{op.User, op.Device, op.Recipient}
