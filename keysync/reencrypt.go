@@ -146,6 +146,9 @@ func writtenAfter(xmin uint32, point uint64) bool {
 // Run it right after a revocation ([Admin.Revoke], then Reencrypt with
 // Retire) so that honest rows changed in between are few.
 func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, opts ReencryptOptions) (*ReencryptResult, error) {
+	if a.DB == nil || a.Key == nil || len(a.Roots) == 0 {
+		return nil, errors.New("keysync: an Admin needs DB, Roots and Key")
+	}
 	db := a.DB
 	if err := spec.Validate(); err != nil {
 		return nil, err

@@ -160,9 +160,9 @@ Flags:
 		Shapes: []proxy.ShapeRule{
 			{Name: "items", Table: "items", Where: "tenant_id = ANY($1::text[])", Params: []string{"$tenants"}},
 			{Name: "keys", Kind: proxy.KindTenantKeys},
-			// Each user reads the logs of the tenants they belong to (or
-			// left), to verify them from the root.
-			{Name: "log", Table: keysync.LogTable, Where: keysync.LogShapeWhere, Params: []string{"$user"},
+			// Devices read the logs of their token's tenants, filtered like
+			// the tenants' data, to verify them from the root.
+			{Name: "log", Table: keysync.LogTable, Where: keysync.LogShapeWhere, Params: []string{"$tenants"},
 				Columns: []string{"tenant_id", "seq", "entry"}, Replica: "full"},
 		},
 		Logger: logger,
@@ -196,7 +196,7 @@ Flags:
 			"keys":  proxyURL + "/v1/shapes/keys",
 			"log":   proxyURL + "/v1/shapes/log",
 		},
-		Users:  map[string]userInfo{},
+		Users: map[string]userInfo{},
 	}
 	for _, u := range devUsers {
 		tok := signDevToken(jwtKey, map[string]any{

@@ -134,8 +134,7 @@ func TestKeysLocalKEK(t *testing.T) {
 		!strings.Contains(out, "1 cells rewritten") || !strings.Contains(out, "still seals 1 cells") {
 		t.Errorf("reencrypt --retire with files not re-encrypted: %s, %v", out, err)
 	}
-	// Without --retire, no key is needed.
-	must(runReencrypt, withDB("--tenant", org, "--table", "files", "--columns", "name", "--tenant-column", "owner")...)
+	must(runReencrypt, withDB("--tenant", org, "--table", "files", "--columns", "name", "--tenant-column", "owner", "--key", adminFile)...)
 	if out := must(runReencrypt, notes...); !strings.Contains(out, "0 cells rewritten") || !strings.Contains(out, "retired 1 keys") {
 		t.Errorf("reencrypt: %s", out)
 	}
@@ -159,29 +158,30 @@ func TestKeysLocalKEK(t *testing.T) {
 		args []string
 		want string
 	}{
-		"no tenant":         {runGrant, withDB("--user", "a", "--key", adminFile), "--tenant is required"},
-		"bad kek":           {runTenant, withDB("create", "--tenant", "x", "--kek", "s3://k", "--key", rootFile), "unsupported KEK URI"},
-		"no kek":            {runTenant, withDB("create", "--tenant", "x", "--kek", "", "--key", rootFile), "no KEK"},
-		"admin creates":     {runTenant, withDB("create", "--tenant", "x", "--kek", kek, "--key", adminFile), "takes a pinned root key"},
-		"tenant exists":     {runTenant, withDB("create", "--tenant", org, "--kek", kek, "--key", rootFile), "tenant exists"},
-		"no subcommand":     {runDevice, withDB("--user", "a"), `want subcommand "add"`},
-		"bad tenant sub":    {runTenant, withDB("delete", "--tenant", org), `want subcommand "create" or "admins" or "show"`},
-		"no log":            {runRotate, withDB("--tenant", "nobody", "--key", adminFile), "has no log"},
-		"not a member":      {runRevoke, withDB("--tenant", org, "--user", "zed", "--key", adminFile), "not a member"},
-		"bad recipient":     {runDevice, withDB("add", "--user", "b", "--device", "d", "--recipient", "ssh-rsa AAA", "--key", adminFile), "unsupported recipient"},
-		"no key":            {runGrant, withDB("--tenant", org, "--user", "a"), "pass --key FILE"},
-		"no device key":     {runDevice, withDB("add", "--user", "b", "--device", "d", "--recipient", rcpt), "pass --key FILE"},
-		"no root":           {runGrant, []string{"--database-url", url, "--tenant", org, "--user", "a", "--key", adminFile}, "pass --root ssvk1"},
-		"bad root":          {runGrant, append(withDB("--tenant", org, "--user", "a", "--key", adminFile), "--root", "ssvk1nope"), "--root"},
-		"other root":        {runTenant, []string{"show", "--tenant", org, "--database-url", url, "--root", admin}, "not authorized"},
-		"keygen without o":  {runKeygen, []string{"-o", ""}, "-o FILE"},
-		"signkey without o": {runSignkey, nil, "-o FILE"},
-		"also alone":        {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--also", "files:name"), "--also names tables for --retire"},
-		"bad also":          {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--retire", "--also", "files"), "want TABLE:C1,C2"},
-		"retire no key":     {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--tenant-column", "org", "--retire"), "pass --key FILE"},
-		"revoke bad table":  {runRevoke, withDB("--tenant", org, "--user", "a", "--key", adminFile, "--retire"), "--table is required"},
-		"floor no tenant":   {runFloor, []string{"forget", "--floor", floor}, "--tenant is required"},
-		"floor missing":     {runFloor, []string{"forget", "--floor", filepath.Join(dir, "nope"), "--tenant", org}, "no such file"},
+		"no tenant":           {runGrant, withDB("--user", "a", "--key", adminFile), "--tenant is required"},
+		"bad kek":             {runTenant, withDB("create", "--tenant", "x", "--kek", "s3://k", "--key", rootFile), "unsupported KEK URI"},
+		"no kek":              {runTenant, withDB("create", "--tenant", "x", "--kek", "", "--key", rootFile), "no KEK"},
+		"admin creates":       {runTenant, withDB("create", "--tenant", "x", "--kek", kek, "--key", adminFile), "takes a pinned root key"},
+		"tenant exists":       {runTenant, withDB("create", "--tenant", org, "--kek", kek, "--key", rootFile), "tenant exists"},
+		"no subcommand":       {runDevice, withDB("--user", "a"), `want subcommand "add"`},
+		"bad tenant sub":      {runTenant, withDB("delete", "--tenant", org), `want subcommand "create" or "admins" or "show"`},
+		"no log":              {runRotate, withDB("--tenant", "nobody", "--key", adminFile), "has no log"},
+		"not a member":        {runRevoke, withDB("--tenant", org, "--user", "zed", "--key", adminFile), "not a member"},
+		"bad recipient":       {runDevice, withDB("add", "--user", "b", "--device", "d", "--recipient", "ssh-rsa AAA", "--key", adminFile), "unsupported recipient"},
+		"no key":              {runGrant, withDB("--tenant", org, "--user", "a"), "pass --key FILE"},
+		"no device key":       {runDevice, withDB("add", "--user", "b", "--device", "d", "--recipient", rcpt), "pass --key FILE"},
+		"no root":             {runGrant, []string{"--database-url", url, "--tenant", org, "--user", "a", "--key", adminFile}, "pass --root ssvk1"},
+		"bad root":            {runGrant, append(withDB("--tenant", org, "--user", "a", "--key", adminFile), "--root", "ssvk1nope"), "--root"},
+		"other root":          {runTenant, []string{"show", "--tenant", org, "--database-url", url, "--root", admin}, "not authorized"},
+		"keygen without o":    {runKeygen, []string{"-o", ""}, "-o FILE"},
+		"signkey without o":   {runSignkey, nil, "-o FILE"},
+		"also alone":          {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--also", "files:name"), "--also names tables for --retire"},
+		"bad also":            {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--retire", "--also", "files"), "want TABLE:C1,C2"},
+		"reencrypt no key":    {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--tenant-column", "org"), "pass --key FILE"},
+		"reencrypt non-admin": {runReencrypt, withDB("--tenant", org, "--table", "notes", "--columns", "note", "--tenant-column", "org", "--key", admin2File), "not authorized"},
+		"revoke bad table":    {runRevoke, withDB("--tenant", org, "--user", "a", "--key", adminFile, "--retire"), "--table is required"},
+		"floor no tenant":     {runFloor, []string{"forget", "--floor", floor}, "--tenant is required"},
+		"floor missing":       {runFloor, []string{"forget", "--floor", filepath.Join(dir, "nope"), "--tenant", org}, "no such file"},
 	} {
 		if _, _, err := run(c.f, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
@@ -234,4 +234,3 @@ func TestKeysLocalKEK(t *testing.T) {
 		t.Fatal(err, errOut)
 	}
 }
-

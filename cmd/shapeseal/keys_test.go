@@ -170,8 +170,11 @@ func TestKeysEndToEnd(t *testing.T) {
 		}
 		rows := map[string]map[string]any{}
 		for _, m := range decryptedChanges(t, out.lines()) {
-			if op := m.Headers["operation"]; op == "insert" || op == "update" {
-				k, _ := m.Value["id"].(string)
+			k, _ := m.Value["id"].(string)
+			switch m.Headers["operation"] {
+			case "delete":
+				delete(rows, k)
+			case "insert", "update":
 				if rows[k] == nil {
 					rows[k] = map[string]any{}
 				}

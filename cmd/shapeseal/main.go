@@ -18,7 +18,7 @@
 //	shapeseal grant --tenant T --user U --key KEY
 //	shapeseal rotate --tenant T --key KEY
 //	shapeseal revoke --tenant T --user U --key KEY [--table TABLE --columns C1,C2 [--retire] [--electric-url URL] …]
-//	shapeseal reencrypt --tenant T --table TABLE --columns C1,C2 [--batch N] [--retire --key KEY [--also TABLE:C1,C2]...] [--accept-suspect] [--electric-url URL]
+//	shapeseal reencrypt --tenant T --table TABLE --columns C1,C2 --key KEY [--batch N] [--retire [--also TABLE:C1,C2]...] [--accept-suspect] [--electric-url URL]
 //	shapeseal write --table TABLE --encrypted C1,C2 [--update|--upsert] [--floor FILE] [--json '{…}']
 //	shapeseal floor forget --floor FILE --tenant T
 //

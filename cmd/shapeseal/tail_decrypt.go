@@ -21,11 +21,12 @@ Decryption: with --encrypted, the cells of the named columns are opened with
 the tenant keysets that --identity's device was granted. tail follows two
 shapes live: the device's wrapped keysets (shapeseal_tenant_keys, --keys-url;
 by default the same server's /v1/shape, filtered with --user and --device
-when given) and the logs of its tenants (shapeseal_log, --log-url; by default
+when given) and the tenants' logs (shapeseal_log, --log-url; by default
 --keys-url with its final /keys replaced by /log, as the proxy of shapeseal
-dev serves them, or the server's /v1/shape filtered to --user). A keyset is
-used only if the tenant's log, verified from a root key pinned with --root
-(or $SHAPESEAL_ROOT), lists this device and names that keyset.
+dev serves them, or the server's /v1/shape: every tenant's log, or those of
+--log-tenants). A keyset is used only if the tenant's log, verified from a
+root key pinned with --root (or $SHAPESEAL_ROOT), lists this device and
+names that keyset.
 
 A floor file (--floor; by default IDENTITY.floor next to the identity)
 remembers how far each log has been seen, so that a log or keyset put back
@@ -52,6 +53,7 @@ type decryptFlags struct {
 	floor        *string
 	noFloor      *bool
 	logURL       *string
+	logTenants   *string
 	tenantColumn *string
 	rowKey       *string
 	unboundRows  *bool
@@ -75,7 +77,8 @@ func addDecryptFlags(fs *flag.FlagSet) *decryptFlags {
 	fs.Var(&d.encrypted, "encrypted", "TABLE:COLUMN[,COLUMN…] encrypted columns to open (repeatable)")
 	d.floor = fs.String("floor", "", "file keeping how far each tenant's log was seen, across runs (default: IDENTITY.floor next to --identity; created 0600 if missing)")
 	d.noFloor = fs.Bool("no-floor", false, "keep the floor in memory only (a restarted tail can then be rolled back)")
-	d.logURL = fs.String("log-url", "", "URL of the tenant-log shape (default: --keys-url ending in /log instead of /keys; without --keys-url, the server's /v1/shape, table shapeseal_log, filtered to --user)")
+	d.logURL = fs.String("log-url", "", "URL of the tenant-log shape (default: --keys-url ending in /log instead of /keys; without --keys-url, the server's /v1/shape, table shapeseal_log)")
+	d.logTenants = fs.String("log-tenants", "", "from Electric directly (a /v1/shape log URL), follow only the logs of these tenants (comma-separated; default every tenant's)")
 	fs.Var(&d.roots, "root", "pinned root public key ssvk1… the tenant logs are verified against (repeatable or comma-separated; default $SHAPESEAL_ROOT)")
 	return d
 }
@@ -149,8 +152,9 @@ func (d *decryptFlags) keyShapeOptions(shape *url.URL, secret string, opts clien
 
 // logShapeOptions returns the stream options of the log shape: --log-url;
 // else --keys-url with /keys replaced by /log (a proxy's rules), or the
-// same /v1/shape; else the server's /v1/shape. From Electric it is filtered
-// to --user's logs; a proxy filters it to the token's user.
+// same /v1/shape; else the server's /v1/shape. From Electric it follows the
+// logs of --log-tenants, or of every tenant; a proxy filters it to the
+// token's tenants.
 func (d *decryptFlags) logShapeOptions(shape *url.URL, secret string, opts client.Options) (client.Options, error) {
 	var u *url.URL
 	switch {
@@ -188,9 +192,13 @@ func (d *decryptFlags) logShapeOptions(shape *url.URL, secret string, opts clien
 		q.Set("secret", secret)
 		u.RawQuery = q.Encode()
 	}
-	lo := keysync.LogShapeOptions(u.String(), *d.user)
+	tenants := splitList(*d.logTenants)
+	if len(tenants) > 0 && !direct {
+		return client.Options{}, fmt.Errorf("--log-tenants filters a log shape from Electric (/v1/shape), not %s, which filters it itself", u.Path)
+	}
+	lo := keysync.LogShapeOptions(u.String(), tenants...)
 	if !direct {
-		// A proxy pins the table and filters to the token's user.
+		// A proxy pins the table and filters to the token's tenants.
 		lo.Params = client.Params{}
 	}
 	lo.Header = opts.Header.Clone()
@@ -280,7 +288,8 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 		return nil, err
 	}
 	var mu sync.Mutex
-	ring, err := keysync.NewKeyring(keysync.KeyringOptions{
+	var ring *keysync.Keyring
+	ring, err = keysync.NewKeyring(keysync.KeyringOptions{
 		Stream:   ko,
 		Log:      lo,
 		Identity: id,
@@ -288,10 +297,11 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 		Floor:    floor,
 		KeyWait:  *d.keyWait,
 		OnRowError: func(e *keysync.KeyRowError) {
-			// Unfiltered, the key shape holds rows of other devices, and
-			// the log shape the logs of other users' tenants.
-			if !verbose && (errors.Is(e, keysync.ErrWrongIdentity) && *d.device == "" ||
-				errors.Is(e, keysync.ErrNotMember) && *d.user == "") {
+			// Unfiltered, the key shape holds rows of other devices, for
+			// tenants whose logs do not list this one: news only for a
+			// tenant whose keys the ring holds (a revocation).
+			if !verbose && *d.device == "" && (errors.Is(e, keysync.ErrWrongIdentity) ||
+				errors.Is(e, keysync.ErrNotMember) && ring.Keyset(e.Tenant) == nil) {
 				return
 			}
 			mu.Lock()
