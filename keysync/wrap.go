@@ -58,6 +58,9 @@ func (p *payload) marshal(ctx context.Context, s chain.Signer) ([]byte, error) {
 	p.signer = s.Public()
 	b := p.body()
 	sig, err := s.Sign(ctx, b)
+	if err == nil && (len(sig) != signatureLen || !p.signer.Verify(b, sig)) {
+		err = fmt.Errorf("signer %s returned a bad signature", p.signer)
+	}
 	if err != nil {
 		clear(b)
 		return nil, fmt.Errorf("keysync: sign keyset payload: %w", err)

@@ -1,0 +1,699 @@
+package keysync
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shapeseal/shapeseal/client"
+	"github.com/shapeseal/shapeseal/keysync/chain"
+)
+
+// The keyring's tests run on trustEnv (trustenv_test.go, with the methods
+// of keyring_trust_test.go): every row a ring adopts is backed by the
+// tenant's log, written by the env's Admin with the pinned root key. The
+// attacks on the ring from the database — forged, swapped, replayed,
+// planted and rolled-back rows and logs — are in keyring_trust_test.go;
+// here are the ring's live behaviours and the refusal of malformed rows.
+
+func next(t *testing.T, ch <-chan client.Row, within time.Duration) client.Row {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(within):
+		t.Fatalf("no message within %s", within)
+		return nil
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	for range 400 {
+		if cond() {
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatal("condition not reached within 10s")
+}
+
+// TestKeyringGrantRotateRevoke follows a device through a tenant's life,
+// live, with the Admin: a grant picked up while a cell waits for it, a
+// rotation whose cells arrive before the keyset, and a revocation that
+// drops the tenant from the ring while another member keeps it.
+func TestKeyringGrantRotateRevoke(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newTrustEnv(t)
+	ks1 := e.tenant("acme")
+	alice := e.device("alice", "phone")
+	bob := e.device("bob", "laptop")
+	e.grant("acme", "bob")
+
+	// Alice's reader starts before she is granted anything.
+	ring, rowErrs := e.ring("alice", "phone", alice, nil)
+	bobRing, bobErrs := e.ring("bob", "laptop", bob, nil)
+	if ring.Tenants() != 0 {
+		t.Fatalf("alice holds %d tenants before her grant", ring.Tenants())
+	}
+	holds(t, bobRing, "acme", ks1)
+	rows := e.items(ring)
+
+	// A row written before the grant reaches her: opening waits for the key.
+	start := time.Now()
+	e.item(ks1, "before grant", "b1")
+	time.Sleep(100 * time.Millisecond)
+	e.grant("acme", "alice")
+	v := next(t, rows, 5*time.Second)
+	if v["title"] != "before grant" || v["body"] != "b1" {
+		t.Fatalf("after grant: %v", v)
+	}
+	t.Logf("grant picked up in %s", time.Since(start))
+	holds(t, ring, "acme", ks1)
+
+	// Rotation: a cell under the new key arrives before the new keyset.
+	// The rotation runs in a transaction held open while the cell is
+	// written and delivered.
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	inTx := e.adminWith(e.root)
+	inTx.DB = tx
+	ks2, err := inTx.Rotate(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.item(ks2, "rotated", "b2")
+	time.Sleep(200 * time.Millisecond) // the decrypter waits for the key
+	holds(t, ring, "acme", ks1)        // the rotation is not committed yet
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := next(t, rows, 5*time.Second); v["title"] != "rotated" || v["body"] != "b2" {
+		t.Fatalf("after rotation: %v", v)
+	}
+	// Old cells still open with the new generation.
+	e.item(ks1, "old key", "b3")
+	if v := next(t, rows, 5*time.Second); v["title"] != "old key" {
+		t.Fatalf("old key after rotation: %v", v)
+	}
+	holds(t, ring, "acme", ks2)
+
+	// Revocation: the log removes alice and names a rotated keyset, which
+	// is re-wrapped for bob; her row is deleted.
+	reported := len(rowErrs.all())
+	ks3, err := e.admin.Revoke(ctx, "acme", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGen(t, ring, "acme", 0)
+	holds(t, waitGenRing(t, bobRing, "acme", 3), "acme", ks3)
+	id := e.item(ks3, "after revoke", "b4")
+	start = time.Now()
+	v = next(t, rows, 10*time.Second)
+	for _, col := range []string{"title", "body"} {
+		ce, ok := v[col].(*CellError)
+		if !ok || !errors.Is(ce, ErrNoKey) || ce.Code() != "no_key" {
+			t.Fatalf("revoked %s: %#v", col, v[col])
+		}
+		if strings.Contains(ce.Error(), "after revoke") {
+			t.Fatal("error holds plaintext")
+		}
+	}
+	if d := time.Since(start); d < 2*time.Second {
+		t.Errorf("gave up after %s, before the wait bound", d)
+	}
+	// Bob, still a member, opens it.
+	cc, cell := cellContext("acme", id, "title"), e.cellOf(id, "title")
+	pt, err := bobRing.Open(ctx, cc, cell)
+	if err != nil || string(pt) != "after revoke" {
+		t.Fatalf("bob: %q %v", pt, err)
+	}
+	// A second cell under the same missing key fails at once.
+	start = time.Now()
+	if _, err := ring.Open(ctx, cc, cell); !errors.Is(err, ErrNoKey) || time.Since(start) > time.Second {
+		t.Fatalf("second open: %v after %s", err, time.Since(start))
+	}
+
+	// No row was refused. Alice's ring reported her revocation (the log no
+	// longer lists her device), and at most, while her grant was in flight,
+	// a key row that arrived before the log.
+	for _, re := range rowErrs.all() {
+		if re.Key != "" || re.Tenant != "acme" || !errors.Is(re, ErrNotMember) && !errors.Is(re, chain.ErrNoLog) {
+			t.Errorf("alice: row error %v", re)
+		}
+	}
+	if !slices.ContainsFunc(rowErrs.all()[reported:], func(re *KeyRowError) bool { return errors.Is(re, ErrNotMember) }) {
+		t.Error("alice's ring did not report that the log no longer lists her device")
+	}
+	if errs := bobErrs.all(); len(errs) != 0 {
+		t.Errorf("bob: row errors %v", errs)
+	}
+}
+
+// waitGenRing is waitGen that returns the ring, for chaining.
+func waitGenRing(t *testing.T, r *Keyring, tenant string, gen uint64) *Keyring {
+	t.Helper()
+	waitGen(t, r, tenant, gen)
+	return r
+}
+
+// TestKeyringRefusesBadRows: rows that are not what they claim — a
+// keyset of one tenant in another tenant's row, a payload wrapped for
+// another device, garbage, a row of a tenant without a log, an older
+// generation replayed — are refused with their sentinel, and none is ever
+// adopted. (Forged, cross-tenant, planted and rolled-back rows are in
+// keyring_trust_test.go.)
+func TestKeyringRefusesBadRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newTrustEnv(t)
+	alice := e.device("alice", "phone")
+	e.tenant("acme")
+	evil := e.tenant("evil")
+	globex := e.tenant("globex")
+	for _, tenant := range []string{"acme", "evil", "globex"} {
+		e.grant(tenant, "alice")
+	}
+	_, acme1Wrapped := e.keyRow("acme", "alice", "phone") // kept by the attacker
+	acme2, err := e.admin.Rotate(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := &rowErrors{}
+	opts := e.ringOptions("alice", "phone", alice, nil, errs)
+	opts.KeyWait = -1
+	ring, _ := e.startRing(opts)
+	holds(t, ring, "acme", acme2)
+	holds(t, ring, "evil", evil)
+	holds(t, ring, "globex", globex)
+
+	// acme's keyset, wrapped to alice and signed by the root, stored as her
+	// row of tenant evil: a swap.
+	e.putRow("evil", "alice", "phone", "", 2, e.wrapTo(acme2, e.root, alice))
+	errs.refusal(t, ErrTenantMismatch, "evil")
+	// Garbage in the same row.
+	e.putRow("evil", "alice", "phone", "", 1, []byte{0, 1, 2, 3})
+	errs.refusal(t, ErrMalformedPayload, "evil")
+	// A payload wrapped for another device, in her globex row.
+	other, _ := GenerateIdentity()
+	e.putRow("globex", "alice", "phone", "", 1, e.wrapTo(globex, e.root, other))
+	errs.refusal(t, ErrWrongIdentity, "globex")
+	// A row of a tenant that has no log: nothing backs it.
+	junk, _ := NewKeyset("junk")
+	e.putRow("junk", "alice", "phone", "", 1, e.wrapTo(junk, e.root, alice))
+	re := errs.refusal(t, chain.ErrNoLog, "junk")
+	if re.Key != "" {
+		t.Errorf("a tenant without a log is refused as a whole: %v", re)
+	}
+	// An older generation replayed: the genuine generation-1 payload,
+	// signed by the root for her device, in place of generation 2.
+	e.putRow("acme", "alice", "phone", "", 1, acme1Wrapped)
+	errs.refusal(t, ErrStaleGeneration, "acme")
+
+	// None of them was adopted.
+	for _, tenant := range []string{"evil", "globex", "acme"} {
+		if ks := ring.Keyset(tenant); ks != nil && ks.Commitment() != e.current(tenant).Commitment() {
+			t.Errorf("tenant %s: the ring adopted %v", tenant, ks)
+		}
+	}
+	holds(t, ring, "junk", nil)
+
+	// A grant puts the genuine rows back, and the ring opens the cells.
+	for _, tenant := range []string{"acme", "evil", "globex"} {
+		e.grant(tenant, "alice")
+	}
+	waitGen(t, ring, "acme", 2)
+	waitGen(t, ring, "evil", 1)
+	waitGen(t, ring, "globex", 1)
+	holds(t, ring, "acme", acme2)
+	rows := e.items(ring)
+	e.item(acme2, "still fine", "x")
+	if v := next(t, rows, 5*time.Second); v["title"] != "still fine" {
+		t.Fatalf("%v", v)
+	}
+}
+
+// TestKeyringWrongIdentity: mallory follows alice's rows and her log with
+// her own identity. The log does not list mallory's recipient, and the
+// payloads are not wrapped to it: she gets nothing, and cells do not open.
+func TestKeyringWrongIdentity(t *testing.T) {
+	t.Parallel()
+	e := newTrustEnv(t)
+	acme := e.tenant("acme")
+	e.device("alice", "phone")
+	e.grant("acme", "alice")
+	mallory, _ := GenerateIdentity()
+	errs := &rowErrors{}
+	opts := e.ringOptions("alice", "phone", mallory, nil, errs)
+	opts.KeyWait = -1
+	ring, _ := e.startRing(opts)
+	re := errs.refusal(t, ErrNotMember, "acme")
+	if re.Key != "" {
+		t.Errorf("%v", re)
+	}
+	if ring.Tenants() != 0 {
+		t.Fatal("ring holds a key")
+	}
+	rows := e.items(ring)
+	e.item(acme, "secret", "s")
+	v := next(t, rows, 5*time.Second)
+	if ce, ok := v["title"].(*CellError); !ok || !errors.Is(ce, ErrNoKey) {
+		t.Fatalf("%#v", v["title"])
+	}
+}
+
+// staticRing is a keyring that holds keysets but follows nothing.
+func staticRing(t *testing.T, keysets ...*Keyset) *Keyring {
+	t.Helper()
+	id, _ := GenerateIdentity()
+	nowhere := client.Options{URL: "http://127.0.0.1:1/v1/shape"}
+	r, err := NewKeyring(KeyringOptions{Stream: nowhere, Log: nowhere, Identity: id, Roots: testSigners, Floor: NewMemoryFloor(), KeyWait: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setKeys(r, keysets...)
+	return r
+}
+
+// setKeys publishes a version of r that holds exactly keysets, as Run does
+// when it has decided.
+func setKeys(r *Keyring, keysets ...*Keyset) {
+	keys := map[string]*Keyset{}
+	for _, ks := range keysets {
+		keys[ks.Tenant()] = ks
+	}
+	old := r.state.Load()
+	r.state.Store(&ringState{keys: keys, ready: true, changed: make(chan struct{})})
+	close(old.changed)
+}
+
+func TestNewKeyringOptions(t *testing.T) {
+	id, _ := GenerateIdentity()
+	shape := client.Options{URL: "http://127.0.0.1:1/v1/shape"}
+	good := KeyringOptions{Stream: shape, Log: shape, Identity: id, Roots: testSigners, Floor: NewMemoryFloor()}
+	if _, err := NewKeyring(good); err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(o *KeyringOptions){
+		"no identity":  func(o *KeyringOptions) { o.Identity = nil },
+		"no roots":     func(o *KeyringOptions) { o.Roots = nil },
+		"no floor":     func(o *KeyringOptions) { o.Floor = nil },
+		"no key shape": func(o *KeyringOptions) { o.Stream.URL = "" },
+		"no log shape": func(o *KeyringOptions) { o.Log.URL = "" },
+		"bad log URL":  func(o *KeyringOptions) { o.Log.URL = "http://[::1" },
+	} {
+		o := good
+		change(&o)
+		if _, err := NewKeyring(o); err == nil {
+			t.Errorf("%s: NewKeyring succeeded", name)
+		}
+	}
+}
+
+// TestFileFloor: a floor is what keeps a restarted device from being
+// rolled back (the attacks are in TestKeyringRollback and TestKeyringFork);
+// here, the floor file itself.
+func TestFileFloor(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "floor.json")
+	f, err := OpenFileFloor(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := f.Mark("acme"); err != nil || m != (FloorMark{}) {
+		t.Fatalf("empty floor: %+v, %v", m, err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the file exists before the first raise: %v", err)
+	}
+	h5, h9 := sha256.Sum256([]byte("entry 5")), sha256.Sum256([]byte("entry 9"))
+	acme := FloorMark{Seq: 5, Head: h5, Generation: 3}
+	for _, m := range []FloorMark{
+		acme,
+		{Seq: 4, Generation: 9},                   // shorter: no change
+		{Seq: 5, Head: h5, Generation: 2},         // same entry, lower generation: no change
+		{Seq: 5, Head: h9, Generation: 3},         // not further: no change
+		{Seq: 0, Head: [32]byte{}, Generation: 0}, // nothing: no change
+	} {
+		if err := f.Raise("acme", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Raise("globex", FloorMark{Seq: 1, Head: h9, Generation: 1}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := OpenFileFloor(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := g.Mark("acme"); m != acme {
+		t.Fatalf("reopened floor: acme %+v, want %+v", m, acme)
+	}
+	if m, _ := g.Mark("globex"); m != (FloorMark{Seq: 1, Head: h9, Generation: 1}) {
+		t.Fatalf("reopened floor: globex %+v", m)
+	}
+	// Further: a longer log, or the same one with a newer generation.
+	for _, m := range []FloorMark{{Seq: 5, Head: h5, Generation: 4}, {Seq: 9, Head: h9, Generation: 4}} {
+		if err := g.Raise("acme", m); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := g.Mark("acme"); got != m {
+			t.Fatalf("after raising to %+v: %+v", m, got)
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("floor file mode %v, %v", fi.Mode(), err)
+	}
+
+	// Forget drops one tenant, in the file too.
+	if err := g.Forget("acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Forget("initech"); err != nil {
+		t.Fatal(err)
+	}
+	h, err := OpenFileFloor(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := h.Mark("acme"); m != (FloorMark{}) {
+		t.Fatalf("forgotten acme: %+v", m)
+	}
+	if m, _ := h.Mark("globex"); m.Seq != 1 {
+		t.Fatalf("globex after forgetting acme: %+v", m)
+	}
+
+	os.Chmod(path, 0o666)
+	if _, err := OpenFileFloor(path); !errors.Is(err, ErrInsecureFile) {
+		t.Fatalf("a floor file others can write: %v", err)
+	}
+	for name, content := range map[string]string{
+		"bad.json":  "not json",
+		"head.json": `{"acme": {"seq": 1, "head": "abcd", "generation": 1}}`,
+		"type.json": `{"acme": "three"}`,
+	} {
+		os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600)
+		if _, err := OpenFileFloor(filepath.Join(dir, name)); err == nil {
+			t.Errorf("%s: a malformed floor file was accepted", name)
+		}
+	}
+	// A floor file of an older shapeseal holds generations only.
+	old := filepath.Join(dir, "old.json")
+	os.WriteFile(old, []byte(`{"acme": 3}`), 0o600)
+	o, err := OpenFileFloor(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := o.Mark("acme"); m != (FloorMark{Generation: 3}) {
+		t.Fatalf("old floor file: %+v", m)
+	}
+}
+
+func TestMemoryFloor(t *testing.T) {
+	f := NewMemoryFloor()
+	h := sha256.Sum256([]byte("entry"))
+	f.Raise("acme", FloorMark{Seq: 3, Head: h, Generation: 2})
+	f.Raise("acme", FloorMark{Seq: 2, Generation: 5})
+	if m, _ := f.Mark("acme"); m != (FloorMark{Seq: 3, Head: h, Generation: 2}) {
+		t.Fatalf("%+v", m)
+	}
+	if m, _ := f.Mark("globex"); m != (FloorMark{}) {
+		t.Fatalf("%+v", m)
+	}
+}
+
+func TestKeyringWait(t *testing.T) {
+	acme, _ := NewKeyset("acme")
+	r := staticRing(t, acme)
+	ctx := context.Background()
+	if err := r.Ready(ctx); err != nil {
+		t.Fatalf("Ready of a published ring: %v", err)
+	}
+	if ks, err := r.Wait(ctx, "acme", func(ks *Keyset) bool { return ks != nil }); err != nil || ks != acme {
+		t.Fatalf("Wait for a held keyset: %v, %v", ks, err)
+	}
+	// A change wakes a waiter; the condition is checked again.
+	got := make(chan *Keyset, 1)
+	go func() {
+		ks, _ := r.Wait(ctx, "acme", func(ks *Keyset) bool { return ks != nil && ks.Generation() >= 2 })
+		got <- ks
+	}()
+	globex, _ := NewKeyset("globex")
+	setKeys(r, acme, globex) // not yet
+	acme2, _ := acme.Rotate()
+	setKeys(r, acme2)
+	if ks := <-got; ks != acme2 {
+		t.Fatalf("Wait returned %v, want generation 2", ks)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := r.Wait(cctx, "globex", func(ks *Keyset) bool { return ks != nil }); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait with a done context: %v", err)
+	}
+	r.Close()
+	if _, err := r.Wait(ctx, "globex", func(ks *Keyset) bool { return ks != nil }); !errors.Is(err, ErrKeyringClosed) {
+		t.Fatalf("Wait on a closed ring: %v", err)
+	}
+}
+
+// TestKeyringReady: Ready waits for both shapes, and fails on a ring that
+// is closed, or that cannot reach its shapes, once its context ends.
+func TestKeyringReady(t *testing.T) {
+	id, _ := GenerateIdentity()
+	nowhere := client.Options{URL: "http://127.0.0.1:1/v1/shape"}
+	r, err := NewKeyring(KeyringOptions{Stream: nowhere, Log: nowhere, Identity: id, Roots: testSigners, Floor: NewMemoryFloor()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := r.Ready(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Ready of a ring that never ran: %v", err)
+	}
+	r.Close()
+	if err := r.Ready(context.Background()); !errors.Is(err, ErrKeyringClosed) {
+		t.Fatalf("Ready of a closed ring: %v", err)
+	}
+}
+
+func TestDecrypterPerCellErrors(t *testing.T) {
+	acme, _ := NewKeyset("acme")
+	globex, _ := NewKeyset("globex")
+	dec, err := NewDecrypter(staticRing(t, acme, globex), ringSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seal := func(tenant *Keyset, id, title string) string {
+		row := map[string]any{"id": id, "tenant_id": tenant.Tenant(), "title": title}
+		if err := ringSpec.SealRow(tenant, row); err != nil {
+			t.Fatal(err)
+		}
+		return row["title"].(string)
+	}
+	good := seal(acme, "1", "hello")
+	tampered := []byte(good)
+	i := len(tampered) - 5 // in the GCM tag, not in the last (partial) base64 character
+	if tampered[i] == 'A' {
+		tampered[i] = 'B'
+	} else {
+		tampered[i] = 'A'
+	}
+	msg := func(op client.Operation, key string, v client.Row) *client.Message {
+		return &client.Message{Key: key, Value: v, Headers: client.Headers{Operation: op, Relation: []string{"public", "items"}}}
+	}
+	for _, tc := range []struct {
+		name string
+		row  client.Row
+		want any // plaintext, nil, or an error code
+	}{
+		{"ok", client.Row{"id": "1", "tenant_id": "acme", "title": good}, "hello"},
+		{"null", client.Row{"id": "1", "tenant_id": "acme", "title": nil}, nil},
+		{"tampered", client.Row{"id": "1", "tenant_id": "acme", "title": string(tampered)}, "auth"},
+		{"moved row", client.Row{"id": "2", "tenant_id": "acme", "title": good}, "auth"},
+		{"moved column", client.Row{"id": "1", "tenant_id": "acme", "body": good}, "auth"},
+		{"moved tenant", client.Row{"id": "1", "tenant_id": "globex", "title": good}, "no_key"},
+		{"unknown tenant", client.Row{"id": "1", "tenant_id": "initech", "title": good}, "no_key"},
+		{"plaintext", client.Row{"id": "1", "tenant_id": "acme", "title": "hello"}, "not_encrypted"},
+		{"garbage", client.Row{"id": "1", "tenant_id": "acme", "title": "ss1:!!"}, "malformed_cell"},
+		{"no tenant", client.Row{"id": "9", "title": good}, "invalid_context"},
+	} {
+		m := msg(client.Insert, `"public"."items"/"`+tc.name+`"`, tc.row)
+		if err := dec.Transform(m); err != nil {
+			t.Fatal(err)
+		}
+		col := "title"
+		if _, ok := tc.row["body"]; ok {
+			col = "body"
+		}
+		got := m.Value[col]
+		if ce, ok := got.(*CellError); ok {
+			if ce.Code() != tc.want {
+				t.Errorf("%s: %v (%s), want %v", tc.name, ce, ce.Code(), tc.want)
+			}
+			b, _ := json.Marshal(m)
+			if !strings.Contains(string(b), `"`+col+`":{"error":"`+ce.Code()+`","message":"keysync: open public.items.`+col) {
+				t.Errorf("%s: JSON %s", tc.name, b)
+			}
+			if len(CellErrors(m.Value)) != 1 {
+				t.Errorf("%s: CellErrors", tc.name)
+			}
+		} else if got != tc.want {
+			t.Errorf("%s: %#v, want %v", tc.name, got, tc.want)
+		}
+	}
+
+	// An update with replica=default omits the tenant column: the decrypter
+	// remembers it from the insert.
+	key := `"public"."items"/"1"`
+	dec.Transform(msg(client.Insert, key, client.Row{"id": "1", "tenant_id": "acme", "title": good}))
+	m := msg(client.Update, key, client.Row{"id": "1", "title": seal(acme, "1", "changed")})
+	dec.Transform(m)
+	if m.Value["title"] != "changed" {
+		t.Fatalf("update: %#v", m.Value["title"])
+	}
+	// After a delete it is forgotten.
+	dec.Transform(msg(client.Delete, key, client.Row{"id": "1"}))
+	m = msg(client.Update, key, client.Row{"id": "1", "title": good})
+	dec.Transform(m)
+	if ce, ok := m.Value["title"].(*CellError); !ok || !errors.Is(ce, ErrInvalidContext) {
+		t.Fatalf("update after delete: %#v", m.Value["title"])
+	}
+	// Tables without a spec pass through.
+	m = &client.Message{Key: "k", Value: client.Row{"title": "x"}, Headers: client.Headers{Operation: client.Insert, Relation: []string{"public", "other"}}}
+	dec.Transform(m)
+	if m.Value["title"] != "x" {
+		t.Fatal("other table changed")
+	}
+}
+
+// count409 counts the 409 responses of a transport.
+type count409 struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *count409) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusConflict {
+		c.mu.Lock()
+		c.n++
+		c.mu.Unlock()
+	}
+	return resp, err
+}
+
+func (c *count409) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// TestKeyringMustRefetch: each of the ring's shapes is invalidated in
+// turn; the ring refetches it, is rebuilt, keeps serving meanwhile, and
+// then still follows grants and revocations live.
+func TestKeyringMustRefetch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newTrustEnv(t)
+	acme := e.tenant("acme")
+	alice := e.device("alice", "phone")
+	e.grant("acme", "alice")
+
+	keyConflicts, logConflicts := &count409{}, &count409{}
+	errs := &rowErrors{}
+	opts := e.ringOptions("alice", "phone", alice, nil, errs)
+	opts.Stream.HTTPClient = &http.Client{Transport: keyConflicts}
+	opts.Log.HTTPClient = &http.Client{Transport: logConflicts}
+	opts.UserID, opts.DeviceID = "alice", "phone"
+	ring, _ := e.startRing(opts)
+	ks := ring.Keyset("acme")
+	holds(t, ring, "acme", acme)
+
+	// Readers open cells concurrently throughout, and note whether the
+	// ring ever stopped holding acme's keyset.
+	cc := CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{"1"}}
+	cell, _ := Seal(acme, cc, []byte("hi"))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var missing sync.Once
+	missed := false
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if ring.Keyset("acme") == nil {
+					missing.Do(func() { missed = true })
+				}
+				if pt, err := ring.Open(ctx, cc, cell); err != nil || string(pt) != "hi" {
+					t.Errorf("concurrent open: %q %v", pt, err)
+					return
+				}
+			}
+		})
+	}
+	stopReaders := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopReaders()
+
+	// The key shape is invalidated: the ring refetches it and is rebuilt
+	// (the rows are unwrapped again, so the keyset is a new one).
+	if n, _ := e.srv.Rotate(TenantKeysTable); n == 0 {
+		t.Fatal("no key shape rotated")
+	}
+	for deadline := time.Now().Add(10 * time.Second); keyConflicts.count() == 0 || ring.Keyset("acme") == ks; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no rebuild: %d conflicts", keyConflicts.count())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	holds(t, ring, "acme", acme)
+
+	// The log shape is invalidated: the ring refetches the log, verifies it
+	// again and publishes.
+	before := published(ring)
+	if n, _ := e.srv.Rotate(LogTable); n == 0 {
+		t.Fatal("no log shape rotated")
+	}
+	waitUntil(t, func() bool { return logConflicts.count() > 0 })
+	waitPublished(t, ring, before)
+	waitUntil(t, func() bool { return ring.Keyset("acme") != nil })
+	holds(t, ring, "acme", acme)
+	stopReaders()
+
+	// It still follows live: a grant, then a revocation.
+	globex := e.tenant("globex")
+	e.grant("globex", "alice")
+	holds(t, waitGenRing(t, ring, "globex", 1), "globex", globex)
+	if _, err := e.admin.Revoke(ctx, "acme", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	waitGen(t, ring, "acme", 0)
+	if ring.Tenants() != 1 {
+		t.Fatalf("%d tenants", ring.Tenants())
+	}
+	for _, re := range errs.all() {
+		if re.Tenant != "acme" || !errors.Is(re, ErrNotMember) {
+			t.Errorf("row error %v", re)
+		}
+	}
+	if missed {
+		t.Error("the ring held no keyset for acme while a shape was refetched (see TestKeyringRefetchKeepsServing)")
+	}
+}
