@@ -117,13 +117,19 @@ func revokedAt(st *chain.State) map[uint32]chain.Revocation {
 }
 
 // writtenAfter reports whether a row whose xmin is the 32-bit transaction
-// id xmin may have been written after a revocation point, the oldest
-// transaction (an xid8) running when the revocation was written: xmin is
-// that transaction or a later one. It compares modulo 2^32 as Postgres
-// does, which holds within 2^31 transactions. A frozen row (xmin below 3)
-// is older than any revocation.
-func writtenAfter(xmin uint32, point uint64) bool {
-	return xmin >= 3 && int32(xmin-uint32(point)) >= 0
+// id xmin was written after revocation r: by a transaction r's snapshot
+// did not see, one in progress then or one not yet started (r.XID or
+// later). It compares modulo 2^32 as Postgres does, which holds within
+// 2^31 transactions. A frozen row (xmin below 3) is older than any
+// revocation.
+func writtenAfter(xmin uint32, r chain.Revocation) bool {
+	if xmin < 3 {
+		return false
+	}
+	if int32(xmin-uint32(r.XID)) >= 0 {
+		return true
+	}
+	return slices.ContainsFunc(r.InProgress, func(x uint64) bool { return uint32(x) == xmin })
 }
 
 // Reencrypt rewrites the cells of spec's encrypted columns, in the rows of
@@ -212,7 +218,7 @@ func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, op
 				if id == ks.primaryID {
 					continue
 				}
-				if rev, ok := revoked[id]; ok && !opts.AcceptSuspect && writtenAfter(r.xmin, rev.XID) {
+				if rev, ok := revoked[id]; ok && !opts.AcceptSuspect && writtenAfter(r.xmin, rev) {
 					res.Suspect++
 					if len(res.Errors) < maxReencryptErrors {
 						res.Errors = append(res.Errors, &SuspectCellError{Table: spec.QualifiedTable(), Column: col, Tenant: tenant,

@@ -339,17 +339,26 @@ func (a *Admin) Revoke(ctx context.Context, tenant, user string) (*Keyset, error
 		if !st.IsMember(user) {
 			return detail(ErrNotMember, "user %q, tenant %q", user, tenant)
 		}
-		// The revocation point is the oldest transaction still running:
-		// a transaction that began before the revocation and commits a
-		// cell after it counts as after it.
-		var xid uint64
-		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric::int8`).Scan(&xid); err != nil {
+		// The revocation point is this transaction's snapshot: a row
+		// written by a transaction it does not see — one running now, or
+		// one that starts later — counts as written after the revocation.
+		var (
+			xmax int64
+			xip  []int64
+		)
+		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmax(s)::text::int8,
+			array(SELECT x::text::int8 FROM pg_snapshot_xip(s) x ORDER BY 1)
+			FROM pg_current_snapshot() s`).Scan(&xmax, &xip); err != nil {
 			return fmt.Errorf("keysync: revoke: %w", err)
+		}
+		point := chain.Op{Type: chain.OpRevocationPoint, XID: uint64(xmax)}
+		for _, x := range xip {
+			point.InProgress = append(point.InProgress, uint64(x))
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM shapeseal_tenant_keys WHERE tenant_id = $1 AND user_id = $2`, tenant, user); err != nil {
 			return fmt.Errorf("keysync: revoke: %w", err)
 		}
-		ops := []chain.Op{{Type: chain.OpMemberRemove, User: user}, {Type: chain.OpRevocationPoint, XID: xid}}
+		ops := []chain.Op{{Type: chain.OpMemberRemove, User: user}, point}
 		var err error
 		ks, err = a.rotateIn(ctx, tx, st, (*Keyset).Rotate, ops)
 		return err

@@ -27,7 +27,7 @@ const (
 	OpDeviceAdd       OpType = 5 // a member's Device, with its age Recipient, receives keys
 	OpDeviceRemove    OpType = 6 // Device no longer receives keys
 	OpKeyset          OpType = 7 // the tenant's current keyset is Keyset
-	OpRevocationPoint OpType = 8 // keys held until now are revoked as of database transaction XID
+	OpRevocationPoint OpType = 8 // keys held until now are revoked as of a database snapshot (XID, InProgress)
 )
 
 func (t OpType) String() string {
@@ -72,7 +72,13 @@ type Op struct {
 	Device    string    // device ops
 	Recipient string    // OpDeviceAdd
 	Keyset    KeysetRef // OpKeyset
-	XID       uint64    // OpRevocationPoint: a Postgres xid8
+	// OpRevocationPoint: the Postgres snapshot of the revoking transaction
+	// (xid8s): XID is its xmax, the first transaction not yet started, and
+	// InProgress the transactions running then, ascending. A row written
+	// by one of those, or by XID or a later one, was written after the
+	// revocation.
+	XID        uint64
+	InProgress []uint64
 }
 
 // An Entry is one signed link of a tenant's log. Entries are made with
@@ -166,7 +172,14 @@ func (op *Op) encode(b *enc) error {
 		b.raw(k.Commitment[:])
 		b.str(k.KEK)
 	case OpRevocationPoint:
+		if !validXIP(op.XID, op.InProgress) {
+			return bad("snapshot")
+		}
 		b.u64(op.XID)
+		b.u16(len(op.InProgress))
+		for _, x := range op.InProgress {
+			b.u64(x)
+		}
 	default:
 		return fmt.Errorf("chain: unknown op type %d", op.Type)
 	}
@@ -186,6 +199,20 @@ func validKeyIDs(ids []uint32, primary uint32) bool {
 	}
 	_, found := slices.BinarySearch(ids, primary)
 	return found
+}
+
+// validXIP accepts a snapshot's in-progress list: at most maxKeyIDs
+// transactions, strictly ascending, all before xmax.
+func validXIP(xmax uint64, xip []uint64) bool {
+	if len(xip) > maxKeyIDs {
+		return false
+	}
+	for i, x := range xip {
+		if x >= xmax || i > 0 && x <= xip[i-1] {
+			return false
+		}
+	}
+	return true
 }
 
 // Sign encodes e with s as its signer, signs it and returns the signed
@@ -286,6 +313,13 @@ func parseOp(d *dec) Op {
 		}
 	case OpRevocationPoint:
 		op.XID = d.u64("xid")
+		n := d.u16("in-progress count")
+		for i := 0; i < n && d.bad == ""; i++ {
+			op.InProgress = append(op.InProgress, d.u64("in-progress xid"))
+		}
+		if d.bad == "" && !validXIP(op.XID, op.InProgress) {
+			d.fail("snapshot")
+		}
 	default:
 		d.fail(fmt.Sprintf("unknown op type %d", op.Type))
 	}

@@ -39,15 +39,17 @@ type KeysetInfo struct {
 }
 
 // A Revocation is a revocation point of the log: the entry that removed a
-// member or device, the Postgres transaction (xid8) it was written in, and
-// the keys that were current until then. A cell sealed with one of those
-// keys in a row changed after that transaction was written by someone who
-// no longer held the keys legitimately — or by a writer that raced the
-// revocation.
+// member or device, the Postgres snapshot of the transaction it was
+// written in, and the keys that were current until then. A cell sealed
+// with one of those keys in a row written after that snapshot — by a
+// transaction in InProgress, or by XID (the snapshot's xmax) or a later
+// one — was written by someone who no longer held the keys legitimately,
+// or by a writer that raced the revocation.
 type Revocation struct {
-	Seq    uint64
-	XID    uint64
-	KeyIDs []uint32 // the key ids of the keyset current before the entry
+	Seq        uint64
+	XID        uint64
+	InProgress []uint64
+	KeyIDs     []uint32 // the key ids of the keyset current before the entry
 }
 
 // A Device is a member's device that receives the tenant's keys.
@@ -317,7 +319,7 @@ func (s *State) apply(e *Entry, op *Op) error {
 		if len(s.keysets) == 0 {
 			return invalid("no keyset to revoke")
 		}
-		s.revs = append(s.revs, Revocation{Seq: e.Seq, XID: op.XID, KeyIDs: slices.Clone(s.Keyset().KeyIDs)})
+		s.revs = append(s.revs, Revocation{Seq: e.Seq, XID: op.XID, InProgress: slices.Clone(op.InProgress), KeyIDs: slices.Clone(s.Keyset().KeyIDs)})
 	default:
 		return invalid("unknown")
 	}

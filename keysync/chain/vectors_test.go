@@ -51,9 +51,10 @@ type vecKeyset struct {
 }
 
 type vecRevocation struct {
-	Seq    uint64   `json:"seq"`
-	XID    uint64   `json:"xid"`
-	KeyIDs []uint32 `json:"key_ids"`
+	Seq        uint64   `json:"seq"`
+	XID        uint64   `json:"xid"`
+	InProgress []uint64 `json:"in_progress"`
+	KeyIDs     []uint32 `json:"key_ids"`
 }
 
 type vecLog struct {
@@ -193,7 +194,7 @@ func generateVectors(t *testing.T) []byte {
 		Op{Type: OpDeviceAdd, User: "alice", Device: "phone", Recipient: rcptC})
 	l.add(root2, Op{Type: OpAdminAdd, Key: admin2.Public()}, Op{Type: OpAdminRemove, Key: admin.Public()})
 	l.add(admin2, Op{Type: OpMemberRemove, User: "bob"}, Op{Type: OpDeviceRemove, User: "alice", Device: "phone"},
-		Op{Type: OpRevocationPoint, XID: 123456}, Op{Type: OpKeyset, Keyset: commit("acme", 2, 0x0badf00d, 0x7eadbeef)})
+		Op{Type: OpRevocationPoint, XID: 123456, InProgress: []uint64{123400, 123455}}, Op{Type: OpKeyset, Keyset: commit("acme", 2, 0x0badf00d, 0x7eadbeef)})
 	l.add(admin2, Op{Type: OpDeviceAdd, User: "alice", Device: "laptop", Recipient: rcptB})
 	vl := vecLog{Name: "every operation", Tenant: "acme", Roots: pub(root, root2), Final: stateVector(l.state)}
 	for _, e := range l.entries {
@@ -243,6 +244,12 @@ func generateVectors(t *testing.T) []byte {
 	tampered[bytes.Index(tampered, []byte("mallory"))] = 'M'
 	invalid("tampered", tampered)
 	invalid("trailing byte", append(sign(Entry{Ops: member}, admin), 0))
+	invalid("in-progress list not ascending", func() []byte {
+		b := sign(Entry{Ops: []Op{{Type: OpRevocationPoint, XID: 0x0a0a0a0a0a0a0a0a, InProgress: []uint64{1, 0x0707070707070707}}}}, admin)
+		i := bytes.Index(b, []byte{7, 7, 7, 7, 7, 7, 7, 7})
+		copy(b[i:], []byte{0, 0, 0, 0, 0, 0, 0, 0})
+		return b
+	}())
 	unknownOp := sign(Entry{Ops: []Op{{Type: OpRevocationPoint, XID: 0x0909090909090909}}}, admin)
 	unknownOp[bytes.Index(unknownOp, []byte{8, 9, 9, 9})] = 99
 	invalid("unknown operation", unknownOp)

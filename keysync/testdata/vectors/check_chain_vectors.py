@@ -157,7 +157,11 @@ def parse_op(r):
             raise ChainError("malformed")
         return (t, generation, primary, ids, commitment, kek)
     if t == REVOCATION_POINT:
-        return (t, r.u64())
+        xmax, n = r.u64(), r.u16()
+        xip = [r.u64() for _ in range(n)]
+        if n > MAX_KEY_IDS or any(x >= xmax for x in xip) or any(a >= b for a, b in zip(xip, xip[1:])):
+            raise ChainError("malformed")
+        return (t, xmax, xip)
     raise ChainError("malformed")
 
 
@@ -273,7 +277,8 @@ class State:
             if not self.keysets:
                 raise ChainError("invalid_op")
             self.revocations.append({
-                "seq": e["seq"], "xid": op[1], "key_ids": list(self.keysets[-1]["key_ids"]),
+                "seq": e["seq"], "xid": op[1], "in_progress": list(op[2]) or None,
+                "key_ids": list(self.keysets[-1]["key_ids"]),
             })
         else:  # parse_op admits no other type
             raise ChainError("malformed")
