@@ -37,12 +37,33 @@
 //   - offset=-1 starts an initial sync; the stream keeps requesting
 //     (offset, handle) until a response ends in up-to-date, then, when
 //     Options.Live is set, long-polls with live=true and the last cursor.
+//   - Every request carries log=full (or Params.Log), as the TypeScript
+//     client's do, so that both share cache entries.
 //   - A 409 answers "the shape changed": the stream emits a synthetic
 //     must-refetch message, resets to offset -1 with the handle the server
 //     named, and adds expired_handle and a one-shot cache-buster so that no
 //     cache returns the expired shape. A later response that still carries the
 //     expired handle is a stale cached response and is re-requested with a
-//     fresh cache-buster (at most three times).
+//     fresh cache-buster, three times. A fourth at offset -1 makes the stream
+//     forget that the handle expired (once per handle: Electric may have
+//     answered the 409 in a cleanup race, or a proxy drops the cache-buster)
+//     and ask once more without expired_handle; a response at offset -1 is a
+//     fresh start whatever its handle. Otherwise the fourth ends the stream
+//     with a [*StaleResponseError].
+//   - A 204 No Content (older servers, some proxies) means up to date:
+//     the stream delivers a synthetic up-to-date message and goes live,
+//     keeping its offset, handle and cursor.
+//   - A fast-loop guard stops a server or proxy that makes the stream
+//     re-request at once without progress (a 409 on every request, stale
+//     responses, responses that leave the offset unchanged, up-to-dates that
+//     repeat it). Five such requests within 500 ms are a fast loop: that
+//     one and each further one until progress is a detection, and delays
+//     the next request by 100 ms·2ⁿ after the n-th (jittered, capped at
+//     5 s); the fifth detection ends in a [*FastLoopError] (errors.Is
+//     [ErrFastLoop]), which goes to Options.OnError. Progress is an
+//     up-to-date the consumer can commit or a change at a new log position.
+//     A 409 on every request thus gets nine requests in 1.5–3 s, then the
+//     error.
 //   - Network errors, truncated bodies, 429, 5xx (and stray 3xx) are retried
 //     with full-jitter exponential backoff (1 s, ×2, capped at 32 s by
 //     default), honouring Retry-After. Other 4xx go to Options.OnError, which
@@ -95,6 +116,6 @@
 //
 // Errors are typed for errors.As: [*HTTPError] (status, body, headers, URL),
 // [*AuthError], [*MissingHeadersError], [*ParseError], [*StaleResponseError],
-// [*TransformError]. Query parameters named secret, api_secret, token and the
+// [*FastLoopError], [*TransformError]. Query parameters named secret, api_secret, token and the
 // like are redacted from URLs in errors and logs; tokens are never logged.
 package client

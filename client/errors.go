@@ -102,8 +102,9 @@ func (e *ValueError) Error() string {
 func (e *ValueError) Unwrap() error { return e.Err }
 
 // StaleResponseError is returned when responses keep carrying a shape handle
-// the server already declared expired (409), even with fresh cache-busters:
-// a cache in front of the server ignores part of the query string.
+// the server already declared expired (409), even with fresh cache-busters
+// (three retries) and after the stream forgot, once, that the handle had
+// expired: a cache in front of the server ignores part of the query string.
 type StaleResponseError struct {
 	Handle string
 	URL    string
@@ -112,6 +113,33 @@ type StaleResponseError struct {
 func (e *StaleResponseError) Error() string {
 	return fmt.Sprintf("client: %s keeps serving expired shape handle %q: a cache ignores the query string", e.URL, e.Handle)
 }
+
+// ErrFastLoop is the sentinel of a [*FastLoopError]: errors.Is(err,
+// ErrFastLoop) tells a stream stopped by the fast-loop guard.
+var ErrFastLoop = errors.New("client: requests loop without progress")
+
+// FastLoopError is returned when the server (or something in front of it)
+// keeps answering requests in a way that makes the stream re-request at
+// once without progress: a 409 on every request, responses with a handle
+// that was declared expired, responses that do not move the offset. The
+// stream backs off a few times first; see the package documentation. It
+// goes to Options.OnError, which may resume (with other params or headers).
+type FastLoopError struct {
+	URL      string        // the last request URL, secrets redacted
+	Offset   string        // its offset
+	What     string        // what answered it, e.g. "409 must-refetch"
+	Requests int           // requests without progress
+	Elapsed  time.Duration // since the first of them
+}
+
+func (e *FastLoopError) Error() string {
+	return fmt.Sprintf("client: %s: %d requests in %v without progress, the last answered by %s at offset %s "+
+		"(a proxy or CDN that ignores query parameters, caches or rewrites responses or strips electric-* headers, "+
+		"or a shape evicted as soon as it is created)",
+		e.URL, e.Requests, e.Elapsed.Round(time.Millisecond), e.What, e.Offset)
+}
+
+func (e *FastLoopError) Unwrap() error { return ErrFastLoop }
 
 // TransformError wraps an error returned by Options.Transform. The stream
 // stops: the message that failed was not delivered.

@@ -142,20 +142,65 @@ func TestStaleCachedResponseAfter409(t *testing.T) {
 	}
 }
 
+// Stale responses at offset -1: three retries with fresh cache-busters,
+// then one without expired_handle (self-healing), which accepts the handle.
+// When the same handle expires again and keeps coming back, the stream gives
+// up with a StaleResponseError.
 func TestStaleCachedResponseGivesUp(t *testing.T) {
-	resp := []fakeResp{
-		ok("h1", "0_0", "["+row1+"]"),
-		{status: 409, header: map[string]string{"electric-handle": "h2"}, body: `[{"headers":{"control":"must-refetch"}}]`},
+	refetch := fakeResp{status: 409, header: map[string]string{"electric-handle": "h2"}, body: `[{"headers":{"control":"must-refetch"}}]`}
+	resp := []fakeResp{ok("h1", "0_0", "["+row1+"]"), refetch}
+	for range 4 {
+		resp = append(resp, ok("h1", "0_0", "["+row1+"]")) // stale
 	}
-	for range 5 {
-		resp = append(resp, ok("h1", "0_0", "["+row1+"]"))
+	resp = append(resp, ok("h1", "0_0", "["+row1+"]"), ok("h1", "0_inf", "["+utd+"]"), refetch)
+	for range 4 {
+		resp = append(resp, ok("h1", "0_0", "["+row1+"]")) // stale again
 	}
-	_, u := startScripted(t, resp...)
-	s, _ := New(Options{URL: u, Backoff: fastBackoff()})
-	_, err := collect(t, s)
+	sc, u := startScripted(t, resp...)
+	s, _ := New(Options{URL: u, Backoff: fastBackoff(), Live: true})
+	ms, err := collect(t, s)
 	var se *StaleResponseError
 	if !errors.As(err, &se) || se.Handle != "h1" {
 		t.Fatalf("err = %v", err)
+	}
+	if got := keysOf(ms); got != "1R1UR" {
+		t.Errorf("messages %s, want 1R1UR", got)
+	}
+	reqs := sc.requests()
+	if len(reqs) != 13 {
+		t.Fatalf("%d requests, want 13", len(reqs))
+	}
+	for i, q := range reqs {
+		wantExpired := map[bool]string{true: "h1"}[i >= 2 && i <= 5 || i >= 9]
+		if q.Get("expired_handle") != wantExpired || q.Has("expired_handle") != (wantExpired != "") {
+			t.Errorf("request %d: expired_handle %q, want %q: %v", i, q.Get("expired_handle"), wantExpired, q)
+		}
+		if i >= 2 && i != 7 && i != 8 && q.Get("cache-buster") == "" {
+			t.Errorf("request %d without a cache-buster: %v", i, q)
+		}
+	}
+	if q := reqs[7]; q.Get("offset") != "0_0" || q.Get("handle") != "h1" {
+		t.Errorf("after self-healing: %v", q)
+	}
+}
+
+// Stale responses to a request at another offset than -1 are never
+// accepted: the stream gives up after three retries.
+func TestStaleResponseAtOffsetGivesUp(t *testing.T) {
+	resp := []fakeResp{
+		ok("h1", "0_0", "["+row1+"]"),
+		{status: 409, header: map[string]string{"electric-handle": "h2"}, body: `[{"headers":{"control":"must-refetch"}}]`},
+		ok("h2", "0_0", "["+row2+"]"),
+	}
+	for range 4 {
+		resp = append(resp, ok("h1", "3_0", "[]")) // a cache that ignores handle
+	}
+	sc, u := startScripted(t, resp...)
+	s, _ := New(Options{URL: u, Backoff: fastBackoff()})
+	ms, err := collect(t, s)
+	var se *StaleResponseError
+	if !errors.As(err, &se) || se.Handle != "h1" || keysOf(ms) != "1R2" || len(sc.requests()) != 7 {
+		t.Fatalf("err = %v, messages %s, %d requests", err, keysOf(ms), len(sc.requests()))
 	}
 }
 
@@ -185,14 +230,15 @@ func Test204Compatibility(t *testing.T) {
 	)
 	s, _ := New(Options{URL: u, Live: true})
 	var ms []Message
-	for range 4 {
+	for range 5 {
 		m, err := s.Next(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
 		ms = append(ms, m)
 	}
-	if got := keysOf(ms); got != "1U2U" {
+	// The 204 is delivered as an up-to-date.
+	if got := keysOf(ms); got != "1UU2U" {
 		t.Errorf("messages %s", got)
 	}
 	reqs := sc.requests()
@@ -375,8 +421,11 @@ func TestContextPerCall(t *testing.T) {
 }
 
 // A server (or cache) that keeps answering the same chunk without moving
-// the offset is not hammered forever.
+// the offset is not hammered forever: five such responses start a backoff
+// with a cache-buster before each further request, and the fifth detection
+// stops the stream.
 func TestFastLoopGuard(t *testing.T) {
+	t.Parallel()
 	var resp []fakeResp
 	resp = append(resp, ok("h", "0_0", "["+row1+"]"))
 	for range 40 {
@@ -384,16 +433,25 @@ func TestFastLoopGuard(t *testing.T) {
 	}
 	sc, u := startScripted(t, resp...)
 	s, _ := New(Options{URL: u, Backoff: fastBackoff()})
+	start := time.Now()
 	_, err := collect(t, s)
-	if err == nil || !strings.Contains(err.Error(), "without progress") {
+	var fe *FastLoopError
+	if !errors.As(err, &fe) || !errors.Is(err, ErrFastLoop) || fe.Offset != "0_0" || fe.Requests != 9 ||
+		!strings.Contains(err.Error(), "without progress") || !strings.Contains(fe.What, "offset unchanged") {
 		t.Fatalf("err = %v", err)
 	}
-	reqs := sc.requests()
-	if n := len(reqs); n != 26 {
-		t.Errorf("%d requests, want 26 (1 + 5 detections of 5)", n)
+	// 100–200, 200–400, 400–800, 800–1600 ms after detections 1–4.
+	if el := time.Since(start); el < 1500*time.Millisecond {
+		t.Errorf("stopped after %v, before the backoff of four detections", el)
 	}
-	if reqs[6].Get("cache-buster") == "" {
-		t.Errorf("no cache-buster after a detection: %v", reqs[6])
+	reqs := sc.requests()
+	if n := len(reqs); n != 10 {
+		t.Errorf("%d requests, want 10 (1 + 5 to detect + 4 more detections)", n)
+	}
+	for i := 6; i < len(reqs); i++ {
+		if reqs[i].Get("cache-buster") == "" || reqs[i].Get("cache-buster") == reqs[i-1].Get("cache-buster") {
+			t.Errorf("request %d after a detection without a fresh cache-buster: %v", i, reqs[i])
+		}
 	}
 }
 

@@ -212,6 +212,16 @@ func mustRefetchMessage(raw string) Message {
 	}
 }
 
+const upToDateJSON = `{"headers":{"control":"up-to-date"}}`
+
+// upToDateMessage is the up-to-date the stream synthesises for a 204.
+func upToDateMessage() Message {
+	return Message{
+		Headers: Headers{Control: UpToDate, raw: `{"control":"up-to-date"}`},
+		raw:     upToDateJSON,
+	}
+}
+
 // A transformSlot is where a stream's messages sit while Options.Transform
 // runs. The hook takes a *Message, and a pointer that a function value
 // receives escapes: passed &m, every message of a stream with a Transform

@@ -42,8 +42,9 @@ type Options struct {
 	Backoff Backoff
 
 	// OnError is called with an error the stream cannot handle by itself:
-	// a 4xx response (as *HTTPError), an *AuthError, a *ParseError, retries
-	// exhausted, a HeaderFunc or TokenSource error. Returning a non-nil
+	// a 4xx response (as *HTTPError), an *AuthError, a *ParseError, a
+	// *StaleResponseError, a *FastLoopError, retries exhausted, a
+	// HeaderFunc or TokenSource error. Returning a non-nil
 	// *Recovery resumes from the current offset and handle, after a backoff
 	// delay, with the recovery's params and headers; nothing is refetched.
 	// Returning nil stops the stream with err. A *MissingHeadersError or a
@@ -94,7 +95,7 @@ type Params struct {
 	Params  []string // values for $1..$n, sent as params[1]..params[n]
 	Columns []string // projection; every name is sent quoted, as the TS client does
 	Replica string   // "default" or "full"; "" leaves the server default
-	Log     string   // "full" or "changes_only"; "" leaves the server default
+	Log     string   // "full" or "changes_only"; "" sends log=full, the server default
 
 	// Extra holds further query parameters (source_id, custom proxy
 	// parameters). Names the protocol manages (offset, handle, live, cursor,

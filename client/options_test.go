@@ -56,10 +56,41 @@ func TestRequestURL(t *testing.T) {
 
 func TestRequestURLSorted(t *testing.T) {
 	s, _ := New(Options{URL: "http://h/v1/shape", Params: Params{Table: "foo", Where: "a=1", Columns: []string{"id"}}, Handle: "potato", Offset: "0_0"})
-	// The TypeScript client's test fixture, minus log=full which we only send when asked.
-	want := "http://h/v1/shape?columns=%22id%22&handle=potato&offset=0_0&table=foo&where=a%3D1"
+	// The TypeScript client's test fixture: log=full is always sent.
+	want := "http://h/v1/shape?columns=%22id%22&handle=potato&log=full&offset=0_0&table=foo&where=a%3D1"
 	if got := s.requestURL().String(); got != want {
 		t.Errorf("got %s\nwant %s", got, want)
+	}
+}
+
+// log=full is sent on every request unless the shape, the URL or Extra
+// name another log mode.
+func TestRequestURLLogMode(t *testing.T) {
+	for _, tt := range []struct {
+		url  string
+		p    Params
+		want string
+	}{
+		{"http://h/v1/shape", Params{Table: "t"}, "full"},
+		{"http://h/v1/shape", Params{Table: "t", Log: "changes_only"}, "changes_only"},
+		{"http://h/v1/shape", Params{Table: "t", Extra: url.Values{"log": {"changes_only"}}}, "changes_only"},
+		{"http://h/v1/shape?log=changes_only", Params{}, "changes_only"},
+	} {
+		s, err := New(Options{URL: tt.url, Params: tt.p, Live: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, step := range []func(){
+			func() {},
+			func() { s.offset, s.handle = "0_0", "h" },
+			func() { s.upToDate, s.cursor = true, "7" },
+			func() { s.mustRefetch("h2", nil) },
+		} {
+			step()
+			if q := s.requestURL().Query(); len(q["log"]) != 1 || q.Get("log") != tt.want {
+				t.Errorf("%s %+v: log=%q in %v, want %s", tt.url, tt.p, q["log"], q, tt.want)
+			}
+		}
 	}
 }
 

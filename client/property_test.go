@@ -67,15 +67,15 @@ func TestPropertyShapeEqualsTable(t *testing.T) {
 	ap.mu.Lock()
 	refused := ap.refused
 	ap.mu.Unlock()
-	t.Logf("across %d schedules: %d must-refetches, %d retries (5xx/429/cut bodies), %d 401s, %d tokens minted, %d recoveries",
-		n, stats.refetches.Load(), stats.retries.Load(), refused, ap.minted, stats.recoveries.Load())
+	t.Logf("across %d schedules: %d must-refetches, %d retries (5xx/429/cut bodies), %d 401s, %d tokens minted, %d recoveries, %d fast-loop backoffs",
+		n, stats.refetches.Load(), stats.retries.Load(), refused, ap.minted, stats.recoveries.Load(), stats.loops.Load())
 	if !testing.Short() && n >= 200 && (stats.refetches.Load() < 10 || stats.retries.Load() < 50 || refused < 10) {
 		t.Errorf("too few faults exercised")
 	}
 }
 
 var stats struct {
-	refetches, retries, recoveries atomic.Int64
+	refetches, retries, recoveries, loops atomic.Int64
 }
 
 // countingHandler counts the stream's retry warnings.
@@ -88,6 +88,8 @@ func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
 		stats.retries.Add(1)
 	case "shape stream recovering after error":
 		stats.recoveries.Add(1)
+	case "shape requests loop without progress; backing off":
+		stats.loops.Add(1)
 	}
 	return nil
 }

@@ -61,14 +61,15 @@ type ShapeStream struct {
 	inNext    atomic.Bool // Next is running
 
 	expiredHandle string // handle a 409 declared expired
+	healed        string // expired handle forgotten once (self-healing)
 	cacheBuster   string // one-shot cache-buster for the next request
 	staleRetries  int
 	refreshed     bool // the token was refreshed since the last success
 	recoveries    int  // OnError recoveries since the last success
 	retries       int  // retries since the last success
-	stuck         int  // responses in a row that did not move the offset
-	stuckSince    time.Time
-	loops         int // fast loops detected
+	loop          loopGuard
+	furthest      pos // furthest log position of a delivered change
+	hasFurthest   bool
 
 	tm transformSlot
 }
@@ -265,7 +266,9 @@ func (s *ShapeStream) Next(ctx context.Context) (Message, error) {
 				s.unwatch()
 				return Message{}, io.EOF
 			}
-			err = s.request(ctx)
+			if err = s.beforeRequest(ctx); err == nil {
+				err = s.request(ctx)
+			}
 		}
 		if err != nil {
 			if err := s.handleError(ctx, err); err != nil {
@@ -391,6 +394,7 @@ func (s *ShapeStream) handleError(ctx context.Context, err error) error {
 			}
 			s.refreshed = false
 			s.retries = 0
+			s.loop = loopGuard{}
 			s.log.Warn("shape stream recovering after error", "err", err, "recovery", s.recoveries)
 			wait := recoveryDelay(s.bo.cfg, s.recoveries)
 			return sleep(ctx, wait)
@@ -412,6 +416,24 @@ func recoveryDelay(cfg Backoff, n int) time.Duration {
 
 var errRetryNow = errors.New("retry now")
 
+// beforeRequest applies the fast-loop guard: it returns the armed
+// *FastLoopError, or waits out the delay of the last detection (which
+// survives a ctx that ends during the wait).
+func (s *ShapeStream) beforeRequest(ctx context.Context) error {
+	if err := s.loop.err; err != nil {
+		s.loop.err = nil
+		return err
+	}
+	if s.loop.until.IsZero() {
+		return nil
+	}
+	if err := sleep(ctx, time.Until(s.loop.until)); err != nil {
+		return err
+	}
+	s.loop.until = time.Time{}
+	return nil
+}
+
 func sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return ctx.Err()
@@ -430,6 +452,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 func (s *ShapeStream) requestURL() *url.URL {
 	q := s.base.Query()
 	s.params.encode(q)
+	if !q.Has("log") {
+		// The server default, sent as the TypeScript client does so that
+		// both share cache entries.
+		q.Set("log", "full")
+	}
 	s.mu.Lock()
 	offset, handle, cursor, upToDate := s.offset, s.handle, s.cursor, s.upToDate
 	s.mu.Unlock()
@@ -462,7 +489,9 @@ func newCacheBuster() string {
 // request performs one request and prepares its body for reading.
 func (s *ShapeStream) request(ctx context.Context) error {
 	u := s.requestURL()
-	live := u.Query().Get("live") == "true"
+	q := u.Query()
+	live := q.Get("live") == "true"
+	reqOffset := q.Get("offset")
 	redacted := redactURL(u)
 
 	hdr := s.header.Clone()
@@ -531,27 +560,12 @@ func (s *ShapeStream) request(ctx context.Context) error {
 	case resp.StatusCode == http.StatusNoContent:
 		resp.Body.Close()
 		cancel()
-		s.mu.Lock()
-		if h := resp.Header.Get("electric-handle"); h != "" {
-			s.handle = h
-		}
-		if o := resp.Header.Get("electric-offset"); o != "" {
-			s.offset = o
-		}
-		if c := resp.Header.Get("electric-cursor"); c != "" {
-			s.cursor = c
-		}
-		s.upToDate = true
-		s.mu.Unlock()
-		s.success()
-		if !s.opts.Live {
-			s.done = true
-		}
-		return nil
+		return s.noContent(resp.Header, reqOffset, redacted)
 	case resp.StatusCode == http.StatusConflict:
 		body := readErrorBody(resp)
 		cancel()
 		s.mustRefetch(resp.Header.Get("electric-handle"), body)
+		s.noProgress("409 must-refetch", redacted, reqOffset)
 		return nil
 	}
 
@@ -583,6 +597,44 @@ func (s *ShapeStream) request(ctx context.Context) error {
 	default:
 		return herr
 	}
+}
+
+// noContent handles a 204: older servers (and some proxies) answer so,
+// without a body, when there is nothing new. It means up to
+// date: the stream delivers a synthetic up-to-date message, so that a
+// consumer (a Shape) commits, and goes live. The offset, handle and cursor
+// are kept, or taken from the response's headers where it has them.
+func (s *ShapeStream) noContent(h http.Header, reqOffset, redacted string) error {
+	s.mu.Lock()
+	handle, offset, cursor, was := s.handle, s.offset, s.cursor, s.upToDate
+	if v := h.Get("electric-handle"); v != "" {
+		handle = v
+	}
+	if v := h.Get("electric-offset"); v != "" {
+		offset = v
+	}
+	if v := h.Get("electric-cursor"); v != "" {
+		cursor = v
+	}
+	if offset == "-1" || offset == "now" || handle == "" {
+		s.mu.Unlock()
+		// Nothing to be up to date with, and nothing to continue from:
+		// the server never answers an initial request so.
+		return &retryable{err: fmt.Errorf("client: 204 No Content from %s to a request at offset %s, without a handle and offset to continue from", redacted, reqOffset)}
+	}
+	s.handle, s.offset, s.cursor, s.upToDate = handle, offset, cursor, true
+	s.mu.Unlock()
+	s.success()
+	if !s.opts.Live {
+		s.done = true
+	}
+	s.queue = append(s.queue, upToDateMessage())
+	if !was || offset != reqOffset {
+		s.loop.progress()
+	} else {
+		s.noProgress("204 No Content", redacted, reqOffset)
+	}
+	return nil
 }
 
 func withTimeout(parent context.Context, cancelParent context.CancelFunc, d time.Duration) (context.Context, context.CancelFunc) {
@@ -622,16 +674,30 @@ func (s *ShapeStream) accept(resp *http.Response, u *url.URL, redacted string, l
 		return &MissingHeadersError{Missing: missing, URL: redacted}
 	}
 	handle := h.Get("electric-handle")
+	reqOffset := u.Query().Get("offset")
 	if s.expiredHandle != "" && handle == s.expiredHandle {
 		resp.Body.Close()
 		cancel()
 		s.staleRetries++
-		if s.staleRetries > maxStaleRetries {
+		if s.staleRetries <= maxStaleRetries {
+			s.log.Warn("stale cached response with an expired shape handle; retrying with a cache-buster",
+				"url", redacted, "handle", handle, "attempt", s.staleRetries)
+		} else if reqOffset == "-1" && s.healed != handle {
+			// Self-healing, as the TypeScript client does: the handle
+			// may not be expired at all (a 409 from Electric's cleanup
+			// race), or a proxy drops the cache-buster. Forget that it
+			// expired and ask once more without expired_handle. Only at
+			// offset -1, where any handle's response is a fresh start.
+			s.log.Warn("expired shape handle keeps coming back; retrying once without expired_handle",
+				"url", redacted, "handle", handle)
+			s.healed = handle
+			s.expiredHandle = ""
+			s.staleRetries = 0
+		} else {
 			return &StaleResponseError{Handle: handle, URL: redacted}
 		}
-		s.log.Warn("stale cached response with an expired shape handle; retrying with a cache-buster",
-			"url", redacted, "handle", handle)
 		s.cacheBuster = newCacheBuster()
+		s.noProgress("a response with expired handle "+handle, redacted, reqOffset)
 		return errRetryNow
 	}
 	if !live && s.schema == nil {
@@ -646,7 +712,6 @@ func (s *ShapeStream) accept(resp *http.Response, u *url.URL, redacted string, l
 		s.mu.Unlock()
 		s.dec.schema = schema
 	}
-	reqOffset := u.Query().Get("offset")
 	r := &response{
 		body:      resp.Body,
 		ar:        newArrayReader(resp.Body),
@@ -679,7 +744,10 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 		if err == io.EOF {
 			s.commit(r)
 			s.finish(r)
-			return Message{}, false, s.checkProgress(r)
+			if r.offset == r.reqOffset {
+				s.noProgress("a response without up-to-date that left the offset unchanged", r.url, r.reqOffset)
+			}
+			return Message{}, false, nil
 		}
 		if err != nil {
 			if _, ok := errors.AsType[*ParseError](err); ok {
@@ -693,10 +761,15 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 		}
 		if m.IsUpToDate() {
 			s.commit(r)
-			s.stuck, s.loops = 0, 0
 			s.mu.Lock()
+			was := s.upToDate
 			s.upToDate = true
 			s.mu.Unlock()
+			if !was || r.offset != r.reqOffset {
+				s.loop.progress()
+			} else {
+				s.noProgress("an up-to-date without new messages", r.url, r.reqOffset)
+			}
 			if !s.opts.Live {
 				s.done = true
 			}
@@ -715,6 +788,7 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 			// queued message is delivered by Next.
 			s.finish(r)
 			s.mustRefetch("", []byte("["+string(m.raw)+"]"))
+			s.noProgress("a must-refetch message", r.url, r.reqOffset)
 			return Message{}, false, nil
 		}
 		r.seen++
@@ -729,40 +803,16 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 		}
 		if p, ok := m.position(); ok {
 			r.skipPos, r.hasPos = p, true
+			if !s.hasFurthest || p.after(s.furthest) {
+				s.furthest, s.hasFurthest = p, true
+				s.loop.progress()
+			}
 		}
 		if m.IsChange() && s.opts.Transform != nil {
 			return s.transform(m)
 		}
 		return m, true, nil
 	}
-}
-
-// checkProgress guards against a fast loop: responses that end without
-// up-to-date and leave the offset where it was (a cache replaying one
-// chunk, a broken server). Five such responses within 500 ms are retried
-// after a backoff with a cache-buster; the fifth such detection stops the
-// stream.
-func (s *ShapeStream) checkProgress(r *response) error {
-	if r.offset != r.reqOffset {
-		s.stuck = 0
-		return nil
-	}
-	now := time.Now()
-	if s.stuck == 0 || now.Sub(s.stuckSince) > 500*time.Millisecond {
-		s.stuck, s.stuckSince = 0, now
-	}
-	s.stuck++
-	if s.stuck < 5 {
-		return nil
-	}
-	s.stuck = 0
-	s.loops++
-	err := fmt.Errorf("client: %s answers offset %s again and again without progress", r.url, r.reqOffset)
-	if s.loops >= 5 {
-		return err
-	}
-	s.cacheBuster = newCacheBuster()
-	return &retryable{err: err}
 }
 
 // transform applies Options.Transform to m.
@@ -823,7 +873,7 @@ func (s *ShapeStream) mustRefetch(newHandle string, body []byte) {
 	s.upToDate = false
 	s.mu.Unlock()
 	s.dec.schema = nil
-	if old != "" {
+	if old != "" && old != newHandle {
 		s.expiredHandle = old
 	}
 	s.cacheBuster = newCacheBuster()
