@@ -203,7 +203,7 @@ func TestCoalescedLargeBody(t *testing.T) {
 			k, err := io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if err == nil && (resp.StatusCode != 200 || k != size) {
-				err = &RequestError{Status: resp.StatusCode, Field: "body", Msg: "short body"}
+				err = &requestError{Status: resp.StatusCode, Field: "body", Msg: "short body"}
 			}
 			errs <- err
 		}()

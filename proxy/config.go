@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto"
 	"log/slog"
 	"net/http"
@@ -32,12 +33,56 @@ type Config struct {
 
 	// Transport makes upstream requests; nil clones http.DefaultTransport.
 	Transport http.RoundTripper
+
+	// Authorize, if set, is asked about every shape request once a rule
+	// has matched it and the rule's own checks (roles, claims, columns)
+	// have passed: each GET or HEAD of /v1/shapes/{name}, and each
+	// upstream request of a WebSocket subscription (the check at
+	// subscribe time counting as its first). An error refuses the request
+	// with 403 (an error frame with status 403 on a WebSocket, which ends
+	// the subscription); the client never sees the error's text, which
+	// goes to the audit line; so does a panic, which refuses the request
+	// too. It is called concurrently, before the request counts toward
+	// Limits.MaxLivePerUser, and must not modify its arguments.
+	Authorize func(ctx context.Context, id *Identity, req *Request) error
+
+	// MetricsListen, if set, moves GET /metrics off the proxy's routes,
+	// where anyone who reaches the proxy could read it: [Proxy.Serve]
+	// serves it on a listener of its own at this address (such as
+	// "127.0.0.1:9090"), and [Proxy.MetricsHandler] wherever it is
+	// mounted. Empty serves it with the other routes.
+	MetricsListen string
+}
+
+// Request is a shape request that a rule has matched, as [Config.Authorize]
+// sees it: what the proxy is about to ask Electric for on behalf of the
+// token's identity.
+type Request struct {
+	// Shape is the rule's name. Table, Where and Params are what the rule
+	// resolved for the token: the table, the where clause ("" for none)
+	// and the values of its $1..$n.
+	Shape  string
+	Table  string
+	Where  string
+	Params []string
+	// Columns is the projection (rule's allowlist, or the client's
+	// narrower choice), unquoted; nil for every column.
+	Columns []string
+	// Live is true for a live poll: an HTTP request with live=true, or a
+	// WebSocket subscription past its first up-to-date.
+	Live bool
+	// WebSocket is true for a subscription of GET /v1/ws; HTTP is then
+	// the upgrade request, else the shape request itself.
+	WebSocket bool
+	HTTP      *http.Request
 }
 
 // AuthConfig configures JWT verification (compact JWS in
 // "Authorization: Bearer"). A key's type decides which algorithms it
-// verifies: HMACKeys only HS*, RSA keys RS*/PS*, ECDSA keys ES* of their
-// curve, Ed25519 keys EdDSA. "none" is never accepted.
+// verifies: HMACKeys only HS* (HS384 and HS512 only with secrets of at
+// least 48 and 64 bytes, RFC 7518 §3.2), RSA keys RS*/PS*, ECDSA keys ES*
+// of their curve, Ed25519 keys EdDSA (or Ed25519). "none" is never
+// accepted.
 type AuthConfig struct {
 	// Algorithms is the allowlist of JWS "alg" values, e.g. ["RS256"].
 	// Required.
@@ -47,9 +92,13 @@ type AuthConfig struct {
 	PublicKeys []PublicKey
 
 	// JWKSURL, if set, is fetched (with JWKSTimeout, default 5 s) on first
-	// use and after JWKSMaxAge (default 1 h); a token with an unknown kid
-	// triggers a refetch at most once per JWKSMinRefreshInterval
-	// (default 30 s). HTTPClient fetches it (nil: http.DefaultClient).
+	// use and after JWKSMaxAge (default 1 h: the keys at hand serve while
+	// it is refetched); a token with an unknown kid triggers a refetch at
+	// most once per JWKSMinRefreshInterval (default 30 s). One fetch runs
+	// at a time, and tokens with known keys never wait for it.
+	// HTTPClient fetches it (nil: http.DefaultClient). Keys with a "use"
+	// other than "sig", private and symmetric keys are ignored; a key
+	// with an "alg" verifies that algorithm only.
 	JWKSURL                string
 	JWKSTimeout            time.Duration
 	JWKSMaxAge             time.Duration
@@ -80,8 +129,10 @@ func (a AuthConfig) claim(set, def string) string {
 	return def
 }
 
-// HMACKey is a shared secret for HS256/HS384/HS512 (at least 32 bytes).
-// ID, if set, must equal the token's "kid" when it has one.
+// HMACKey is a shared secret for HS256/HS384/HS512: at least 32 bytes,
+// and as long as the hash of the algorithms it verifies (HS384: 48,
+// HS512: 64); New refuses a secret too short for every allowed HS
+// algorithm. ID, if set, must equal the token's "kid" when it has one.
 type HMACKey struct {
 	ID     string
 	Secret []byte
@@ -101,7 +152,9 @@ const (
 	KindTable = "table"
 	// KindTenantKeys serves shapeseal_tenant_keys filtered to the token's
 	// user (user_id = $1) and, when the token names a device, to that
-	// device (AND device_id = $2). Table, Where and Params must be empty.
+	// device (AND device_id = $2). A device claim that is present but not
+	// a non-empty string is refused (403), never read as "every device".
+	// Table, Where and Params must be empty.
 	KindTenantKeys = "tenant_keys"
 )
 
@@ -155,7 +208,9 @@ type Limits struct {
 	// (default 20/s, burst 100).
 	RequestsPerSecond float64
 	Burst             int
-	// MaxLivePerUser bounds a user's concurrent live requests (default 32).
+	// MaxLivePerUser bounds a user's concurrent live requests (default
+	// 32): live HTTP polls, WebSocket connections, and each live
+	// subscription of a WebSocket.
 	MaxLivePerUser int
 	// UpstreamTimeout bounds an upstream request (default 5 min; live
 	// polls take 20 s, SSE 60 s).

@@ -9,10 +9,10 @@
 // a prefix with http.StripPrefix. Relative to the mount point it serves:
 //
 //	GET|HEAD /v1/shapes/{name}?offset=…  the shape rule called name
-//	OPTIONS  /v1/shapes/{name}           CORS preflight (allows Authorization)
+//	OPTIONS  /v1/shapes/{name}           CORS preflight (allows Authorization; alike for every name)
 //	GET      /v1/ws                       a WebSocket carrying many shapes (below)
-//	GET      /healthz                     200 when the upstream /v1/health is 200
-//	GET      /metrics                     Prometheus text format
+//	GET      /healthz                     200 when the upstream /v1/health is 200 (checked at most once a second)
+//	GET      /metrics                     Prometheus text format (elsewhere with Config.MetricsListen)
 //
 // A shape URL is used by the Go client (client.Options.URL) or the
 // TypeScript client exactly as Electric's /v1/shape would be, with no
@@ -36,19 +36,30 @@
 // # Authentication
 //
 // "Authorization: Bearer <JWS>" is verified with the configured HMAC
-// secrets, RSA/ECDSA/Ed25519 public keys or a JWKS URL (see [AuthConfig]),
-// with the standard library only. The key's type decides the algorithm
-// family, so a public key can never be used as an HMAC secret, and only
-// algorithms in AuthConfig.Algorithms are accepted ("none" never is). exp
-// is required; exp, nbf and iat are checked with AuthConfig.Leeway;
-// issuer and audience when configured. An invalid token gets 401 with
-// WWW-Authenticate: Bearer error="invalid_token" and a short
-// error_description; a missing one gets 401 with WWW-Authenticate: Bearer
-// realm="shapeseal" (RFC 6750 §3.1). The token is never echoed or logged. A
-// valid token without a role the rule requires, or without a claim the
-// rule's where needs, gets 403. Verified tokens are remembered (by SHA-256)
-// for up to a minute, never past their exp, so a key removed from a JWKS
-// stops being accepted within a minute.
+// secrets, RSA/ECDSA/Ed25519 public keys or a JWKS URL (see [AuthConfig]);
+// go-jose (github.com/go-jose/go-jose/v4) parses the JWS and JWKs and
+// checks signatures. The key's type decides the algorithm family, so a
+// public key can never be used as an HMAC secret, and only algorithms in
+// AuthConfig.Algorithms are accepted ("none" never is). exp is required;
+// exp, nbf and iat are checked with AuthConfig.Leeway; issuer and audience
+// when configured. An invalid token gets 401 with WWW-Authenticate: Bearer
+// error="invalid_token" and a short error_description; a missing one gets
+// 401 with WWW-Authenticate: Bearer realm="shapeseal" (RFC 6750 §3.1). The
+// token is never echoed or logged. A valid token without a role the rule
+// requires, or without a claim the rule's where needs, gets 403. Verified
+// tokens are remembered (by SHA-256) for up to a minute, never past their
+// exp, so a key removed from a JWKS stops being accepted within a minute
+// of the JWKS being refetched.
+//
+// A token is accepted only in its canonical form, so that one signed token
+// has one string (one key in that cache, or in a deny list): "Bearer", one
+// or more spaces and the token, nothing trimmed from it (a WebSocket's auth
+// message carries it alone); three segments of unpadded base64url without
+// set unused bits, line breaks or other characters; an ECDSA signature with
+// its low s (s ≤ n/2, as (r, n−s) would verify too); a header and claims
+// that are each exactly one JSON object in UTF-8, with no key twice and
+// nothing after it; no "crit" or "b64" header. Anything else is
+// "malformed".
 //
 // # Rules
 //
@@ -59,15 +70,28 @@
 // allowed columns, the replica mode and the cache mode. The
 // [KindTenantKeys] rule serves shapeseal_tenant_keys with
 // "user_id = $1" (and "AND device_id = $2" when the token has a device
-// claim), so a user only ever receives their own wrapped keys.
+// claim), so a user only ever receives their own wrapped keys. A device
+// claim that is empty or not a string gets 403 on such a rule: it never
+// falls back to every device's keys.
+//
+// # Authorization hook
+//
+// [Config.Authorize], if set, is called for every request a rule has
+// matched (after the rule's roles, claims and columns are checked), with
+// the token's [Identity] and the resolved [Request]: table, where, params
+// and columns as they will be sent upstream. An error refuses the request
+// with 403 and a body that says only "Forbidden"; the error goes to the
+// audit line. On a WebSocket it is asked at subscribe and before each
+// upstream request of the subscription.
 //
 // # Responses
 //
 // Bodies are streamed with a flush after every read, so live responses
 // and SSE events are not held back; a client that goes away cancels the
 // upstream request. Electric's headers (electric-*, etag, cache-control,
-// retry-after, content-type) are forwarded without hop-by-hop headers;
-// Vary: Authorization is added. Shapes that depend on the token (claim
+// retry-after, content-type) are forwarded without hop-by-hop headers and
+// without those naming the servers behind the proxy (electric-server,
+// server, via, x-powered-by); Vary: Authorization is added. Shapes that depend on the token (claim
 // parameters, required roles, tenant_keys) have cache-control rewritten from public to
 // private (s-maxage dropped, surrogate-control: no-store), so no shared
 // cache serves one user's rows to another. A 409 passes through with its
@@ -115,9 +139,10 @@
 //
 // verified like an Authorization header; the connection then counts as one
 // of the user's concurrent live requests (Limits.MaxLivePerUser; beyond it
-// the connection is closed with 1013), and every subscribe and refresh
-// takes a token from the user's request-rate bucket (else a 429 error
-// frame). Until the auth message arrives nothing else is
+// the connection is closed with 1013), and so does each of its live
+// subscriptions while it lasts (beyond the limit, the subscribe gets a
+// 429 error frame); every subscribe and refresh takes a token from the
+// user's request-rate bucket (else a 429 error frame). Until the auth message arrives nothing else is
 // accepted; a connection that sends anything else first, an invalid token,
 // or nothing within 10 s is closed with 1008 (policy violation). The server
 // answers {"type":"auth_ok","exp":<unix seconds>}. A later auth message
@@ -154,7 +179,7 @@
 // processed. After must_refetch the subscription restarts from offset -1
 // with the new handle: discard what it delivered before. An error frame
 // ends the subscription (400, 403, 404 for the request; 429 for the rate
-// limit; 502 when the upstream refuses the proxy); upstream outages are
+// or live limit; 502 when the upstream refuses the proxy); upstream outages are
 // retried with backoff and are not reported. done follows the first
 // up-to-date of a non-live subscription, and an unsubscribe.
 //
@@ -172,7 +197,7 @@
 //
 // # Configuration file
 //
-// [LoadConfig] reads the same settings from YAML (see [FileConfig]), with
+// [LoadConfig] reads the same settings from YAML, with
 // secrets from the environment: ELECTRIC_URL, ELECTRIC_SECRET, JWT_SECRET,
 // JWT_PUBLIC_KEY, JWKS_URL, or per-key secret_env names.
 // testdata/example.yaml is a commented sample. `shapeseal proxy --config
@@ -189,9 +214,14 @@
 //
 // # Metrics
 //
-// GET /metrics writes the Prometheus text format. Label values are shape
-// rule names, status and close codes and the fixed reasons below, never
-// anything a client chose, so the series stay few.
+// GET /metrics writes the Prometheus text format, next to the shapes or,
+// with [Config.MetricsListen], only on a listener of its own
+// ([Proxy.Serve]) or wherever [Proxy.MetricsHandler] is mounted. Label
+// values are shape rule names, status and close codes and the fixed
+// reasons below, never anything a client chose, so the series stay few. A
+// request is labelled with its shape only once its token is verified:
+// anonymous requests (401s, preflights) count under "-", so the page never
+// tells which shape names exist.
 //
 // HTTP (a WebSocket upgrade counts here too, as one request with status
 // 101 lasting as long as its connection):

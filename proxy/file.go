@@ -13,11 +13,25 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// FileConfig is the YAML form of Config, read by LoadConfig:
+// fileConfig is the YAML form of Config (documented on LoadConfig).
+type fileConfig struct {
+	Upstream       string      `yaml:"upstream"`
+	Secret         string      `yaml:"secret"`
+	AllowedOrigins []string    `yaml:"allowed_origins"`
+	MetricsListen  string      `yaml:"metrics_listen"`
+	Auth           fileAuth    `yaml:"auth"`
+	Shapes         []fileShape `yaml:"shapes"`
+	Limits         fileLimits  `yaml:"limits"`
+}
+
+// LoadConfig reads a YAML config file and the environment (getenv; nil
+// means os.Getenv). The Config it returns still needs a Logger (and any
+// Authorize hook), and goes to New. The file reads:
 //
 //	upstream: http://electric:3000        # or $ELECTRIC_URL
 //	# secret comes from $ELECTRIC_SECRET
 //	allowed_origins: [https://app.example]
+//	metrics_listen: 127.0.0.1:9090        # /metrics apart from the proxy (Config.MetricsListen)
 //	auth:
 //	  algorithms: [RS256, ES256]
 //	  jwks_url: https://idp.example/.well-known/jwks.json
@@ -38,13 +52,13 @@ import (
 // JWT_SECRET adds an HMAC key (unless a hmac_keys entry already reads it
 // with secret_env), JWT_PUBLIC_KEY a PEM public key and
 // JWKS_URL sets jwks_url.
-type FileConfig struct {
-	Upstream       string      `yaml:"upstream"`
-	Secret         string      `yaml:"secret"`
-	AllowedOrigins []string    `yaml:"allowed_origins"`
-	Auth           fileAuth    `yaml:"auth"`
-	Shapes         []fileShape `yaml:"shapes"`
-	Limits         fileLimits  `yaml:"limits"`
+func LoadConfig(path string, getenv func(string) string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, err
+	}
+	defer f.Close()
+	return ParseConfig(f, getenv)
 }
 
 type fileAuth struct {
@@ -105,30 +119,18 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// LoadConfig reads a YAML config file (see FileConfig) and the
-// environment (getenv; nil means os.Getenv). The Config it returns still
-// needs a Logger, and goes to New.
-func LoadConfig(path string, getenv func(string) string) (Config, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return Config{}, err
-	}
-	defer f.Close()
-	return ParseConfig(f, getenv)
-}
-
 // ParseConfig is LoadConfig from a reader.
 func ParseConfig(r io.Reader, getenv func(string) string) (Config, error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
-	var fc FileConfig
+	var fc fileConfig
 	dec := yaml.NewDecoder(r)
 	dec.KnownFields(true)
 	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
 		return Config{}, fmt.Errorf("proxy config: %w", err)
 	}
-	cfg := Config{Upstream: fc.Upstream, Secret: fc.Secret, AllowedOrigins: fc.AllowedOrigins}
+	cfg := Config{Upstream: fc.Upstream, Secret: fc.Secret, AllowedOrigins: fc.AllowedOrigins, MetricsListen: fc.MetricsListen}
 	if v := getenv("ELECTRIC_URL"); v != "" {
 		cfg.Upstream = v
 	}

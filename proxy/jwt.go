@@ -3,25 +3,25 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/hmac"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"math/big"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // Supported JWS algorithms. "none" is never accepted.
@@ -37,94 +37,74 @@ var supportedAlgs = map[string]bool{
 // algorithms it verifies, so an RSA public key can never act as an HMAC
 // secret (no algorithm confusion).
 type verifyKey struct {
-	id     string
-	secret []byte           // HMAC
-	pub    crypto.PublicKey // *rsa.PublicKey, *ecdsa.PublicKey, ed25519.PublicKey
+	id  string
+	alg string // a JWK's "alg": then it verifies that algorithm only
+	key any    // []byte (HMAC), *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey
 }
 
-// algAllowed reports whether the key type supports alg.
+// hashBits is the digest size of alg ("HS384" → 384).
+func hashBits(alg string) int {
+	n, _ := strconv.Atoi(alg[2:])
+	return n
+}
+
+// algAllowed reports whether the key verifies alg.
 func (k *verifyKey) algAllowed(alg string) bool {
-	switch pk := k.pub.(type) {
-	case nil:
-		return k.secret != nil && strings.HasPrefix(alg, "HS")
+	if k.alg != "" && k.alg != alg {
+		return false
+	}
+	switch pk := k.key.(type) {
+	case []byte:
+		// RFC 7518 §3.2: a key at least as long as the hash output.
+		return strings.HasPrefix(alg, "HS") && len(pk)*8 >= hashBits(alg)
 	case *rsa.PublicKey:
 		return strings.HasPrefix(alg, "RS") || strings.HasPrefix(alg, "PS")
 	case *ecdsa.PublicKey:
-		switch pk.Curve {
-		case elliptic.P256():
-			return alg == "ES256"
-		case elliptic.P384():
-			return alg == "ES384"
-		case elliptic.P521():
-			return alg == "ES512"
-		}
+		return ecCurve(alg) == pk.Curve
 	case ed25519.PublicKey:
 		return alg == "EdDSA" || alg == "Ed25519"
 	}
 	return false
 }
 
-func hashFor(alg string) (crypto.Hash, func() hash.Hash) {
-	switch alg[2:] {
-	case "256":
-		return crypto.SHA256, sha256.New
-	case "384":
-		return crypto.SHA384, sha512.New384
-	case "512":
-		return crypto.SHA512, sha512.New
+// joseKey is the key as go-jose takes it to verify alg.
+func (k *verifyKey) joseKey(alg string) any {
+	if pk, ok := k.key.(ed25519.PublicKey); ok && alg == "Ed25519" {
+		return ed25519Alias(pk)
 	}
-	return 0, nil
+	return k.key
 }
 
-// verify checks sig over signed with the key and alg (which algAllowed
-// has accepted).
-func (k *verifyKey) verify(alg string, signed, sig []byte) bool {
-	if alg == "EdDSA" || alg == "Ed25519" {
-		pk, ok := k.pub.(ed25519.PublicKey)
-		return ok && len(pk) == ed25519.PublicKeySize && ed25519.Verify(pk, signed, sig)
+// ed25519Alias verifies RFC 9864's "Ed25519", the fully specified name of
+// what go-jose knows only as "EdDSA".
+type ed25519Alias ed25519.PublicKey
+
+func (k ed25519Alias) VerifyPayload(payload, sig []byte, alg jose.SignatureAlgorithm) error {
+	if alg != "Ed25519" || !ed25519.Verify(ed25519.PublicKey(k), payload, sig) {
+		return errSignature
 	}
-	h, newHash := hashFor(alg)
-	if newHash == nil {
-		return false
-	}
-	switch alg[:2] {
-	case "HS":
-		m := hmac.New(newHash, k.secret)
-		m.Write(signed)
-		return hmac.Equal(m.Sum(nil), sig) // constant time
-	case "RS", "PS":
-		pk, ok := k.pub.(*rsa.PublicKey)
-		if !ok {
-			return false
-		}
-		d := newHash()
-		d.Write(signed)
-		if alg[0] == 'R' {
-			return rsa.VerifyPKCS1v15(pk, h, d.Sum(nil), sig) == nil
-		}
-		return rsa.VerifyPSS(pk, h, d.Sum(nil), sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) == nil
-	case "ES":
-		pk, ok := k.pub.(*ecdsa.PublicKey)
-		if !ok {
-			return false
-		}
-		size := (pk.Curve.Params().BitSize + 7) / 8
-		if len(sig) != 2*size {
-			return false
-		}
-		d := newHash()
-		d.Write(signed)
-		r := new(big.Int).SetBytes(sig[:size])
-		s := new(big.Int).SetBytes(sig[size:])
-		return ecdsa.Verify(pk, d.Sum(nil), r, s)
-	}
-	return false
+	return nil
 }
 
-// Claims are the verified claims of a token.
+// ecCurve is the curve of an ES* algorithm, or nil.
+func ecCurve(alg string) elliptic.Curve {
+	switch alg {
+	case "ES256":
+		return elliptic.P256()
+	case "ES384":
+		return elliptic.P384()
+	case "ES512":
+		return elliptic.P521()
+	}
+	return nil
+}
+
+// Claims are the verified claims of a token: JSON values, with numbers as
+// json.Number.
 type Claims map[string]any
 
-// Identity is what the proxy learnt from a verified token.
+// Identity is what the proxy learnt from a verified token. The proxy
+// shares it between the requests of a token: read it, never modify it.
 type Identity struct {
 	UserID   string
 	DeviceID string
@@ -135,15 +115,17 @@ type Identity struct {
 
 // verifier checks tokens against AuthConfig.
 type verifier struct {
-	cfg    AuthConfig
-	algs   map[string]bool
-	static []*verifyKey
-	jwks   *jwksCache
-	now    func() time.Time
+	cfg      AuthConfig
+	algs     map[string]bool
+	joseAlgs []jose.SignatureAlgorithm
+	static   []*verifyKey
+	jwks     *jwksCache
+	now      func() time.Time // the clock of exp, nbf, iat, the cache and JWKS ages
 
 	// cache holds recently verified tokens by their SHA-256, so that a
 	// client's polls do not each pay for a signature check. An entry
-	// lives at most verifiedTTL and never past the token's exp.
+	// lives at most verifiedTTL and never past the token's exp. Only
+	// canonical tokens get here, so a token has one key.
 	cacheMu sync.Mutex
 	cache   map[[32]byte]cachedIdentity
 }
@@ -157,6 +139,7 @@ type cachedIdentity struct {
 const (
 	verifiedTTL     = time.Minute
 	verifiedEntries = 10000
+	maxTokenLen     = 16 << 10
 )
 
 func newVerifier(cfg AuthConfig) (*verifier, error) {
@@ -164,17 +147,27 @@ func newVerifier(cfg AuthConfig) (*verifier, error) {
 	if len(cfg.Algorithms) == 0 {
 		return nil, errors.New("proxy: Auth.Algorithms must list the accepted JWS algorithms")
 	}
+	hsBits := 0 // the shortest hash of the allowed HS algorithms
 	for _, a := range cfg.Algorithms {
 		if !supportedAlgs[a] {
 			return nil, fmt.Errorf("proxy: unsupported JWS algorithm %q", a)
 		}
-		v.algs[a] = true
+		if !v.algs[a] {
+			v.algs[a] = true
+			v.joseAlgs = append(v.joseAlgs, jose.SignatureAlgorithm(a))
+		}
+		if strings.HasPrefix(a, "HS") && (hsBits == 0 || hashBits(a) < hsBits) {
+			hsBits = hashBits(a)
+		}
 	}
 	for i, s := range cfg.HMACKeys {
 		if len(s.Secret) < 32 {
 			return nil, fmt.Errorf("proxy: Auth.HMACKeys[%d]: a secret needs at least 32 bytes", i)
 		}
-		v.static = append(v.static, &verifyKey{id: s.ID, secret: bytes.Clone(s.Secret)})
+		if hsBits > 0 && len(s.Secret)*8 < hsBits {
+			return nil, fmt.Errorf("proxy: Auth.HMACKeys[%d]: HS%d needs a secret of at least %d bytes", i, hsBits, hsBits/8)
+		}
+		v.static = append(v.static, &verifyKey{id: s.ID, key: bytes.Clone(s.Secret)})
 	}
 	for i, p := range cfg.PublicKeys {
 		switch k := p.Key.(type) {
@@ -193,10 +186,10 @@ func newVerifier(cfg AuthConfig) (*verifier, error) {
 		default:
 			return nil, fmt.Errorf("proxy: Auth.PublicKeys[%d]: unsupported key type %T", i, p.Key)
 		}
-		v.static = append(v.static, &verifyKey{id: p.ID, pub: p.Key})
+		v.static = append(v.static, &verifyKey{id: p.ID, key: p.Key})
 	}
 	if cfg.JWKSURL != "" {
-		v.jwks = newJWKSCache(cfg)
+		v.jwks = newJWKSCache(cfg, func() time.Time { return v.now() })
 	}
 	if len(v.static) == 0 && v.jwks == nil {
 		return nil, errors.New("proxy: Auth needs HMACKeys, PublicKeys or a JWKSURL")
@@ -204,28 +197,28 @@ func newVerifier(cfg AuthConfig) (*verifier, error) {
 	return v, nil
 }
 
-// Token errors. Every error Verify returns wraps ErrInvalidToken.
+// Token errors. Every error Verify returns wraps errInvalidToken; their
+// text (after "invalid token: ") is the error_description of the 401.
 var (
-	ErrInvalidToken = errors.New("invalid token")
-	ErrNoToken      = fmt.Errorf("%w: no bearer token", ErrInvalidToken)
-	ErrMalformed    = fmt.Errorf("%w: malformed", ErrInvalidToken)
-	ErrAlgorithm    = fmt.Errorf("%w: algorithm not allowed", ErrInvalidToken)
-	ErrUnknownKey   = fmt.Errorf("%w: no key for this token", ErrInvalidToken)
-	ErrSignature    = fmt.Errorf("%w: bad signature", ErrInvalidToken)
-	ErrExpired      = fmt.Errorf("%w: expired", ErrInvalidToken)
-	ErrNotYetValid  = fmt.Errorf("%w: not yet valid", ErrInvalidToken)
-	ErrIssuer       = fmt.Errorf("%w: wrong issuer", ErrInvalidToken)
-	ErrAudience     = fmt.Errorf("%w: wrong audience", ErrInvalidToken)
-	ErrClaims       = fmt.Errorf("%w: required claim missing or malformed", ErrInvalidToken)
+	errInvalidToken = errors.New("invalid token")
+	errNoToken      = fmt.Errorf("%w: no bearer token", errInvalidToken)
+	errMalformed    = fmt.Errorf("%w: malformed", errInvalidToken)
+	errHighS        = fmt.Errorf("%w: ECDSA signature with a high s (not canonical)", errInvalidToken)
+	errAlgorithm    = fmt.Errorf("%w: algorithm not allowed", errInvalidToken)
+	errUnknownKey   = fmt.Errorf("%w: no key for this token", errInvalidToken)
+	errSignature    = fmt.Errorf("%w: bad signature", errInvalidToken)
+	errExpired      = fmt.Errorf("%w: expired", errInvalidToken)
+	errNotYetValid  = fmt.Errorf("%w: not yet valid", errInvalidToken)
+	errIssuer       = fmt.Errorf("%w: wrong issuer", errInvalidToken)
+	errAudience     = fmt.Errorf("%w: wrong audience", errInvalidToken)
+	errClaims       = fmt.Errorf("%w: required claim missing or malformed", errInvalidToken)
 )
 
-var b64 = base64.RawURLEncoding
-
 // Verify checks a compact JWS token and returns its identity. Errors wrap
-// ErrInvalidToken and never contain the token.
+// errInvalidToken and never contain the token.
 func (v *verifier) Verify(ctx context.Context, token string) (*Identity, error) {
-	if len(token) > 16<<10 {
-		return nil, ErrMalformed
+	if len(token) > maxTokenLen {
+		return nil, errMalformed
 	}
 	sum := sha256.Sum256([]byte(token))
 	now := v.now()
@@ -234,7 +227,7 @@ func (v *verifier) Verify(ctx context.Context, token string) (*Identity, error) 
 	v.cacheMu.Unlock()
 	if hit && now.Before(c.expires) {
 		if float64(now.UnixNano())/1e9 > c.exp+v.cfg.Leeway.Seconds() {
-			return nil, ErrExpired
+			return nil, errExpired
 		}
 		return c.id, nil
 	}
@@ -253,48 +246,44 @@ func (v *verifier) Verify(ctx context.Context, token string) (*Identity, error) 
 
 // verify checks a token fully and returns its identity and exp.
 func (v *verifier) verify(ctx context.Context, token string) (*Identity, float64, error) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return nil, 0, ErrMalformed
+	if !canonicalCompact(token) {
+		return nil, 0, errMalformed
 	}
-	hb, err := b64.DecodeString(parts[0])
+	jws, err := jose.ParseSignedCompact(token, v.joseAlgs)
 	if err != nil {
-		return nil, 0, ErrMalformed
-	}
-	var hdr struct {
-		Alg  string `json:"alg"`
-		Kid  string `json:"kid"`
-		Crit []any  `json:"crit"`
-	}
-	if err := json.Unmarshal(hb, &hdr); err != nil {
-		return nil, 0, ErrMalformed
-	}
-	if hdr.Crit != nil {
-		return nil, 0, ErrMalformed // no critical extensions are understood
-	}
-	if !supportedAlgs[hdr.Alg] || !v.algs[hdr.Alg] {
-		return nil, 0, ErrAlgorithm
-	}
-	sig, err := b64.DecodeString(parts[2])
-	if err != nil {
-		return nil, 0, ErrMalformed
-	}
-	signed := []byte(parts[0] + "." + parts[1])
-	if !v.checkSig(ctx, hdr.Alg, hdr.Kid, signed, sig) {
-		if v.jwks != nil && hdr.Kid != "" && !v.jwks.has(hdr.Kid) {
-			return nil, 0, ErrUnknownKey
+		if _, ok := errors.AsType[*jose.ErrUnexpectedSignatureAlgorithm](err); ok {
+			return nil, 0, errAlgorithm
 		}
-		return nil, 0, ErrSignature
+		return nil, 0, errMalformed
 	}
-	pb, err := b64.DecodeString(parts[1])
-	if err != nil {
-		return nil, 0, ErrMalformed
+	sig := jws.Signatures[0]
+	alg, kid := sig.Header.Algorithm, sig.Header.KeyID
+	if !v.algs[alg] {
+		return nil, 0, errAlgorithm
 	}
-	dec := json.NewDecoder(bytes.NewReader(pb))
+	for _, h := range []jose.HeaderKey{"crit", "b64"} {
+		if _, ok := sig.Header.ExtraHeaders[h]; ok {
+			return nil, 0, errMalformed // no extension is understood, and claims are base64url
+		}
+	}
+	if !lowS(alg, sig.Signature) {
+		return nil, 0, errHighS
+	}
+	payload, ok := v.checkSig(ctx, jws, alg, kid)
+	if !ok {
+		if v.jwks != nil && kid != "" && !v.jwks.has(kid) {
+			return nil, 0, errUnknownKey
+		}
+		return nil, 0, errSignature
+	}
+	if !strictJSONObject(payload) {
+		return nil, 0, errMalformed
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
 	var claims Claims
 	if err := dec.Decode(&claims); err != nil || claims == nil {
-		return nil, 0, ErrMalformed
+		return nil, 0, errMalformed
 	}
 	if err := v.checkClaims(claims); err != nil {
 		return nil, 0, err
@@ -304,40 +293,136 @@ func (v *verifier) verify(ctx context.Context, token string) (*Identity, float64
 	return id, exp, err
 }
 
-func (v *verifier) checkSig(ctx context.Context, alg, kid string, signed, sig []byte) bool {
-	try := func(keys []*verifyKey) (matched bool, ok bool) {
-		for _, k := range keys {
-			if kid != "" && k.id != "" && k.id != kid {
-				continue
+// canonicalCompact reports whether token is a compact JWS in its one
+// canonical form, so that no two strings carry the same signed token (and
+// the verified-token cache has one key for it): three segments of
+// unpadded base64url with no unused bits set, nothing else (no
+// whitespace, no line breaks); a header that is one JSON object, in UTF-8,
+// without duplicate keys or anything after it. (The signing input covers
+// the header and payload as text, but go-jose re-encodes the decoded bytes
+// to check it, so their encoding must be checked here.)
+func canonicalCompact(token string) bool {
+	segs := strings.Split(token, ".")
+	if len(segs) != 3 {
+		return false
+	}
+	var hdr []byte
+	for i, s := range segs {
+		for j := 0; j < len(s); j++ {
+			if c := s[j]; !isAlnum(c) && c != '-' && c != '_' {
+				return false
 			}
-			if !k.algAllowed(alg) {
+		}
+		b, err := canonicalB64.DecodeString(s)
+		if err != nil {
+			return false
+		}
+		if i == 0 {
+			hdr = b
+		}
+	}
+	return strictJSONObject(hdr)
+}
+
+// canonicalB64 refuses set unused bits (it still skips CR and LF, which
+// canonicalCompact refuses first).
+var canonicalB64 = base64.RawURLEncoding.Strict()
+
+// maxJSONDepth bounds the nesting of a token's header and claims.
+const maxJSONDepth = 32
+
+// strictJSONObject reports whether b is exactly one JSON object: valid
+// UTF-8, no key twice in any object, nothing (not even whitespace) before
+// or after it.
+func strictJSONObject(b []byte) bool {
+	if len(b) == 0 || b[0] != '{' || !utf8.Valid(b) {
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	return strictJSONValue(dec, 0) && dec.InputOffset() == int64(len(b))
+}
+
+func strictJSONValue(dec *json.Decoder, depth int) bool {
+	t, err := dec.Token()
+	if err != nil || depth > maxJSONDepth {
+		return false
+	}
+	switch t {
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			k, err := dec.Token()
+			key, ok := k.(string)
+			if err != nil || !ok || seen[key] {
+				return false
+			}
+			seen[key] = true
+			if !strictJSONValue(dec, depth+1) {
+				return false
+			}
+		}
+		_, err = dec.Token()
+		return err == nil
+	case json.Delim('['):
+		for dec.More() {
+			if !strictJSONValue(dec, depth+1) {
+				return false
+			}
+		}
+		_, err = dec.Token()
+		return err == nil
+	}
+	return true
+}
+
+// lowS reports whether an ES* signature has the low form of its s (s ≤
+// n/2): (r, n−s) verifies as well as (r, s), so only one of the two is
+// accepted. Signatures of other algorithms, or of the wrong size (which
+// go-jose refuses), pass.
+func lowS(alg string, sig []byte) bool {
+	c := ecCurve(alg)
+	if c == nil {
+		return true
+	}
+	size := (c.Params().BitSize + 7) / 8
+	if len(sig) != 2*size {
+		return true
+	}
+	s := new(big.Int).SetBytes(sig[size:])
+	return s.Cmp(new(big.Int).Rsh(c.Params().N, 1)) <= 0
+}
+
+// checkSig verifies jws with the first key that matches its kid and alg
+// and returns the payload: the configured keys, then the JWKS, refreshed
+// (rate-limited) once when the kid is unknown.
+func (v *verifier) checkSig(ctx context.Context, jws *jose.JSONWebSignature, alg, kid string) ([]byte, bool) {
+	try := func(keys []*verifyKey) (payload []byte, matched, ok bool) {
+		for _, k := range keys {
+			if kid != "" && k.id != "" && k.id != kid || !k.algAllowed(alg) {
 				continue
 			}
 			matched = true
-			if k.verify(alg, signed, sig) {
-				return true, true
+			if p, err := jws.Verify(k.joseKey(alg)); err == nil {
+				return p, true, true
 			}
 		}
-		return matched, false
+		return nil, matched, false
 	}
-	if _, ok := try(v.static); ok {
-		return true
+	if p, _, ok := try(v.static); ok {
+		return p, true
 	}
 	if v.jwks == nil {
-		return false
+		return nil, false
 	}
-	keys := v.jwks.keys(ctx)
-	matched, ok := try(keys)
-	if ok {
-		return true
-	}
-	if !matched && kid != "" {
+	p, matched, ok := try(v.jwks.keys(ctx))
+	if !ok && !matched && kid != "" {
 		// Unknown kid: refresh (rate-limited) and try once more.
-		if keys, refreshed := v.jwks.refreshForUnknown(ctx, kid); refreshed {
-			_, ok = try(keys)
+		if keys, refreshed := v.jwks.refreshForUnknown(ctx); refreshed {
+			p, _, ok = try(keys)
 		}
 	}
-	return ok
+	return p, ok
 }
 
 func numClaim(c Claims, name string) (float64, bool, error) {
@@ -347,11 +432,11 @@ func numClaim(c Claims, name string) (float64, bool, error) {
 	}
 	n, isNum := raw.(json.Number)
 	if !isNum {
-		return 0, true, ErrClaims
+		return 0, true, errClaims
 	}
 	f, err := n.Float64()
 	if err != nil {
-		return 0, true, ErrClaims
+		return 0, true, errClaims
 	}
 	return f, true, nil
 }
@@ -364,25 +449,25 @@ func (v *verifier) checkClaims(c Claims) error {
 		return err
 	}
 	if !ok {
-		return ErrClaims // exp is required
+		return errClaims // exp is required
 	}
 	if now > exp+leeway {
-		return ErrExpired
+		return errExpired
 	}
 	if nbf, ok, err := numClaim(c, "nbf"); err != nil {
 		return err
 	} else if ok && now+leeway < nbf {
-		return ErrNotYetValid
+		return errNotYetValid
 	}
 	if iat, ok, err := numClaim(c, "iat"); err != nil {
 		return err
 	} else if ok && now+leeway < iat {
-		return ErrNotYetValid
+		return errNotYetValid
 	}
 	if v.cfg.Issuer != "" {
 		iss, _ := c["iss"].(string)
 		if iss != v.cfg.Issuer {
-			return ErrIssuer
+			return errIssuer
 		}
 	}
 	if len(v.cfg.Audience) > 0 {
@@ -406,7 +491,7 @@ func (v *verifier) checkClaims(c Claims) error {
 			}
 		}
 		if !found {
-			return ErrAudience
+			return errAudience
 		}
 	}
 	return nil
@@ -474,24 +559,24 @@ func (v *verifier) identity(c Claims) (*Identity, error) {
 	id := &Identity{Claims: c}
 	raw, ok := lookup(c, v.cfg.claim(v.cfg.UserClaim, "sub"))
 	if !ok {
-		return nil, ErrClaims
+		return nil, errClaims
 	}
 	if id.UserID, ok = scalarString(raw); !ok || id.UserID == "" {
-		return nil, ErrClaims
+		return nil, errClaims
 	}
 	if raw, ok := lookup(c, v.cfg.claim(v.cfg.DeviceClaim, "device_id")); ok {
 		if id.DeviceID, ok = scalarString(raw); !ok {
-			return nil, ErrClaims
+			return nil, errClaims
 		}
 	}
 	if raw, ok := lookup(c, v.cfg.claim(v.cfg.RolesClaim, "roles")); ok {
 		if id.Roles, ok = stringList(raw); !ok {
-			return nil, ErrClaims
+			return nil, errClaims
 		}
 	}
 	if raw, ok := lookup(c, v.cfg.claim(v.cfg.TenantsClaim, "tenant_ids")); ok {
 		if id.Tenants, ok = stringList(raw); !ok {
-			return nil, ErrClaims
+			return nil, errClaims
 		}
 	}
 	return id, nil
@@ -499,23 +584,28 @@ func (v *verifier) identity(c Claims) (*Identity, error) {
 
 // jwksCache holds the keys of a JWKS URL. It is fetched on first use,
 // again after MaxAge, and on an unknown kid at most once per
-// MinRefreshInterval.
+// MinRefreshInterval. A fetch runs on its own goroutine, one at a time,
+// never under mu: verifications with a known key go on with the keys at
+// hand meanwhile; only the first use and an unknown kid wait for it. Ages
+// are measured with the verifier's clock.
 type jwksCache struct {
 	url         string
 	client      *http.Client
 	timeout     time.Duration
 	maxAge      time.Duration
 	minInterval time.Duration
+	now         func() time.Time
 
 	mu        sync.Mutex
 	set       []*verifyKey
-	fetchedAt time.Time
-	triedAt   time.Time
+	fetchedAt time.Time     // of set
+	triedAt   time.Time     // when the last fetch started (zero: never)
+	fetching  chan struct{} // closed when the fetch in flight ends; nil when none
 }
 
-func newJWKSCache(cfg AuthConfig) *jwksCache {
+func newJWKSCache(cfg AuthConfig, now func() time.Time) *jwksCache {
 	c := &jwksCache{url: cfg.JWKSURL, client: cfg.HTTPClient, timeout: cfg.JWKSTimeout,
-		maxAge: cfg.JWKSMaxAge, minInterval: cfg.JWKSMinRefreshInterval}
+		maxAge: cfg.JWKSMaxAge, minInterval: cfg.JWKSMinRefreshInterval, now: now}
 	if c.client == nil {
 		c.client = http.DefaultClient
 	}
@@ -542,121 +632,119 @@ func (c *jwksCache) has(kid string) bool {
 	return false
 }
 
+// keys returns the current keys. A set older than maxAge is refreshed in
+// the background (its keys are used meanwhile); before the first set,
+// keys waits for the first fetch.
 func (c *jwksCache) keys(ctx context.Context) []*verifyKey {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if (c.set == nil || time.Since(c.fetchedAt) > c.maxAge) && time.Since(c.triedAt) >= c.minInterval {
-		c.refreshLocked(ctx)
+	now := c.now()
+	if (c.set == nil || now.Sub(c.fetchedAt) > c.maxAge) && c.fetching == nil && c.mayTry(now) {
+		c.startLocked(ctx, now)
 	}
+	ch := c.fetching
+	set := c.set
+	c.mu.Unlock()
+	if set == nil && ch != nil {
+		return c.wait(ctx, ch)
+	}
+	return set
+}
+
+// refreshForUnknown refetches the set for a kid it lacks, unless a fetch
+// started less than minInterval ago; refreshed is false then. A fetch in
+// flight is waited for rather than repeated.
+func (c *jwksCache) refreshForUnknown(ctx context.Context) (keys []*verifyKey, refreshed bool) {
+	c.mu.Lock()
+	if c.fetching == nil {
+		now := c.now()
+		if !c.mayTry(now) {
+			set := c.set
+			c.mu.Unlock()
+			return set, false
+		}
+		c.startLocked(ctx, now)
+	}
+	ch := c.fetching
+	c.mu.Unlock()
+	return c.wait(ctx, ch), true
+}
+
+func (c *jwksCache) mayTry(now time.Time) bool {
+	return c.triedAt.IsZero() || now.Sub(c.triedAt) >= c.minInterval
+}
+
+// wait waits for the fetch that closes ch (or ctx) and returns the keys.
+func (c *jwksCache) wait(ctx context.Context, ch chan struct{}) []*verifyKey {
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.set
 }
 
-func (c *jwksCache) refreshForUnknown(ctx context.Context, kid string) ([]*verifyKey, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if time.Since(c.triedAt) < c.minInterval {
-		return c.set, false
-	}
-	c.refreshLocked(ctx)
-	return c.set, true
+// startLocked starts a fetch; on failure the old keys stay. It runs apart
+// from ctx's cancellation: the caller going away leaves it to others.
+func (c *jwksCache) startLocked(ctx context.Context, now time.Time) {
+	ch := make(chan struct{})
+	c.triedAt, c.fetching = now, ch
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		keys, err := c.fetch(ctx)
+		c.mu.Lock()
+		if err == nil {
+			c.set, c.fetchedAt = keys, c.now()
+		}
+		c.fetching = nil
+		c.mu.Unlock()
+		close(ch)
+	}()
 }
 
-// refreshLocked fetches the set; on failure the old keys stay.
-func (c *jwksCache) refreshLocked(ctx context.Context) {
-	c.triedAt = time.Now()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+func (c *jwksCache) fetch(ctx context.Context) ([]*verifyKey, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
 	if err != nil {
-		return
+		return nil, err
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.client.Do(req)
 	if err != nil {
-		return
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return
+		return nil, fmt.Errorf("JWKS: status %d", resp.StatusCode)
 	}
-	keys, err := parseJWKS(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return
-	}
-	c.set, c.fetchedAt = keys, time.Now()
+	return parseJWKS(io.LimitReader(resp.Body, 1<<20))
 }
 
-// parseJWKS reads RSA, EC and OKP (Ed25519) public keys; symmetric ("oct")
-// and private material are ignored.
+// parseJWKS reads the signature keys of a JWK set with go-jose: RSA (2048
+// bits or more), EC and OKP (Ed25519) public keys. Symmetric ("oct") and
+// private keys, keys for encryption, and keys go-jose cannot read are
+// skipped, each on its own.
 func parseJWKS(r io.Reader) ([]*verifyKey, error) {
 	var set struct {
-		Keys []struct {
-			Kty string `json:"kty"`
-			Kid string `json:"kid"`
-			Use string `json:"use"`
-			Crv string `json:"crv"`
-			N   string `json:"n"`
-			E   string `json:"e"`
-			X   string `json:"x"`
-			Y   string `json:"y"`
-			D   string `json:"d"`
-		} `json:"keys"`
+		Keys []json.RawMessage `json:"keys"`
 	}
 	if err := json.NewDecoder(r).Decode(&set); err != nil {
 		return nil, err
 	}
 	keys := []*verifyKey{}
-	for _, k := range set.Keys {
-		if k.Use != "" && k.Use != "sig" || k.D != "" {
+	for _, raw := range set.Keys {
+		var k jose.JSONWebKey
+		if k.UnmarshalJSON(raw) != nil || !k.Valid() || !k.IsPublic() || k.Use != "" && k.Use != "sig" {
 			continue
 		}
-		var pub crypto.PublicKey
-		switch k.Kty {
-		case "RSA":
-			n, err1 := b64.DecodeString(k.N)
-			e, err2 := b64.DecodeString(k.E)
-			if err1 != nil || err2 != nil || len(e) > 4 || len(e) == 0 {
-				continue
-			}
-			pk := &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
-			if pk.N.BitLen() < 2048 {
-				continue
-			}
-			pub = pk
-		case "EC":
-			var curve elliptic.Curve
-			switch k.Crv {
-			case "P-256":
-				curve = elliptic.P256()
-			case "P-384":
-				curve = elliptic.P384()
-			case "P-521":
-				curve = elliptic.P521()
-			default:
-				continue
-			}
-			x, err1 := b64.DecodeString(k.X)
-			y, err2 := b64.DecodeString(k.Y)
-			size := (curve.Params().BitSize + 7) / 8
-			if err1 != nil || err2 != nil || len(x) != size || len(y) != size {
-				continue
-			}
-			raw := append([]byte{4}, append(x, y...)...)
-			pk, err := ecdsa.ParseUncompressedPublicKey(curve, raw)
-			if err != nil {
-				continue
-			}
-			pub = pk
-		case "OKP":
-			x, err := b64.DecodeString(k.X)
-			if k.Crv != "Ed25519" || err != nil || len(x) != ed25519.PublicKeySize {
-				continue
-			}
-			pub = ed25519.PublicKey(x)
-		default:
+		if pk, ok := k.Key.(*rsa.PublicKey); ok && pk.N.BitLen() < 2048 {
 			continue
 		}
-		keys = append(keys, &verifyKey{id: k.Kid, pub: pub})
+		if k.Algorithm != "" && !supportedAlgs[k.Algorithm] {
+			continue
+		}
+		keys = append(keys, &verifyKey{id: k.KeyID, alg: k.Algorithm, key: k.Key})
 	}
 	return keys, nil
 }

@@ -9,13 +9,18 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"hash"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,7 +36,7 @@ var (
 	ec384Key  *ecdsa.PrivateKey
 	edPub     ed25519.PublicKey
 	edPriv    ed25519.PrivateKey
-	hmacKey   = []byte("0123456789abcdef0123456789abcdef-test-secret")
+	hmacKey   = []byte("0123456789abcdef0123456789abcdef0123456789abcdef-test-secret-64b!") // long enough for HS512
 	otherHMAC = []byte("ffffffffffffffffffffffffffffffff-other-secret")
 )
 
@@ -57,8 +62,23 @@ func testKeys(t testing.TB) {
 	})
 }
 
-// sign makes a compact JWS with the standard library. key is []byte for
-// HS*, or a private key.
+var b64 = base64.RawURLEncoding
+
+func hashFor(alg string) (crypto.Hash, func() hash.Hash) {
+	switch alg[2:] {
+	case "256":
+		return crypto.SHA256, sha256.New
+	case "384":
+		return crypto.SHA384, sha512.New384
+	case "512":
+		return crypto.SHA512, sha512.New
+	}
+	return 0, nil
+}
+
+// sign makes a compact JWS with the standard library, independently of
+// the go-jose the proxy verifies with. key is []byte for HS*, or a private
+// key. ECDSA signatures are given their low s, as the proxy requires.
 func sign(t testing.TB, alg, kid string, key any, claims map[string]any) string {
 	t.Helper()
 	hdr := map[string]any{"alg": alg, "typ": "JWT"}
@@ -67,7 +87,19 @@ func sign(t testing.TB, alg, kid string, key any, claims map[string]any) string 
 	}
 	hb, _ := json.Marshal(hdr)
 	cb, _ := json.Marshal(claims)
-	signed := b64.EncodeToString(hb) + "." + b64.EncodeToString(cb)
+	return signRaw(t, alg, key, string(hb), string(cb))
+}
+
+// signRaw signs a header and payload given as raw JSON text, byte for byte.
+func signRaw(t testing.TB, alg string, key any, hdr, payload string) string {
+	t.Helper()
+	return signInput(t, alg, key, b64.EncodeToString([]byte(hdr))+"."+b64.EncodeToString([]byte(payload)))
+}
+
+// signInput signs the signing input (the encoded header and payload) and
+// appends the signature.
+func signInput(t testing.TB, alg string, key any, signed string) string {
+	t.Helper()
 	var sig []byte
 	if alg != "none" {
 		h, newHash := hashFor(alg)
@@ -98,6 +130,9 @@ func sign(t testing.TB, alg, kid string, key any, claims map[string]any) string 
 				r, s, err := ecdsa.Sign(rand.Reader, k, d.Sum(nil))
 				if err != nil {
 					t.Fatal(err)
+				}
+				if n := k.Curve.Params().N; s.Cmp(new(big.Int).Rsh(n, 1)) > 0 {
+					s.Sub(n, s)
 				}
 				size := (k.Curve.Params().BitSize + 7) / 8
 				sig = make([]byte, 2*size)
@@ -185,31 +220,57 @@ func rejectCases(t testing.TB) map[string]struct {
 		want  error
 	}
 	return map[string]rc{
-		"alg none":                     {noneTok, ErrAlgorithm},
-		"alg none with signature":      {noneSig, ErrAlgorithm},
-		"alg None":                     {sign(t, "none", "", nil, good)[:0] + signHeader(t, `{"alg":"None"}`, good), ErrAlgorithm},
-		"HS256 with RSA public PEM":    {sign(t, "HS256", "rs", pubPEM, good), ErrSignature},
-		"HS256 with RSA PEM, no kid":   {sign(t, "HS256", "", pubPEM, good), ErrSignature},
-		"HS256 with RSA DER":           {sign(t, "HS256", "", pubDER, good), ErrSignature},
-		"HS256 with Ed25519 key":       {sign(t, "HS256", "ed", []byte(edPub), good), ErrSignature},
-		"RS256 with other RSA key":     {sign(t, "RS256", "rs", rsaKey2, good), ErrSignature},
-		"ES256 signed by ES384 key":    {sign(t, "ES384", "ec", ec384Key, good), ErrSignature},
-		"HS256 other secret":           {sign(t, "HS256", "hs", otherHMAC, good), ErrSignature},
-		"alg not in allowlist (RS384)": {sign(t, "RS384", "rs", rsaKey, good), ErrAlgorithm},
-		"expired":                      {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": now - 60})), ErrExpired},
-		"no exp":                       {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": nil})), ErrClaims},
-		"exp as string":                {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": "9999999999"})), ErrClaims},
-		"not yet valid":                {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"nbf": now + 60})), ErrNotYetValid},
-		"issued in the future":         {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"iat": now + 60})), ErrNotYetValid},
-		"wrong issuer":                 {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"iss": "https://evil.test"})), ErrIssuer},
-		"no issuer":                    {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"iss": nil})), ErrIssuer},
-		"wrong audience":               {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"aud": []string{"other"}})), ErrAudience},
-		"unknown kid":                  {sign(t, "RS256", "nope", rsaKey, good), ErrSignature},
-		"no subject":                   {sign(t, "RS256", "rs", rsaKey, claimsFor("", nil)), ErrClaims},
-		"garbage":                      {"not.a.token", ErrMalformed},
-		"two parts":                    {"abc.def", ErrMalformed},
-		"tampered payload":             {tamper(valid), ErrSignature},
+		"alg none":                     {noneTok, errAlgorithm},
+		"alg none with signature":      {noneSig, errAlgorithm},
+		"alg None":                     {sign(t, "none", "", nil, good)[:0] + signHeader(t, `{"alg":"None"}`, good), errAlgorithm},
+		"HS256 with RSA public PEM":    {sign(t, "HS256", "rs", pubPEM, good), errSignature},
+		"HS256 with RSA PEM, no kid":   {sign(t, "HS256", "", pubPEM, good), errSignature},
+		"HS256 with RSA DER":           {sign(t, "HS256", "", pubDER, good), errSignature},
+		"HS256 with Ed25519 key":       {sign(t, "HS256", "ed", []byte(edPub), good), errSignature},
+		"RS256 with other RSA key":     {sign(t, "RS256", "rs", rsaKey2, good), errSignature},
+		"ES256 signed by ES384 key":    {sign(t, "ES384", "ec", ec384Key, good), errSignature},
+		"HS256 other secret":           {sign(t, "HS256", "hs", otherHMAC, good), errSignature},
+		"alg not in allowlist (RS384)": {sign(t, "RS384", "rs", rsaKey, good), errAlgorithm},
+		"expired":                      {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": now - 60})), errExpired},
+		"no exp":                       {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": nil})), errClaims},
+		"exp as string":                {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"exp": "9999999999"})), errClaims},
+		"not yet valid":                {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"nbf": now + 60})), errNotYetValid},
+		"issued in the future":         {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"iat": now + 60})), errNotYetValid},
+		"wrong issuer":                 {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"iss": "https://evil.test"})), errIssuer},
+		"no issuer":                    {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"iss": nil})), errIssuer},
+		"wrong audience":               {sign(t, "RS256", "rs", rsaKey, claimsFor("alice", map[string]any{"aud": []string{"other"}})), errAudience},
+		"unknown kid":                  {sign(t, "RS256", "nope", rsaKey, good), errSignature},
+		"no subject":                   {sign(t, "RS256", "rs", rsaKey, claimsFor("", nil)), errClaims},
+		"garbage":                      {"not.a.token", errMalformed},
+		"two parts":                    {"abc.def", errMalformed},
+		"tampered payload":             {tamper(valid), errSignature},
+		"high-s ECDSA":                 {highS(sign(t, "ES256", "ec", ecKey, good)), errHighS},
+		"unused bits set":              {setUnusedBit(valid), errMalformed},
+		"padded":                       {valid + "==", errMalformed},
+		"duplicate claim":              {signRaw(t, "RS256", rsaKey, `{"alg":"RS256","kid":"rs"}`, `{"sub":"bob","sub":"alice","exp":9999999999}`), errMalformed},
+		"data after the claims":        {signRaw(t, "RS256", rsaKey, `{"alg":"RS256","kid":"rs"}`, `{"sub":"alice","exp":9999999999} `), errMalformed},
 	}
+}
+
+// highS replaces the s of an ES* token's signature with n-s: a signature
+// as valid, in the form the proxy refuses.
+func highS(tok string) string {
+	seg := splitDots(tok)
+	sig, _ := b64.DecodeString(seg[2])
+	half := len(sig) / 2
+	n := map[int]elliptic.Curve{32: elliptic.P256(), 48: elliptic.P384(), 66: elliptic.P521()}[half].Params().N
+	new(big.Int).Sub(n, new(big.Int).SetBytes(sig[half:])).FillBytes(sig[half:])
+	return seg[0] + "." + seg[1] + "." + b64.EncodeToString(sig)
+}
+
+// setUnusedBit sets an unused bit of a token's signature segment.
+func setUnusedBit(tok string) string {
+	i := lastDot(tok)
+	s, ok := flipUnused(tok[i:])
+	if !ok {
+		panic("no unused bits in " + tok[i:])
+	}
+	return tok[:i] + s
 }
 
 func lastDot(s string) int {
@@ -251,13 +312,14 @@ func splitDots(s string) []string {
 }
 
 func TestVerifyRejects(t *testing.T) {
+	testKeys(t)
 	v, err := newVerifier(testAuth())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for name, tc := range rejectCases(t) {
 		_, err := v.Verify(context.Background(), tc.token)
-		if !errors.Is(err, tc.want) || !errors.Is(err, ErrInvalidToken) {
+		if !errors.Is(err, tc.want) || !errors.Is(err, errInvalidToken) {
 			t.Errorf("%s: got %v, want %v", name, err, tc.want)
 		}
 	}
@@ -276,15 +338,17 @@ func TestVerifyLeeway(t *testing.T) {
 func TestNewVerifierConfig(t *testing.T) {
 	testKeys(t)
 	for name, cfg := range map[string]AuthConfig{
-		"no algorithms": {HMACKeys: []HMACKey{{Secret: hmacKey}}},
-		"none allowed":  {Algorithms: []string{"none"}, HMACKeys: []HMACKey{{Secret: hmacKey}}},
-		"short secret":  {Algorithms: []string{"HS256"}, HMACKeys: []HMACKey{{Secret: []byte("short")}}},
-		"no keys":       {Algorithms: []string{"HS256"}},
-		"private key":   {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: rsaKey}}},
-		"nil EC key":    {Algorithms: []string{"ES256"}, PublicKeys: []PublicKey{{Key: (*ecdsa.PublicKey)(nil)}}},
-		"nil RSA key":   {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: (*rsa.PublicKey)(nil)}}},
-		"short Ed key":  {Algorithms: []string{"EdDSA"}, PublicKeys: []PublicKey{{Key: ed25519.PublicKey{1}}}},
-		"small RSA key": {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: &rsa.PublicKey{N: big.NewInt(1 << 40), E: 65537}}}},
+		"no algorithms":         {HMACKeys: []HMACKey{{Secret: hmacKey}}},
+		"none allowed":          {Algorithms: []string{"none"}, HMACKeys: []HMACKey{{Secret: hmacKey}}},
+		"short secret":          {Algorithms: []string{"HS256"}, HMACKeys: []HMACKey{{Secret: []byte("short")}}},
+		"no keys":               {Algorithms: []string{"HS256"}},
+		"private key":           {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: rsaKey}}},
+		"nil EC key":            {Algorithms: []string{"ES256"}, PublicKeys: []PublicKey{{Key: (*ecdsa.PublicKey)(nil)}}},
+		"nil RSA key":           {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: (*rsa.PublicKey)(nil)}}},
+		"short Ed key":          {Algorithms: []string{"EdDSA"}, PublicKeys: []PublicKey{{Key: ed25519.PublicKey{1}}}},
+		"small RSA key":         {Algorithms: []string{"RS256"}, PublicKeys: []PublicKey{{Key: &rsa.PublicKey{N: big.NewInt(1 << 40), E: 65537}}}},
+		"HS512, 32-byte secret": {Algorithms: []string{"HS512"}, HMACKeys: []HMACKey{{Secret: hmacKey[:32]}}},
+		"HS384, 47-byte secret": {Algorithms: []string{"HS384", "HS512"}, HMACKeys: []HMACKey{{Secret: hmacKey[:47]}}},
 	} {
 		if _, err := newVerifier(cfg); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -356,14 +420,14 @@ func TestJWKS(t *testing.T) {
 		t.Fatalf("%d fetches, want 1 (cached)", n)
 	}
 	// A symmetric JWK is never used: HS256 signed with its secret fails.
-	if _, err := v.Verify(ctx, sign(t, "HS256", "sym", hmacKey, c)); !errors.Is(err, ErrInvalidToken) {
+	if _, err := v.Verify(ctx, sign(t, "HS256", "sym", hmacKey, c)); !errors.Is(err, errInvalidToken) {
 		t.Fatalf("oct key accepted: %v", err)
 	}
 	// Unknown kids trigger at most one refetch per interval.
 	time.Sleep(250 * time.Millisecond)
 	before := fetches.Load()
 	for range 20 {
-		if _, err := v.Verify(ctx, sign(t, "RS256", "k2", rsaKey2, c)); !errors.Is(err, ErrUnknownKey) {
+		if _, err := v.Verify(ctx, sign(t, "RS256", "k2", rsaKey2, c)); !errors.Is(err, errUnknownKey) {
 			t.Fatalf("unknown kid: %v", err)
 		}
 	}
@@ -397,7 +461,7 @@ func FuzzVerify(f *testing.F) {
 		if err == nil && (id == nil || id.UserID == "") {
 			t.Fatalf("accepted without identity")
 		}
-		if err != nil && !errors.Is(err, ErrInvalidToken) {
+		if err != nil && !errors.Is(err, errInvalidToken) {
 			t.Fatalf("untyped error %v", err)
 		}
 	})
@@ -415,11 +479,190 @@ func TestVerifiedCacheHonoursExp(t *testing.T) {
 		t.Fatalf("cached: %v", err)
 	}
 	v.now = func() time.Time { return now.Add(10 * time.Second) }
-	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrExpired) {
+	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, errExpired) {
 		t.Fatalf("cached token past exp: %v", err)
 	}
 	v.now = func() time.Time { return now.Add(2 * time.Minute) }
-	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, ErrExpired) {
+	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, errExpired) {
 		t.Fatalf("token past exp after cache expiry: %v", err)
+	}
+}
+
+// TestHMACKeyLength: a secret verifies only the HS algorithms it is long
+// enough for (RFC 7518 §3.2).
+func TestHMACKeyLength(t *testing.T) {
+	testKeys(t)
+	short := hmacKey[:32]
+	v, err := newVerifier(AuthConfig{Algorithms: []string{"HS256", "HS512"}, HMACKeys: []HMACKey{{Secret: short}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := claimsFor("alice", nil)
+	if _, err := v.Verify(context.Background(), sign(t, "HS256", "", short, c)); err != nil {
+		t.Errorf("HS256: %v", err)
+	}
+	if _, err := v.Verify(context.Background(), sign(t, "HS512", "", short, c)); !errors.Is(err, errSignature) {
+		t.Errorf("HS512 with a 32-byte secret: %v", err)
+	}
+}
+
+// gatedJWKS serves a JWK set; every fetch after the first waits for its
+// gate to open.
+type gatedJWKS struct {
+	mu      sync.Mutex
+	keys    []any
+	fetches atomic.Int32
+	gate    chan struct{}
+}
+
+func (g *gatedJWKS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if g.fetches.Add(1) > 1 {
+		<-g.gate
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	json.NewEncoder(w).Encode(map[string]any{"keys": g.keys})
+}
+
+// TestJWKSFetchOutsideLock: a JWKS refetch (for an unknown kid) runs
+// once however many tokens ask for it, and while it is slow, tokens with
+// known keys are verified without waiting for it.
+func TestJWKSFetchOutsideLock(t *testing.T) {
+	testKeys(t)
+	g := &gatedJWKS{keys: []any{jwk(t, "k1", &rsaKey.PublicKey)}, gate: make(chan struct{})}
+	srv := httptest.NewServer(g)
+	defer srv.Close()
+	defer close(g.gate)
+	v, err := newVerifier(AuthConfig{Algorithms: []string{"RS256"}, JWKSURL: srv.URL, JWKSTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := v.Verify(ctx, sign(t, "RS256", "k1", rsaKey, claimsFor("alice", nil))); err != nil {
+		t.Fatal(err)
+	}
+	// Past the unknown-kid rate limit, tokens of a new key arrive: the
+	// refetch hangs.
+	v.now = func() time.Time { return time.Now().Add(31 * time.Second) }
+	var wg sync.WaitGroup
+	errs := make(chan error, 10)
+	for i := range 10 {
+		wg.Go(func() {
+			_, err := v.Verify(ctx, sign(t, "RS256", "k2", rsaKey2, claimsFor("user"+strconv.Itoa(i), nil)))
+			errs <- err
+		})
+	}
+	waitFor(t, "the refetch", func() bool { return g.fetches.Load() == 2 })
+	// Meanwhile, new tokens of the known key are verified at once.
+	for i := range 5 {
+		done := make(chan error, 1)
+		go func() {
+			_, err := v.Verify(ctx, sign(t, "RS256", "k1", rsaKey, claimsFor("known"+strconv.Itoa(i), nil)))
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("a token with a known key waits for the JWKS fetch")
+		}
+	}
+	// The fetch ends with the new key: every waiting token is accepted,
+	// after one fetch for all of them.
+	g.mu.Lock()
+	g.keys = append(g.keys, jwk(t, "k2", &rsaKey2.PublicKey))
+	g.mu.Unlock()
+	g.gate <- struct{}{}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("token of the new key: %v", err)
+		}
+	}
+	if n := g.fetches.Load(); n != 2 {
+		t.Errorf("%d fetches, want 2", n)
+	}
+}
+
+// TestJWKSVerifierClock: the JWKS ages (JWKSMaxAge, the unknown-kid rate
+// limit) are measured with the verifier's clock, like exp.
+func TestJWKSVerifierClock(t *testing.T) {
+	testKeys(t)
+	var fetches atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		json.NewEncoder(w).Encode(map[string]any{"keys": []any{jwk(t, "k1", &rsaKey.PublicKey)}})
+	}))
+	defer srv.Close()
+	v, err := newVerifier(AuthConfig{Algorithms: []string{"RS256"}, JWKSURL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var clock atomic.Int64 // the verifier's time, UnixNano
+	clock.Store(time.Now().UnixNano())
+	v.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	advance := func(d time.Duration) time.Time { return time.Unix(0, clock.Add(int64(d))) }
+	now := v.now()
+	tokenAt := func(at time.Time, kid string) string {
+		return sign(t, "RS256", kid, rsaKey, map[string]any{"sub": "alice", "iat": at.Unix(), "exp": at.Add(10 * time.Minute).Unix()})
+	}
+	ctx := context.Background()
+	if _, err := v.Verify(ctx, tokenAt(now, "k1")); err != nil {
+		t.Fatal(err)
+	}
+	// Two hours later by the verifier's clock (a second by the wall's):
+	// past JWKSMaxAge (1 h), the set is refetched, in the background.
+	now = advance(2 * time.Hour)
+	if _, err := v.Verify(ctx, tokenAt(now, "k1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the refetch after JWKSMaxAge", func() bool { return fetches.Load() == 2 })
+	// The unknown-kid rate limit (30 s) runs on the same clock.
+	now = advance(10 * time.Second)
+	if _, err := v.Verify(ctx, tokenAt(now, "k9")); !errors.Is(err, errUnknownKey) {
+		t.Fatal(err)
+	}
+	if n := fetches.Load(); n != 2 {
+		t.Fatalf("refetched %v after the last fetch: %d fetches", 10*time.Second, n)
+	}
+	now = advance(30 * time.Second)
+	if _, err := v.Verify(ctx, tokenAt(now, "k8")); !errors.Is(err, errUnknownKey) {
+		t.Fatal(err)
+	}
+	if n := fetches.Load(); n != 3 {
+		t.Fatalf("no refetch for an unknown kid 40 s after the last: %d fetches", n)
+	}
+}
+
+// TestJWKSKeyAlg: a JWK that names its algorithm verifies that one only;
+// keys go-jose cannot read are skipped, the others kept.
+func TestJWKSKeyAlg(t *testing.T) {
+	testKeys(t)
+	k1 := jwk(t, "k1", &rsaKey.PublicKey)
+	k1["alg"] = "RS512"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(map[string]any{"keys": []any{k1,
+			map[string]any{"kty": "OKP", "crv": "X25519", "kid": "x", "x": b64.EncodeToString(make([]byte, 32))},
+			map[string]any{"kty": "EC", "crv": "P-256", "kid": "bad", "x": "AAAA", "y": "AAAA"},
+			jwk(t, "e1", &ecKey.PublicKey)}})
+	}))
+	defer srv.Close()
+	v, err := newVerifier(AuthConfig{Algorithms: []string{"RS256", "RS512", "ES256"}, JWKSURL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c := claimsFor("alice", nil)
+	if _, err := v.Verify(ctx, sign(t, "RS512", "k1", rsaKey, c)); err != nil {
+		t.Errorf("RS512: %v", err)
+	}
+	if _, err := v.Verify(ctx, sign(t, "RS256", "k1", rsaKey, c)); !errors.Is(err, errSignature) {
+		t.Errorf("RS256 with an RS512 key: %v", err)
+	}
+	if _, err := v.Verify(ctx, sign(t, "ES256", "e1", ecKey, c)); err != nil {
+		t.Errorf("ES256 next to unreadable keys: %v", err)
 	}
 }

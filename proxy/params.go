@@ -11,19 +11,19 @@ import (
 	"github.com/shapeseal/shapeseal/internal/pgident"
 )
 
-// RequestError is a request the proxy refuses before anything reaches
+// requestError is a request the proxy refuses before anything reaches
 // upstream; it is answered with Status and a JSON body
 // {"message": ..., "errors": {Field: [Msg]}}.
-type RequestError struct {
+type requestError struct {
 	Status int
 	Field  string
 	Msg    string
 }
 
-func (e *RequestError) Error() string { return e.Field + ": " + e.Msg }
+func (e *requestError) Error() string { return e.Field + ": " + e.Msg }
 
-func badRequest(field, format string, args ...any) *RequestError {
-	return &RequestError{Status: 400, Field: field, Msg: fmt.Sprintf(format, args...)}
+func badRequest(field, format string, args ...any) *requestError {
+	return &requestError{Status: 400, Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
 // identError is an identifier the proxy refuses. Its message names what

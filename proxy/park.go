@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -61,7 +62,22 @@ const maxParkedPrefix = 64 << 10
 // it. Parked connections are hijacked, so hs.Shutdown does not wait for
 // them: closing the listener (as Shutdown and Close do) closes them.
 // Serve does not serve TLS.
+//
+// With Config.MetricsListen, Serve first listens there too (an error if it
+// cannot) and serves GET /metrics on that listener until hs.Serve returns.
 func (p *Proxy) Serve(hs *http.Server, ln net.Listener) error {
+	if p.cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", p.cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("proxy: metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", p.MetricsHandler())
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+		go ms.Serve(mln)
+		defer ms.Close()
+		p.logger.Info("proxy: metrics listening", "url", "http://"+mln.Addr().String()+"/metrics")
+	}
 	pl := &parkListener{
 		Listener: ln,
 		idle:     hs.IdleTimeout,

@@ -23,7 +23,7 @@ import (
 //	GET|HEAD /v1/shapes/{name}  a shape rule (OPTIONS: CORS preflight)
 //	GET /v1/ws                   many shapes over one WebSocket
 //	GET /healthz                 the proxy and upstream health
-//	GET /metrics                 Prometheus text metrics
+//	GET /metrics                 Prometheus text metrics (unless Config.MetricsListen)
 type Proxy struct {
 	cfg      Config
 	upstream *url.URL
@@ -38,6 +38,7 @@ type Proxy struct {
 	origins  map[string]bool
 	ws       wsState                  // GET /v1/ws (ws.go)
 	live     flightGroup[*liveResult] // coalesced HTTP live polls
+	healthz  healthCache              // GET /healthz
 
 	parkWriteTimeout time.Duration // parkedWriteTimeout
 }
@@ -180,7 +181,14 @@ func (p *Proxy) finish(ctx context.Context, info *reqInfo, status int, bytes int
 		status = http.StatusOK
 	}
 	d := time.Since(info.start)
-	p.metrics.observe(info.shape, status, d)
+	// /metrics may be public: a request is counted under its shape only
+	// once its token is verified, so that anonymous callers cannot learn
+	// there which shape names exist.
+	label := "-"
+	if info.user != "" {
+		label = info.shape
+	}
+	p.metrics.observe(label, status, d)
 	p.metrics.bytesSent.Add(uint64(bytes))
 	attrs := []slog.Attr{
 		slog.String("request_id", info.reqID),
@@ -249,14 +257,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 		p.serveWS(w, r, info)
 		return
 	case "/metrics":
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			writeJSONError(w, &RequestError{Status: 405, Field: "method", Msg: "not allowed"})
+		if p.cfg.MetricsListen == "" {
+			p.serveMetrics(w, r)
 			return
 		}
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		p.metrics.write(w)
-		return
 	}
 	name, ok := strings.CutPrefix(path, "/v1/shapes/")
 	if !ok || !validRuleName(name) {
@@ -268,17 +272,14 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 		return
 	}
 	rl := p.rules[name]
+	if rl != nil {
+		info.shape = name // for the audit line; metrics use it once authenticated
+	}
 	if r.Method == http.MethodOptions {
-		if rl == nil {
-			writeJSON(w, http.StatusNotFound, map[string]any{"message": "Unknown shape"})
-			return
-		}
-		info.shape = name
+		// The same answer for every name: a preflight carries no token,
+		// and only an authenticated caller learns which shapes exist.
 		p.preflight(w)
 		return
-	}
-	if rl != nil {
-		info.shape = name
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
@@ -287,7 +288,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 		return
 	default:
 		w.Header().Set("Allow", "GET, HEAD, OPTIONS")
-		writeJSONError(w, &RequestError{Status: 405, Field: "method", Msg: "not allowed"})
+		writeJSONError(w, &requestError{Status: 405, Field: "method", Msg: "not allowed"})
 		return
 	}
 	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
@@ -300,7 +301,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 	if err != nil {
 		info.reason = err.Error()
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+strings.TrimPrefix(err.Error(), "invalid token: ")+`"`)
-		if errors.Is(err, ErrNoToken) {
+		if errors.Is(err, errNoToken) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="shapeseal"`)
 		}
 		writeJSON(w, http.StatusUnauthorized, map[string]any{"message": "Unauthorized", "error": err.Error()})
@@ -323,14 +324,20 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 		writeJSONError(w, err)
 		return
 	}
-	upQ, err := rl.upstreamQuery(q, id, p.cfg.Auth, p.cfg.Secret)
+	upQ, req, err := rl.upstreamQuery(q, id, p.cfg.Auth, p.cfg.Secret)
 	if err != nil {
 		info.reason = err.Error()
-		if errors.Is(err, ErrForbidden) {
+		if errors.Is(err, errForbidden) {
 			writeJSON(w, http.StatusForbidden, map[string]any{"message": "Forbidden", "error": err.Error()})
 			return
 		}
 		writeJSONError(w, err)
+		return
+	}
+	req.Live, req.HTTP = q.live(), r
+	if err := p.authorize(r.Context(), id, req); err != nil {
+		info.reason = err.Error()
+		writeJSON(w, http.StatusForbidden, map[string]any{"message": "Forbidden"})
 		return
 	}
 	if q.live() {
@@ -365,19 +372,42 @@ func tooMany(w http.ResponseWriter, wait time.Duration, msg string) {
 	writeJSON(w, http.StatusTooManyRequests, map[string]any{"message": msg})
 }
 
+// authenticate verifies the request's "Authorization: Bearer <token>"
+// (RFC 6750 §2.1: the scheme, one or more spaces, the token). Nothing else
+// is trimmed: the token must be exactly a canonical compact JWS.
 func (p *Proxy) authenticate(r *http.Request) (*Identity, error) {
 	vals := r.Header.Values("Authorization")
 	if len(vals) == 0 {
-		return nil, ErrNoToken
+		return nil, errNoToken
 	}
 	if len(vals) > 1 {
-		return nil, ErrMalformed
+		return nil, errMalformed
 	}
 	scheme, token, ok := strings.Cut(vals[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return nil, ErrMalformed
+	token = strings.TrimLeft(token, " ")
+	if !ok || len(scheme) != len("Bearer") || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return nil, errMalformed
 	}
-	return p.verifier.Verify(r.Context(), strings.TrimSpace(token))
+	return p.verifier.Verify(r.Context(), token)
+}
+
+// authorize asks Config.Authorize about a request a rule has matched. Its
+// error goes to the audit line only. A hook that panics refuses the
+// request (a WebSocket subscription runs on its own goroutine, where a
+// panic would end the process).
+func (p *Proxy) authorize(ctx context.Context, id *Identity, req *Request) (err error) {
+	if p.cfg.Authorize == nil {
+		return nil
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("Config.Authorize panicked: %v", v)
+		}
+	}()
+	if err := p.cfg.Authorize(ctx, id, req); err != nil {
+		return fmt.Errorf("refused by Config.Authorize: %w", err)
+	}
+	return nil
 }
 
 func (p *Proxy) preflight(w http.ResponseWriter) {
@@ -392,6 +422,11 @@ func (p *Proxy) preflight(w http.ResponseWriter) {
 // hopHeaders are never forwarded in either direction.
 var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 	"Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// internalHeaders describe the servers behind the proxy (their software
+// and version): never forwarded to clients.
+var internalHeaders = map[string]bool{"Electric-Server": true, "Server": true, "Via": true,
+	"X-Powered-By": true, "X-Request-Id": true, "Set-Cookie": true}
 
 // forwardedRequestHeaders are the client headers passed upstream.
 var forwardedRequestHeaders = []string{"Accept", "Accept-Encoding", "If-None-Match", "Traceparent", "Tracestate"}
@@ -674,7 +709,7 @@ func (p *Proxy) writeHeader(w http.ResponseWriter, rl *rule, info *reqInfo, stat
 		hop[k] = true
 	}
 	for k, vs := range up {
-		if hop[k] || strings.HasPrefix(k, "Access-Control-") || k == "Set-Cookie" || k == "X-Request-Id" {
+		if hop[k] || internalHeaders[k] || strings.HasPrefix(k, "Access-Control-") {
 			continue
 		}
 		h[k] = append([]string(nil), vs...)
@@ -772,9 +807,62 @@ func redact(err error) string {
 	return err.Error()
 }
 
+// healthTTL is how long an answer of GET /healthz is reused: the endpoint
+// is public, and must not let anyone make upstream requests at will.
+const healthTTL = time.Second
+
+// healthCache holds the last upstream health check.
+type healthCache struct {
+	mu       sync.Mutex
+	at       time.Time // of status and body; zero: none yet
+	status   int
+	body     map[string]any
+	checking chan struct{} // closed when the check in flight ends
+}
+
 func (p *Proxy) health(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	status, body := p.healthState(r.Context())
+	writeJSON(w, status, body)
+}
+
+// healthState returns the upstream health, checked at most once per
+// healthTTL: concurrent callers share one check.
+func (p *Proxy) healthState(ctx context.Context) (int, map[string]any) {
+	h := &p.healthz
+	h.mu.Lock()
+	for {
+		if !h.at.IsZero() && time.Since(h.at) < healthTTL {
+			defer h.mu.Unlock()
+			return h.status, h.body
+		}
+		if h.checking == nil {
+			break
+		}
+		ch := h.checking
+		h.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return http.StatusServiceUnavailable, map[string]any{"status": "upstream unavailable"}
+		}
+		h.mu.Lock()
+	}
+	ch := make(chan struct{})
+	h.checking = ch
+	h.mu.Unlock()
+	// Apart from ctx: the check is shared with whoever waits for it.
+	status, body := p.checkHealth(context.WithoutCancel(ctx))
+	h.mu.Lock()
+	h.at, h.status, h.body, h.checking = time.Now(), status, body, nil
+	h.mu.Unlock()
+	close(ch)
+	return status, body
+}
+
+// checkHealth asks the upstream's /v1/health.
+func (p *Proxy) checkHealth(ctx context.Context) (int, map[string]any) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	u := *p.upstream
 	u.Path += "/v1/health"
@@ -782,8 +870,7 @@ func (p *Proxy) health(w http.ResponseWriter, r *http.Request) {
 	resp, err := p.client.Do(req)
 	if err != nil {
 		p.metrics.upErrors.Add(1)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "upstream unavailable"})
-		return
+		return http.StatusServiceUnavailable, map[string]any{"status": "upstream unavailable"}
 	}
 	defer resp.Body.Close()
 	var body struct {
@@ -791,10 +878,25 @@ func (p *Proxy) health(w http.ResponseWriter, r *http.Request) {
 	}
 	json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&body)
 	if resp.StatusCode != http.StatusOK {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "upstream not ready", "upstream": body.Status})
+		return http.StatusServiceUnavailable, map[string]any{"status": "upstream not ready", "upstream": body.Status}
+	}
+	return http.StatusOK, map[string]any{"status": "ok", "upstream": body.Status}
+}
+
+// MetricsHandler serves the proxy's metrics in the Prometheus text format
+// (GET or HEAD, at any path), for mounting apart from the proxy's routes
+// (see Config.MetricsListen).
+func (p *Proxy) MetricsHandler() http.Handler { return http.HandlerFunc(p.serveMetrics) }
+
+func (p *Proxy) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeJSONError(w, &requestError{Status: 405, Field: "method", Msg: "not allowed"})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "upstream": body.Status})
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	p.metrics.write(w)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -809,9 +911,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeJSONError(w http.ResponseWriter, err error) {
-	var re *RequestError
+	var re *requestError
 	if !errors.As(err, &re) {
-		re = &RequestError{Status: 400, Field: "request", Msg: err.Error()}
+		re = &requestError{Status: 400, Field: "request", Msg: err.Error()}
 	}
 	writeJSON(w, re.Status, map[string]any{"message": "Invalid request", "errors": map[string][]string{re.Field: {re.Msg}}})
 }

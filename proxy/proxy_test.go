@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,12 +27,16 @@ const (
 // recorder wraps the real electrictest server and records every query
 // that reaches it. It is not a mock: every request is served by Electric.
 type recorder struct {
-	next http.Handler
-	mu   sync.Mutex
-	reqs []url.Values
+	next   http.Handler
+	mu     sync.Mutex
+	reqs   []url.Values
+	health atomic.Int32 // requests of /v1/health
 }
 
 func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if req.URL.Path == "/v1/health" {
+		r.health.Add(1)
+	}
 	if req.URL.Path == "/v1/shape" {
 		r.mu.Lock()
 		r.reqs = append(r.reqs, req.URL.Query())

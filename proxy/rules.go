@@ -108,8 +108,8 @@ func compileRule(r ShapeRule) (*rule, error) {
 	return c, nil
 }
 
-// ErrForbidden is returned when a verified token may not read a shape.
-var ErrForbidden = errors.New("forbidden")
+// errForbidden is returned when a verified token may not read a shape.
+var errForbidden = errors.New("forbidden")
 
 // claimValue resolves a Params path for an identity.
 func claimValue(id *Identity, a AuthConfig, path string) (string, bool) {
@@ -165,32 +165,32 @@ func pgArray(items []string) string {
 // upstreamQuery builds the whole upstream query: the client's validated
 // position parameters plus the rule's pinned definition and the secret.
 // Nothing from the client is copied except values that passed validation.
-func (r *rule) upstreamQuery(q *clientQuery, id *Identity, a AuthConfig, secret string) (url.Values, error) {
+// It also returns the request as Config.Authorize sees it.
+func (r *rule) upstreamQuery(q *clientQuery, id *Identity, a AuthConfig, secret string) (url.Values, *Request, error) {
 	if r.roles != nil && !slices.ContainsFunc(id.Roles, func(s string) bool { return r.roles[s] }) {
-		return nil, fmt.Errorf("%w: role not allowed for shape %q", ErrForbidden, r.Name)
+		return nil, nil, fmt.Errorf("%w: role not allowed for shape %q", errForbidden, r.Name)
 	}
-	out := url.Values{}
-	for k, v := range q.position {
-		out[k] = []string{v[0]}
-	}
-	out.Set("table", r.Table)
+	req := &Request{Shape: r.Name, Table: r.Table, Where: r.Where}
 	switch {
 	case r.tenantKs:
-		out.Set("params[1]", id.UserID)
-		if id.DeviceID != "" {
-			out.Set("where", "user_id = $1 AND device_id = $2")
-			out.Set("params[2]", id.DeviceID)
-		} else {
-			out.Set("where", "user_id = $1")
+		req.Where, req.Params = "user_id = $1", []string{id.UserID}
+		if raw, named := lookup(id.Claims, a.claim(a.DeviceClaim, "device_id")); named {
+			// A device claim narrows the keys to that device; one that
+			// names no device ("" or not a string) must not widen them
+			// to every device of the user.
+			device, ok := raw.(string)
+			if !ok || device == "" {
+				return nil, nil, fmt.Errorf("%w: the token's device claim is empty or not a string", errForbidden)
+			}
+			req.Where, req.Params = "user_id = $1 AND device_id = $2", []string{id.UserID, device}
 		}
 	case r.Where != "":
-		out.Set("where", r.Where)
-		for i, p := range r.Params {
+		for _, p := range r.Params {
 			v, ok := claimValue(id, a, p)
 			if !ok {
-				return nil, fmt.Errorf("%w: the token lacks claim %q", ErrForbidden, p)
+				return nil, nil, fmt.Errorf("%w: the token lacks claim %q", errForbidden, p)
 			}
-			out.Set("params["+strconv.Itoa(i+1)+"]", v)
+			req.Params = append(req.Params, v)
 		}
 	}
 	cols := r.columns
@@ -198,20 +198,35 @@ func (r *rule) upstreamQuery(q *clientQuery, id *Identity, a AuthConfig, secret 
 		if len(r.columns) > 0 {
 			for _, c := range q.columns {
 				if !r.allowed[c] {
-					return nil, badRequest("columns", "column %s is not allowed for this shape", strconv.QuoteToASCII(c))
+					return nil, nil, badRequest("columns", "column %s is not allowed for this shape", strconv.QuoteToASCII(c))
 				}
 			}
 		}
 		cols = q.columns
 	}
-	if len(cols) > 0 {
-		seen := map[string]bool{}
-		quoted := make([]string, 0, len(cols))
-		for _, c := range cols {
-			if !seen[c] {
-				seen[c] = true
-				quoted = append(quoted, quoteIdent(c))
-			}
+	seen := map[string]bool{}
+	for _, c := range cols {
+		if !seen[c] {
+			seen[c] = true
+			req.Columns = append(req.Columns, c)
+		}
+	}
+
+	out := url.Values{}
+	for k, v := range q.position {
+		out[k] = []string{v[0]}
+	}
+	out.Set("table", req.Table)
+	if req.Where != "" {
+		out.Set("where", req.Where)
+	}
+	for i, v := range req.Params {
+		out.Set("params["+strconv.Itoa(i+1)+"]", v)
+	}
+	if len(req.Columns) > 0 {
+		quoted := make([]string, len(req.Columns))
+		for i, c := range req.Columns {
+			quoted[i] = quoteIdent(c)
 		}
 		out.Set("columns", strings.Join(quoted, ","))
 	}
@@ -221,5 +236,5 @@ func (r *rule) upstreamQuery(q *clientQuery, id *Identity, a AuthConfig, secret 
 	if secret != "" {
 		out.Set("secret", secret)
 	}
-	return out, nil
+	return out, req, nil
 }

@@ -93,6 +93,7 @@ type wsConn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	info   *reqInfo
+	req    *http.Request // the upgrade request (Request.HTTP for Config.Authorize)
 
 	mu       sync.Mutex
 	id       *Identity
@@ -118,6 +119,9 @@ type wsSub struct {
 	live    bool
 	ctx     context.Context
 	cancel  context.CancelFunc
+	release func() // a live subscription's slot of Limits.MaxLivePerUser
+
+	authorized string // the definition Config.Authorize allowed at subscribe, for the first poll
 
 	offset, handle, cursor string
 	following              bool   // past the first up-to-date
@@ -143,7 +147,7 @@ func (p *Proxy) serveWS(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 	}
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")
-		writeJSONError(w, &RequestError{Status: 405, Field: "method", Msg: "not allowed"})
+		writeJSONError(w, &requestError{Status: 405, Field: "method", Msg: "not allowed"})
 		return
 	}
 	authTimeout, writeTimeout, frames, size := p.ws.defaults()
@@ -157,7 +161,7 @@ func (p *Proxy) serveWS(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 	}
 	ws.SetReadLimit(wsMaxClientFrame)
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &wsConn{p: p, ws: ws, ctx: ctx, cancel: cancel, info: info, subs: map[string]*wsSub{},
+	c := &wsConn{p: p, ws: ws, ctx: ctx, cancel: cancel, info: info, req: r, subs: map[string]*wsSub{},
 		notify: make(chan struct{}, 1), frames: frames, maxBytes: size, authed: make(chan struct{})}
 	defer cancel()
 	p.metrics.ws.open.Add(1)
@@ -377,18 +381,35 @@ func (c *wsConn) subscribe(m wsIn) {
 		}
 	}
 	// Check the rule now, so that a forbidden subscription fails at once.
-	if _, err := rl.upstreamQuery(s.query(), id, c.p.cfg.Auth, c.p.cfg.Secret); err != nil {
+	q, req, err := rl.upstreamQuery(s.query(), id, c.p.cfg.Auth, c.p.cfg.Secret)
+	if err != nil {
 		c.ruleError(s, err)
 		return
+	}
+	if !c.authorize(c.ctx, s, id, req) {
+		return
+	}
+	s.authorized = shapeDefinition(q)
+	if s.live {
+		// A live subscription holds a live poll for as long as it lasts:
+		// it counts as one of the user's live requests.
+		release, ok := c.p.limiter.acquireLive(id.UserID)
+		if !ok {
+			c.subError(m.ID, 429, "too many concurrent live requests")
+			return
+		}
+		s.release = release
 	}
 	c.mu.Lock()
 	switch {
 	case c.subs[m.ID] != nil:
 		c.mu.Unlock()
+		s.releaseLive()
 		c.subError(m.ID, 400, "id is already subscribed")
 		return
 	case len(c.subs) >= wsMaxSubscriptions:
 		c.mu.Unlock()
+		s.releaseLive()
 		c.subError(m.ID, 429, "too many subscriptions on this connection")
 		return
 	}
@@ -401,10 +422,35 @@ func (c *wsConn) subscribe(m wsIn) {
 	go c.run(s)
 }
 
+// releaseLive gives back a live subscription's slot.
+func (s *wsSub) releaseLive() {
+	if s.release != nil {
+		s.release()
+	}
+}
+
+// authorize asks Config.Authorize about a subscription's request; false
+// (after an error frame) when it is refused.
+func (c *wsConn) authorize(ctx context.Context, s *wsSub, id *Identity, req *Request) bool {
+	if ctx.Err() != nil {
+		return false // the subscription or connection is over
+	}
+	req.Live, req.WebSocket, req.HTTP = s.live && s.following, true, c.req
+	err := c.p.authorize(ctx, id, req)
+	if err == nil {
+		return true
+	}
+	if ctx.Err() == nil {
+		c.p.logger.Info("proxy ws: subscription refused", "shape", s.rule.Name, "sub", s.id, "user", id.UserID, "reason", err.Error())
+		c.subError(s.id, 403, "forbidden")
+	}
+	return false
+}
+
 func (c *wsConn) ruleError(s *wsSub, err error) {
-	var re *RequestError
+	var re *requestError
 	switch {
-	case errors.Is(err, ErrForbidden):
+	case errors.Is(err, errForbidden):
 		c.subError(s.id, 403, err.Error())
 	case errors.As(err, &re):
 		c.subError(s.id, re.Status, re.Error())
@@ -436,6 +482,7 @@ func (c *wsConn) run(s *wsSub) {
 	c.mu.Unlock()
 	reason, status := "", 200
 	defer func() {
+		s.releaseLive()
 		c.mu.Lock()
 		mine := c.subs[s.id] == s
 		if mine {
@@ -462,7 +509,7 @@ func (c *wsConn) run(s *wsSub) {
 		if !ok {
 			return
 		}
-		q, err := s.rule.upstreamQuery(s.query(), id, c.p.cfg.Auth, c.p.cfg.Secret)
+		q, req, err := s.rule.upstreamQuery(s.query(), id, c.p.cfg.Auth, c.p.cfg.Secret)
 		if err != nil {
 			reason, status = err.Error(), 403
 			c.ruleError(s, err)
@@ -477,6 +524,12 @@ func (c *wsConn) run(s *wsSub) {
 			}
 			s.def = def
 			continue
+		}
+		if s.authorized == s.def && polls == 0 {
+			// Asked at subscribe.
+		} else if !c.authorize(s.ctx, s, id, req) {
+			reason, status = "refused by Config.Authorize", 403
+			return
 		}
 		polls++
 		var res *wsResult
