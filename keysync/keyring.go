@@ -17,6 +17,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/shapeseal/shapeseal/client"
+	"github.com/shapeseal/shapeseal/internal/pgident"
 )
 
 // TenantKeysTable is the table of wrapped tenant keysets that a [Keyring]
@@ -137,30 +138,9 @@ func LogShapeOptions(shapeURL string, tenants ...string) client.Options {
 		Live: true,
 	}
 	if len(tenants) > 0 {
-		o.Params.Where, o.Params.Params = LogShapeWhere, []string{pgTextArray(tenants)}
+		o.Params.Where, o.Params.Params = LogShapeWhere, []string{pgident.TextArray(tenants)}
 	}
 	return o
-}
-
-// pgTextArray writes ss as a Postgres text[] literal.
-func pgTextArray(ss []string) string {
-	var b strings.Builder
-	b.WriteByte('{')
-	for i, s := range ss {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteByte('"')
-		for _, r := range s {
-			if r == '"' || r == '\\' {
-				b.WriteByte('\\')
-			}
-			b.WriteRune(r)
-		}
-		b.WriteByte('"')
-	}
-	b.WriteByte('}')
-	return b.String()
 }
 
 // KeyRowError reports a tenant-key row the keyring refused, or a tenant's

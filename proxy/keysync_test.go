@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shapeseal/shapeseal/client"
+	"github.com/shapeseal/shapeseal/internal/pgident"
 	"github.com/shapeseal/shapeseal/keysync"
 	"github.com/shapeseal/shapeseal/keysync/chain"
 )
@@ -224,7 +225,7 @@ func checkLogUpstream(t *testing.T, e *env) {
 				}
 			}
 			if q.Get("where") != keysync.LogShapeWhere || q.Get("secret") != upSecret ||
-				!slices.Contains([]string{pgArray([]string{"acme", "globex"}), pgArray([]string{"globex"})}, q.Get("params[1]")) ||
+				!slices.Contains([]string{pgident.TextArray([]string{"acme", "globex"}), pgident.TextArray([]string{"globex"})}, q.Get("params[1]")) ||
 				q.Get("columns") != `"tenant_id","seq","entry"` || q.Get("replica") != "full" {
 				t.Errorf("log rule: upstream request outside the rule: %v", q)
 			}

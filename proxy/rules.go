@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/shapeseal/shapeseal/internal/pgident"
 )
 
 // validRuleName accepts a shape rule's name: 1–64 of A–Z a–z 0–9 _ -
@@ -122,7 +124,7 @@ func claimValue(id *Identity, a AuthConfig, path string) (string, bool) {
 		if id.Tenants == nil {
 			return "", false
 		}
-		return pgArray(id.Tenants), true
+		return pgident.TextArray(id.Tenants), true
 	}
 	raw, ok := lookup(id.Claims, path)
 	if !ok {
@@ -136,30 +138,9 @@ func claimValue(id *Identity, a AuthConfig, path string) (string, bool) {
 		if !ok {
 			return "", false
 		}
-		return pgArray(list), true
+		return pgident.TextArray(list), true
 	}
 	return "", false
-}
-
-// pgArray renders a Postgres text array literal with every element quoted.
-func pgArray(items []string) string {
-	var b strings.Builder
-	b.WriteByte('{')
-	for i, s := range items {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteByte('"')
-		for _, r := range s {
-			if r == '"' || r == '\\' {
-				b.WriteByte('\\')
-			}
-			b.WriteRune(r)
-		}
-		b.WriteByte('"')
-	}
-	b.WriteByte('}')
-	return b.String()
 }
 
 // upstreamQuery builds the whole upstream query: the client's validated

@@ -252,3 +252,26 @@ func downcaseASCII(s string) string {
 	}
 	return string(b)
 }
+
+// TextArray writes ss as a Postgres text[] literal, every element quoted:
+// {"acme","a \"b\""}. It is how a list travels as one shape parameter (a
+// where clause then reads it as $1::text[]).
+func TextArray(ss []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, s := range ss {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for _, r := range s {
+			if r == '"' || r == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(r)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
