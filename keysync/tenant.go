@@ -95,6 +95,14 @@ func (a *Admin) tx(ctx context.Context, tenant string, mustExist bool, f func(tx
 		}
 		a.states[tenant] = st
 		a.mu.Unlock()
+		// The floor takes in the entry just signed: a database that later
+		// cuts it off (a revocation, say) is refused by the next run.
+		if a.Floor != nil {
+			m := FloorMark{Seq: st.Seq(), Head: st.Head(), Generation: st.Keyset().Generation}
+			if ferr := a.Floor.Raise(tenant, m); ferr != nil {
+				return fmt.Errorf("keysync: tenant %q changed, but its floor was not raised: %w", tenant, ferr)
+			}
+		}
 	}
 	return err
 }
@@ -446,7 +454,8 @@ func (a *Admin) kek(uri string) (KEK, error) {
 
 // wrapFor wraps ks to the devices st lists — of user only, unless user is
 // empty — signed by the Admin's key, and upserts their rows of
-// shapeseal_tenant_keys (never to an older generation). Every other row of
+// shapeseal_tenant_keys: under the tenant lock the log is the authority, so
+// whatever a row held is replaced. Every other row of
 // the tenant (or of user) is deleted: no row the log does not back stays,
 // and the stray ones are reported.
 func (a *Admin) wrapFor(ctx context.Context, tx pgx.Tx, st *chain.State, ks *Keyset, user string) error {
@@ -465,8 +474,7 @@ func (a *Admin) wrapFor(ctx context.Context, tx pgx.Tx, st *chain.State, ks *Key
 		b.Queue(`INSERT INTO shapeseal_tenant_keys (tenant_id, user_id, device_id, generation, wrapped)
 			VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (tenant_id, user_id, device_id) DO UPDATE
-			SET generation = excluded.generation, wrapped = excluded.wrapped
-			WHERE shapeseal_tenant_keys.generation <= excluded.generation`,
+			SET generation = excluded.generation, wrapped = excluded.wrapped`,
 			ks.tenant, d.User, d.Device, int64(ks.generation), wrapped)
 		keep = append(keep, [2]string{d.User, d.Device})
 	}
