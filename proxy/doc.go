@@ -52,11 +52,12 @@
 // of the JWKS being refetched.
 //
 // A token is accepted only in its canonical form, so that one signed token
-// has one string (one key in that cache, or in a deny list): "Bearer", one
-// or more spaces and the token, nothing trimmed from it (a WebSocket's auth
-// message carries it alone); three segments of unpadded base64url without
-// set unused bits, line breaks or other characters; an ECDSA signature with
-// its low s (s ≤ n/2, as (r, n−s) would verify too); a header and claims
+// has one key in that cache (and in a deny list): "Bearer", one or more
+// spaces and the token, nothing trimmed from it (a WebSocket's auth message
+// carries it alone); three segments of unpadded base64url without set
+// unused bits, line breaks or other characters; an ECDSA signature with
+// either s — (r, s) and (r, n−s) both verify, and are one token, keyed by
+// the low-s form; a header and claims
 // that are each exactly one JSON object in UTF-8, with no key twice and
 // nothing after it; no "crit" or "b64" header. Anything else is
 // "malformed".

@@ -122,10 +122,11 @@ type verifier struct {
 	jwks     *jwksCache
 	now      func() time.Time // the clock of exp, nbf, iat, the cache and JWKS ages
 
-	// cache holds recently verified tokens by their SHA-256, so that a
+	// cache holds recently verified tokens by their tokenKey, so that a
 	// client's polls do not each pay for a signature check. An entry
 	// lives at most verifiedTTL and never past the token's exp. Only
-	// canonical tokens get here, so a token has one key.
+	// canonical tokens get here, and the two ECDSA forms of one token
+	// share its key, so a token has one entry.
 	cacheMu sync.Mutex
 	cache   map[[32]byte]cachedIdentity
 }
@@ -133,6 +134,7 @@ type verifier struct {
 type cachedIdentity struct {
 	id      *Identity
 	exp     float64 // the token's exp claim
+	alg     string  // the algorithm the signature was verified with
 	expires time.Time
 }
 
@@ -203,7 +205,6 @@ var (
 	errInvalidToken = errors.New("invalid token")
 	errNoToken      = fmt.Errorf("%w: no bearer token", errInvalidToken)
 	errMalformed    = fmt.Errorf("%w: malformed", errInvalidToken)
-	errHighS        = fmt.Errorf("%w: ECDSA signature with a high s (not canonical)", errInvalidToken)
 	errAlgorithm    = fmt.Errorf("%w: algorithm not allowed", errInvalidToken)
 	errUnknownKey   = fmt.Errorf("%w: no key for this token", errInvalidToken)
 	errSignature    = fmt.Errorf("%w: bad signature", errInvalidToken)
@@ -220,18 +221,20 @@ func (v *verifier) Verify(ctx context.Context, token string) (*Identity, error) 
 	if len(token) > maxTokenLen {
 		return nil, errMalformed
 	}
-	sum := sha256.Sum256([]byte(token))
+	key, esAlg := tokenKey(token)
 	now := v.now()
 	v.cacheMu.Lock()
-	c, hit := v.cache[sum]
+	c, hit := v.cache[key]
 	v.cacheMu.Unlock()
-	if hit && now.Before(c.expires) {
+	// An entry answers for another string of its token (the other s) only
+	// if go-jose verified it with the ES* algorithm tokenKey read.
+	if hit && now.Before(c.expires) && (esAlg == "" || c.alg == esAlg) {
 		if float64(now.UnixNano())/1e9 > c.exp+v.cfg.Leeway.Seconds() {
 			return nil, errExpired
 		}
 		return c.id, nil
 	}
-	id, exp, err := v.verify(ctx, token)
+	id, exp, alg, err := v.verify(ctx, token)
 	if err != nil {
 		return nil, err
 	}
@@ -239,63 +242,62 @@ func (v *verifier) Verify(ctx context.Context, token string) (*Identity, error) 
 	if v.cache == nil || len(v.cache) >= verifiedEntries {
 		v.cache = map[[32]byte]cachedIdentity{} // crude but bounded
 	}
-	v.cache[sum] = cachedIdentity{id: id, exp: exp, expires: now.Add(verifiedTTL)}
+	v.cache[key] = cachedIdentity{id: id, exp: exp, alg: alg, expires: now.Add(verifiedTTL)}
 	v.cacheMu.Unlock()
 	return id, nil
 }
 
-// verify checks a token fully and returns its identity and exp.
-func (v *verifier) verify(ctx context.Context, token string) (*Identity, float64, error) {
+// verify checks a token fully and returns its identity, its exp and the
+// algorithm of its signature.
+func (v *verifier) verify(ctx context.Context, token string) (*Identity, float64, string, error) {
 	if !canonicalCompact(token) {
-		return nil, 0, errMalformed
+		return nil, 0, "", errMalformed
 	}
 	jws, err := jose.ParseSignedCompact(token, v.joseAlgs)
 	if err != nil {
 		if _, ok := errors.AsType[*jose.ErrUnexpectedSignatureAlgorithm](err); ok {
-			return nil, 0, errAlgorithm
+			return nil, 0, "", errAlgorithm
 		}
-		return nil, 0, errMalformed
+		return nil, 0, "", errMalformed
 	}
 	sig := jws.Signatures[0]
 	alg, kid := sig.Header.Algorithm, sig.Header.KeyID
 	if !v.algs[alg] {
-		return nil, 0, errAlgorithm
+		return nil, 0, "", errAlgorithm
 	}
 	for _, h := range []jose.HeaderKey{"crit", "b64"} {
 		if _, ok := sig.Header.ExtraHeaders[h]; ok {
-			return nil, 0, errMalformed // no extension is understood, and claims are base64url
+			return nil, 0, "", errMalformed // no extension is understood, and claims are base64url
 		}
-	}
-	if !lowS(alg, sig.Signature) {
-		return nil, 0, errHighS
 	}
 	payload, ok := v.checkSig(ctx, jws, alg, kid)
 	if !ok {
 		if v.jwks != nil && kid != "" && !v.jwks.has(kid) {
-			return nil, 0, errUnknownKey
+			return nil, 0, "", errUnknownKey
 		}
-		return nil, 0, errSignature
+		return nil, 0, "", errSignature
 	}
 	if !strictJSONObject(payload) {
-		return nil, 0, errMalformed
+		return nil, 0, "", errMalformed
 	}
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
 	var claims Claims
 	if err := dec.Decode(&claims); err != nil || claims == nil {
-		return nil, 0, errMalformed
+		return nil, 0, "", errMalformed
 	}
 	if err := v.checkClaims(claims); err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
 	exp, _, _ := numClaim(claims, "exp")
 	id, err := v.identity(claims)
-	return id, exp, err
+	return id, exp, alg, err
 }
 
 // canonicalCompact reports whether token is a compact JWS in its one
 // canonical form, so that no two strings carry the same signed token (and
-// the verified-token cache has one key for it): three segments of
+// the verified-token cache has one key for it) but for the two s of an
+// ECDSA signature, which tokenKey maps to one key: three segments of
 // unpadded base64url with no unused bits set, nothing else (no
 // whitespace, no line breaks); a header that is one JSON object, in UTF-8,
 // without duplicate keys or anything after it. (The signing input covers
@@ -376,21 +378,70 @@ func strictJSONValue(dec *json.Decoder, depth int) bool {
 	return true
 }
 
-// lowS reports whether an ES* signature has the low form of its s (s ≤
-// n/2): (r, n−s) verifies as well as (r, s), so only one of the two is
-// accepted. Signatures of other algorithms, or of the wrong size (which
-// go-jose refuses), pass.
-func lowS(alg string, sig []byte) bool {
-	c := ecCurve(alg)
-	if c == nil {
-		return true
+// tokenKey is a token's identity: the SHA-256 of its canonical form, the
+// key of the verified-token cache (and what anything that names tokens,
+// such as a deny list, must use). canonicalCompact gives a token one
+// string, except that ECDSA signatures are malleable: (r, n−s) verifies
+// wherever (r, s) does, and issuers that do not normalise s (Go's
+// crypto/ecdsa, OpenSSL, WebCrypto) send either form. Both are accepted;
+// the canonical form is the one with the low s (s ≤ n/2), so a token whose
+// signature segment is canonical base64url of an ES* signature with
+// n/2 < s < n has the key of the same string with n−s. Any other token is
+// its own canonical form (or not canonical at all, and refused by
+// verify).
+//
+// esAlg is the ES* algorithm tokenKey read from the header when the
+// signature was a candidate for that mapping, "" otherwise (the key is
+// then the token's own SHA-256). A cache entry answers for a token only
+// when it was verified with esAlg, so that a header read differently here
+// and by go-jose can never let another string share a verified entry.
+func tokenKey(token string) (key [32]byte, esAlg string) {
+	key = sha256.Sum256([]byte(token))
+	h, i := strings.IndexByte(token, '.'), strings.LastIndexByte(token, '.')
+	if h < 0 || h == i {
+		return key, ""
 	}
-	size := (c.Params().BitSize + 7) / 8
-	if len(sig) != 2*size {
-		return true
+	seg := token[i+1:]
+	var alg string
+	switch len(seg) { // unpadded base64url of 2×32, 2×48 and 2×66 bytes
+	case 86:
+		alg = "ES256"
+	case 128:
+		alg = "ES384"
+	case 176:
+		alg = "ES512"
+	default:
+		return key, ""
 	}
+	if headerAlg(token[:h]) != alg {
+		return key, ""
+	}
+	sig, err := canonicalB64.DecodeString(seg)
+	if err != nil || canonicalB64.EncodeToString(sig) != seg {
+		return key, ""
+	}
+	n := ecCurve(alg).Params().N
+	size := len(sig) / 2
 	s := new(big.Int).SetBytes(sig[size:])
-	return s.Cmp(new(big.Int).Rsh(c.Params().N, 1)) <= 0
+	if s.Cmp(new(big.Int).Rsh(n, 1)) <= 0 || s.Cmp(n) >= 0 {
+		return key, alg // already low (or invalid: verify refuses it)
+	}
+	s.Sub(n, s).FillBytes(sig[size:])
+	return sha256.Sum256([]byte(token[:i+1] + canonicalB64.EncodeToString(sig))), alg
+}
+
+// headerAlg is the "alg" of an encoded header, "" if there is none.
+func headerAlg(seg string) string {
+	b, err := canonicalB64.DecodeString(seg)
+	if err != nil {
+		return ""
+	}
+	var hdr map[string]json.RawMessage // keys compared exactly, as go-jose does
+	var alg string
+	if json.Unmarshal(b, &hdr) != nil || json.Unmarshal(hdr["alg"], &alg) != nil {
+		return ""
+	}
+	return alg
 }
 
 // checkSig verifies jws with the first key that matches its kid and alg

@@ -29,7 +29,7 @@ import (
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	config := fs.String("config", "", "YAML config file (see proxy.FileConfig); required")
+	config := fs.String("config", "", "YAML config file (its format: proxy.LoadConfig); required")
 	listen := fs.String("listen", "127.0.0.1:3001", "address to listen on")
 	verbose := fs.Bool("v", false, "log debug events")
 	debugListen := fs.String("debug-listen", "", "also serve Go's profiles (/debug/pprof/) on this address, apart from the proxy (for benchmarks; never expose it)")
