@@ -57,10 +57,9 @@
 // carries it alone); three segments of unpadded base64url without set
 // unused bits, line breaks or other characters; an ECDSA signature with
 // either s — (r, s) and (r, n−s) both verify, and are one token, keyed by
-// the low-s form; a header and claims
-// that are each exactly one JSON object in UTF-8, with no key twice and
-// nothing after it; no "crit" or "b64" header. Anything else is
-// "malformed".
+// the low-s form; a header and claims that are each exactly one JSON
+// object in UTF-8, with no key twice and nothing after it; no "crit" or
+// "b64" header. Anything else is "malformed".
 //
 // # Rules
 //
