@@ -324,13 +324,14 @@ var (
 )
 
 const (
-	ccInitial   = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
-	ccCatchUp   = "public, max-age=60, stale-while-revalidate=300"
-	ccLive      = "public, max-age=5, stale-while-revalidate=5"
-	cc409       = "public, max-age=60, must-revalidate"
-	jsonCT      = "application/json; charset=utf-8"
-	mustRefBody = `[{"headers":{"control":"must-refetch"}}]`
-	exposeHdrs  = "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,electric-up-to-date,electric-internal-known-error,retry-after"
+	ccInitial     = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
+	ccCatchUp     = "public, max-age=60, stale-while-revalidate=300"
+	ccLive        = "public, max-age=5, stale-while-revalidate=5"
+	cc409         = "public, max-age=60, must-revalidate"
+	cc409NoHandle = "public, max-age=1, must-revalidate"
+	jsonCT        = "application/json; charset=utf-8"
+	mustRefBody   = `[{"headers":{"control":"must-refetch"}}]`
+	exposeHdrs    = "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,electric-up-to-date,electric-internal-known-error,retry-after"
 )
 
 // ---------------------------------------------------------------------------
@@ -897,11 +898,32 @@ func TestETag(t *testing.T) {
 	}
 	hdrIs(t, nm, "cache-control", ccLive)
 
-	// No-change responses can never be revalidated.
+	// A non-live catch-up that finds nothing new is an ordinary log
+	// response in Electric (do_serve_shape_log): has-data true, a 3-part
+	// etag, revalidatable.
 	u := e.shape("table", "items", "offset", f.offset, "handle", handle)
 	u.expectStatus(t, 200)
-	hdrIs(t, u, "electric-has-data", "false")
-	e.request("GET", "/v1/shape?"+qs("table", "items", "offset", f.offset, "handle", handle), "If-None-Match", u.header.Get("etag")).expectStatus(t, 200)
+	hdrIs(t, u, "electric-has-data", "true")
+	hdrIs(t, u, "electric-up-to-date", "")
+	if want := `"` + handle + ":" + f.offset + ":" + f.offset + `"`; u.header.Get("etag") != want {
+		t.Errorf("catch-up with nothing new: etag %s, want %s", u.header.Get("etag"), want)
+	}
+	e.request("GET", "/v1/shape?"+qs("table", "items", "offset", f.offset, "handle", handle), "If-None-Match", u.header.Get("etag")).expectStatus(t, 304)
+
+	// No-change responses (offset=now, a live timeout) can never be
+	// revalidated: has-data false and a 4th etag segment.
+	for _, kv := range [][]string{
+		{"table", "items", "offset", "now"},
+		{"table", "items", "offset", f.offset, "handle", handle, "live", "true"},
+	} {
+		u := e.shape(kv...)
+		u.expectStatus(t, 200)
+		hdrIs(t, u, "electric-has-data", "false")
+		if parts := strings.Split(strings.Trim(u.header.Get("etag"), `"`), ":"); len(parts) != 4 {
+			t.Errorf("%v: etag %s, want 4 parts", kv, u.header.Get("etag"))
+		}
+		e.request("GET", "/v1/shape?"+qs(kv...), "If-None-Match", u.header.Get("etag")).expectStatus(t, 200)
+	}
 }
 
 // ---------------------------------------------------------------------------
@@ -1181,7 +1203,9 @@ func TestMustRefetch(t *testing.T) {
 		t.Errorf("handle of where id > 1: %q", h2)
 	}
 
-	// Rotate() wakes a waiting live request with a 409 and a new handle.
+	// Rotate() wakes a waiting live request with a 409 without a handle
+	// (Electric's hold_until_change learns of the rotation without a
+	// replacement) and max-age=1.
 	done := goFetch(t, "GET", e.srv.URL+"/v1/shape?"+qs("table", "items", "offset", f.offset, "handle", f.handle, "live", "true"))
 	time.Sleep(300 * time.Millisecond)
 	n, err := e.srv.Rotate("items")
@@ -1194,12 +1218,17 @@ func TestMustRefetch(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("a live request was not woken by Rotate")
 	}
-	newHandle := check409(r, "")
+	r.expectStatus(t, 409)
+	if string(r.body) != mustRefBody {
+		t.Errorf("409 body %q, want %s", r.body, mustRefBody)
+	}
+	hdrIs(t, r, "cache-control", cc409NoHandle)
+	hdrAbsent(t, r, "electric-handle", "electric-cursor", "electric-schema", "surrogate-control")
+	// Non-live with the old handle: a new handle.
+	newHandle := check409(e.shape("table", "items", "offset", f.offset, "handle", f.handle), "")
 	if newHandle == f.handle {
 		t.Fatal("409 after Rotate gives the old handle")
 	}
-	// Non-live with the old handle: the same new handle.
-	check409(e.shape("table", "items", "offset", f.offset, "handle", f.handle), newHandle)
 	// The follower recovers from the 409 and converges.
 	f.step(false)
 	if f.refetch != 1 || f.handle != newHandle || f.offset != "-1" {
@@ -1239,11 +1268,9 @@ func TestTruncate(t *testing.T) {
 	if string(r.body) != mustRefBody {
 		t.Errorf("body %s", r.body)
 	}
-	nh := r.header.Get("electric-handle")
-	if nh == "" || nh == f.handle {
-		t.Errorf("409 handle %q, old %q", nh, f.handle)
-	}
-	hdrIs(t, r, "cache-control", cc409)
+	// A live wait ended by the rotation: no handle, max-age=1 (§5.1).
+	hdrAbsent(t, r, "electric-handle")
+	hdrIs(t, r, "cache-control", cc409NoHandle)
 	// The other shape of the table is invalidated too.
 	e.shape("table", "items", "where", "n > 1", "offset", g.offset, "handle", g.handle).expectStatus(t, 409)
 
@@ -1316,7 +1343,13 @@ func TestSSE(t *testing.T) {
 	if res.StatusCode != 200 {
 		t.Fatalf("status %d", res.StatusCode)
 	}
-	for k, want := range map[string]string{"content-type": "text/event-stream", "cache-control": "public, max-age=2", "electric-handle": f.handle, "electric-offset": f.offset} {
+	// Electric's put_resp_headers applies to SSE too: etag, has-data and
+	// up-to-date, besides the SSE headers.
+	if _, ok := res.Header["Electric-Up-To-Date"]; !ok {
+		t.Error("no electric-up-to-date on an SSE response")
+	}
+	for k, want := range map[string]string{"content-type": "text/event-stream", "cache-control": "public, max-age=2", "electric-handle": f.handle, "electric-offset": f.offset,
+		"etag": `"` + f.handle + ":" + f.offset + ":" + f.offset + `"`, "electric-has-data": "true", "electric-up-to-date": ""} {
 		if got := res.Header.Get(k); got != want {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}

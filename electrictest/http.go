@@ -178,6 +178,14 @@ func parseDefinition(q map[string][]string, errs map[string][]string) shapeDef {
 			def.columns = cols
 		}
 	}
+	if c := get("queryable_columns"); c != "" {
+		cols, err := ParseColumns(c)
+		if err != nil {
+			errs["queryable_columns"] = append(errs["queryable_columns"], err.Error())
+		} else {
+			def.queryable = cols
+		}
+	}
 	switch def.replica = get("replica"); def.replica {
 	case "":
 		def.replica = "default"
@@ -467,13 +475,18 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 		w.WriteHeader(http.StatusOK)
 		w.Write(body)
 	}
-	noChange := func(off Offset) {
-		finish(off, append(appendUpToDate([]byte{'['}, s.lastLSN.Load()), ']'), false, true)
+	// noChange answers with just an up-to-date message. Electric marks
+	// it as a no-change response (electric-has-data: false, a 4-part
+	// etag) only for offset=now and a live wait that timed out; a
+	// non-live catch-up that finds nothing new is an ordinary log
+	// response (has-data true, 3-part etag).
+	noChange := func(off Offset, hasData bool) {
+		finish(off, append(appendUpToDate([]byte{'['}, max(off.Tx, s.lastLSN.Load())), ']'), hasData, true)
 	}
 
 	if req.now {
 		_, _, latest, _, _ := sh.read(BeforeAll, 0)
-		noChange(latest)
+		noChange(latest, false)
 		return
 	}
 	// The snapshot region: chunk k of the snapshot ends at offset 0_k.
@@ -513,15 +526,27 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 	ctx := r.Context()
 	var timeout <-chan time.Time
 	deadline := time.Time{}
-	for {
+	for waited := false; ; waited = true {
 		entries, end, latest, notify, gone := sh.read(req.offset, s.opts.ChunkBytes)
 		if gone {
+			if req.live && waited {
+				// Rotated during a live wait: Electric's hold_until_change
+				// learns of it without a replacement handle.
+				s.mustRefetch(w, "")
+				return
+			}
 			s.mustRefetchDef(w, ctx, req.def)
 			return
 		}
 		if len(entries) > 0 {
 			last := entries[len(entries)-1].off
-			finish(last, sh.render(req.offset, entries, end, max(last.Tx, s.lastLSN.Load())), true, end)
+			// A live response's up-to-date reports the LSN of its own
+			// last change; a non-live one the server-wide LSN if later.
+			lsn := last.Tx
+			if !req.live {
+				lsn = max(last.Tx, s.lastLSN.Load())
+			}
+			finish(last, sh.render(req.offset, entries, end, lsn), true, end)
 			return
 		}
 		if latest.Compare(req.offset) < 0 {
@@ -534,7 +559,7 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 				return
 			}
 		} else if !req.live {
-			noChange(latest)
+			noChange(latest, true)
 			return
 		}
 		if timeout == nil {
@@ -552,7 +577,7 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, sh *shape, req
 			if !deadline.IsZero() {
 				continue
 			}
-			noChange(maxOffset(latest, req.offset))
+			noChange(maxOffset(latest, req.offset), false)
 			return
 		case <-ctx.Done():
 			return
@@ -586,7 +611,14 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, sh *shape, off
 	h.Set("content-type", "text/event-stream")
 	h.Set("connection", "keep-alive")
 	_, _, latest, _, _ := sh.read(off, 0)
-	h.Set("electric-offset", maxOffset(latest, off).String())
+	respOff := maxOffset(latest, off)
+	// Electric's put_resp_headers applies to SSE responses too: an etag
+	// for the response's offsets, electric-has-data (not a no-change
+	// response) and electric-up-to-date (the offset is the shape's end).
+	h.Set("electric-offset", respOff.String())
+	h.Set("etag", `"`+sh.handle+":"+off.String()+":"+respOff.String()+`"`)
+	h.Set("electric-has-data", "true")
+	h.Set("electric-up-to-date", "")
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
 	flush := func() {
@@ -614,7 +646,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, sh *shape, off
 			off = entries[len(entries)-1].off
 			if atEnd {
 				buf = append(buf, "data: "...)
-				buf = appendUpToDate(buf, max(off.Tx, s.lastLSN.Load()))
+				buf = appendUpToDate(buf, off.Tx) // the batch end, as in Electric
 				buf = append(buf, "\n\n"...)
 			}
 			if _, err := w.Write(buf); err != nil {

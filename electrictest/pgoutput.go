@@ -1,13 +1,20 @@
 package electrictest
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
+
+	"github.com/jackc/pglogrepl"
 )
 
-// This file decodes the pgoutput logical replication protocol, version 1:
-// the messages Postgres' built-in output plugin sends inside XLogData.
+// This file turns pgoutput (logical replication protocol version 1)
+// messages, decoded by pglogrepl, into the server's own types.
+//
+// pglogrepl replaced a hand-written decoder. It is slower per message
+// (BenchmarkDecodePgoutput: about 0.75 µs per row change against 0.26 µs,
+// with three times the allocations), which does not show end to end: the
+// commit-to-response and initial-sync benchmarks stayed within their noise.
 
 // A datum is one column value of a replicated tuple, in text format.
 type datum struct {
@@ -37,11 +44,10 @@ type commitMessage struct {
 }
 
 type rowMessage struct {
-	op     byte // 'I', 'U', 'D'
-	relID  uint32
-	old    []datum // nil when the message carries no old tuple
-	new    []datum
-	hasOld bool
+	op    byte // 'I', 'U', 'D'
+	relID uint32
+	old   []datum // nil when the message carries no old tuple
+	new   []datum
 }
 
 type truncateMessage struct {
@@ -50,169 +56,85 @@ type truncateMessage struct {
 
 var errShortMessage = errors.New("electrictest: pgoutput message truncated")
 
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) u8() byte {
-	if d.err != nil || len(d.b) < 1 {
-		d.err = errShortMessage
-		return 0
-	}
-	v := d.b[0]
-	d.b = d.b[1:]
-	return v
-}
-
-func (d *decoder) u16() uint16 {
-	if d.err != nil || len(d.b) < 2 {
-		d.err = errShortMessage
-		return 0
-	}
-	v := binary.BigEndian.Uint16(d.b)
-	d.b = d.b[2:]
-	return v
-}
-
-func (d *decoder) u32() uint32 {
-	if d.err != nil || len(d.b) < 4 {
-		d.err = errShortMessage
-		return 0
-	}
-	v := binary.BigEndian.Uint32(d.b)
-	d.b = d.b[4:]
-	return v
-}
-
-func (d *decoder) u64() uint64 {
-	if d.err != nil || len(d.b) < 8 {
-		d.err = errShortMessage
-		return 0
-	}
-	v := binary.BigEndian.Uint64(d.b)
-	d.b = d.b[8:]
-	return v
-}
-
-func (d *decoder) cstring() string {
-	if d.err != nil {
-		return ""
-	}
-	for i, c := range d.b {
-		if c == 0 {
-			s := string(d.b[:i])
-			d.b = d.b[i+1:]
-			return s
-		}
-	}
-	d.err = errShortMessage
-	return ""
-}
-
-func (d *decoder) bytes(n int) string {
-	if d.err != nil || n < 0 || len(d.b) < n {
-		d.err = errShortMessage
-		return ""
-	}
-	s := string(d.b[:n])
-	d.b = d.b[n:]
-	return s
-}
-
-func (d *decoder) tuple() []datum {
-	n := int(d.u16())
-	if d.err != nil {
-		return nil
-	}
-	t := make([]datum, n)
-	for i := range t {
-		switch k := d.u8(); k {
-		case 'n', 'u':
-			t[i].kind = k
-		case 't', 'b':
-			t[i].kind = 't'
-			t[i].text = d.bytes(int(int32(d.u32())))
-		default:
-			if d.err == nil {
-				d.err = fmt.Errorf("electrictest: unknown tuple column kind %q", k)
-			}
-			return nil
-		}
-	}
-	return t
-}
-
 // decodePgoutput decodes one pgoutput message. It returns nil, nil for
 // message kinds the server does not use (origin, type, logical messages).
-func decodePgoutput(b []byte) (any, error) {
-	d := &decoder{b: b}
-	var msg any
-	switch kind := d.u8(); kind {
-	case 'B':
-		m := beginMessage{finalLSN: d.u64()}
-		d.u64() // commit timestamp
-		m.xid = d.u32()
-		msg = m
-	case 'C':
-		d.u8() // flags
-		msg = commitMessage{commitLSN: d.u64()}
-	case 'R':
-		m := &relMessage{id: d.u32()}
-		m.rel.Schema = d.cstring()
-		m.rel.Name = d.cstring()
-		d.u8() // replica identity setting
-		n := int(d.u16())
-		for i := 0; i < n && d.err == nil; i++ {
-			flags := d.u8()
-			c := relColumn{name: d.cstring(), typeOID: d.u32(), key: flags&1 == 1}
-			d.u32() // type modifier
-			m.columns = append(m.columns, c)
+//
+// pglogrepl trusts the lengths inside a message (it indexes past the end
+// of a truncated one), so a malformed message is turned from a panic into
+// an error here: the stream then stops as for any other stream error.
+func decodePgoutput(b []byte) (msg any, err error) {
+	if len(b) == 0 {
+		return nil, errShortMessage
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			msg, err = nil, fmt.Errorf("electrictest: malformed pgoutput message %q: %v", b[0], r)
 		}
-		msg = m
-	case 'I':
-		m := rowMessage{op: 'I', relID: d.u32()}
-		if t := d.u8(); t != 'N' && d.err == nil {
-			return nil, fmt.Errorf("electrictest: insert without new tuple (%q)", t)
-		}
-		m.new = d.tuple()
-		msg = m
-	case 'U':
-		m := rowMessage{op: 'U', relID: d.u32()}
-		t := d.u8()
-		if t == 'K' || t == 'O' {
-			m.old, m.hasOld = d.tuple(), true
-			t = d.u8()
-		}
-		if t != 'N' && d.err == nil {
-			return nil, fmt.Errorf("electrictest: update without new tuple (%q)", t)
-		}
-		m.new = d.tuple()
-		msg = m
-	case 'D':
-		m := rowMessage{op: 'D', relID: d.u32()}
-		if t := d.u8(); t != 'K' && t != 'O' && d.err == nil {
-			return nil, fmt.Errorf("electrictest: delete without old tuple (%q)", t)
-		}
-		m.old, m.hasOld = d.tuple(), true
-		msg = m
-	case 'T':
-		n := int(d.u32())
-		d.u8() // options
-		m := truncateMessage{}
-		for i := 0; i < n && d.err == nil; i++ {
-			m.relIDs = append(m.relIDs, d.u32())
-		}
-		msg = m
+	}()
+	switch b[0] {
 	case 'O', 'Y', 'M':
 		return nil, nil
-	default:
-		if d.err == nil {
-			return nil, fmt.Errorf("electrictest: unknown pgoutput message %q", kind)
+	}
+	m, err := pglogrepl.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("electrictest: pgoutput message %q: %w", b[0], err)
+	}
+	switch m := m.(type) {
+	case *pglogrepl.BeginMessage:
+		return beginMessage{finalLSN: uint64(m.FinalLSN), xid: m.Xid}, nil
+	case *pglogrepl.CommitMessage:
+		return commitMessage{commitLSN: uint64(m.CommitLSN)}, nil
+	case *pglogrepl.RelationMessage:
+		r := &relMessage{id: m.RelationID, rel: Relation{Schema: m.Namespace, Name: m.RelationName}}
+		r.columns = make([]relColumn, len(m.Columns))
+		for i, c := range m.Columns {
+			r.columns[i] = relColumn{name: c.Name, typeOID: c.DataType, key: c.Flags&1 == 1}
+		}
+		return r, nil
+	case *pglogrepl.InsertMessage:
+		if m.Tuple == nil {
+			return nil, fmt.Errorf("electrictest: insert without new tuple")
+		}
+		row, err := tuple(m.Tuple)
+		return rowMessage{op: 'I', relID: m.RelationID, new: row}, err
+	case *pglogrepl.UpdateMessage:
+		if m.NewTuple == nil {
+			return nil, fmt.Errorf("electrictest: update without new tuple")
+		}
+		r := rowMessage{op: 'U', relID: m.RelationID}
+		if m.OldTuple != nil {
+			if r.old, err = tuple(m.OldTuple); err != nil {
+				return nil, err
+			}
+		}
+		r.new, err = tuple(m.NewTuple)
+		return r, err
+	case *pglogrepl.DeleteMessage:
+		if m.OldTuple == nil {
+			return nil, fmt.Errorf("electrictest: delete without old tuple")
+		}
+		row, err := tuple(m.OldTuple)
+		return rowMessage{op: 'D', relID: m.RelationID, old: row}, err
+	case *pglogrepl.TruncateMessage:
+		return truncateMessage{relIDs: m.RelationIDs}, nil
+	}
+	return nil, nil
+}
+
+// tuple converts pglogrepl's tuple data into datums.
+func tuple(t *pglogrepl.TupleData) ([]datum, error) {
+	out := make([]datum, len(t.Columns))
+	for i, c := range t.Columns {
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeNull, pglogrepl.TupleDataTypeToast:
+			out[i].kind = c.DataType
+		case pglogrepl.TupleDataTypeText, pglogrepl.TupleDataTypeBinary:
+			// pglogrepl gives every column a slice of its own, never
+			// reused: the string can share its bytes instead of copying.
+			out[i] = datum{kind: 't', text: unsafe.String(unsafe.SliceData(c.Data), len(c.Data))}
+		default:
+			return nil, fmt.Errorf("electrictest: unknown tuple column kind %q", c.DataType)
 		}
 	}
-	if d.err != nil {
-		return nil, d.err
-	}
-	return msg, nil
+	return out, nil
 }

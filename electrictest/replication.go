@@ -2,10 +2,10 @@ package electrictest
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -66,30 +66,22 @@ func startReplication(ctx context.Context, databaseURL, slot, publication string
 		return nil, fmt.Errorf("electrictest: replication connection: %w", err)
 	}
 	r := &replication{conn: conn, slot: slot, publication: publication, relations: map[uint32]*relMessage{}}
-	if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT", slot)).ReadAll(); err != nil {
+	_, err = pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+		Temporary: true, SnapshotAction: "NOEXPORT_SNAPSHOT", Mode: pglogrepl.LogicalReplication,
+	})
+	if err != nil {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("electrictest: create replication slot: %w", err)
 	}
-	start := fmt.Sprintf("START_REPLICATION SLOT %s LOGICAL 0/0 (proto_version '1', publication_names '%s')", slot, publication)
-	conn.Frontend().Send(&pgproto3.Query{String: start})
-	if err := conn.Frontend().Flush(); err != nil {
+	err = pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + publication + "'"},
+	})
+	if err != nil {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("electrictest: start replication: %w", err)
 	}
-	for {
-		msg, err := conn.ReceiveMessage(ctx)
-		if err != nil {
-			conn.Close(context.Background())
-			return nil, fmt.Errorf("electrictest: start replication: %w", err)
-		}
-		switch m := msg.(type) {
-		case *pgproto3.CopyBothResponse:
-			return r, nil
-		case *pgproto3.ErrorResponse:
-			conn.Close(context.Background())
-			return nil, fmt.Errorf("electrictest: start replication: %w", pgconn.ErrorResponseToPgError(m))
-		}
-	}
+	return r, nil
 }
 
 // run consumes the stream until ctx ends or the connection fails.
@@ -128,15 +120,20 @@ func (r *replication) run(ctx context.Context) error {
 			continue
 		}
 		switch data[0] {
-		case 'k': // primary keepalive: walEnd, time, reply requested
-			if len(data) >= 18 && data[17] == 1 {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			k, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+			if err != nil {
+				return fmt.Errorf("electrictest: replication stream: %w", err)
+			}
+			if k.ReplyRequested {
 				nextStatus = time.Now()
 			}
-		case 'w': // XLogData: walStart, walEnd, time, message
-			if len(data) < 25 {
-				return fmt.Errorf("electrictest: short XLogData message")
+		case pglogrepl.XLogDataByteID:
+			x, err := pglogrepl.ParseXLogData(data[1:])
+			if err != nil {
+				return fmt.Errorf("electrictest: replication stream: %w", err)
 			}
-			m, err := decodePgoutput(data[25:])
+			m, err := decodePgoutput(x.WALData)
 			if err != nil {
 				return err
 			}
@@ -159,14 +156,10 @@ func (r *replication) run(ctx context.Context) error {
 				if rel == nil || cur == nil {
 					return fmt.Errorf("electrictest: change for unknown relation %d", m.relID)
 				}
-				c := change{op: m.op, rel: rel, old: m.old, new: m.new}
-				if n := len(cur.changes); n > 0 {
-					prev := cur.changes[n-1]
-					c.pos = prev.pos + 1
-					if prev.op == 'U' {
-						c.pos++ // an update may split into a delete and an insert
-					}
-				}
+				// Every change advances op_position by 2, as in Electric's
+				// MessageConverter: an update may split into a delete and
+				// an insert, which then take n and n+1.
+				c := change{op: m.op, rel: rel, old: m.old, new: m.new, pos: 2 * uint64(len(cur.changes))}
 				cur.changes = append(cur.changes, c)
 			case truncateMessage:
 				for _, id := range m.relIDs {
@@ -179,18 +172,12 @@ func (r *replication) run(ctx context.Context) error {
 	}
 }
 
-// pgEpoch is the Postgres epoch, 2000-01-01, used by replication timestamps.
-var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-
 func (r *replication) sendStatus() error {
-	b := make([]byte, 34)
-	b[0] = 'r'
-	binary.BigEndian.PutUint64(b[1:], r.processed)
-	binary.BigEndian.PutUint64(b[9:], r.processed)
-	binary.BigEndian.PutUint64(b[17:], r.processed)
-	binary.BigEndian.PutUint64(b[25:], uint64(time.Since(pgEpoch).Microseconds()))
-	r.conn.Frontend().Send(&pgproto3.CopyData{Data: b})
-	if err := r.conn.Frontend().Flush(); err != nil {
+	lsn := pglogrepl.LSN(r.processed)
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), r.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn,
+	})
+	if err != nil {
 		return fmt.Errorf("electrictest: replication status: %w", err)
 	}
 	return nil

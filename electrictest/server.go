@@ -398,42 +398,9 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cols []int
-	if def.columns == nil {
-		for i := range t.columns {
-			cols = append(cols, i)
-		}
-	} else {
-		var missing, unknown []string
-		for _, name := range def.columns {
-			i := t.index(name)
-			if i < 0 {
-				unknown = append(unknown, name)
-				continue
-			}
-			if !slices.Contains(cols, i) {
-				cols = append(cols, i)
-			}
-		}
-		// Electric reports missing PK columns before unknown columns.
-		for _, i := range t.pk {
-			if !slices.Contains(cols, i) {
-				missing = append(missing, t.columns[i].name)
-			}
-		}
-		if len(missing) > 0 {
-			return nil, &requestError{"columns", "The list of columns must include all primary key columns, missing: " + strings.Join(missing, ", ")}
-		}
-		if len(unknown) > 0 {
-			return nil, &requestError{"columns", "The following columns are not found on the table: " + strings.Join(unknown, ", ")}
-		}
-	}
-	keyCols := t.pk
-	if len(keyCols) == 0 {
-		// Without a PK, every column is part of the key, in column-name
-		// order (Electric's Changes.build_key sorts the record by name).
-		keyCols = slices.Clone(cols)
-		slices.SortFunc(keyCols, func(a, b int) int { return strings.Compare(t.columns[a].name, t.columns[b].name) })
+	cols, keyCols, err := selectColumns(t, def)
+	if err != nil {
+		return nil, err
 	}
 	var eval string
 	if def.where != "" {
@@ -466,6 +433,110 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 }
 
 var errUnavailable = errors.New("electrictest: replication is not running")
+
+// selectColumns validates columns and queryable_columns as Electric's
+// Shape.validate_queryable_columns and validate_selected_columns do, and
+// returns the selected columns and the columns of the row key (table
+// order). A table without a primary key is keyed by all its columns, in
+// table order (Electric's Inspector.get_pk_cols), so they all count as
+// primary key columns here.
+func selectColumns(t *table, def shapeDef) (cols, keyCols []int, err error) {
+	keyCols = t.pk
+	if len(keyCols) == 0 {
+		for i := range t.columns {
+			keyCols = append(keyCols, i)
+		}
+	}
+	keyNames := make([]string, 0, len(keyCols)+len(t.generated))
+	for _, i := range keyCols {
+		keyNames = append(keyNames, t.columns[i].name)
+	}
+	if len(t.pk) == 0 {
+		keyNames = append(keyNames, t.generated...) // every column
+	}
+	missingFrom := func(list []string) []string {
+		var missing []string
+		for _, k := range keyNames {
+			if !slices.Contains(list, k) {
+				missing = append(missing, k)
+			}
+		}
+		return missing
+	}
+	exists := func(name string) bool { return t.index(name) >= 0 || slices.Contains(t.generated, name) }
+	notIn := func(list []string, ok func(string) bool) []string {
+		var out []string
+		for _, name := range list {
+			if !ok(name) {
+				out = append(out, name)
+			}
+		}
+		return out
+	}
+	generatedIn := func(list []string) []string {
+		var out []string
+		for _, g := range t.generated {
+			if slices.Contains(list, g) {
+				out = append(out, g)
+			}
+		}
+		return out
+	}
+	if def.queryable != nil {
+		if missing := missingFrom(def.queryable); len(missing) > 0 {
+			return nil, nil, &requestError{"queryable_columns", "The list of queryable columns must include all primary key columns, missing: " + strings.Join(missing, ", ")}
+		}
+		if unknown := notIn(def.queryable, exists); len(unknown) > 0 {
+			return nil, nil, &requestError{"queryable_columns", "The following queryable columns are not found on the table: " + strings.Join(unknown, ", ")}
+		}
+	}
+	selected := def.columns
+	if selected != nil {
+		if missing := missingFrom(selected); len(missing) > 0 {
+			return nil, nil, &requestError{"columns", "The list of columns must include all primary key columns, missing: " + strings.Join(missing, ", ")}
+		}
+		selectable := exists
+		if def.queryable != nil {
+			selectable = func(name string) bool { return slices.Contains(def.queryable, name) }
+		}
+		if unknown := notIn(selected, selectable); len(unknown) > 0 {
+			return nil, nil, &requestError{"columns", "The following columns are not found on the table: " + strings.Join(unknown, ", ")}
+		}
+		if gen := generatedIn(selected); len(gen) > 0 {
+			return nil, nil, &requestError{"columns", "The following columns are generated and cannot be included in the shape: " + strings.Join(gen, ", ")}
+		}
+	} else {
+		selected = def.queryable
+		if selected == nil {
+			selected = t.generated // with every other column
+		}
+		if gen := generatedIn(selected); len(gen) > 0 {
+			return nil, nil, &requestError{"columns", "The following columns are generated and cannot be included in the shape: " + strings.Join(gen, ", ") +
+				". You can exclude them from the shape by explicitly listing which columns to fetch in the 'columns' query param"}
+		}
+		if def.queryable == nil {
+			for i := range t.columns {
+				cols = append(cols, i)
+			}
+			return cols, keyCols, nil
+		}
+	}
+	if def.columns == nil {
+		// queryable_columns is the projection: in table order.
+		for i, c := range t.columns {
+			if slices.Contains(selected, c.name) {
+				cols = append(cols, i)
+			}
+		}
+		return cols, keyCols, nil
+	}
+	for _, name := range selected {
+		if i := t.index(name); !slices.Contains(cols, i) {
+			cols = append(cols, i)
+		}
+	}
+	return cols, keyCols, nil
+}
 
 // validateWhere lets Postgres type-check the where clause against the table,
 // after checkWhere has made sure it is a single boolean filter.

@@ -19,14 +19,15 @@ type shapeDef struct {
 	rel         Relation
 	where       string
 	params      []string
-	columns     []string // nil: every column
+	columns     []string // nil: every column (or every queryable column)
+	queryable   []string // queryable_columns; nil: every column
 	replica     string   // "default" or "full"
 	changesOnly bool
 }
 
 func (d shapeDef) key() string {
 	return strconv.Quote(d.rel.Schema) + "." + strconv.Quote(d.rel.Name) + "|" + strconv.Quote(d.where) + "|" +
-		fmt.Sprintf("%q|%q|%s|%t", d.params, d.columns, d.replica, d.changesOnly)
+		fmt.Sprintf("%q|%q|%q|%s|%t", d.params, d.columns, d.queryable, d.replica, d.changesOnly)
 }
 
 // pgSnapshot is the visibility of the snapshot a shape started from.
