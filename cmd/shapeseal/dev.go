@@ -17,6 +17,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,6 +59,11 @@ var devSpec = keysync.TableSpec{Table: "public.items", Columns: []string{"title"
 
 func runDev(ctx context.Context, args []string) error { return dev(ctx, args, os.Stdout) }
 
+// devDirPrefix names the temporary directories of shapeseal dev; each holds
+// a file "pid" naming the process that uses it, so that the next run removes
+// those of a run that was killed.
+const devDirPrefix = "shapeseal-dev-"
+
 func dev(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.Usage = func() {
@@ -67,7 +74,8 @@ DATABASE_URL is set), an Electric-compatible shape server, a local KEK, a
 root signing key, the key-sync proxy, demo users (alice, bob, carol) with
 certified device identities and tokens, two tenants (acme, globex) whose
 signed logs grant them, and encrypted rows in "items". It prints one line
-"shapeseal dev ready {json}" and serves until interrupted, then cleans up.
+"shapeseal dev ready {json}" and serves until interrupted (or until the
+process that started it, such as "go run", goes away), then cleans up.
 
 Follow the demo shape, decrypted, as alice:
 
@@ -79,36 +87,63 @@ with the proxy URL, alice's token and identity file, and the root public key
 (which devices pin to verify the tenants' logs) from the ready line; the
 tenant logs come from PROXY_URL/v1/shapes/log.
 
-Flags:
+With DATABASE_URL, Postgres must run with wal_level=logical and the role
+must have REPLICATION (or be a superuser). A second run on the same
+database reuses the demo when given the same --dir (same root key, KEK,
+identities and token key); an earlier demo whose directory is gone is
+dropped and made again; one kept in another directory, or tables and
+tenants that shapeseal dev did not create, are refused unless --reset
+drops them (the items table, the tenants acme and globex, the demo users'
+devices).
+
+flags:
 `)
 		fs.PrintDefaults()
 	}
 	electricAddr := fs.String("electric-listen", "127.0.0.1:0", "address of the shape server")
 	proxyAddr := fs.String("listen", "127.0.0.1:0", "address of the proxy")
-	dir := fs.String("dir", "", "directory for identities, the root key and the KEK (default: a temporary one, removed on exit)")
+	dir := fs.String("dir", "", "directory keeping the root key, the KEK, the identities and the token key across runs (default: a temporary one, removed on exit)")
+	reset := fs.Bool("reset", false, "with DATABASE_URL, drop the demo of an earlier run (table items, tenants acme and globex, the demo users' devices) and start clean")
 	verbose := fs.Bool("v", false, "log every request")
-	if err := fs.Parse(args); err != nil {
-		return err
+	if err := parseFlags(fs, args); err != nil {
+		return helpOK(err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
 	}
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelInfo
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx = watchParent(ctx)
 
-	if *dir == "" {
-		d, err := os.MkdirTemp("", "shapeseal-dev-")
+	removeStaleDevDirs()
+	temporary := *dir == ""
+	if temporary {
+		d, err := os.MkdirTemp("", devDirPrefix)
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(d)
+		defer removeDevDir(d)
+		if err := os.WriteFile(filepath.Join(d, "pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+			return err
+		}
 		*dir = d
-	} else if err := os.MkdirAll(*dir, 0o700); err != nil {
-		return err
+	} else {
+		if err := os.MkdirAll(*dir, 0o700); err != nil {
+			return err
+		}
+		abs, err := filepath.Abs(*dir)
+		if err != nil {
+			return err
+		}
+		*dir = abs
 	}
 
 	dbURL := os.Getenv("DATABASE_URL")
-	if dbURL == "" {
+	private := dbURL == ""
+	if private {
 		fmt.Fprintln(os.Stderr, "shapeseal dev: starting a private Postgres")
 		cl, err := pgtest.Start(ctx, pgtest.Options{Install: true})
 		if err != nil {
@@ -116,6 +151,15 @@ Flags:
 		}
 		defer cl.Stop()
 		dbURL = cl.URL()
+	}
+	// Check the database before anything is written to it.
+	conn, err := connectDB(ctx, dbURL, "DATABASE_URL")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if err := checkReplication(ctx, conn); err != nil {
+		return err
 	}
 
 	kekPath := filepath.Join(*dir, "kek.json")
@@ -130,10 +174,20 @@ Flags:
 	if err != nil {
 		return err
 	}
-	users, err := seedDev(ctx, dbURL, kek, root, *dir)
+	jwtKey, err := devJWTKey(filepath.Join(*dir, "jwt.key"))
 	if err != nil {
 		return err
 	}
+	if !private {
+		if err := prepareDevDB(ctx, conn, root.Public().String(), *dir, temporary, *reset); err != nil {
+			return err
+		}
+	}
+	users, err := seedDev(ctx, conn, kek, root, *dir)
+	if err != nil {
+		return err
+	}
+	conn.Close(context.Background())
 
 	secret := randomHex(16)
 	srv, err := electrictest.New(ctx, electrictest.Options{DatabaseURL: dbURL, Secret: secret, Logger: logger})
@@ -147,8 +201,6 @@ Flags:
 	}
 	defer stopElectric()
 
-	jwtKey := make([]byte, 32)
-	rand.Read(jwtKey)
 	px, err := proxy.New(proxy.Config{
 		Upstream: electricURL,
 		Secret:   secret,
@@ -185,12 +237,13 @@ Flags:
 		ElectricURL string              `json:"electric_url"`
 		ProxyURL    string              `json:"proxy_url"`
 		DatabaseURL string              `json:"database_url"`
+		Dir         string              `json:"dir"`
 		Root        string              `json:"root"`
 		KEK         string              `json:"kek"`
 		Shapes      map[string]string   `json:"shapes"`
 		Users       map[string]userInfo `json:"users"`
 	}{
-		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL, Root: root.Public().String(), KEK: kek.URI(),
+		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL, Dir: *dir, Root: root.Public().String(), KEK: kek.URI(),
 		Shapes: map[string]string{
 			"items": proxyURL + "/v1/shapes/items",
 			"keys":  proxyURL + "/v1/shapes/keys",
@@ -210,6 +263,171 @@ Flags:
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "shapeseal dev: stopping")
 	return nil
+}
+
+// devJWTKey loads the key the demo tokens are signed with from path, or
+// creates it, so that tokens stay valid across runs with the same --dir.
+func devJWTKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		key, err := hex.DecodeString(strings.TrimSpace(string(b)))
+		if err != nil || len(key) < 32 {
+			return nil, fmt.Errorf("%s: not a hex key of 32 bytes or more", path)
+		}
+		return key, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	return key, nil
+}
+
+// removeDevDir removes a temporary directory of dev, its pid file last: if
+// the process is killed on the way, the next run finds the rest.
+func removeDevDir(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.Name() != "pid" {
+			os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+	os.RemoveAll(dir)
+}
+
+// removeStaleDevDirs removes the temporary directories of earlier runs
+// whose process is gone (killed before it could clean up).
+func removeStaleDevDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), devDirPrefix+"*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "pid"))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || pid == os.Getpid() || processAlive(pid) {
+			continue
+		}
+		os.RemoveAll(d)
+	}
+}
+
+// devTenants are the demo's tenants.
+var devTenants = []string{"acme", "globex"}
+
+// devMarker records, in the database, the root key and directory of the
+// demo that shapeseal dev made there.
+const devMarker = `CREATE TABLE IF NOT EXISTS shapeseal_dev (
+	root      text PRIMARY KEY,
+	dir       text NOT NULL,
+	temporary boolean NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT now()
+)`
+
+// prepareDevDB decides what to do with a demo already in the database: the
+// one of this root is reused; one of another root whose directory is gone
+// (a temporary one, or deleted) is dropped; otherwise, with reset, dropped;
+// else refused. It then records this run's root.
+func prepareDevDB(ctx context.Context, conn *pgx.Conn, root, dir string, temporary, reset bool) error {
+	var markerRoot, markerDir string
+	var markerTemp, hasMarker, hasItems, hasTenants bool
+	err := conn.QueryRow(ctx, `SELECT to_regclass('shapeseal_dev') IS NOT NULL, to_regclass('items') IS NOT NULL`).Scan(&hasMarker, &hasItems)
+	if err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	if hasMarker {
+		err := conn.QueryRow(ctx, `SELECT root, dir, temporary FROM shapeseal_dev ORDER BY created_at DESC LIMIT 1`).Scan(&markerRoot, &markerDir, &markerTemp)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("DATABASE_URL: %w", err)
+		}
+		if markerRoot == root {
+			return nil // this demo: reuse it
+		}
+	}
+	var hasLog bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('shapeseal_log') IS NOT NULL`).Scan(&hasLog); err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	if hasLog {
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shapeseal_log WHERE tenant_id = ANY($1))`, devTenants).Scan(&hasTenants); err != nil {
+			return fmt.Errorf("DATABASE_URL: %w", err)
+		}
+	}
+	switch {
+	case !hasItems && !hasTenants:
+		// Nothing of a demo: start clean.
+	case reset:
+		fmt.Fprintln(os.Stderr, "shapeseal dev: --reset: dropping table items, tenants acme and globex and the demo users' devices")
+		if err := dropDevDemo(ctx, conn, hasLog); err != nil {
+			return err
+		}
+	case markerRoot != "" && (markerTemp || !fileExists(filepath.Join(markerDir, "root.key"))):
+		fmt.Fprintf(os.Stderr, "shapeseal dev: dropping the demo of an earlier run, whose directory %s is gone\n", markerDir)
+		if err := dropDevDemo(ctx, conn, hasLog); err != nil {
+			return err
+		}
+	case markerRoot != "":
+		return fmt.Errorf("DATABASE_URL holds the demo of an earlier run whose keys are in %s (root %s): pass --dir %s to reuse it, or --reset to drop it and start clean", markerDir, markerRoot, markerDir)
+	default:
+		what := "table items"
+		if hasTenants {
+			what = "tenants acme or globex"
+			if hasItems {
+				what = "table items and tenants acme or globex"
+			}
+		}
+		return fmt.Errorf("DATABASE_URL already has %s, which this shapeseal dev did not make: pass --reset to drop them (table items, tenants acme and globex, the demo users' devices) and start clean, or set DATABASE_URL to another database", what)
+	}
+	if _, err := conn.Exec(ctx, devMarker); err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	_, err = conn.Exec(ctx, `INSERT INTO shapeseal_dev (root, dir, temporary) VALUES ($1, $2, $3)`, root, dir, temporary)
+	if err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	return nil
+}
+
+// dropDevDemo drops what shapeseal dev made: table items, the demo tenants'
+// logs and keys, the demo users' devices and the marker.
+func dropDevDemo(ctx context.Context, conn *pgx.Conn, keyTables bool) error {
+	users := make([]string, len(devUsers))
+	for i, u := range devUsers {
+		users[i] = u.name
+	}
+	type stmt struct {
+		q    string
+		args []any
+	}
+	stmts := []stmt{{`DROP TABLE IF EXISTS items`, nil}, {`DROP TABLE IF EXISTS shapeseal_dev`, nil}}
+	if keyTables {
+		stmts = append(stmts,
+			stmt{`DELETE FROM shapeseal_tenant_keys WHERE tenant_id = ANY($1)`, []any{devTenants}},
+			stmt{`DELETE FROM shapeseal_keysets WHERE tenant_id = ANY($1)`, []any{devTenants}},
+			stmt{`DELETE FROM shapeseal_log WHERE tenant_id = ANY($1)`, []any{devTenants}},
+			stmt{`DELETE FROM shapeseal_device_certs WHERE user_id = ANY($1)`, []any{users}},
+			stmt{`DELETE FROM shapeseal_devices WHERE user_id = ANY($1)`, []any{users}})
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	for _, st := range stmts {
+		if _, err := tx.Exec(ctx, st.q, st.args...); err != nil {
+			return fmt.Errorf("drop the earlier demo: %w", err)
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // devRoot loads the demo's root signing key from path, or creates it.
@@ -243,12 +461,7 @@ func devIdentity(path string) (string, error) {
 // seedDev creates the demo schema, identities, tenants (signed with the
 // root key), device certificates, grants and encrypted rows, and returns
 // each user's identity file.
-func seedDev(ctx context.Context, dbURL string, kek keysync.KEK, root *chain.PrivateKey, dir string) (map[string]string, error) {
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.Background())
+func seedDev(ctx context.Context, conn *pgx.Conn, kek keysync.KEK, root *chain.PrivateKey, dir string) (map[string]string, error) {
 	if err := keysync.ApplySchema(ctx, conn); err != nil {
 		return nil, err
 	}
@@ -257,7 +470,7 @@ func seedDev(ctx context.Context, dbURL string, kek keysync.KEK, root *chain.Pri
 	}
 	roots := []keysync.VerifyKey{root.Public()}
 	adm := &keysync.Admin{DB: conn, Roots: roots, Key: root, KEKs: keysync.UseKEK(kek)}
-	for _, tenant := range []string{"acme", "globex"} {
+	for _, tenant := range devTenants {
 		if _, err := adm.CreateTenant(ctx, kek, tenant); err != nil && !errors.Is(err, keysync.ErrTenantExists) {
 			return nil, fmt.Errorf("tenant %s: %w", tenant, err)
 		}
@@ -278,6 +491,14 @@ func seedDev(ctx context.Context, dbURL string, kek keysync.KEK, root *chain.Pri
 			}
 		}
 		identities[u.name] = path
+	}
+	// Rows are written once: a demo reused from an earlier run has them.
+	var rowCount int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM items WHERE tenant_id = ANY($1)`, devTenants).Scan(&rowCount); err != nil {
+		return nil, err
+	}
+	if rowCount > 0 {
+		return identities, nil
 	}
 	w, err := keysync.NewWriter(devSpec, keysync.Insert, keysync.WriterOptions{Roots: roots, KEKs: keysync.UseKEK(kek), Floor: keysync.NewMemoryFloor()})
 	if err != nil {

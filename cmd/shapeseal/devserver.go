@@ -27,9 +27,25 @@ func runDevserver(ctx context.Context, args []string) error {
 	secret := fs.String("secret", os.Getenv("ELECTRIC_SECRET"), "API secret required as ?secret= (default $ELECTRIC_SECRET)")
 	longPoll := fs.Duration("long-poll", 20*time.Second, "live request timeout")
 	verbose := fs.Bool("v", false, "log debug events")
-	if err := fs.Parse(args); err != nil {
-		return err
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: shapeseal devserver [--database-url URL] [--listen ADDR] [--secret S] [--long-poll D] [-v]
+
+Serves Electric's shape API (/v1/shape) over Postgres, for development and
+tests: over --database-url (or $DATABASE_URL; wal_level=logical), else over
+a private Postgres it starts and stops. It prints one line
+"shapeseal devserver ready {json}" and serves until interrupted.
+
+flags:
+`)
+		fs.PrintDefaults()
 	}
+	if err := parseFlags(fs, args); err != nil {
+		return helpOK(err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	ctx = watchParent(ctx)
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -43,6 +59,19 @@ func runDevserver(ctx context.Context, args []string) error {
 		}
 		defer cl.Stop()
 		*dbURL = cl.URL()
+	}
+	source := "--database-url"
+	if os.Getenv("DATABASE_URL") == *dbURL {
+		source = "DATABASE_URL"
+	}
+	conn, err := connectDB(ctx, *dbURL, source)
+	if err != nil {
+		return err
+	}
+	err = checkReplication(ctx, conn)
+	conn.Close(context.WithoutCancel(ctx))
+	if err != nil {
+		return err
 	}
 	srv, err := electrictest.New(ctx, electrictest.Options{
 		DatabaseURL: *dbURL, Secret: *secret, LongPollTimeout: *longPoll, Logger: logger,

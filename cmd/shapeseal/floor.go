@@ -31,17 +31,16 @@ func runFloor(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("floor forget", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: shapeseal %s\n\nflags:\n", floorUsage)
+		fmt.Fprintf(fs.Output(), "usage: shapeseal %s\n\nflags:\n", floorUsage)
 		fs.PrintDefaults()
 	}
 	path := fs.String("floor", "", "the floor file")
 	tenant := fs.String("tenant", "", "tenant id")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return helpOK(err)
 	}
 	if fs.NArg() > 0 {
-		fs.Usage()
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return usagef("unexpected argument %q", fs.Arg(0))
 	}
 	if err := required(fs, "floor", "tenant"); err != nil {
 		return err

@@ -58,6 +58,7 @@ func (l *listFlag) Set(v string) error {
 type adminFlags struct {
 	fs          *flag.FlagSet
 	databaseURL *string
+	dbSource    string    // "--database-url" or "DATABASE_URL"
 	kek         *string   // withKEK
 	key         *string   // withKey
 	roots       *listFlag // withRoots
@@ -67,7 +68,7 @@ func newAdminFlags(name, usage string, stderr io.Writer) *adminFlags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: shapeseal %s\n\nflags:\n", usage)
+		fmt.Fprintf(fs.Output(), "usage: shapeseal %s\n\nflags:\n", usage)
 		fs.PrintDefaults()
 	}
 	return &adminFlags{
@@ -101,13 +102,15 @@ func (a *adminFlags) withRoots() *adminFlags {
 
 // parse parses args, which must hold no positional arguments.
 func (a *adminFlags) parse(args []string) error {
-	if err := a.fs.Parse(args); err != nil {
+	if err := parseFlags(a.fs, args); err != nil {
 		return err
 	}
 	// Defaults from the environment are read here, not shown by -h: a
 	// database URL may hold a password.
+	a.dbSource = "--database-url"
 	if *a.databaseURL == "" {
 		*a.databaseURL = os.Getenv("DATABASE_URL")
+		a.dbSource = "DATABASE_URL"
 	}
 	if a.kek != nil && *a.kek == "" {
 		*a.kek = os.Getenv("SHAPESEAL_KEK")
@@ -121,21 +124,16 @@ func (a *adminFlags) parse(args []string) error {
 		}
 	}
 	if a.fs.NArg() > 0 {
-		a.fs.Usage()
-		return fmt.Errorf("unexpected argument %q", a.fs.Arg(0))
+		return usagef("unexpected argument %q", a.fs.Arg(0))
 	}
 	return nil
 }
 
 func (a *adminFlags) connect(ctx context.Context) (*pgx.Conn, error) {
 	if *a.databaseURL == "" {
-		return nil, errors.New("no database: set --database-url or DATABASE_URL")
+		return nil, errors.New("no database: pass --database-url URL or set DATABASE_URL (postgres://USER:PASSWORD@HOST:PORT/DB)")
 	}
-	conn, err := pgx.Connect(ctx, *a.databaseURL)
-	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
-	}
-	return conn, nil
+	return connectDB(ctx, *a.databaseURL, a.dbSource)
 }
 
 // rootKeys returns the pinned roots.
@@ -217,8 +215,7 @@ func openKEK(uri string) (keysync.KEK, error) {
 func required(fs *flag.FlagSet, names ...string) error {
 	for _, n := range names {
 		if f := fs.Lookup(n); f == nil || f.Value.String() == "" {
-			fs.Usage()
-			return fmt.Errorf("--%s is required", n)
+			return usagef("--%s is required", n)
 		}
 	}
 	return nil
@@ -262,15 +259,17 @@ func runKeygen(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.SetOutput(stderr)
 	out := fs.String("o", os.Getenv("SHAPESEAL_IDENTITY"), "identity file to create, mode 0600 (default $SHAPESEAL_IDENTITY)")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: shapeseal keygen [-o FILE]\n\nCreates a post-quantum hybrid age identity and prints its recipient.\n\nflags:\n")
+		fmt.Fprint(fs.Output(), "usage: shapeseal keygen [-o FILE]\n\nCreates a post-quantum hybrid age identity and prints its recipient.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return helpOK(err)
 	}
-	if *out == "" || fs.NArg() > 0 {
-		fs.Usage()
-		return errors.New("-o FILE (or SHAPESEAL_IDENTITY) is required")
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if *out == "" {
+		return usagef("-o FILE (or SHAPESEAL_IDENTITY) is required")
 	}
 	id, err := keysync.GenerateIdentity()
 	if err != nil {
@@ -292,7 +291,7 @@ func runSignkey(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.SetOutput(stderr)
 	out := fs.String("o", "", "signing key file to create, mode 0600")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, `usage: shapeseal signkey -o FILE
+		fmt.Fprint(fs.Output(), `usage: shapeseal signkey -o FILE
 
 Creates an Ed25519 signing key in FILE (mode 0600; an existing file is never
 overwritten) and prints its public key, "ssvk1…".
@@ -307,12 +306,14 @@ flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return helpOK(err)
 	}
-	if *out == "" || fs.NArg() > 0 {
-		fs.Usage()
-		return errors.New("-o FILE is required")
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if *out == "" {
+		return usagef("-o FILE is required")
 	}
 	k, err := keysync.GenerateKeyFile(*out)
 	if err != nil {
@@ -325,12 +326,15 @@ flags:
 // subcommand splits "add --flags…" into "add" and the flags; want lists
 // the subcommands.
 func subcommand(args []string, usage string, stderr io.Writer, want ...string) (string, []string, error) {
+	if len(args) > 0 && isHelpArg(args[0]) {
+		fmt.Fprintf(os.Stdout, "usage: shapeseal %s\n", usage)
+		return "", nil, flag.ErrHelp
+	}
 	if len(args) == 0 || !contains(want, args[0]) {
-		fmt.Fprintf(stderr, "usage: shapeseal %s\n", usage)
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			return "", nil, flag.ErrHelp
+		if len(args) > 0 {
+			return "", nil, usagef("want subcommand %s, got %q", quoteList(want), args[0])
 		}
-		return "", nil, fmt.Errorf("want subcommand %s", quoteList(want))
+		return "", nil, usagef("want subcommand %s", quoteList(want))
 	}
 	return args[0], args[1:], nil
 }

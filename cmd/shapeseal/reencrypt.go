@@ -76,7 +76,7 @@ func (r *reencryptFlags) plan(a *adminFlags, stderr io.Writer) (keysync.TableSpe
 		return spec, keysync.ReencryptOptions{}, err
 	}
 	if len(r.also) > 0 && !*r.retire {
-		return spec, keysync.ReencryptOptions{}, errors.New("--also names tables for --retire")
+		return spec, keysync.ReencryptOptions{}, usagef("--also names tables for --retire")
 	}
 	for i := range r.also {
 		if r.also[i].TenantColumn == "" {

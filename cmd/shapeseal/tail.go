@@ -48,9 +48,9 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, tailUsage)
+		fmt.Fprint(fs.Output(), tailUsage)
 		fs.PrintDefaults()
-		fmt.Fprint(stderr, tailDecryptUsage)
+		fmt.Fprint(fs.Output(), tailDecryptUsage)
 	}
 	var (
 		table    = fs.String("table", "", "root table of the shape")
@@ -74,11 +74,8 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// Accept flags before and after the URL.
 	var positional []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil
-			}
-			return err
+		if err := parseFlags(fs, args); err != nil {
+			return helpOK(err)
 		}
 		if fs.NArg() == 0 {
 			break
@@ -90,11 +87,10 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		positional = []string{os.Getenv("ELECTRIC_URL")}
 	}
 	if len(positional) != 1 {
-		fs.Usage()
-		return errors.New("exactly one URL is required")
+		return usagef("exactly one URL is required, got %d", len(positional))
 	}
 	if *token != "" && *tokenCmd != "" {
-		return errors.New("--token and --token-command are exclusive")
+		return usagef("--token and --token-command are exclusive")
 	}
 	u, err := url.Parse(positional[0])
 	if err != nil {
@@ -147,6 +143,9 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 
+	var contact firstContact
+	contact.apply(&opts)
+
 	var dec *decryptor
 	if len(decrypt.encrypted) > 0 {
 		shapeURL := *u
@@ -170,13 +169,15 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 				return nil // interrupted
 			}
-			return err
+			return contact.wrap(err)
 		}
+		contact.succeeded()
 		if dec != nil && m.IsChange() {
 			if err := dec.err(); err != nil {
 				w.Flush()
 				return err
 			}
+			dec.warnNoKeys(m, stderr)
 			b, err := m.MarshalJSON()
 			if err != nil {
 				return err

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -142,7 +143,7 @@ func (d *decryptFlags) keyShapeOptions(shape *url.URL, secret string, opts clien
 	case *d.user == "" && *d.device == "":
 		ko.Params.Where, ko.Params.Params = "", nil
 	case *d.user == "" || *d.device == "":
-		return client.Options{}, errors.New("--user and --device go together")
+		return client.Options{}, usagef("--user and --device go together")
 	}
 	ko.Header = opts.Header.Clone()
 	ko.TokenSource = opts.TokenSource
@@ -210,10 +211,30 @@ func (d *decryptFlags) logShapeOptions(shape *url.URL, secret string, opts clien
 // decryptor is what tail needs while decrypting: the transform, and the
 // keyring's failure, if it failed.
 type decryptor struct {
-	dec    *keysync.Decrypter
-	ring   *keysync.Keyring
-	done   chan struct{}
-	runErr error
+	dec       *keysync.Decrypter
+	ring      *keysync.Keyring
+	done      chan struct{}
+	runErr    error
+	identity  string // the identity file
+	recipient string // its recipient
+	warned    bool   // warnNoKeys has warned
+}
+
+// warnNoKeys says once, on stderr, that the keyring holds no key at all
+// when a cell of m failed for want of one: the device was likely granted
+// nothing, or tail follows another device's keys.
+func (d *decryptor) warnNoKeys(m client.Message, stderr io.Writer) {
+	if d.warned || d.ring.Tenants() > 0 {
+		return
+	}
+	for _, e := range keysync.CellErrors(m.Value) {
+		if e.Code() == "no_key" {
+			d.warned = true
+			fmt.Fprintf(stderr, "shapeseal tail: warning: the keyring holds no key for any tenant: no tenant's key shape row is wrapped to %s (recipient %s) and listed by the tenant's log; certify this recipient (shapeseal device add) and grant the user the tenant (shapeseal grant), or check --keys-url, --user and --device\n",
+				d.identity, abbreviate(d.recipient))
+			return
+		}
+	}
 }
 
 // err returns the keyring's error once it has stopped.
@@ -246,9 +267,13 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 		path = os.Getenv("SHAPESEAL_IDENTITY")
 	}
 	if path == "" {
-		return nil, errors.New("--encrypted needs --identity (or $SHAPESEAL_IDENTITY)")
+		return nil, usagef("--encrypted needs --identity (or $SHAPESEAL_IDENTITY)")
 	}
 	id, err := keysync.LoadIdentityFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--identity: %w", err)
+	}
+	recipient, err := keysync.RecipientOf(id)
 	if err != nil {
 		return nil, fmt.Errorf("--identity: %w", err)
 	}
@@ -267,7 +292,7 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 	floorPath := ""
 	switch {
 	case *d.noFloor && *d.floor != "":
-		return nil, errors.New("--floor and --no-floor are exclusive")
+		return nil, usagef("--floor and --no-floor are exclusive")
 	case *d.noFloor:
 		floor = keysync.NewMemoryFloor()
 	default:
@@ -287,6 +312,9 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 	if err != nil {
 		return nil, err
 	}
+	var contact firstContact
+	contact.apply(&ko)
+	contact.apply(&lo)
 	var mu sync.Mutex
 	var ring *keysync.Keyring
 	ring, err = keysync.NewKeyring(keysync.KeyringOptions{
@@ -316,7 +344,7 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 	if err != nil {
 		return nil, err
 	}
-	r := &decryptor{dec: dec, ring: ring, done: make(chan struct{})}
+	r := &decryptor{dec: dec, ring: ring, done: make(chan struct{}), identity: path, recipient: recipient}
 	go func() {
 		defer close(r.done)
 		r.runErr = ring.Run(ctx)
@@ -336,9 +364,50 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 			return nil, ctx.Err()
 		}
 		if e := r.err(); e != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, e
+			return nil, d.explain(contact.wrap(e), ko.URL, lo.URL)
 		}
 		return nil, fmt.Errorf("key and log shapes not up to date: %w", err)
 	}
+	contact.succeeded()
 	return r, nil
+}
+
+// explain adds to a keyring error what to do when a key or log shape is
+// not where tail looked for it (a 404).
+func (d *decryptFlags) explain(err error, keysURL, logURL string) error {
+	he, ok := errors.AsType[*client.HTTPError](err)
+	if !ok || he.StatusCode != http.StatusNotFound {
+		return err
+	}
+	at := func(u string) bool {
+		base, _, _ := strings.Cut(u, "?")
+		got, _, _ := strings.Cut(he.URL, "?")
+		return base == got
+	}
+	switch {
+	case at(keysURL) && *d.keysURL == "":
+		return fmt.Errorf("the server has no tenant-key shape at %s (404): pass --keys-url, the URL of the tenant-key shape (behind shapeseal dev's proxy: PROXY_URL/v1/shapes/keys): %w", redactQuery(keysURL), err)
+	case at(keysURL):
+		return fmt.Errorf("no tenant-key shape at --keys-url %s (404): %w", redactQuery(keysURL), err)
+	case at(logURL) && *d.logURL == "":
+		return fmt.Errorf("the server has no tenant-log shape at %s (404): pass --log-url, the URL of the tenant-log shape (behind shapeseal dev's proxy: PROXY_URL/v1/shapes/log): %w", redactQuery(logURL), err)
+	case at(logURL):
+		return fmt.Errorf("no tenant-log shape at --log-url %s (404): %w", redactQuery(logURL), err)
+	}
+	return err
+}
+
+// redactQuery returns u without its query, which may hold a secret.
+func redactQuery(u string) string {
+	base, _, _ := strings.Cut(u, "?")
+	return base
+}
+
+// abbreviate shortens a long recipient (a post-quantum one is about 2,000
+// characters) to its start and end.
+func abbreviate(s string) string {
+	if len(s) <= 48 {
+		return s
+	}
+	return s[:32] + "…" + s[len(s)-12:]
 }

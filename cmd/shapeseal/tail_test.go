@@ -13,12 +13,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rogpeppe/go-internal/testscript"
+
 	"github.com/shapeseal/shapeseal/electrictest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
 	"github.com/shapeseal/shapeseal/internal/vaulttest"
 )
 
+// TestMain runs the tests, or, run by a testscript script as "shapeseal",
+// the command itself (see TestScript).
 func TestMain(m *testing.M) {
+	testscript.Main(testsM{m}, map[string]func(){
+		"shapeseal": func() { os.Exit(shapesealMain(os.Args[1:])) },
+	})
+}
+
+// testsM runs the package's tests.
+type testsM struct{ m *testing.M }
+
+func (t testsM) Run() int {
 	// No test writes into the user's configuration directory (write's
 	// default floor).
 	cfg, err := os.MkdirTemp("", "shapeseal-test-config-")
@@ -29,10 +42,10 @@ func TestMain(m *testing.M) {
 	os.Unsetenv("SHAPESEAL_WRITER_FLOOR")
 	os.Unsetenv("SHAPESEAL_ROOT")
 	os.Unsetenv("SHAPESEAL_KEY")
-	code := pgtest.Run(m)
+	code := pgtest.Run(t.m)
 	os.RemoveAll(cfg)
 	vaulttest.StopShared()
-	os.Exit(code)
+	return code
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a polling reader.

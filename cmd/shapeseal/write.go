@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,7 +61,7 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	mode := keysync.Insert
 	switch {
 	case *update && *upsert:
-		return errors.New("--update and --upsert are exclusive")
+		return usagef("--update and --upsert are exclusive")
 	case *update:
 		mode = keysync.Update
 	case *upsert:
@@ -103,21 +104,22 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	n := 0
-	writeOne := func(line int, data []byte) error {
-		dec := json.NewDecoder(strings.NewReader(string(data)))
-		dec.UseNumber()
-		var row map[string]any
-		if err := dec.Decode(&row); err != nil || row == nil {
-			if err == nil {
-				err = errors.New("not a JSON object")
-			}
-			return fmt.Errorf("row %d: %w", line, err)
+	rows := 0
+	// where names a row: its number, and its line on stdin.
+	where := func(line int) string {
+		if *jsonRow != "" {
+			return "--json"
 		}
-		if dec.More() {
-			return fmt.Errorf("row %d: more than one JSON value", line)
+		return fmt.Sprintf("row %d (stdin line %d)", rows, line)
+	}
+	writeOne := func(line int, data []byte) error {
+		rows++
+		row, err := parseRow(data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", where(line), err)
 		}
 		if err := w.Write(ctx, tx, row); err != nil {
-			return fmt.Errorf("row %d: %w", line, forkHint(err, *floorPath))
+			return fmt.Errorf("%s: %w", where(line), forkHint(err, *floorPath))
 		}
 		n++
 		return nil
@@ -144,8 +146,16 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	if err := tx.Commit(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "wrote %d rows to %s\n", n, spec.QualifiedTable())
+	fmt.Fprintf(stderr, "wrote %s to %s\n", plural(n, "row", "rows"), spec.QualifiedTable())
 	return nil
+}
+
+// plural returns "1 row" or "n rows".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, one)
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 // cachedKEKs opens each KEK once: keks, or keysync.OpenKEK if nil.
@@ -167,4 +177,45 @@ func cachedKEKs(keks keysync.KEKSource) keysync.KEKSource {
 		}
 		return k, err
 	}
+}
+
+// parseRow decodes one row, a JSON object, with an error that says plainly
+// what is wrong with it.
+func parseRow(data []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		if se, ok := errors.AsType[*json.SyntaxError](err); ok {
+			return nil, fmt.Errorf("not valid JSON at character %d: %s (want one object per line, such as {\"id\": \"…\", \"tenant_id\": \"acme\", \"title\": \"…\"})", se.Offset, strings.TrimPrefix(se.Error(), "json: "))
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, errors.New("not valid JSON: the object is cut short (want one whole object per line)")
+		}
+		return nil, fmt.Errorf("not valid JSON: %w", err)
+	}
+	row, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("want a JSON object of column names and values, got %s", jsonKind(v))
+	}
+	if dec.More() {
+		return nil, errors.New("more than one JSON value (want one object per line)")
+	}
+	return row, nil
+}
+
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case []any:
+		return "an array"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	case json.Number:
+		return "a number"
+	}
+	return fmt.Sprintf("%T", v)
 }
