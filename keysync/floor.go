@@ -53,8 +53,8 @@ func checkMark(st *chain.State, m FloorMark) error {
 		return nil
 	}
 	t := st.Tenant()
-	if st.Seq() < m.Seq {
-		return &chain.Error{Tenant: t, Err: fmt.Errorf("%w: %d entries, %d seen before", chain.ErrRollback, st.Seq(), m.Seq)}
+	if st.Seq() < m.Seq || st.Seq() == 0 {
+		return &chain.Error{Tenant: t, Err: fmt.Errorf("%w: %d entries, %d seen before (a tenant deleted and created again must be forgotten: FileFloor.Forget)", chain.ErrRollback, st.Seq(), m.Seq)}
 	}
 	if h, _ := st.HashAt(m.Seq); m.Seq > 0 && h != m.Head {
 		return &chain.Error{Tenant: t, Seq: m.Seq, Err: fmt.Errorf("%w: entry %d differs from the one seen before (a tenant deleted and created again must be forgotten: FileFloor.Forget)", chain.ErrFork, m.Seq)}

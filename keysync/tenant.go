@@ -78,6 +78,11 @@ func (a *Admin) tx(ctx context.Context, tenant string, mustExist bool, f func(tx
 			if mustExist {
 				return &chain.Error{Tenant: tenant, Err: chain.ErrNoLog}
 			}
+			// A tenant this administrator saw before has lost its log:
+			// creating it again must be a decision, not an accident.
+			if err := checkFloor(a.Floor, st, 0); err != nil {
+				return err
+			}
 			return f(tx, st)
 		}
 		if err := checkFloor(a.Floor, st, 0); err != nil {

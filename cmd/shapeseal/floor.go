@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
+	"crypto/sha256"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/shapeseal/shapeseal/keysync"
 )
@@ -67,20 +69,30 @@ func runFloor(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// writerFloorPath returns the default floor of `shapeseal write`:
-// $SHAPESEAL_WRITER_FLOOR, else writer.floor in shapeseal's directory of
-// the user's configuration directory, which it creates (0700).
-func writerFloorPath() (string, error) {
-	if p := os.Getenv("SHAPESEAL_WRITER_FLOOR"); p != "" {
+// defaultFloor returns a floor file: given if set, else $env, else one file
+// per database (named after a hash of its host, port and name, never its
+// password) in shapeseal's directory of the user's configuration directory,
+// which it creates (0700): a floor remembers tenants by id, and two
+// databases may each have a tenant of the same id.
+func defaultFloor(given, env, kind, databaseURL string) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	if p := os.Getenv(env); p != "" {
 		return p, nil
 	}
 	dir, err := os.UserConfigDir()
 	if err != nil {
-		return "", fmt.Errorf("no floor file: pass --floor FILE or set $SHAPESEAL_WRITER_FLOOR (%w)", err)
+		return "", fmt.Errorf("no floor file: pass --floor FILE or set $%s (%w)", env, err)
 	}
-	dir = filepath.Join(dir, "shapeseal")
-	if err := os.MkdirAll(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+	dir = filepath.Join(dir, "shapeseal", "floors")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("floor directory: %w", err)
 	}
-	return filepath.Join(dir, "writer.floor"), nil
+	id := databaseURL
+	if cfg, err := pgconn.ParseConfig(databaseURL); err == nil {
+		id = fmt.Sprintf("%s:%d/%s", cfg.Host, cfg.Port, cfg.Database)
+	}
+	sum := sha256.Sum256([]byte(id))
+	return filepath.Join(dir, fmt.Sprintf("%s-%x.json", kind, sum[:8])), nil
 }

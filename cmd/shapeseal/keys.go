@@ -62,6 +62,8 @@ type adminFlags struct {
 	kek         *string   // withKEK
 	key         *string   // withKey
 	roots       *listFlag // withRoots
+	floor       *string   // withRoots: this administrator's floor file
+	floorPath   string    // the floor file admin opened
 }
 
 func newAdminFlags(name, usage string, stderr io.Writer) *adminFlags {
@@ -97,8 +99,13 @@ func (a *adminFlags) withKey() *adminFlags {
 func (a *adminFlags) withRoots() *adminFlags {
 	a.roots = &listFlag{}
 	a.fs.Var(a.roots, "root", "pinned root public key ssvk1… the tenant logs are verified against (repeatable or comma-separated; default $SHAPESEAL_ROOT)")
+	a.floor = a.fs.String("floor", "", "file where this administrator remembers how far each tenant's log has been seen, so that a log cut back (a revocation removed) is refused (default $SHAPESEAL_ADMIN_FLOOR, else one file per database in shapeseal's configuration directory)")
 	return a
 }
+
+// hint adds to err, if it is about a log below the administrator's floor,
+// how to accept a tenant that was deleted and created again.
+func (a *adminFlags) hint(err error) error { return forkHint(err, a.floorPath) }
 
 // parse parses args, which must hold no positional arguments.
 func (a *adminFlags) parse(args []string) error {
@@ -190,6 +197,12 @@ func (a *adminFlags) admin(db *pgx.Conn, needKey bool, stderr io.Writer) (*keysy
 	adm := &keysync.Admin{DB: db, Roots: roots, Report: func(err error) {
 		fmt.Fprintf(stderr, "shapeseal: ignored: %v\n", err)
 	}}
+	if a.floorPath, err = defaultFloor(*a.floor, "SHAPESEAL_ADMIN_FLOOR", "admin", *a.databaseURL); err != nil {
+		return nil, err
+	}
+	if adm.Floor, err = keysync.OpenFileFloor(a.floorPath); err != nil {
+		return nil, fmt.Errorf("--floor: %w", err)
+	}
 	if needKey {
 		if adm.Key, err = a.signingKey(); err != nil {
 			return nil, err
@@ -432,7 +445,7 @@ func tenantCommand(ctx context.Context, name, usage string, withUser bool, args 
 	if err != nil {
 		return err
 	}
-	return f(adm, *tenant, *user)
+	return a.hint(f(adm, *tenant, *user))
 }
 
 const grantUsage = `grant --tenant T --user U --key KEY [--root ssvk1…] [--kek URI]

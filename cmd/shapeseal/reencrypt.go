@@ -234,7 +234,7 @@ func runReencrypt(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	return r.run(ctx, adm, spec, *tenant, opts, stdout, stderr)
+	return a.hint(r.run(ctx, adm, spec, *tenant, opts, stdout, stderr))
 }
 
 const revokeUsage = `revoke --tenant T --user U --key KEY [--root ssvk1…] [--kek URI] [--table TABLE --columns C1,C2 [reencrypt flags]]
@@ -283,7 +283,7 @@ func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	ks, err := adm.Revoke(ctx, *tenant, *user)
 	if err != nil {
-		return err
+		return a.hint(err)
 	}
 	fmt.Fprintf(stdout, "revoked %s from tenant %s: generation %d, primary key %08x\n", *user, *tenant, ks.Generation(), ks.PrimaryKeyID())
 	if !reencrypt {

@@ -89,7 +89,7 @@ a tenant.`
 	adm.KEKs = keysync.UseKEK(kek)
 	ks, err := adm.CreateTenant(ctx, kek, *tenant, *admins...)
 	if err != nil {
-		return err
+		return a.hint(err)
 	}
 	fmt.Fprintf(stdout, "tenant %s: generation %d under %s, primary key %08x\n", *tenant, ks.Generation(), kek.URI(), ks.PrimaryKeyID())
 	fmt.Fprintf(stdout, "root %s\n", adm.Key.Public())
@@ -127,12 +127,12 @@ admins. Without --add or --remove, only prints them.`
 	}
 	if changes {
 		if err := adm.SetAdmins(ctx, *tenant, *add, *remove); err != nil {
-			return err
+			return a.hint(err)
 		}
 	}
 	st, err := adm.State(ctx, *tenant)
 	if err != nil {
-		return err
+		return a.hint(err)
 	}
 	if len(st.Admins()) == 0 {
 		fmt.Fprintf(stdout, "tenant %s: no admins (only the roots sign)\n", *tenant)
@@ -169,7 +169,7 @@ points. It holds no secret.`
 	}
 	st, err := adm.State(ctx, *tenant)
 	if err != nil {
-		return err
+		return a.hint(err)
 	}
 	printState(stdout, st)
 	return nil

@@ -80,7 +80,7 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		return err
 	}
 	if *floorPath == "" {
-		if *floorPath, err = writerFloorPath(); err != nil {
+		if *floorPath, err = defaultFloor("", "SHAPESEAL_WRITER_FLOOR", "writer", *a.databaseURL); err != nil {
 			return err
 		}
 	}
