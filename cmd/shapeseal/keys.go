@@ -99,7 +99,7 @@ func (a *adminFlags) withKey() *adminFlags {
 func (a *adminFlags) withRoots() *adminFlags {
 	a.roots = &listFlag{}
 	a.fs.Var(a.roots, "root", "pinned root public key ssvk1… the tenant logs are verified against (repeatable or comma-separated; default $SHAPESEAL_ROOT)")
-	a.floor = a.fs.String("floor", "", "file where this administrator remembers how far each tenant's log has been seen, so that a log cut back (a revocation removed) is refused (default $SHAPESEAL_ADMIN_FLOOR, else one file per database in shapeseal's configuration directory)")
+	a.floor = a.fs.String("floor", "", "file where this command remembers how far each tenant's log has been seen, so that a log cut back (a revocation removed) is refused; created 0600 if missing (default $SHAPESEAL_ADMIN_FLOOR, or $SHAPESEAL_WRITER_FLOOR for write, else one file per database in shapeseal's configuration directory)")
 	return a
 }
 

@@ -219,6 +219,13 @@ func TestKeysLocalKEK(t *testing.T) {
 	// The tenant is deleted and created again: the writer's floor refuses
 	// its new, shorter log as a rollback until the tenant is forgotten.
 	pgtest.Exec(t, url, `DELETE FROM notes; DELETE FROM files; DELETE FROM shapeseal_log; DELETE FROM shapeseal_keysets; DELETE FROM shapeseal_tenant_keys`)
+	// The administrator's own floor saw the old tenant too: creating it
+	// again takes forgetting it there first.
+	adminFloor, _ := defaultFloor("", "SHAPESEAL_ADMIN_FLOOR", "admin", url)
+	if _, _, err := run(runTenant, withDB("create", "--tenant", org, "--kek", kek, "--key", rootFile)...); !errors.Is(err, chain.ErrRollback) {
+		t.Errorf("tenant create over a tenant the administrator saw: %v", err)
+	}
+	must(runFloor, "forget", "--floor", adminFloor, "--tenant", org)
 	must(runTenant, withDB("create", "--tenant", org, "--kek", kek, "--key", rootFile)...)
 	row := append(args, "--json", `{"id": 10, "org": "`+org+`", "note": "again"}`)
 	if _, err := writeRows("", row...); !errors.Is(err, chain.ErrRollback) || !strings.Contains(err.Error(), "shapeseal floor forget --floor "+floor+" --tenant "+org) {

@@ -51,7 +51,7 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	update := a.fs.Bool("update", false, "UPDATE existing rows (by row key and tenant) instead of inserting")
 	upsert := a.fs.Bool("upsert", false, "INSERT … ON CONFLICT (row key) DO UPDATE")
 	jsonRow := a.fs.String("json", "", "one row as a JSON object (default: JSON lines on stdin)")
-	floorPath := a.fs.String("floor", "", "floor file, created 0600 if missing (default $SHAPESEAL_WRITER_FLOOR, else shapeseal/writer.floor in the user's configuration directory)")
+	floorPath := a.floor
 	if err := a.parse(args); err != nil {
 		return helpOK(err)
 	}
