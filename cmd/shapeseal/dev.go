@@ -102,6 +102,7 @@ flags:
 	}
 	electricAddr := fs.String("electric-listen", "127.0.0.1:0", "address of the shape server")
 	proxyAddr := fs.String("listen", "127.0.0.1:0", "address of the proxy")
+	envFile := fs.String("env", "", "also write the ready line's URLs, root, tokens and identity files to this file as shell exports (PROXY_URL, SHAPESEAL_ROOT, ALICE_TOKEN, ALICE_IDENTITY, …), removed on exit")
 	dir := fs.String("dir", "", "directory keeping the root key, the KEK, the identities and the token key across runs (default: a temporary one, removed on exit)")
 	reset := fs.Bool("reset", false, "with DATABASE_URL, drop the demo of an earlier run (table items, tenants acme and globex, the demo users' devices) and start clean")
 	verbose := fs.Bool("v", false, "log every request")
@@ -257,6 +258,17 @@ flags:
 			"iat": time.Now().Unix(), "exp": time.Now().Add(24 * time.Hour).Unix(),
 		})
 		out.Users[u.name] = userInfo{Token: tok, Identity: users[u.name], Tenants: u.tenants}
+	}
+	if *envFile != "" {
+		vars := [][2]string{{"ELECTRIC_URL", electricURL}, {"PROXY_URL", proxyURL}, {"DATABASE_URL", dbURL}, {"SHAPESEAL_ROOT", out.Root}}
+		for _, u := range devUsers {
+			up := strings.ToUpper(u.name)
+			vars = append(vars, [2]string{up + "_TOKEN", out.Users[u.name].Token}, [2]string{up + "_IDENTITY", out.Users[u.name].Identity})
+		}
+		if err := writeEnvFile(*envFile, vars); err != nil {
+			return err
+		}
+		defer os.Remove(*envFile)
 	}
 	ready, _ := json.Marshal(out)
 	fmt.Fprintf(stdout, "shapeseal dev ready %s\n", ready)
@@ -564,4 +576,24 @@ func newUUID() string {
 	b[8] = b[8]&0x3f | 0x80
 	h := hex.EncodeToString(b)
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// writeEnvFile writes vars as shell exports to path, mode 0600 (the tokens
+// are secrets), through a temporary file and a rename, so that a reader
+// waiting for the file never sees half of it.
+func writeEnvFile(path string, vars [][2]string) error {
+	var b strings.Builder
+	b.WriteString("# shapeseal dev: source this file (. FILE) in a shell\n")
+	for _, v := range vars {
+		fmt.Fprintf(&b, "export %s='%s'\n", v[0], strings.ReplaceAll(v[1], "'", `'\''`))
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("--env: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("--env: %w", err)
+	}
+	return nil
 }
