@@ -155,23 +155,8 @@ func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, op
 	if a.DB == nil || a.Key == nil || len(a.Roots) == 0 {
 		return nil, errors.New("keysync: an Admin needs DB, Roots and Key")
 	}
-	db := a.DB
-	if err := spec.Validate(); err != nil {
+	if err := checkReencrypt(&spec, &opts); err != nil {
 		return nil, err
-	}
-	if len(spec.RowKey) == 0 {
-		return nil, fmt.Errorf("keysync: reencrypt %s: no row-key columns to page by", spec.QualifiedTable())
-	}
-	if opts.After != nil && len(opts.After) != len(spec.RowKey) {
-		return nil, fmt.Errorf("keysync: reencrypt: resume position has %d values, the row key %d", len(opts.After), len(spec.RowKey))
-	}
-	if opts.BatchSize <= 0 {
-		opts.BatchSize = 500
-	}
-	for i := range opts.OtherTables {
-		if err := opts.OtherTables[i].Validate(); err != nil {
-			return nil, err
-		}
 	}
 	st, err := a.State(ctx, tenant)
 	if err != nil {
@@ -180,82 +165,29 @@ func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, op
 	if !st.CanSign(a.Key.Public()) {
 		return nil, &chain.Error{Tenant: tenant, Err: fmt.Errorf("%w: %s is neither a pinned root nor an admin of the tenant", chain.ErrUnauthorized, a.Key.Public())}
 	}
-	ks, err := LoadKeyset(ctx, db, st, a.KEKs)
+	ks, err := LoadKeyset(ctx, a.DB, st, a.KEKs)
 	if err != nil {
 		return nil, err
 	}
-	revoked := revokedAt(st)
-	sc, err := newScanner(ctx, db, &spec, tenant, opts.BatchSize)
+	sc, err := newScanner(ctx, a.DB, &spec, tenant, opts.BatchSize)
 	if err != nil {
 		return nil, err
 	}
-	res := &ReencryptResult{Generation: ks.generation, PrimaryKey: ks.primaryID}
-	fail := func(err error) {
-		res.Failed++
-		if len(res.Errors) < maxReencryptErrors {
-			res.Errors = append(res.Errors, err)
-		}
-	}
+	rw := &rewriter{db: a.DB, spec: &spec, tenant: tenant, ks: ks, revoked: revokedAt(st), sc: sc, opts: &opts,
+		res: &ReencryptResult{Generation: ks.generation, PrimaryKey: ks.primaryID}}
 	after := opts.After
 	for {
-		rows, err := sc.batch(ctx, db, after)
+		rows, err := sc.batch(ctx, a.DB, after)
 		if err != nil {
-			return res, err
+			return rw.res, err
 		}
-		res.Rows += len(rows)
-		b := &pgx.Batch{}
-		for _, r := range rows {
-			for i, col := range spec.Columns {
-				old := r.cells[i]
-				if old == nil {
-					continue
-				}
-				id, err := CellKeyID(*old)
-				if err != nil {
-					fail(&OpenError{Table: spec.QualifiedTable(), Column: col, Tenant: tenant, Generation: ks.generation, Err: err})
-					continue
-				}
-				if id == ks.primaryID {
-					continue
-				}
-				if rev, ok := revoked[id]; ok && !opts.AcceptSuspect && writtenAfter(r.xmin, rev) {
-					res.Suspect++
-					if len(res.Errors) < maxReencryptErrors {
-						res.Errors = append(res.Errors, &SuspectCellError{Table: spec.QualifiedTable(), Column: col, Tenant: tenant,
-							RowKey: r.key, KeyID: id, RevokedAt: rev.Seq})
-					}
-					continue
-				}
-				c := CellContext{Table: spec.QualifiedTable(), Column: col, Tenant: tenant}
-				if !spec.UnboundRows {
-					c.RowKey = r.key
-				}
-				pt, err := Open(ks, c, *old)
-				if err != nil {
-					fail(err)
-					continue
-				}
-				cell, err := Seal(ks, c, pt)
-				clear(pt)
-				if err != nil {
-					return res, err
-				}
-				args := append([]any{cell, tenant, *old}, stringsToAny(r.key)...)
-				b.Queue(sc.update[i], args...)
-			}
-		}
-		if b.Len() > 0 {
-			n, conflicts, err := runBatch(ctx, db, b)
-			if err != nil {
-				return res, fmt.Errorf("keysync: reencrypt %s: %w", spec.QualifiedTable(), err)
-			}
-			res.Rewritten += n
-			res.Conflicts += conflicts
+		if err := rw.rewrite(ctx, rows); err != nil {
+			return rw.res, err
 		}
 		if len(rows) > 0 {
 			after = rows[len(rows)-1].key
 			if opts.Progress != nil {
-				opts.Progress(ReencryptProgress{Rows: res.Rows, Rewritten: res.Rewritten, Last: after})
+				opts.Progress(ReencryptProgress{Rows: rw.res.Rows, Rewritten: rw.res.Rewritten, Last: after})
 			}
 		}
 		if len(rows) < opts.BatchSize {
@@ -263,9 +195,111 @@ func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, op
 		}
 	}
 	if !opts.Retire {
-		return res, nil
+		return rw.res, nil
 	}
-	err = a.tx(ctx, tenant, true, func(tx pgx.Tx, st *chain.State) error {
+	return rw.res, a.retireOld(ctx, &spec, tenant, ks, &opts, rw.res)
+}
+
+// checkReencrypt validates Reencrypt's arguments and fills in defaults.
+func checkReencrypt(spec *TableSpec, opts *ReencryptOptions) error {
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	if len(spec.RowKey) == 0 {
+		return fmt.Errorf("keysync: reencrypt %s: no row-key columns to page by", spec.QualifiedTable())
+	}
+	if opts.After != nil && len(opts.After) != len(spec.RowKey) {
+		return fmt.Errorf("keysync: reencrypt: resume position has %d values, the row key %d", len(opts.After), len(spec.RowKey))
+	}
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = 500
+	}
+	for i := range opts.OtherTables {
+		if err := opts.OtherTables[i].Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rewriter re-seals the cells of one Reencrypt run.
+type rewriter struct {
+	db      AdminDB
+	spec    *TableSpec
+	tenant  string
+	ks      *Keyset
+	revoked map[uint32]chain.Revocation
+	sc      *scanner
+	opts    *ReencryptOptions
+	res     *ReencryptResult
+}
+
+func (rw *rewriter) note(err error) {
+	if len(rw.res.Errors) < maxReencryptErrors {
+		rw.res.Errors = append(rw.res.Errors, err)
+	}
+}
+
+// rewrite re-seals, in one short transaction, the cells of a batch of rows
+// that are under a key other than the primary, and are not suspect.
+func (rw *rewriter) rewrite(ctx context.Context, rows []scanRow) error {
+	spec, ks, res := rw.spec, rw.ks, rw.res
+	res.Rows += len(rows)
+	b := &pgx.Batch{}
+	for _, r := range rows {
+		for i, col := range spec.Columns {
+			old := r.cells[i]
+			if old == nil {
+				continue
+			}
+			id, err := CellKeyID(*old)
+			if err != nil {
+				res.Failed++
+				rw.note(&OpenError{Table: spec.QualifiedTable(), Column: col, Tenant: rw.tenant, Generation: ks.generation, Err: err})
+				continue
+			}
+			if id == ks.primaryID {
+				continue
+			}
+			if rev, ok := rw.revoked[id]; ok && !rw.opts.AcceptSuspect && writtenAfter(r.xmin, rev) {
+				res.Suspect++
+				rw.note(&SuspectCellError{Table: spec.QualifiedTable(), Column: col, Tenant: rw.tenant, RowKey: r.key, KeyID: id, RevokedAt: rev.Seq})
+				continue
+			}
+			c := CellContext{Table: spec.QualifiedTable(), Column: col, Tenant: rw.tenant}
+			if !spec.UnboundRows {
+				c.RowKey = r.key
+			}
+			pt, err := Open(ks, c, *old)
+			if err != nil {
+				res.Failed++
+				rw.note(err)
+				continue
+			}
+			cell, err := Seal(ks, c, pt)
+			clear(pt)
+			if err != nil {
+				return err
+			}
+			b.Queue(rw.sc.update[i], append([]any{cell, rw.tenant, *old}, stringsToAny(r.key)...)...)
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	n, conflicts, err := runBatch(ctx, rw.db, b)
+	if err != nil {
+		return fmt.Errorf("keysync: reencrypt %s: %w", spec.QualifiedTable(), err)
+	}
+	res.Rewritten += n
+	res.Conflicts += conflicts
+	return nil
+}
+
+// retireOld retires, under the tenant's lock, every key of ks but its
+// primary, unless a cell of the tenant sealed with one remains.
+func (a *Admin) retireOld(ctx context.Context, spec *TableSpec, tenant string, ks *Keyset, opts *ReencryptOptions, res *ReencryptResult) error {
+	return a.tx(ctx, tenant, true, func(tx pgx.Tx, st *chain.State) error {
 		cur, err := LoadKeyset(ctx, tx, st, a.KEKs)
 		if err != nil {
 			return err
@@ -283,7 +317,7 @@ func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, op
 			return nil
 		}
 		// Count, under the tenant lock, the cells still sealed with them.
-		inUse, err := keysInUse(ctx, tx, tenant, append([]TableSpec{spec}, opts.OtherTables...), retire)
+		inUse, err := keysInUse(ctx, tx, tenant, append([]TableSpec{*spec}, opts.OtherTables...), retire)
 		if err != nil {
 			return err
 		}
@@ -301,7 +335,6 @@ func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, op
 		res.Retired, res.RetiredGeneration = retire, next.generation
 		return nil
 	})
-	return res, err
 }
 
 func stringsToAny(s []string) []any {
