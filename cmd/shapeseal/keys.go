@@ -216,6 +216,22 @@ func (a *adminFlags) admin(db *pgx.Conn, needKey bool, stderr io.Writer) (*keysy
 	return adm, nil
 }
 
+// open connects to the database and returns an Admin on it (see admin) and
+// the function that closes the connection.
+func (a *adminFlags) open(ctx context.Context, needKey bool, stderr io.Writer) (*keysync.Admin, func(), error) {
+	db, err := a.connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	done := func() { db.Close(context.WithoutCancel(ctx)) }
+	adm, err := a.admin(db, needKey, stderr)
+	if err != nil {
+		done()
+		return nil, nil, err
+	}
+	return adm, done, nil
+}
+
 // openKEK opens a KEK by URI: hcvault:// through Vault (package vaultkek
 // registers it), local:// from a file.
 func openKEK(uri string) (keysync.KEK, error) {
@@ -436,15 +452,11 @@ func tenantCommand(ctx context.Context, name, usage string, withUser bool, args 
 	if err := required(a.fs, names...); err != nil {
 		return err
 	}
-	db, err := a.connect(ctx)
+	adm, done, err := a.open(ctx, true, stderr)
 	if err != nil {
 		return err
 	}
-	defer db.Close(context.WithoutCancel(ctx))
-	adm, err := a.admin(db, true, stderr)
-	if err != nil {
-		return err
-	}
+	defer done()
 	return a.hint(f(adm, *tenant, *user))
 }
 

@@ -223,17 +223,13 @@ func runReencrypt(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	db, err := a.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close(context.WithoutCancel(ctx))
 	// Re-encrypting takes an administrator of the tenant; retiring signs a
 	// log entry.
-	adm, err := a.admin(db, true, stderr)
+	adm, done, err := a.open(ctx, true, stderr)
 	if err != nil {
 		return err
 	}
+	defer done()
 	return a.hint(r.run(ctx, adm, spec, *tenant, opts, stdout, stderr))
 }
 
@@ -272,15 +268,11 @@ func runRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	}
-	db, err := a.connect(ctx)
+	adm, done, err := a.open(ctx, true, stderr)
 	if err != nil {
 		return err
 	}
-	defer db.Close(context.WithoutCancel(ctx))
-	adm, err := a.admin(db, true, stderr)
-	if err != nil {
-		return err
-	}
+	defer done()
 	ks, err := adm.Revoke(ctx, *tenant, *user)
 	if err != nil {
 		return a.hint(err)

@@ -77,15 +77,11 @@ a tenant.`
 	if err != nil {
 		return err
 	}
-	db, err := a.connect(ctx)
+	adm, done, err := a.open(ctx, true, stderr)
 	if err != nil {
 		return err
 	}
-	defer db.Close(context.WithoutCancel(ctx))
-	adm, err := a.admin(db, true, stderr)
-	if err != nil {
-		return err
-	}
+	defer done()
 	adm.KEKs = keysync.UseKEK(kek)
 	ks, err := adm.CreateTenant(ctx, kek, *tenant, *admins...)
 	if err != nil {
@@ -115,16 +111,12 @@ admins. Without --add or --remove, only prints them.`
 	if err := required(a.fs, "tenant"); err != nil {
 		return err
 	}
-	db, err := a.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close(context.WithoutCancel(ctx))
 	changes := len(*add)+len(*remove) > 0
-	adm, err := a.admin(db, changes, stderr)
+	adm, done, err := a.open(ctx, changes, stderr)
 	if err != nil {
 		return err
 	}
+	defer done()
 	if changes {
 		if err := adm.SetAdmins(ctx, *tenant, *add, *remove); err != nil {
 			return a.hint(err)
@@ -158,15 +150,11 @@ points. It holds no secret.`
 	if err := required(a.fs, "tenant"); err != nil {
 		return err
 	}
-	db, err := a.connect(ctx)
+	adm, done, err := a.open(ctx, false, stderr)
 	if err != nil {
 		return err
 	}
-	defer db.Close(context.WithoutCancel(ctx))
-	adm, err := a.admin(db, false, stderr)
-	if err != nil {
-		return err
-	}
+	defer done()
 	st, err := adm.State(ctx, *tenant)
 	if err != nil {
 		return a.hint(err)
