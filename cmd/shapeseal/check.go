@@ -705,7 +705,11 @@ func (c *checker) checkPublication(ctx context.Context) checkResult {
 				}
 			}
 			if len(missing) > 0 {
-				problems = append(problems, fmt.Sprintf("%s lacks %s, which the clients' keys come from: ALTER PUBLICATION %s ADD TABLE %s", p, strings.Join(missing, ", "), p, strings.Join(missing, ", ")))
+				// Electric adds a table to its publication when a shape of
+				// it is first requested, unless its tables are published by
+				// hand: then the keys would never sync.
+				oks = append(oks, fmt.Sprintf("%s does not publish %s yet: Electric adds them on the first request of their shapes (with ELECTRIC_MANUAL_TABLE_PUBLISHING=true, run ALTER PUBLICATION %s ADD TABLE %s)",
+					p, strings.Join(missing, ", "), p, strings.Join(missing, ", ")))
 				continue
 			}
 		}
@@ -736,6 +740,17 @@ func (c *checker) checkTLS(context.Context) checkResult {
 		return checkSkip("no --proxy-url (or --behind-tls)")
 	case c.proxyURL.Scheme == "https":
 		return checkOK("the proxy is served over https")
+	case isLoopbackHost(c.proxyURL.Hostname()):
+		return checkSkip("the proxy at %s listens on loopback only, out of the network's reach (serve it over https, or behind TLS, once it is not)", shown(c.proxyURL))
 	}
 	return checkFail("the proxy URL %s is plain http: tokens and key shapes would cross the network in clear; serve it over https, or pass --behind-tls if TLS terminates in front of it", shown(c.proxyURL))
+}
+
+// isLoopbackHost reports whether host names the local machine only.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -178,8 +178,8 @@ func TestCheckProduction(t *testing.T) {
 	if r := rows["electric-role"]; code != 1 || r.Status != "FAIL" || !strings.Contains(r.Detail, "superuser") {
 		t.Errorf("superuser role: exit %d, %+v", code, r)
 	}
-	if r := rows["tls"]; r.Status != "FAIL" {
-		t.Errorf("http proxy URL: %+v", r)
+	if r := rows["tls"]; r.Status != "skip" || !strings.Contains(r.Detail, "loopback") {
+		t.Errorf("http proxy URL on loopback: %+v", r)
 	}
 	// A role that may write the published tables.
 	writer := "electric_rw_" + checkRandHex(t)
@@ -211,7 +211,7 @@ func TestCheckPublicationAllTables(t *testing.T) {
 		t.Errorf("electric-secret %+v", r)
 	}
 	_, rows = checkJSON(t, nil, append(args, "--publication", "electric_items")...)
-	if r := rows["publication"]; r.Status != "FAIL" || !strings.Contains(r.Detail, "lacks shapeseal_tenant_keys, shapeseal_log") {
+	if r := rows["publication"]; r.Status != "ok" || !strings.Contains(r.Detail, "does not publish shapeseal_tenant_keys, shapeseal_log yet") {
 		t.Errorf("publication without the key tables: %+v", r)
 	}
 	_, rows = checkJSON(t, nil, append(args, "--publication", "electric_nope")...)
@@ -254,7 +254,6 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 		"where-pinned":        "rule everything (table items) has no where",
 		"tokens":              "auth.leeway 1h0m0s",
 		"rate-limits":         "limits.requests_per_second, limits.max_live_per_user negative",
-		"tls":                 "plain http",
 		"electric-not-public": "is at the proxy's address",
 		"health":              "did not answer",
 	}
@@ -343,5 +342,28 @@ func TestCheckUsage(t *testing.T) {
 	_, out, _ = checkRun(t, nil, "--electric-url", "http://127.0.0.1:1", "--database-url", u.String())
 	if strings.Contains(out, "pg-password-xyz") || !strings.Contains(out, "electric-role") {
 		t.Errorf("output:\n%s", out)
+	}
+}
+
+// TestCheckTLS: a plain-http proxy URL fails unless it is loopback only
+// (skipped) or TLS terminates in front of it.
+func TestCheckTLS(t *testing.T) {
+	for _, c := range []struct {
+		url       string
+		behindTLS bool
+		want      string
+	}{
+		{"http://proxy.example:8080", false, "FAIL"},
+		{"http://10.0.0.5", false, "FAIL"},
+		{"http://127.0.0.1:3000", false, "skip"},
+		{"http://localhost:3000", false, "skip"},
+		{"https://proxy.example", false, "ok"},
+		{"http://proxy.example", true, "ok"},
+	} {
+		u, _ := url.Parse(c.url)
+		ch := &checker{proxyURL: u, behindTLS: c.behindTLS}
+		if r := ch.checkTLS(context.Background()); r.status != c.want {
+			t.Errorf("%s (behind TLS %v): %+v, want %s", c.url, c.behindTLS, r, c.want)
+		}
 	}
 }
