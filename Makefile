@@ -2,7 +2,7 @@
 # withpg starts one private PostgreSQL (or uses DATABASE_URL) for all packages;
 # tests that need Vault start bin/vault (internal/vaulttest).
 
-.PHONY: test bench build
+.PHONY: test bench build fuzz
 
 test: bin/vault
 	go vet ./...
@@ -17,6 +17,12 @@ bench:
 	bench/electrictest.sh
 	bench/client-decode.sh
 	bench/proxy.sh
+
+# fuzz runs every fuzz target for FUZZTIME each (bench/fuzz.sh) and fails
+# on a crasher, which Go keeps under the package's testdata/fuzz.
+FUZZTIME ?= 30s
+fuzz:
+	bench/fuzz.sh -fuzztime $(FUZZTIME)
 
 build:
 	go build -o bin/shapeseal ./cmd/shapeseal
