@@ -49,8 +49,22 @@
 //
 // The where clause is evaluated by Postgres itself, for the snapshot and
 // for every replicated row, so any boolean SQL filter works; it must be a
-// filter only (no subqueries, statements or volatile functions). Subset
-// snapshots (subset__*, POST) and subquery shapes are not supported.
+// filter only (no statements or volatile functions, no subqueries but one).
+// Subset snapshots (subset__*, POST) are not supported.
+//
+// # Subquery shapes
+//
+// A where clause may hold one membership test
+// `column IN (SELECT column FROM table [WHERE filter])`, alone or ANDed with
+// simple conditions, e.g. with params[1]=42:
+//
+//	tenant_id IN (SELECT tenant_id FROM memberships WHERE user_id = $1)
+//
+// Its messages follow Electric 1.7: rows carry tags and active_conditions
+// headers; when the subquery's table changes, rows that enter arrive after
+// a move-in event as inserts marked is_move_in (then snapshot-end), and rows
+// that leave are announced by a move-out event whose patterns match their
+// tags. See the README for the differences from Electric.
 //
 // # Faults
 //

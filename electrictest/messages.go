@@ -103,6 +103,11 @@ type changeMsg struct {
 	last          bool
 	keyChangeTo   string
 	keyChangeFrom string
+	// Subquery shapes: tags, removed_tags (updates; nil: none sent) and
+	// the number of active_conditions (all true).
+	tags        []string
+	removedTags []string
+	conds       int
 }
 
 // encodeChange renders a change message of a replicated transaction.
@@ -140,7 +145,58 @@ func encodeChange(t *table, m *changeMsg, lsn uint64, xid uint32) []byte {
 		b = append(b, `,"key_change_from":`...)
 		b = appendJSONString(b, m.keyChangeFrom)
 	}
+	if m.tags != nil {
+		b = appendStrings(append(b, `,"tags":`...), m.tags)
+		if m.removedTags != nil {
+			b = appendStrings(append(b, `,"removed_tags":`...), m.removedTags)
+		}
+		b = appendConds(append(b, `,"active_conditions":`...), m.conds)
+	}
 	return append(b, "}}"...)
+}
+
+func appendStrings(dst []byte, ss []string) []byte {
+	dst = append(dst, '[')
+	for i, s := range ss {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendJSONString(dst, s)
+	}
+	return append(dst, ']')
+}
+
+// appendConds appends active_conditions: n times true (a row in the shape
+// of a where clause that is one conjunction meets every condition).
+func appendConds(dst []byte, n int) []byte {
+	dst = append(dst, '[')
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, "true"...)
+	}
+	return append(dst, ']')
+}
+
+// encodeTaggedRow renders an insert of a subquery shape's snapshot or of a
+// move-in, with Electric's header order.
+func encodeTaggedRow(dst []byte, t *table, cols, keyCols []int, row []datum, tag string, conds int, moveIn bool) []byte {
+	dst = append(dst, `{"key":`...)
+	dst = appendJSONString(dst, rowKey(t.rel, t, keyCols, row))
+	dst = append(dst, `,"value":`...)
+	dst = appendRow(dst, t, cols, row)
+	dst = appendConds(append(dst, `,"headers":{"active_conditions":`...), conds)
+	dst = appendStrings(append(dst, `,"tags":`...), []string{tag})
+	dst = append(dst, `,"operation":"insert","relation":[`...)
+	dst = appendJSONString(dst, t.rel.Schema)
+	dst = append(dst, ',')
+	dst = appendJSONString(dst, t.rel.Name)
+	dst = append(dst, ']')
+	if moveIn {
+		dst = append(dst, `,"is_move_in":true`...)
+	}
+	return append(dst, "}}"...)
 }
 
 // encodeSnapshotRow renders an insert message of the initial snapshot.

@@ -227,9 +227,24 @@ func (s *Server) onCommit(tx *txn) {
 		}
 		byRel[c.rel.rel] = append(byRel[c.rel.rel], c)
 	}
+	done := map[*shape]bool{}
 	for _, rel := range order {
-		for _, sh := range s.shapesOf(rel) {
-			if err := s.apply(context.Background(), sh, tx, byRel[rel]); err != nil {
+		for _, sh := range s.shapesUsing(rel) {
+			if done[sh] {
+				continue
+			}
+			done[sh] = true
+			changes := byRel[rel]
+			if sh.sub != nil {
+				// The shape's table and its subquery's, in transaction order.
+				changes = nil
+				for _, c := range tx.changes {
+					if c.rel.rel == sh.def.rel || c.rel.rel == sh.sub.sq.innerRel {
+						changes = append(changes, c)
+					}
+				}
+			}
+			if err := s.apply(context.Background(), sh, tx, changes); err != nil {
 				s.logger.Error("electrictest: applying a transaction failed; shape invalidated", "table", rel.String(), "err", err)
 				s.dropShape(sh)
 			}
@@ -251,9 +266,16 @@ func (s *Server) watchCatalog(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		}
 		s.mu.Lock()
-		byOID := map[uint32][]*shape{}
+		type use struct {
+			sh  *shape
+			rel Relation
+		}
+		byOID := map[uint32][]use{}
 		for _, sh := range s.shapes {
-			byOID[sh.tbl.oid] = append(byOID[sh.tbl.oid], sh)
+			byOID[sh.tbl.oid] = append(byOID[sh.tbl.oid], use{sh, sh.def.rel})
+			if sh.sub != nil {
+				byOID[sh.sub.inner.oid] = append(byOID[sh.sub.inner.oid], use{sh, sh.sub.sq.innerRel})
+			}
 		}
 		s.mu.Unlock()
 		if len(byOID) == 0 {
@@ -279,11 +301,11 @@ func (s *Server) watchCatalog(ctx context.Context, every time.Duration) {
 		if rows.Err() != nil {
 			continue
 		}
-		for oid, shapes := range byOID {
-			for _, sh := range shapes {
-				if rel, ok := current[oid]; !ok || rel != sh.def.rel {
-					s.logger.Info("electrictest: table dropped or renamed; shape invalidated", "table", sh.def.rel.String(), "handle", sh.handle)
-					s.dropShape(sh)
+		for oid, uses := range byOID {
+			for _, u := range uses {
+				if rel, ok := current[oid]; !ok || rel != u.rel {
+					s.logger.Info("electrictest: table dropped or renamed; shape invalidated", "table", u.rel.String(), "handle", u.sh.handle)
+					s.dropShape(u.sh)
 				}
 			}
 		}
@@ -292,8 +314,12 @@ func (s *Server) watchCatalog(ctx context.Context, every time.Duration) {
 
 // onRelation invalidates shapes whose table changed shape.
 func (s *Server) onRelation(m *relMessage) {
-	for _, sh := range s.shapesOf(m.rel) {
-		if !sameColumns(sh.tbl, m) {
+	for _, sh := range s.shapesUsing(m.rel) {
+		t := sh.tbl
+		if m.rel != sh.def.rel {
+			t = sh.sub.inner
+		}
+		if !sameColumns(t, m) {
 			s.logger.Info("electrictest: table schema changed; shape invalidated", "table", m.rel.String(), "handle", sh.handle)
 			s.dropShape(sh)
 		}
@@ -324,6 +350,19 @@ func (s *Server) shapesOf(rel Relation) []*shape {
 	return out
 }
 
+// shapesUsing returns the shapes of a table and those whose subquery reads it.
+func (s *Server) shapesUsing(rel Relation) []*shape {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*shape
+	for _, sh := range s.shapes {
+		if sh.def.rel == rel || sh.sub != nil && sh.sub.sq.innerRel == rel {
+			out = append(out, sh)
+		}
+	}
+	return out
+}
+
 // dropShape forgets a shape; its clients get 409 and a new handle.
 func (s *Server) dropShape(sh *shape) {
 	s.mu.Lock()
@@ -336,7 +375,7 @@ func (s *Server) dropShape(sh *shape) {
 }
 
 func (s *Server) rotate(rel Relation) int {
-	shapes := s.shapesOf(rel)
+	shapes := s.shapesUsing(rel)
 	for _, sh := range shapes {
 		s.dropShape(sh)
 	}
@@ -344,8 +383,8 @@ func (s *Server) rotate(rel Relation) int {
 }
 
 // Rotate invalidates every shape of a table (given as in the table
-// parameter, e.g. "items" or "public.items"), as a TRUNCATE or a schema
-// change would: their clients get 409 must-refetch and a new handle.
+// parameter, e.g. "items" or "public.items") and every shape whose
+// subquery reads it, as a TRUNCATE or a schema change would: their clients get 409 must-refetch and a new handle.
 // It returns how many shapes were invalidated.
 func (s *Server) Rotate(table string) (int, error) {
 	rel, err := ParseRelation(table)
@@ -403,33 +442,53 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 		return nil, err
 	}
 	var eval string
+	var sub *subShape
 	if def.where != "" {
-		if err := s.validateWhere(ctx, t, def); err != nil {
+		if sub, err = s.validateWhere(ctx, t, def); err != nil {
 			return nil, err
 		}
-		eval = evalSQL(t, def.where, len(def.params))
+		if sub != nil {
+			eval = evalSQL(t, sub.outerWhere, len(sub.outerUsed)+1)
+		} else {
+			eval = evalSQL(t, def.where, len(def.params))
+		}
 	}
-	if !s.published[t.oid] {
-		stmts := []string{"ALTER PUBLICATION " + s.pub + " ADD TABLE " + def.rel.Quoted()}
-		var ident string
-		err := s.pool.QueryRow(ctx, "SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass", def.rel.Quoted()).Scan(&ident)
-		if err != nil {
+	if err := s.publish(ctx, t); err != nil {
+		return nil, err
+	}
+	if sub != nil {
+		if err := s.publish(ctx, sub.inner); err != nil {
 			return nil, err
 		}
-		if ident != "f" {
-			stmts = append([]string{"ALTER TABLE " + def.rel.Quoted() + " REPLICA IDENTITY FULL"}, stmts...)
-		}
-		if err := s.execRW(ctx, stmts...); err != nil {
-			return nil, fmt.Errorf("electrictest: publish %s: %w", def.rel, err)
-		}
-		s.published[t.oid] = true
 	}
 	sh := newShape(def, s.newHandle(def), t, cols, keyCols, eval)
+	sh.sub = sub
 	sh.mustSee = append([]uint32(nil), s.recentXids[:min(s.recentN, len(s.recentXids))]...)
 	s.shapes[def.key()] = sh
 	s.handles[sh.handle] = sh
 	go s.takeSnapshot(context.Background(), sh)
 	return sh, nil
+}
+
+// publish adds a table to the publication, with REPLICA IDENTITY FULL.
+func (s *Server) publish(ctx context.Context, t *table) error {
+	if s.published[t.oid] {
+		return nil
+	}
+	stmts := []string{"ALTER PUBLICATION " + s.pub + " ADD TABLE " + t.rel.Quoted()}
+	var ident string
+	err := s.pool.QueryRow(ctx, "SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass", t.rel.Quoted()).Scan(&ident)
+	if err != nil {
+		return err
+	}
+	if ident != "f" {
+		stmts = append([]string{"ALTER TABLE " + t.rel.Quoted() + " REPLICA IDENTITY FULL"}, stmts...)
+	}
+	if err := s.execRW(ctx, stmts...); err != nil {
+		return fmt.Errorf("electrictest: publish %s: %w", t.rel, err)
+	}
+	s.published[t.oid] = true
+	return nil
 }
 
 var errUnavailable = errors.New("electrictest: replication is not running")
@@ -539,58 +598,91 @@ func selectColumns(t *table, def shapeDef) (cols, keyCols []int, err error) {
 }
 
 // validateWhere lets Postgres type-check the where clause against the table,
-// after checkWhere has made sure it is a single boolean filter.
-func (s *Server) validateWhere(ctx context.Context, t *table, def shapeDef) error {
-	wc, err := checkWhere(def.where)
+// after checkWhere has made sure it is a single boolean filter. A clause with
+// a subquery (see parseSubqueryWhere) gives the shape's subquery part.
+func (s *Server) validateWhere(ctx context.Context, t *table, def shapeDef) (*subShape, error) {
+	sq, err := parseSubqueryWhere(def.where)
 	if err != nil {
-		return &requestError{"where", err.Error()}
+		return nil, &requestError{"where", err.Error()}
+	}
+	var wc whereCheck
+	var sub *subShape
+	where := def.where
+	if sq == nil {
+		if wc, err = checkWhere(def.where); err != nil {
+			return nil, &requestError{"where", err.Error()}
+		}
+	} else {
+		wc = sq.check
+		switch sq.innerRel.Schema {
+		case "pg_catalog", "information_schema", "pg_toast":
+			return nil, &requestError{"where", "the subquery's table cannot be a system table"}
+		}
+		inner, err := loadTable(ctx, s.pool, sq.innerRel)
+		if errors.Is(err, errNoTable) {
+			return nil, &requestError{"where", fmt.Sprintf("Table %q.%q in the subquery does not exist", sq.innerRel.Schema, sq.innerRel.Name)}
+		}
+		if err != nil {
+			return nil, err
+		}
+		if sub, err = newSubShape(sq, t, inner, s.pub); err != nil {
+			return nil, err
+		}
+		where = sq.full()
 	}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer conn.Release()
 	pc := conn.Conn().PgConn()
 	const prefix = "SELECT (\n"
-	desc, err := pc.Prepare(ctx, "", prefix+def.where+"\n) FROM "+def.rel.Quoted(), nil)
+	desc, err := pc.Prepare(ctx, "", prefix+where+"\n) FROM "+def.rel.Quoted(), nil)
 	if err != nil {
-		return whereFromPgError(err, len(prefix))
+		return nil, whereFromPgError(err, len(prefix))
 	}
 	if len(desc.Fields) != 1 || desc.Fields[0].DataTypeOID != 16 {
-		return &requestError{"where", "WHERE clause must return a boolean"}
+		return nil, &requestError{"where", "WHERE clause must return a boolean"}
 	}
 	if n := len(desc.ParamOIDs); n > len(def.params) {
 		missing := len(def.params) + 1
-		return &requestError{"where", fmt.Sprintf("At location %d: parameter $%d was not provided", wc.params[missing], missing)}
+		return nil, &requestError{"where", fmt.Sprintf("At location %d: parameter $%d was not provided", wc.params[missing], missing)}
 	} else if n < len(def.params) {
-		return &requestError{"params", fmt.Sprintf("where uses %d parameters but %d were given", n, len(def.params))}
+		return nil, &requestError{"params", fmt.Sprintf("where uses %d parameters but %d were given", n, len(def.params))}
 	}
 	if len(wc.functions) > 0 {
 		// Quoted names keep their case, unquoted ones are lower-cased.
 		var volatile []string
 		err := conn.QueryRow(ctx, "SELECT COALESCE(array_agg(DISTINCT proname::text), '{}') FROM pg_proc WHERE (proname = ANY($1) OR lower(proname) = ANY($1)) AND provolatile = 'v'", wc.functions).Scan(&volatile)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if len(volatile) > 0 {
-			return &requestError{"where", "volatile functions are not allowed in a where clause: " + strings.Join(volatile, ", ")}
+			return nil, &requestError{"where", "volatile functions are not allowed in a where clause: " + strings.Join(volatile, ", ")}
 		}
 	}
 	// Changes are evaluated by evalSQL: it must accept the clause too (no
 	// schema-qualified or system columns, no functions of the table's row
 	// type), or changes would silently not match.
-	if _, err := pc.Prepare(ctx, "", evalSQL(t, def.where, len(def.params)), nil); err != nil {
-		return whereFromPgError(err, len(prefix))
+	if sub != nil {
+		if _, err := pc.Prepare(ctx, "", evalSQL(t, sub.outerWhere, len(sub.outerUsed)+1), nil); err != nil {
+			return nil, whereFromPgError(err, len(prefix))
+		}
+		if _, err := pc.Prepare(ctx, "", sub.innerEval, nil); err != nil {
+			return nil, whereFromPgError(err, len(prefix))
+		}
+	} else if _, err := pc.Prepare(ctx, "", evalSQL(t, def.where, len(def.params)), nil); err != nil {
+		return nil, whereFromPgError(err, len(prefix))
 	}
 	// Plan the snapshot query with the params bound, without running it:
 	// this rejects parameter values that do not fit their type, constant
 	// expressions that fail, and what is not allowed in a WHERE clause
 	// (aggregates, window and set-returning functions).
 	explain := "EXPLAIN SELECT FROM " + def.rel.Quoted() + " WHERE (\n"
-	if err := pc.ExecParams(ctx, explain+def.where+"\n)", textParams(def.params), nil, nil, nil).Read().Err; err != nil {
-		return whereFromPgError(err, len(explain))
+	if err := pc.ExecParams(ctx, explain+where+"\n)", textParams(def.params), nil, nil, nil).Read().Err; err != nil {
+		return nil, whereFromPgError(err, len(explain))
 	}
-	return nil
+	return sub, nil
 }
 
 // whereFromPgError turns a Postgres error into a 400 message of our own

@@ -91,7 +91,8 @@ type shape struct {
 	cols     []int // selected columns
 	keyCols  []int // columns forming the row key
 	evalSQL  string
-	schema   string // electric-schema header
+	sub      *subShape // for a where clause with a subquery
+	schema   string    // electric-schema header
 	ready    chan struct{}
 	readyErr error    // set before ready is closed
 	mustSee  []uint32 // xids already routed when the shape was registered
@@ -240,6 +241,48 @@ func (s *Server) snapshotRows(ctx context.Context, sh *shape) error {
 	var chunks []chunk
 	var cur chunkWriter
 	cur.start()
+	query := sh.def.where
+	if sub := sh.sub; sub != nil {
+		// The subquery's values, in the same snapshot as the rows.
+		view := map[string]int{}
+		rr := pc.ExecParams(ctx, sub.viewQuery(), pickParams(sh.def.params, sub.innerUsed), nil, nil, nil)
+		for rr.NextRow() {
+			v := rr.Values()
+			n, _ := strconv.Atoi(string(v[1]))
+			view[string(v[0])] = n
+		}
+		if _, err := rr.Close(); err != nil {
+			return err
+		}
+		sub.view = view
+		// Every row of the table with a subquery value, for move-ins.
+		var all strings.Builder
+		for i, c := range sh.tbl.columns {
+			if i > 0 {
+				all.WriteString(", ")
+			}
+			all.WriteString(textExpr(c))
+		}
+		mirror := map[string][]datum{}
+		rr = pc.ExecParams(ctx, "SELECT "+all.String()+" FROM "+sh.def.rel.Quoted()+" WHERE "+
+			quoteIdent(sh.tbl.columns[sub.outerCol].name)+" IS NOT NULL", nil, nil, nil, nil)
+		for rr.NextRow() {
+			row := make([]datum, len(sh.tbl.columns))
+			for i, v := range rr.Values() {
+				if v == nil {
+					row[i] = datum{kind: 'n'}
+				} else {
+					row[i] = datum{kind: 't', text: string(v)}
+				}
+			}
+			mirror[rowKey(sh.tbl.rel, sh.tbl, sh.keyCols, row)] = row
+		}
+		if _, err := rr.Close(); err != nil {
+			return err
+		}
+		sub.mirror = mirror
+		query = sub.sq.full()
+	}
 	if !sh.def.changesOnly {
 		var sel strings.Builder
 		for n, i := range sh.cols {
@@ -253,21 +296,38 @@ func (s *Server) snapshotRows(ctx context.Context, sh *shape) error {
 				fmt.Fprintf(&sel, "%s::text", q)
 			}
 		}
-		query := "SELECT " + sel.String() + " FROM " + sh.def.rel.Quoted()
-		if sh.def.where != "" {
-			query += " WHERE (\n" + sh.def.where + "\n)"
+		if sh.sub != nil {
+			// The subquery's column, for the tags.
+			fmt.Fprintf(&sel, ", %s", textExpr(sh.tbl.columns[sh.sub.outerCol]))
 		}
+		if query != "" {
+			query = " WHERE (\n" + query + "\n)"
+		}
+		query = "SELECT " + sel.String() + " FROM " + sh.def.rel.Quoted() + query
 		rr := pc.ExecParams(ctx, query, textParams(sh.def.params), nil, nil, nil)
 		row := make([]datum, len(sh.tbl.columns))
 		for rr.NextRow() {
 			for n, v := range rr.Values() {
+				i := -1
+				if n < len(sh.cols) {
+					i = sh.cols[n]
+				} else if sh.sub != nil {
+					i = sh.sub.outerCol
+				}
 				if v == nil {
-					row[sh.cols[n]] = datum{kind: 'n'}
+					row[i] = datum{kind: 'n'}
 				} else {
-					row[sh.cols[n]] = datum{kind: 't', text: string(v)}
+					row[i] = datum{kind: 't', text: string(v)}
 				}
 			}
-			cur.add(func(b []byte) []byte { return encodeSnapshotRow(b, sh.tbl, sh.cols, sh.keyCols, row) })
+			if sh.sub != nil {
+				tag := sh.rowTag(row)
+				cur.add(func(b []byte) []byte {
+					return encodeTaggedRow(b, sh.tbl, sh.cols, sh.keyCols, row, tag, sh.sub.sq.npos, false)
+				})
+			} else {
+				cur.add(func(b []byte) []byte { return encodeSnapshotRow(b, sh.tbl, sh.cols, sh.keyCols, row) })
+			}
 			if cur.size >= s.opts.ChunkBytes {
 				chunks = append(chunks, cur.finish())
 				cur.start()
@@ -414,9 +474,13 @@ func (s *Server) applyLocked(ctx context.Context, sh *shape, tx *txn, changes []
 		return nil
 	}
 	t := sh.tbl
-	pairs := make([]rowPair, len(changes))
+	sub := sh.sub
+	pairs := make([]rowPair, 0, len(changes))
 	for n := range changes {
 		c := &changes[n]
+		if c.rel.rel != sh.def.rel {
+			continue // the subquery's table
+		}
 		idx := sh.relMap[c.rel]
 		if idx == nil {
 			idx = make([]int, len(c.rel.columns))
@@ -425,22 +489,7 @@ func (s *Server) applyLocked(ctx context.Context, sh *shape, tx *txn, changes []
 			}
 			sh.relMap[c.rel] = idx
 		}
-		project := func(d []datum) []datum {
-			if d == nil {
-				return nil
-			}
-			out := make([]datum, len(t.columns))
-			for i := range out {
-				out[i].kind = 'n'
-			}
-			for ri, ti := range idx {
-				if ti >= 0 && ri < len(d) {
-					out[ti] = d[ri]
-				}
-			}
-			return out
-		}
-		p := rowPair{c: c, old: project(c.old), new: project(c.new), inOld: c.old != nil, inNew: c.new != nil}
+		p := rowPair{c: c, old: project(t, idx, c.old), new: project(t, idx, c.new), inOld: c.old != nil, inNew: c.new != nil}
 		if p.old != nil && p.new != nil {
 			for i := range p.new {
 				if p.new[i].kind == 'u' {
@@ -448,7 +497,7 @@ func (s *Server) applyLocked(ctx context.Context, sh *shape, tx *txn, changes []
 				}
 			}
 		}
-		pairs[n] = p
+		pairs = append(pairs, p)
 	}
 	if sh.evalSQL != "" {
 		var rows [][]datum
@@ -476,16 +525,40 @@ func (s *Server) applyLocked(ctx context.Context, sh *shape, tx *txn, changes []
 			}
 		}
 	}
+	if sub != nil {
+		// The mirror of the table follows every change, in the shape or not.
+		for _, p := range pairs {
+			if p.old != nil {
+				delete(sub.mirror, rowKey(t.rel, t, sh.keyCols, p.old))
+			}
+			if p.new != nil && p.new[sub.outerCol].kind != 'n' {
+				sub.mirror[rowKey(t.rel, t, sh.keyCols, p.new)] = p.new
+			}
+		}
+	}
+	tagOf := func(row []datum) []string {
+		if sub == nil {
+			return nil
+		}
+		return []string{sh.rowTag(row)}
+	}
 	var msgs []changeMsg
 	full := sh.def.replica == "full"
 	for _, p := range pairs {
 		switch {
 		case p.inOld && p.inNew:
 			oldKey, newKey := rowKey(t.rel, t, sh.keyCols, p.old), rowKey(t.rel, t, sh.keyCols, p.new)
+			newTags, removed := tagOf(p.new), []string(nil)
+			if sub != nil {
+				removed = []string{}
+				if oldTag := sh.rowTag(p.old); oldTag != newTags[0] {
+					removed = append(removed, oldTag)
+				}
+			}
 			if oldKey != newKey {
 				msgs = append(msgs,
-					changeMsg{op: "delete", key: oldKey, value: sh.deleteCols(full), row: p.old, pos: p.c.pos, keyChangeTo: newKey},
-					changeMsg{op: "insert", key: newKey, value: sh.cols, row: p.new, pos: p.c.pos + 1, keyChangeFrom: oldKey})
+					changeMsg{op: "delete", key: oldKey, value: sh.deleteCols(full), row: p.old, pos: p.c.pos, keyChangeTo: newKey, tags: append(slices.Clip(newTags), removed...)},
+					changeMsg{op: "insert", key: newKey, value: sh.cols, row: p.new, pos: p.c.pos + 1, keyChangeFrom: oldKey, tags: newTags})
 				continue
 			}
 			var changed []int
@@ -494,29 +567,62 @@ func (s *Server) applyLocked(ctx context.Context, sh *shape, tx *txn, changes []
 					changed = append(changed, i)
 				}
 			}
-			if len(changed) == 0 {
+			if len(changed) == 0 && len(removed) == 0 {
 				continue
 			}
-			m := changeMsg{op: "update", key: newKey, row: p.new, old: p.old, pos: p.c.pos}
+			m := changeMsg{op: "update", key: newKey, row: p.new, old: p.old, pos: p.c.pos, tags: newTags, removedTags: removed}
 			if full {
 				m.value, m.oldValue = sh.cols, changed
+				if m.oldValue == nil {
+					m.oldValue = []int{}
+				}
 			} else {
 				m.value = sh.withKey(changed)
 			}
 			msgs = append(msgs, m)
 		case p.inOld:
-			msgs = append(msgs, changeMsg{op: "delete", key: rowKey(t.rel, t, sh.keyCols, p.old), value: sh.deleteCols(full), row: p.old, pos: p.c.pos})
+			msgs = append(msgs, changeMsg{op: "delete", key: rowKey(t.rel, t, sh.keyCols, p.old), value: sh.deleteCols(full), row: p.old, pos: p.c.pos, tags: tagOf(p.old)})
 		case p.inNew:
-			msgs = append(msgs, changeMsg{op: "insert", key: rowKey(t.rel, t, sh.keyCols, p.new), value: sh.cols, row: p.new, pos: p.c.pos})
+			msgs = append(msgs, changeMsg{op: "insert", key: rowKey(t.rel, t, sh.keyCols, p.new), value: sh.cols, row: p.new, pos: p.c.pos, tags: tagOf(p.new)})
 		}
 	}
-	if len(msgs) == 0 {
-		return nil
+	if sub != nil {
+		for i := range msgs {
+			msgs[i].conds = sub.sq.npos
+		}
 	}
-	msgs[len(msgs)-1].last = true
+	if len(msgs) > 0 {
+		msgs[len(msgs)-1].last = true
+	}
 	entries := make([]logEntry, len(msgs))
 	for i := range msgs {
 		entries[i] = logEntry{off: Offset{Tx: tx.lsn, Op: msgs[i].pos}, msg: encodeChange(t, &msgs[i], tx.lsn, tx.xid)}
+	}
+	if sub != nil {
+		// The subquery's table: after the outer rows, which were judged
+		// against the view as it was before this transaction.
+		in, out, err := s.applyInner(ctx, sh, changes)
+		if err != nil {
+			return err
+		}
+		op := 2 * uint64(len(tx.changes))
+		add := func(msg []byte) {
+			entries = append(entries, logEntry{off: Offset{Tx: tx.lsn, Op: op}, msg: msg})
+			op++
+		}
+		if len(out) > 0 {
+			add(sh.moveEvent("move-out", out, tx.xid))
+		}
+		if len(in) > 0 {
+			rows, err := s.moveIn(ctx, sh, in)
+			if err != nil {
+				return err
+			}
+			add(sh.moveEvent("move-in", in, tx.xid))
+			for _, r := range rows {
+				add(r)
+			}
+		}
 	}
 	sh.appendLog(entries)
 	return nil
@@ -544,6 +650,15 @@ func (sh *shape) withKey(changed []int) []int {
 
 // evalWhere asks Postgres whether each row matches the shape's where clause.
 func (s *Server) evalWhere(ctx context.Context, sh *shape, rows [][]datum) ([]bool, error) {
+	params := textParams(sh.def.params)
+	if sh.sub != nil {
+		params = append(pickParams(sh.def.params, sh.sub.outerUsed), sh.sub.viewParam())
+	}
+	return s.evalRows(ctx, sh.evalSQL, params, sh.tbl, rows)
+}
+
+// evalRows runs an evalSQL query of table t for rows, after params.
+func (s *Server) evalRows(ctx context.Context, evalSQL string, prefix [][]byte, t *table, rows [][]datum) ([]bool, error) {
 	match := make([]bool, len(rows))
 	if len(rows) == 0 {
 		return match, nil
@@ -555,15 +670,15 @@ func (s *Server) evalWhere(ctx context.Context, sh *shape, rows [][]datum) ([]bo
 	defer conn.Release()
 	pc := conn.Conn().PgConn()
 	run := func(rows [][]datum, match []bool) error {
-		params := textParams(sh.def.params)
+		params := append([][]byte(nil), prefix...)
 		col := make([]datum, len(rows))
-		for i := range sh.tbl.columns {
+		for i := range t.columns {
 			for r := range rows {
 				col[r] = rows[r][i]
 			}
 			params = append(params, []byte(arrayLiteral(col)))
 		}
-		res := pc.ExecParams(ctx, sh.evalSQL, params, nil, nil, nil).Read()
+		res := pc.ExecParams(ctx, evalSQL, params, nil, nil, nil).Read()
 		if res.Err != nil {
 			return res.Err
 		}

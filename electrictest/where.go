@@ -10,6 +10,8 @@ import (
 // and for every replicated row, so both follow the same SQL semantics. Before
 // that, checkWhere makes sure it can only be a boolean filter: one
 // expression, balanced parentheses, no statement separator and no subquery.
+// (A subquery shape's clause is first split by parseSubqueryWhere, and each
+// part goes through checkWhere.)
 // The server additionally refuses volatile functions (pg_sleep, nextval, ...)
 // and runs every query in read-only transactions with a statement timeout.
 
