@@ -3,7 +3,11 @@
 # proxy written as Electric's docs show (bench/peers/express), in one run:
 # added latency of small live responses, throughput and memory on a 50 MB
 # snapshot, and live polls held at once with memory per poll. Prints
-# ratios. See bench/README.md.
+# ratios, and ends with one summary line:
+#
+#	proxy: throughput R× direct, added p50 A µs, added p99 B µs, Express/shapeseal RSS M×
+#
+# (R and the latencies for `shapeseal proxy`). See bench/README.md.
 #
 # Usage: bench/proxy.sh [-latency-n 2000] [-snapshot-mb 50] [-rounds 5] [-polls 10000] [-parts abc]
 #
@@ -28,9 +32,14 @@ peer=bench/peers/express
 if [[ ! -f $peer/node_modules/.package-lock.json || $peer/package-lock.json -nt $peer/node_modules/.package-lock.json ]]; then
 	(cd "$peer" && npm ci --no-audit --no-fund --ignore-scripts >&2)
 fi
-go run ./internal/pgtest/cmd/withpg -- go run ./bench/proxybench "$@"
+# The one-line summary is printed last, after everything else.
+summary=$(mktemp)
+trap 'rm -f "$summary"' EXIT
+go run ./internal/pgtest/cmd/withpg -- go run ./bench/proxybench -summary-file "$summary" "$@"
 if [[ ${BENCH_WS:-} == 1 ]]; then
 	echo
 	echo "one WebSocket with 100 shapes vs 100 HTTP long-polls (BenchmarkWS100Shapes):"
 	go run ./internal/pgtest/cmd/withpg -- go test -run '^$' -bench BenchmarkWS100Shapes -benchtime 20x ./proxy/
 fi
+echo
+cat "$summary"

@@ -88,7 +88,14 @@
 //
 // Bodies are streamed with a flush after every read, so live responses
 // and SSE events are not held back; a client that goes away cancels the
-// upstream request. Electric's headers (electric-*, etag, cache-control,
+// upstream request. Served with [Proxy.Serve] over plain HTTP at both
+// ends, a non-live GET's body (a snapshot, a catch-up) is passed through
+// without entering the proxy: the client connection is hijacked once the
+// filtered headers are written and the body is moved between the two
+// sockets with splice(2), chunked bodies re-framed chunk by chunk (see
+// splice.go); both connections are then kept alive. A shared live
+// response is sent with its Content-Length before the audit line is
+// written. Electric's headers (electric-*, etag, cache-control,
 // retry-after, content-type) are forwarded without hop-by-hop headers and
 // without those naming the servers behind the proxy (electric-server,
 // server, via, x-powered-by); Vary: Authorization is added. Shapes that depend on the token (claim

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,6 +157,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// audit line come when the shared upstream request ends.
 		return
 	}
+	if info.hijacked {
+		// Answered on the connection itself (splice.go), which is closed
+		// or back with the server.
+		p.finish(r.Context(), info, int(info.status), info.bytes)
+		return
+	}
 	p.finish(r.Context(), info, aw.status, aw.bytes)
 	if info.abort {
 		panic(http.ErrAbortHandler)
@@ -212,7 +219,10 @@ type reqInfo struct {
 	start               time.Time
 	shape, user, reason string
 	live, abort         bool
-	parked              bool   // answered later from a parked connection (park.go)
+	parked              bool  // answered later from a parked connection (park.go)
+	hijacked            bool  // answered on the hijacked connection (splice.go), with status and bytes
+	status              int32 // (int32: the struct stays in its 128-byte size class, which parked polls keep)
+	bytes               int64
 	release             func() // ends a live request's limiter slot and gauge
 }
 
@@ -423,6 +433,9 @@ func (p *Proxy) preflight(w http.ResponseWriter) {
 var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 	"Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
+// isHopHeader reports whether k (canonical) is one of hopHeaders.
+func isHopHeader(k string) bool { return slices.Contains(hopHeaders, k) }
+
 // internalHeaders describe the servers behind the proxy (their software
 // and version): never forwarded to clients.
 var internalHeaders = map[string]bool{"Electric-Server": true, "Server": true, "Via": true,
@@ -623,6 +636,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, rl *rule, q url.
 		}
 		// Too large to share: this poll fetches it on its own.
 	}
+	if pc, tc := p.spliceable(r, info); pc != nil {
+		p.streamSpliced(w, r, pc, tc, q.Encode(), rl, info)
+		return
+	}
 	p.stream(r.Context(), w, r.Method, q.Encode(), r.Header, rl, info)
 }
 
@@ -636,8 +653,14 @@ func (p *Proxy) replayShared(w http.ResponseWriter, rl *rule, info *reqInfo, res
 		p.badGateway(w, info, res.err)
 		return true
 	}
-	if p.writeHeader(w, rl, info, res.status, res.header) {
+	if p.writeHeader(w, rl, info, res.status, res.header, int64(len(res.body))) {
 		w.Write(res.body)
+		if _, parked := w.(*parkedWriter); !parked {
+			// Sent now (framed by its Content-Length), before the
+			// audit line and metrics; a parked answer is sent whole
+			// by parkedWriter.end.
+			http.NewResponseController(w).Flush()
+		}
 	}
 	return true
 }
@@ -664,7 +687,7 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, method, rawQu
 		return
 	}
 	defer resp.Body.Close()
-	if !p.writeHeader(w, rl, info, resp.StatusCode, resp.Header) {
+	if !p.writeHeader(w, rl, info, resp.StatusCode, resp.Header, -1) {
 		return
 	}
 	if method == http.MethodHead {
@@ -674,50 +697,69 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, method, rawQu
 	// first event.
 	http.NewResponseController(w).Flush()
 	if err := copyFlush(w, resp.Body); err != nil && ctx.Err() == nil {
-		info.reason = "upstream body: " + redact(err)
-		p.metrics.upErrors.Add(1)
-		p.logger.Warn("proxy: upstream body interrupted", "request_id", info.reqID, "shape", rl.Name, "err", info.reason)
-		// The status is sent; aborting (after the audit line) makes the
-		// client see a truncated response rather than a complete-looking one.
-		info.abort = true
+		p.upstreamBodyFailed(rl, info, err)
 	}
 }
 
 // writeHeader checks the upstream status and sends it with the upstream
 // headers (hop-by-hop and CORS headers dropped) and the proxy's own;
-// false when it answered 502 instead.
-func (p *Proxy) writeHeader(w http.ResponseWriter, rl *rule, info *reqInfo, status int, up http.Header) bool {
+// false when it answered 502 instead. bodyLen, when not -1, is the length
+// of the whole body, about to be written (Content-Length).
+func (p *Proxy) writeHeader(w http.ResponseWriter, rl *rule, info *reqInfo, status int, up http.Header, bodyLen int64) bool {
+	if err := refusedStatus(status); err != nil {
+		p.badGateway(w, info, err)
+		return false
+	}
+	h := w.Header()
+	// Headers that the upstream's Connection header names are hop-by-hop
+	// too (rare: a map only then).
+	var named map[string]bool
+	for _, c := range up.Values("Connection") {
+		for _, f := range strings.Split(c, ",") {
+			if named == nil {
+				named = map[string]bool{}
+			}
+			named[http.CanonicalHeaderKey(strings.TrimSpace(f))] = true
+		}
+	}
+	// The values are copied (up may be a shared live result's header,
+	// and h's values are appended to), into one array, each key's slice
+	// capped so that an append never reaches the next key's values.
+	n := 0
+	for _, vs := range up {
+		n += len(vs)
+	}
+	vals := make([]string, 0, n)
+	for k, vs := range up {
+		if isHopHeader(k) || named[k] || internalHeaders[k] || strings.HasPrefix(k, "Access-Control-") {
+			continue
+		}
+		i := len(vals)
+		vals = append(vals, vs...)
+		h[k] = vals[i:len(vals):len(vals)]
+	}
+	h.Add("Vary", "Authorization")
+	p.cacheHeaders(h, rl)
+	if bodyLen >= 0 && bodyAllowed(status) {
+		h.Set("Content-Length", strconv.FormatInt(bodyLen, 10))
+	}
+	w.WriteHeader(status)
+	return true
+}
+
+// refusedStatus returns why an upstream status is answered with 502, or
+// nil.
+func refusedStatus(status int) error {
 	switch {
 	case status == http.StatusUnauthorized || status == http.StatusForbidden:
 		// The upstream refused the proxy's secret: a configuration error,
 		// not the client's (whose 401 would make it refresh its token).
-		p.badGateway(w, info, fmt.Errorf("upstream refused the proxy's credentials (%d)", status))
-		return false
+		return fmt.Errorf("upstream refused the proxy's credentials (%d)", status)
 	case status >= 300 && status < 400 && status != http.StatusNotModified:
 		// Electric never redirects; a Location would reveal the upstream.
-		p.badGateway(w, info, fmt.Errorf("unexpected upstream status %d", status))
-		return false
+		return fmt.Errorf("unexpected upstream status %d", status)
 	}
-	h := w.Header()
-	hop := map[string]bool{}
-	for _, c := range up.Values("Connection") {
-		for _, f := range strings.Split(c, ",") {
-			hop[http.CanonicalHeaderKey(strings.TrimSpace(f))] = true
-		}
-	}
-	for _, k := range hopHeaders {
-		hop[k] = true
-	}
-	for k, vs := range up {
-		if hop[k] || internalHeaders[k] || strings.HasPrefix(k, "Access-Control-") {
-			continue
-		}
-		h[k] = append([]string(nil), vs...)
-	}
-	h.Add("Vary", "Authorization")
-	p.cacheHeaders(h, rl)
-	w.WriteHeader(status)
-	return true
+	return nil
 }
 
 // cacheHeaders applies the rule's cache mode.

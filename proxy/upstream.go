@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -127,6 +126,44 @@ type exchange struct {
 	stop     func() bool // stops ctx's interruption of c
 }
 
+// firstThen reads the byte await read, then c.
+type firstThen struct {
+	first byte
+	done  bool
+	c     net.Conn
+}
+
+func (f *firstThen) Read(p []byte) (int, error) {
+	if f.done || len(p) == 0 {
+		return f.c.Read(p)
+	}
+	f.done = true
+	p[0] = f.first
+	n, err := f.c.Read(p[1:])
+	return n + 1, err
+}
+
+// readers and writers are the buffers of liveClient exchanges: a request
+// is written, and a response header read, in one go, so that a waiting
+// request holds neither.
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+// writeRequest writes req to c through a pooled buffer.
+func writeRequest(c net.Conn, req *http.Request) error {
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(c)
+	err := req.Write(bw) // does not flush a *bufio.Writer it is given
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	writers.Put(bw)
+	return err
+}
+
 // send builds the request, takes an idle connection (when mayReuse) or
 // dials one, arranges for ctx to interrupt it, writes the request, and
 // leaves the wait to a new goroutine; or calls done with the failure.
@@ -152,7 +189,7 @@ func (x *exchange) send() {
 	}
 	x.stop = context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
 	c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-	if err := req.Write(c); err != nil {
+	if err := writeRequest(c, req); err != nil {
 		x.stop()
 		c.Close()
 		x.retryOr(lc.fail(ctx, err, reused))
@@ -188,12 +225,17 @@ func (x *exchange) received(n int, first byte, err error) {
 		x.retryOr(lc.fail(ctx, err, x.reused))
 		return
 	}
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader([]byte{first}), c), 4096)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(&firstThen{first: first, c: c})
 	resp, body, err := readLive(br, x.limit)
 	// Reusable when the body was read to its end (not cut by limit),
 	// nothing more was sent, neither side asked to close, and ctx did not
 	// interrupt the connection.
 	keep := err == nil && int64(len(body)) <= x.limit && !resp.Close && br.Buffered() == 0
+	// Nothing of the response refers to br: its header and body are
+	// copies.
+	br.Reset(nil)
+	readers.Put(br)
 	if !x.stop() || !keep {
 		c.Close()
 	} else {
@@ -215,7 +257,15 @@ func readLive(br *bufio.Reader, limit int64) (*http.Response, []byte, error) {
 	if resp.StatusCode < 200 {
 		return nil, nil, errors.New("unexpected informational response " + resp.Status)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	var body []byte
+	if n := resp.ContentLength; n >= 0 && n <= limit {
+		// The size is known: one allocation. (What the server sends
+		// beyond it stays in br, and the connection is not reused.)
+		body = make([]byte, n)
+		_, err = io.ReadFull(resp.Body, body)
+	} else {
+		body, err = io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	}
 	if err != nil {
 		return nil, nil, err
 	}

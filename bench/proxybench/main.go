@@ -77,11 +77,14 @@ import (
 )
 
 var (
-	latencyN   = flag.Int("latency-n", 2000, "small live requests per path for (a)")
-	snapshotMB = flag.Int("snapshot-mb", 50, "snapshot size for (b), in MB")
-	rounds     = flag.Int("rounds", 5, "alternating snapshot rounds per proxy for (b)")
-	polls      = flag.Int("polls", 10000, "live polls to hold through shapeseal's proxy for (c)")
-	parts      = flag.String("parts", "abc", "which parts to run: any of a, b, c")
+	latencyN    = flag.Int("latency-n", 2000, "small live requests per path for (a)")
+	snapshotMB  = flag.Int("snapshot-mb", 50, "snapshot size for (b), in MB")
+	rounds      = flag.Int("rounds", 5, "alternating snapshot rounds per proxy for (b)")
+	polls       = flag.Int("polls", 10000, "live polls to hold through shapeseal's proxy for (c)")
+	parts       = flag.String("parts", "abc", "which parts to run: any of a, b, c")
+	profileDir  = flag.String("profile", "", "write CPU profiles of `shapeseal proxy` during (a) and (b) to this directory (a-cpu.pprof, b-cpu.pprof)")
+	profileSecs = flag.Int("profile-seconds", 5, "length of each -profile profile")
+	summaryFile = flag.String("summary-file", "", "write the one-line summary here instead of printing it last (bench/proxy.sh prints it at its very end)")
 
 	// The poll-holding child process of (c) (see holdClients).
 	holdChild  = flag.Bool("hold-clients", false, "internal: be the process holding (c)'s client connections")
@@ -115,6 +118,21 @@ func logf(format string, args ...any) { fmt.Fprintf(os.Stderr, "proxybench: "+fo
 func run() (err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// The summary line: (b)'s throughput ratio and (a)'s added latencies
+	// for `shapeseal proxy`, and (b)'s Express/shapeseal peak RSS; "-" for
+	// a part not run.
+	sumR, sumA, sumB, sumM := "-", "-", "-", "-"
+	defer func() {
+		if err != nil {
+			return
+		}
+		line := fmt.Sprintf("proxy: throughput %s× direct, added p50 %s µs, added p99 %s µs, Express/shapeseal RSS %s×\n", sumR, sumA, sumB, sumM)
+		if *summaryFile != "" {
+			err = os.WriteFile(*summaryFile, []byte(line), 0o644)
+			return
+		}
+		fmt.Print("\n" + line)
+	}()
 	root, err := benchenv.ModuleRoot()
 	if err != nil {
 		return err
@@ -282,7 +300,11 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 		}
 		lat := make([][]float64, len(paths))
 		var size int
+		var prof func()
 		for i := -200; i < *latencyN; i++ { // 200 warm-up rounds
+			if i == 0 {
+				prof = profile(goProxy, "a")
+			}
 			for j, p := range paths {
 				d, n, err := timedGet(p.url, tok, p.auth)
 				if err != nil {
@@ -294,6 +316,7 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 				}
 			}
 		}
+		prof()
 		fmt.Printf("\n(a) small live response (%d B body), %d requests per path, interleaved, keep-alive:\n", size, *latencyN)
 		fmt.Printf("  %-10s %10s %10s %14s %14s\n", "", "p50 µs", "p99 µs", "added p50 µs", "added p99 µs")
 		d50, d99 := pct(lat[0], 50), pct(lat[0], 99)
@@ -303,8 +326,9 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 			added[p.name] = [2]float64{p50 - d50, p99 - d99}
 			fmt.Printf("  %-10s %10.0f %10.0f %14.0f %14.0f\n", p.name, p50, p99, p50-d50, p99-d99)
 		}
-		fmt.Printf("  ratio Express added / shapeseal added: p50 %.1f×, p99 %.1f×\n",
+		fmt.Printf("  ratio Express added / shapeseal added: p50 %.1f×, p99 %.1f× (issue target for shapeseal and solo: added ≤ 150 µs p50, ≤ 1 ms p99)\n",
 			added["express"][0]/added["shapeseal"][0], added["express"][1]/added["shapeseal"][1])
+		sumA, sumB = fmt.Sprintf("%.0f", added["shapeseal"][0]), fmt.Sprintf("%.0f", added["shapeseal"][1])
 
 	}
 
@@ -347,7 +371,11 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 				tg.t.baseRSS, _ = procStatus(tg.proc.cmd.Process.Pid, "VmRSS")
 			}
 		}
+		var prof func()
 		for r := 0; r < *rounds+1; r++ { // round 0 warms up
+			if r == 1 {
+				prof = profile(goProxy, "b")
+			}
 			for _, tg := range targets {
 				stopSampling := make(chan struct{})
 				sampled := make(chan struct{})
@@ -383,6 +411,7 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 				}
 			}
 		}
+		prof()
 		fmt.Printf("\n(b) one %.1f MB snapshot response (real electrictest bytes, replayed from memory), %d rounds, alternating:\n", float64(len(up.bigBody))/1e6, *rounds)
 		fmt.Printf("  %-10s %9s %18s %14s %14s\n", "", "MB/s", "(rounds)", "RSS before MB", "peak RSS MB")
 		for _, tg := range targets {
@@ -396,6 +425,10 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 		d, g, so, e := targets[0].t, targets[1].t, targets[2].t, targets[3].t
 		fmt.Printf("  ratio shapeseal/Express throughput: %.1f× (solo %.1f×; target ≥ 5×; direct/Express %.1f×, the bound for any proxy here)\n",
 			median(g.mbps)/median(e.mbps), median(so.mbps)/median(e.mbps), median(d.mbps)/median(e.mbps))
+		fmt.Printf("  ratio shapeseal/direct throughput: %.2f× (solo %.2f×; issue target ≥ 0.85×)\n",
+			median(g.mbps)/median(d.mbps), median(so.mbps)/median(d.mbps))
+		sumR = fmt.Sprintf("%.2f", median(g.mbps)/median(d.mbps))
+		sumM = fmt.Sprintf("%.1f", float64(e.peakRSS)/float64(g.peakRSS))
 		growth := func(t *tput) float64 { return float64(t.peakRSS-min(t.peakRSS, t.baseRSS)) / 1e6 }
 		fmt.Printf("  ratio Express/shapeseal peak RSS: %.1f× (solo %.1f×; target ≥ 10×); peak RSS growth while streaming: Express %.1f MB, shapeseal %.1f MB, solo %.1f MB\n",
 			float64(e.peakRSS)/float64(g.peakRSS), float64(e.peakRSS)/float64(so.peakRSS), growth(e), growth(g), growth(so))
@@ -815,6 +848,31 @@ func topSites(after, before map[string]float64, k int) []siteTotal {
 		out = out[:k]
 	}
 	return out
+}
+
+// profile starts a CPU profile of p (with -profile) for -profile-seconds
+// and returns the function that waits for it to be written to
+// DIR/part-cpu.pprof.
+func profile(p *proc, part string) (stop func()) {
+	if *profileDir == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(p.debugURL + "/debug/pprof/profile?seconds=" + strconv.Itoa(*profileSecs))
+		if err != nil {
+			logf("profile %s: %v", part, err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(filepath.Join(*profileDir, part+"-cpu.pprof"))
+		if err == nil {
+			io.Copy(f, resp.Body)
+			f.Close()
+		}
+	}()
+	return func() { <-done }
 }
 
 // freePort returns a loopback address that was free a moment ago.
