@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -54,7 +55,8 @@ func (t memTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // BenchmarkDecode measures the client reading a 100k-row shape log held in
 // memory: the full ShapeStream path (request, streaming split, message
-// parse, optional value parsing).
+// parse, optional value parsing); and, as "structs", a TypedShape reading
+// the same log into structs up to its view after the up-to-date.
 //
 // With SHAPESEAL_DECODE_BODY naming a file that holds a shape log response
 // body ending in up-to-date, and SHAPESEAL_DECODE_SCHEMA one that holds its
@@ -76,18 +78,25 @@ func BenchmarkDecode(b *testing.B) {
 		schema = string(bytes.TrimSpace(s))
 		rows = -1 // counted by the first pass
 	}
-	for _, parse := range []bool{false, true} {
-		b.Run("parse="+strconv.FormatBool(parse), func(b *testing.B) {
+	for _, mode := range []string{"parse=false", "parse=true", "structs"} {
+		parse := mode == "parse=true"
+		count := func(b *testing.B, hc *http.Client) int {
+			if mode == "structs" {
+				return decodeStructs(b, hc)
+			}
+			return decodeCount(b, hc, parse)
+		}
+		b.Run(mode, func(b *testing.B) {
 			hc := &http.Client{Transport: memTransport{body: func() io.Reader { return bytes.NewReader(body) }, schema: schema}}
 			if rows < 0 {
-				rows = decodeCount(b, hc, parse)
+				rows = count(b, hc)
 			}
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			var ms0, ms1 runtime.MemStats
 			runtime.ReadMemStats(&ms0)
 			for b.Loop() {
-				if n := decodeCount(b, hc, parse); n != rows {
+				if n := count(b, hc); n != rows {
 					b.Fatalf("%d rows, want %d", n, rows)
 				}
 			}
@@ -97,6 +106,34 @@ func BenchmarkDecode(b *testing.B) {
 			b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(rows*b.N), "B/row")
 		})
 	}
+}
+
+// benchItem is a row of the benchmark's shape log, typed.
+type benchItem struct {
+	ID    int64           `shape:"id"`
+	Title string          `shape:"title"`
+	N     int32           `shape:"n"`
+	Flag  bool            `shape:"flag"`
+	Tags  []string        `shape:"tags"`
+	Doc   json.RawMessage `shape:"doc"`
+}
+
+// decodeStructs reads one shape log through a ShapeStream into a
+// TypedShape of benchItem, to the view after the up-to-date, and returns
+// its number of rows.
+func decodeStructs(b *testing.B, hc *http.Client) int {
+	s, err := New(Options{URL: "http://mem/v1/shape", HTTPClient: hc})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sh, err := NewTypedShape[benchItem](s)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := sh.Run(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return sh.Len()
 }
 
 // decodeCount reads one shape log through a ShapeStream and returns the

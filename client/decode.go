@@ -1,9 +1,11 @@
 package client
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"slices"
 	"strconv"
 )
@@ -156,7 +158,7 @@ func (a *arrayReader) next() ([]byte, int64, error) {
 func (a *arrayReader) element() ([]byte, int64, error) {
 	i := 0 // scan position relative to a.start
 	depth := 0
-	inStr, esc := false, false
+	inStr := false
 	first := a.buf[a.start]
 	if first == '}' || first == ']' || first == ',' || first == ':' {
 		return nil, 0, a.syntax("expected an array element")
@@ -164,30 +166,52 @@ func (a *arrayReader) element() ([]byte, int64, error) {
 	scalar := first != '{' && first != '[' && first != '"'
 	for {
 		buf := a.buf[a.start:a.end]
-		for ; i < len(buf); i++ {
-			c := buf[i]
+		for i < len(buf) {
 			if inStr {
-				switch {
-				case esc:
-					esc = false
-				case c == '\\':
-					esc = true
-				case c == '"':
-					inStr = false
-					if depth == 0 {
-						return a.take(i + 1)
+				// Skip to the next quote or backslash, 8 bytes at a time.
+				for i+8 <= len(buf) {
+					if m := quote8(binary.LittleEndian.Uint64(buf[i:])); m != 0 {
+						i += bits.TrailingZeros64(m) >> 3
+						goto stop
 					}
+					i += 8
 				}
-				continue
-			}
-			if scalar {
-				switch c {
-				case ',', ']', ' ', '\t', '\n', '\r':
+				for i < len(buf) && !strStop[buf[i]] {
+					i++
+				}
+			stop:
+				if i >= len(buf) {
+					break
+				}
+				if buf[i] == '\\' {
+					if i+1 >= len(buf) {
+						break // the escaped byte is not read yet: look again after fill
+					}
+					i += 2
+					continue
+				}
+				i++
+				inStr = false
+				if depth == 0 {
 					return a.take(i)
 				}
 				continue
 			}
-			switch c {
+			if scalar {
+				switch buf[i] {
+				case ',', ']', ' ', '\t', '\n', '\r':
+					return a.take(i)
+				}
+				i++
+				continue
+			}
+			for i < len(buf) && !structural[buf[i]] {
+				i++
+			}
+			if i >= len(buf) {
+				break
+			}
+			switch buf[i] {
 			case '"':
 				inStr = true
 			case '{', '[':
@@ -201,6 +225,7 @@ func (a *arrayReader) element() ([]byte, int64, error) {
 					return nil, 0, a.syntax("unbalanced brackets")
 				}
 			}
+			i++
 		}
 		if !a.fill() {
 			if scalar && a.eof && a.rerr == nil {
@@ -210,6 +235,16 @@ func (a *arrayReader) element() ([]byte, int64, error) {
 		}
 	}
 }
+
+// strStop marks the bytes that end a run of plain string content, and
+// structural those that matter outside strings.
+var strStop, structural = func() (s, t [256]bool) {
+	s['"'], s['\\'] = true, true
+	for _, c := range []byte(`"{}[]`) {
+		t[c] = true
+	}
+	return s, t
+}()
 
 func (a *arrayReader) take(n int) ([]byte, int64, error) {
 	el := a.buf[a.start : a.start+n]
@@ -226,6 +261,17 @@ type decoder struct {
 	schema  Schema
 	parse   bool
 	parser  map[string]ParseFunc
+	lazy    bool      // leave values as JSON (Message.valueRaw) for a TypedShape
+	sink    valueSink // if set (with lazy), decodes values as they are read
+}
+
+// A valueSink decodes the value object of a change message, at msg[i:], as
+// the message is parsed, for a TypedShape, which keeps what it decoded of
+// the last message it was given. It returns the index just past the
+// object, and JSON syntax errors only. (It takes the message and an index,
+// not the scanner, which would then escape to the heap.)
+type valueSink interface {
+	decodeValue(msg string, i int, schema Schema) (end int, err error)
 }
 
 // parseMessage parses one array element. The returned message's strings
@@ -263,6 +309,21 @@ func (d *decoder) parseString(s string) (Message, error) {
 			}
 			return nil
 		case "value":
+			if d.lazy {
+				p.ws()
+				start := p.i
+				var err error
+				if d.sink != nil {
+					p.i, err = d.sink.decodeValue(p.s, p.i, d.schema)
+				} else {
+					err = p.skip(1)
+				}
+				if err != nil {
+					return fmt.Errorf("value: %w", err)
+				}
+				m.valueRaw = s[start:p.i]
+				return nil
+			}
 			r, err := d.row(p)
 			if err != nil {
 				return fmt.Errorf("value: %w", err)
@@ -270,6 +331,9 @@ func (d *decoder) parseString(s string) (Message, error) {
 			m.Value = r
 			return nil
 		case "old_value":
+			if d.lazy {
+				return p.skip(1)
+			}
 			r, err := d.row(p)
 			if err != nil {
 				return fmt.Errorf("old_value: %w", err)
@@ -295,7 +359,7 @@ func (d *decoder) parseString(s string) (Message, error) {
 	if p.i != len(s) {
 		return m, errors.New("data after the message object")
 	}
-	if d.parse && d.schema != nil {
+	if d.parse && d.schema != nil && !d.lazy {
 		if err := d.convert(m.Value); err != nil {
 			return m, err
 		}

@@ -88,6 +88,30 @@
 // arrays → []any, anything else stays a string. Options.Parsers overrides
 // the conversion per Postgres type.
 //
+// # Typed rows
+//
+// A [TypedShape] decodes a shape into structs by column name, with the
+// conversions of Options.Parse and NULL into pointers or sql.Null* (see
+// [RowDecoder]; a field that does not fit is a *[FieldError]). Its
+// [View]s are immutable snapshots sorted by key, and
+// [TypedShape.Changes] reports what each batch inserted, updated and
+// deleted:
+//
+//	type item struct {
+//		ID    int64    `shape:"id"`
+//		Title string   `shape:"title"`
+//		Tags  []string `shape:"tags"`
+//		Due   *time.Time `shape:"due"`
+//	}
+//	items, err := client.NewTypedShape[item](stream)
+//	go items.Run(ctx)
+//	v, err := items.Wait(ctx, nil) // the first consistent view
+//	for key, it := range v.All() { ... }
+//	for b := range items.Changes(ctx) { ... b.Inserted, b.Updated, b.Deleted }
+//
+// Without a Transform, values go from the wire straight into the structs.
+// A [Stream] is either transport: a [*ShapeStream] or a [*WSStream].
+//
 // # WebSocket transport
 //
 // A [WSConn] is one WebSocket to a shapeseal proxy's /v1/ws endpoint
@@ -97,8 +121,8 @@
 // resume from after an up-to-date, a synthetic must-refetch message when the
 // shape was rotated, and nothing lost or repeated across reconnections.
 //
-//	conn, err := client.DialWS(ctx, "wss://app.example/v1/ws", tokens)
-//	items, err := conn.Stream("items", client.WSStreamOptions{Live: true})
+//	conn, err := client.DialWS(ctx, "wss://app.example/v1/ws", &client.WSOptions{TokenSource: tokens})
+//	items, err := conn.Stream(ctx, "items", client.WSStreamOptions{Live: true})
 //	for m, err := range items.Messages(ctx) { ... }
 //
 // The token is sent in the first WebSocket message, never in the URL. When
@@ -116,6 +140,8 @@
 //
 // Errors are typed for errors.As: [*HTTPError] (status, body, headers, URL),
 // [*AuthError], [*MissingHeadersError], [*ParseError], [*StaleResponseError],
-// [*FastLoopError], [*TransformError]. Query parameters named secret, api_secret, token and the
+// [*FastLoopError], [*TransformError], [*FieldError]. A blocking Transform
+// should be a TransformContext, which waits on the context of the Next
+// that reads the message. Query parameters named secret, api_secret, token and the
 // like are redacted from URLs in errors and logs; tokens are never logged.
 package client

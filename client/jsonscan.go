@@ -1,11 +1,14 @@
 package client
 
 import (
+	"encoding/binary"
 	"errors"
+	"math/bits"
 	"strconv"
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // scanner is a small JSON parser over one complete message. It returns
@@ -21,6 +24,9 @@ var errSyntax = errors.New("invalid JSON")
 const maxDepth = 10000 // as encoding/json
 
 func (p *scanner) ws() {
+	if p.i < len(p.s) && p.s[p.i] > ' ' {
+		return // the usual case: no whitespace at all
+	}
 	for p.i < len(p.s) {
 		switch p.s[p.i] {
 		case ' ', '\t', '\n', '\r':
@@ -63,6 +69,22 @@ func (p *scanner) strEnd() (end int, slow bool, err error) {
 	i := p.i + 1
 	nonASCII := false
 	for i < len(s) {
+		// 8 bytes at a time; the lowest bit of the mask is the first
+		// special byte exactly.
+		for i+8 <= len(s) {
+			if m := strSpecial8(load8(s, i)); m != 0 {
+				i += bits.TrailingZeros64(m) >> 3
+				goto special
+			}
+			i += 8
+		}
+		for i < len(s) && !strSpecial[s[i]] {
+			i++
+		}
+	special:
+		if i >= len(s) {
+			break
+		}
 		c := s[i]
 		switch {
 		case c == '"':
@@ -103,6 +125,43 @@ func (p *scanner) strEnd() (end int, slow bool, err error) {
 	return 0, false, errSyntax
 }
 
+// strSpecial marks the bytes strEnd looks at: the closing quote, escapes,
+// control characters (invalid in strings) and non-ASCII bytes.
+var strSpecial = func() (t [256]bool) {
+	t['"'], t['\\'] = true, true
+	for c := range 0x20 {
+		t[c] = true
+	}
+	for c := 0x80; c < 0x100; c++ {
+		t[c] = true
+	}
+	return t
+}()
+
+const (
+	lo8 = 0x0101010101010101
+	hi8 = 0x8080808080808080
+)
+
+// load8 returns the 8 bytes of s at i, little-endian.
+func load8(s string, i int) uint64 {
+	return binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:i+8]), 8))
+}
+
+// zero8 has the high bit set in the bytes of w that are zero (and maybe
+// in some above them, which is fine to find the first).
+func zero8(w uint64) uint64 { return (w - lo8) &^ w & hi8 }
+
+// strSpecial8 is not zero when one of the 8 bytes of w is special in a
+// string (see strSpecial).
+func strSpecial8(w uint64) uint64 {
+	return zero8(w^(lo8*'"')) | zero8(w^(lo8*'\\')) | (w-lo8*0x20)&^w&hi8 | w&hi8
+}
+
+// quote8 is not zero when one of the 8 bytes of w is a quote or a
+// backslash.
+func quote8(w uint64) uint64 { return zero8(w^(lo8*'"')) | zero8(w^(lo8*'\\')) }
+
 func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
@@ -129,10 +188,23 @@ func (p *scanner) str() (string, error) {
 // strEnd, as encoding/json does: invalid UTF-8 and lone surrogates become
 // U+FFFD.
 func unquote(s string) string {
+	if u, ok := unquoteSimple(s); ok {
+		return u
+	}
 	var b strings.Builder
 	b.Grow(len(s))
 	for i := 0; i < len(s); {
 		c := s[i]
+		if c != '\\' && c < utf8.RuneSelf {
+			// A run of plain ASCII: copy it whole.
+			j := i + 1
+			for j < len(s) && s[j] != '\\' && s[j] < utf8.RuneSelf {
+				j++
+			}
+			b.WriteString(s[i:j])
+			i = j
+			continue
+		}
 		switch {
 		case c == '\\':
 			switch s[i+1] {
@@ -179,6 +251,42 @@ func unquote(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// unquoteSimple unquotes s when it is ASCII with one-character escapes
+// only (a message key such as \"public\".\"items\"/\"1\"), in one
+// allocation; ok is false otherwise.
+func unquoteSimple(s string) (string, bool) {
+	buf := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			return "", false
+		}
+		if c == '\\' {
+			i++
+			switch c = s[i]; c {
+			case '"', '\\', '/':
+			case 'b':
+				c = '\b'
+			case 'f':
+				c = '\f'
+			case 'n':
+				c = '\n'
+			case 'r':
+				c = '\r'
+			case 't':
+				c = '\t'
+			default:
+				return "", false
+			}
+		}
+		buf = append(buf, c)
+	}
+	if len(buf) == 0 {
+		return "", true
+	}
+	return unsafe.String(&buf[0], len(buf)), true
 }
 
 func hex4(s string) rune {

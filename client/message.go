@@ -2,7 +2,9 @@ package client
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 )
 
@@ -80,7 +82,8 @@ type Message struct {
 	OldValue Row
 	Headers  Headers
 
-	raw string
+	raw      string
+	valueRaw string // the value object, when a TypedShape decodes it from JSON
 }
 
 // Raw returns the message exactly as the server sent it (for a message the
@@ -232,12 +235,24 @@ func upToDateMessage() Message {
 type transformSlot struct{ m Message }
 
 // apply runs f on *m through the slot. An error is a *TransformError.
-func (t *transformSlot) apply(f func(*Message) error, m *Message) error {
+func (t *transformSlot) apply(ctx context.Context, f func(context.Context, *Message) error, m *Message) error {
 	t.m = *m
-	err := f(&t.m)
+	err := f(ctx, &t.m)
 	*m, t.m = t.m, Message{} // the slot keeps no reference to the message
 	if err != nil {
 		return &TransformError{Key: m.Key, Err: err}
 	}
 	return nil
+}
+
+// transformFunc returns the one transform of a stream's options: f with a
+// context, or t without one (nil if neither is set).
+func transformFunc(t func(*Message) error, f func(context.Context, *Message) error) (func(context.Context, *Message) error, error) {
+	switch {
+	case t != nil && f != nil:
+		return nil, errors.New("client: set Transform or TransformContext, not both")
+	case t != nil:
+		return func(_ context.Context, m *Message) error { return t(m) }, nil
+	}
+	return f, nil
 }

@@ -82,6 +82,16 @@ type Options struct {
 	// to, so keep the maps or values, not the pointer.
 	Transform func(m *Message) error
 
+	// TransformContext is Transform with the context of the Next call that
+	// delivers the message, so that a transform that blocks (a decrypter
+	// waiting for a key) waits on the caller's context. Set Transform or
+	// TransformContext, not both. When it returns an error after that
+	// context ended, the error is not a *TransformError: Next returns
+	// ctx.Err(), and the message is read again (the response is
+	// re-requested from the same offset, without losing or repeating
+	// anything) by the next call of Next.
+	TransformContext func(ctx context.Context, m *Message) error
+
 	// Logger receives debug lines for requests and warnings for retries.
 	// Nil discards them. URLs are logged with secrets redacted; headers and
 	// tokens are never logged.

@@ -22,7 +22,7 @@ import (
 //
 // Feed a Shape with Run, or with Apply from your own loop.
 type Shape struct {
-	stream      *ShapeStream
+	stream      Stream
 	changesOnly bool
 
 	mu       sync.RWMutex
@@ -39,17 +39,18 @@ type Shape struct {
 	nextID int
 }
 
-// NewShape returns a Shape fed by stream (nil if you call Apply yourself).
-func NewShape(stream *ShapeStream) *Shape {
+// NewShape returns a Shape fed by stream, a *ShapeStream or a *WSStream
+// (nil if you call Apply yourself).
+func NewShape(stream Stream) *Shape {
 	sh := &Shape{
-		stream: stream,
-		rows:   map[string]Row{},
-		ready:  make(chan struct{}),
-		stage:  map[string]Row{},
-		fresh:  true,
+		rows:  map[string]Row{},
+		ready: make(chan struct{}),
+		stage: map[string]Row{},
+		fresh: true,
 	}
-	if stream != nil {
-		sh.changesOnly = stream.opts.Params.Log == "changes_only"
+	if !isNil(stream) {
+		sh.stream = stream
+		sh.changesOnly = changesOnly(stream)
 	}
 	return sh
 }

@@ -71,7 +71,9 @@ type ShapeStream struct {
 	furthest      pos // furthest log position of a delivered change
 	hasFurthest   bool
 
-	tm transformSlot
+	tm    transformSlot
+	xform func(context.Context, *Message) error // Transform or TransformContext; nil if neither
+	lazy  bool                                  // leave values as JSON for a TypedShape
 }
 
 // response is a response body being read.
@@ -127,7 +129,12 @@ func New(opts Options) (*ShapeStream, error) {
 	if offset != "-1" && offset != "now" && opts.Handle == "" {
 		return nil, ErrMissingHandle
 	}
+	xform, err := transformFunc(opts.Transform, opts.TransformContext)
+	if err != nil {
+		return nil, err
+	}
 	s := &ShapeStream{
+		xform:  xform,
 		opts:   opts,
 		base:   base,
 		client: opts.HTTPClient,
@@ -159,6 +166,16 @@ func New(opts Options) (*ShapeStream, error) {
 		maps.Copy(s.dec.parser, opts.Parsers)
 	}
 	return s, nil
+}
+
+// setLazy makes the stream leave change values as JSON, for a TypedShape
+// that decodes them straight into structs, unless a transform needs them
+// as rows.
+func (s *ShapeStream) setLazy(sink valueSink) {
+	s.dec.lazy = s.xform == nil
+	if s.dec.lazy {
+		s.dec.sink = sink
+	}
 }
 
 // Offset returns the offset to resume from: the end of the last response
@@ -257,7 +274,7 @@ func (s *ShapeStream) Next(ctx context.Context) (Message, error) {
 		if s.resp != nil {
 			var m Message
 			var ok bool
-			m, ok, err = s.read()
+			m, ok, err = s.read(ctx)
 			if err == nil && ok {
 				return m, nil
 			}
@@ -737,7 +754,7 @@ func (s *ShapeStream) accept(resp *http.Response, u *url.URL, redacted string, l
 
 // read reads the next message of the response in flight. ok is false when
 // the response ended without a message to deliver.
-func (s *ShapeStream) read() (m Message, ok bool, err error) {
+func (s *ShapeStream) read(ctx context.Context) (m Message, ok bool, err error) {
 	r := s.resp
 	for {
 		el, off, err := r.ar.next()
@@ -792,6 +809,7 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 			return Message{}, false, nil
 		}
 		r.seen++
+		prevPos, prevHasPos := r.skipPos, r.hasPos
 		if r.seen <= r.skip {
 			// Delivered by an interrupted attempt. Make sure the log
 			// replays identically; if a change lies beyond what was
@@ -808,19 +826,22 @@ func (s *ShapeStream) read() (m Message, ok bool, err error) {
 				s.loop.progress()
 			}
 		}
-		if m.IsChange() && s.opts.Transform != nil {
-			return s.transform(m)
+		if m.IsChange() && s.xform != nil {
+			if err := s.tm.apply(ctx, s.xform, &m); err != nil {
+				if cerr := ctx.Err(); cerr != nil {
+					// The transform gave up because the caller's context
+					// ended: the message was not delivered. Dropping the
+					// response (handleError does) records what was, so
+					// the next Next re-requests and reads it again.
+					r.seen--
+					r.skipPos, r.hasPos = prevPos, prevHasPos
+					return Message{}, false, cerr
+				}
+				return Message{}, false, err
+			}
 		}
 		return m, true, nil
 	}
-}
-
-// transform applies Options.Transform to m.
-func (s *ShapeStream) transform(m Message) (Message, bool, error) {
-	if err := s.tm.apply(s.opts.Transform, &m); err != nil {
-		return Message{}, false, err
-	}
-	return m, true, nil
 }
 
 // commit makes the response's offset the stream's.

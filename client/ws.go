@@ -8,6 +8,7 @@ import (
 	"io"
 	"iter"
 	"maps"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -28,10 +29,31 @@ type WSStreamOptions struct {
 	// Live keeps following the shape after the first up-to-date; without
 	// it, Next returns io.EOF after the first up-to-date message.
 	Live bool
-	// Parse, Parsers and Transform are as in Options.
-	Parse     bool
-	Parsers   map[string]ParseFunc
-	Transform func(m *Message) error
+	// Parse, Parsers, Transform and TransformContext are as in Options.
+	// A TransformContext that fails because the context of Next ended
+	// leaves the message to be delivered by the next call of Next.
+	Parse            bool
+	Parsers          map[string]ParseFunc
+	Transform        func(m *Message) error
+	TransformContext func(ctx context.Context, m *Message) error
+}
+
+// WSOptions configure a WSConn.
+type WSOptions struct {
+	// TokenSource supplies the token sent in the first message of every
+	// connection, and again when the proxy asks for a new one
+	// (RefreshableTokenSource.Refresh, if it implements it). Required: the
+	// proxy refuses a connection without a token.
+	TokenSource TokenSource
+	// HTTPClient makes the WebSocket handshake; nil means
+	// http.DefaultClient.
+	HTTPClient *http.Client
+	// Header is sent with the handshake (a cookie, say). The token is never
+	// sent in it, nor in the URL.
+	Header http.Header
+	// Backoff tunes redialling after the connection dropped; zero fields
+	// mean 250 ms initially, doubling, capped at 10 s.
+	Backoff Backoff
 }
 
 // WSError is an error frame of the proxy: the subscription was refused
@@ -51,6 +73,8 @@ func (e *WSError) Error() string {
 type WSConn struct {
 	url     string
 	ts      TokenSource
+	dial    *websocket.DialOptions
+	bo      Backoff
 	ctx     context.Context
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -66,12 +90,26 @@ type WSConn struct {
 }
 
 // DialWS connects to url (ws:// or wss://, a proxy's /v1/ws) and
-// authenticates with a token from ts. ctx bounds the dial only.
-func DialWS(ctx context.Context, url string, ts TokenSource) (*WSConn, error) {
-	if ts == nil {
-		return nil, errors.New("client: DialWS needs a TokenSource")
+// authenticates with a token from opts.TokenSource (nil opts means the
+// defaults, which have no token source: the proxy requires one). ctx
+// bounds the dial and the authentication only; the connection lives until
+// Close.
+func DialWS(ctx context.Context, url string, opts *WSOptions) (*WSConn, error) {
+	if opts == nil {
+		opts = &WSOptions{}
 	}
-	c := &WSConn{url: url, ts: ts, streams: map[string]*WSStream{}, done: make(chan struct{})}
+	if opts.TokenSource == nil {
+		return nil, errors.New("client: DialWS needs WSOptions.TokenSource")
+	}
+	bo := opts.Backoff
+	if bo.Initial <= 0 {
+		bo.Initial = 250 * time.Millisecond
+	}
+	if bo.Max <= 0 {
+		bo.Max = 10 * time.Second
+	}
+	c := &WSConn{url: url, ts: opts.TokenSource, bo: bo.withDefaults(), streams: map[string]*WSStream{}, done: make(chan struct{}),
+		dial: &websocket.DialOptions{HTTPClient: opts.HTTPClient, HTTPHeader: opts.Header.Clone()}}
 	ws, err := c.connect(ctx, false)
 	if err != nil {
 		return nil, err
@@ -97,7 +135,7 @@ func (c *WSConn) connect(ctx context.Context, refresh bool) (*websocket.Conn, er
 	if err != nil {
 		return nil, err
 	}
-	ws, _, err := websocket.Dial(ctx, c.url, nil)
+	ws, _, err := websocket.Dial(ctx, c.url, c.dial)
 	if err != nil {
 		return nil, fmt.Errorf("client: websocket dial: %w", err)
 	}
@@ -150,7 +188,7 @@ type wsFrame struct {
 // loop reads frames and reconnects until Close.
 func (c *WSConn) loop(ws *websocket.Conn) {
 	defer close(c.done)
-	bo := backoff{cfg: Backoff{Initial: 250 * time.Millisecond, Max: 10 * time.Second}.withDefaults()}
+	bo := backoff{cfg: c.bo}
 	for {
 		c.read(ws)
 		ws.CloseNow()
@@ -211,7 +249,7 @@ func (c *WSConn) read(ws *websocket.Conn) {
 		}
 		switch f.Type {
 		case "auth_required":
-			go c.reauth(ws, true)
+			go c.reauth(c.ctx, ws, true)
 			continue
 		case "auth_ok":
 			continue
@@ -240,8 +278,8 @@ func (c *WSConn) hasLive() bool {
 
 // reauth sends a token: a refreshed one when refresh is set and the
 // source can refresh.
-func (c *WSConn) reauth(ws *websocket.Conn, refresh bool) error {
-	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+func (c *WSConn) reauth(ctx context.Context, ws *websocket.Conn, refresh bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c.mu.Lock()
 	old := c.token
@@ -264,12 +302,17 @@ func (c *WSConn) reauth(ws *websocket.Conn, refresh bool) error {
 
 // Reauth sends the token source's current token on the connection, for
 // example ahead of the old token's expiry. The proxy applies it to the
-// polls that follow.
-func (c *WSConn) Reauth() error {
+// polls that follow. ctx bounds getting the token and sending it (and at
+// most 30 s); Close ends it too.
+func (c *WSConn) Reauth(ctx context.Context) error {
 	c.mu.Lock()
 	ws := c.ws
 	c.mu.Unlock()
-	return c.reauth(ws, false)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer stop()
+	return c.reauth(ctx, ws, false)
 }
 
 func (c *WSConn) fail(err error) {
@@ -302,8 +345,14 @@ func (c *WSConn) Close() error {
 	return nil
 }
 
-// Stream subscribes to the proxy's shape rule called shape.
-func (c *WSConn) Stream(shape string, opts WSStreamOptions) (*WSStream, error) {
+// Stream subscribes to the proxy's shape rule called shape. ctx bounds
+// sending the subscription (a failed send is retried when the connection
+// is redialled); the stream lives until it or the connection is closed.
+func (c *WSConn) Stream(ctx context.Context, shape string, opts WSStreamOptions) (*WSStream, error) {
+	xform, err := transformFunc(opts.Transform, opts.TransformContext)
+	if err != nil {
+		return nil, err
+	}
 	offset := opts.Offset
 	if offset == "" {
 		offset = "-1"
@@ -311,7 +360,7 @@ func (c *WSConn) Stream(shape string, opts WSStreamOptions) (*WSStream, error) {
 	if offset != "-1" && offset != "now" && opts.Handle == "" {
 		return nil, ErrMissingHandle
 	}
-	s := &WSStream{c: c, shape: shape, opts: opts, offset: offset, handle: opts.Handle, wake: make(chan struct{}, 1)}
+	s := &WSStream{c: c, shape: shape, opts: opts, xform: xform, offset: offset, handle: opts.Handle, wake: make(chan struct{}, 1)}
 	if offset == "-1" || offset == "now" {
 		s.handle = ""
 	}
@@ -334,7 +383,7 @@ func (c *WSConn) Stream(shape string, opts WSStreamOptions) (*WSStream, error) {
 	}
 	ws := c.ws
 	c.mu.Unlock()
-	s.resubscribe(ws)
+	s.subscribe(ctx, ws)
 	return s, nil
 }
 
@@ -346,6 +395,7 @@ type WSStream struct {
 	id    string
 	shape string
 	opts  WSStreamOptions
+	xform func(context.Context, *Message) error
 	dec   decoder
 	wake  chan struct{}
 
@@ -362,12 +412,17 @@ type WSStream struct {
 	done       bool
 	closed     bool
 	err        error
+	retry      json.RawMessage // a message whose transform the caller's context cut short
 
 	tm transformSlot
 }
 
-// resubscribe (re)sends the subscription from the last whole batch.
-func (s *WSStream) resubscribe(ws *websocket.Conn) {
+// resubscribe resends the subscription, after a reconnection, from the
+// last whole batch.
+func (s *WSStream) resubscribe(ws *websocket.Conn) { s.subscribe(s.c.ctx, ws) }
+
+// subscribe (re)sends the subscription from the last whole batch.
+func (s *WSStream) subscribe(ctx context.Context, ws *websocket.Conn) {
 	s.mu.Lock()
 	if s.closed || s.done {
 		s.mu.Unlock()
@@ -388,8 +443,10 @@ func (s *WSStream) resubscribe(ws *websocket.Conn) {
 		msg["columns"] = quoted
 	}
 	s.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	stop := context.AfterFunc(s.c.ctx, cancel) // Close ends the write
+	defer stop()
 	wsWrite(ctx, ws, msg) // a failed write is retried by the reconnection
 }
 
@@ -405,6 +462,16 @@ func (s *WSStream) wakeUp() {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// setLazy is ShapeStream.setLazy.
+func (s *WSStream) setLazy(sink valueSink) {
+	s.mu.Lock()
+	s.dec.lazy = s.xform == nil
+	if s.dec.lazy {
+		s.dec.sink = sink
+	}
+	s.mu.Unlock()
 }
 
 // Offset returns the offset to resume from (see ShapeStream.Offset).
@@ -488,15 +555,21 @@ func (s *WSStream) Next(ctx context.Context) (Message, error) {
 		case s.closed:
 			s.mu.Unlock()
 			return Message{}, ErrClosed
-		case s.cur != nil && s.idx < len(s.cur.Messages):
-			el := s.cur.Messages[s.idx]
-			s.idx++
-			skipped := s.skip > 0
-			if skipped {
-				s.skip--
-			}
-			if s.idx == len(s.cur.Messages) {
-				s.commit()
+		case s.retry != nil || s.cur != nil && s.idx < len(s.cur.Messages):
+			var el json.RawMessage
+			skipped := false
+			if s.retry != nil {
+				el, s.retry = s.retry, nil
+			} else {
+				el = s.cur.Messages[s.idx]
+				s.idx++
+				skipped = s.skip > 0
+				if skipped {
+					s.skip--
+				}
+				if s.idx == len(s.cur.Messages) {
+					s.commit()
+				}
 			}
 			s.mu.Unlock()
 			if skipped {
@@ -515,8 +588,15 @@ func (s *WSStream) Next(ctx context.Context) (Message, error) {
 				}
 				s.mu.Unlock()
 			}
-			if m.IsChange() && s.opts.Transform != nil {
-				if err := s.tm.apply(s.opts.Transform, &m); err != nil {
+			if m.IsChange() && s.xform != nil {
+				if err := s.tm.apply(ctx, s.xform, &m); err != nil {
+					if cerr := ctx.Err(); cerr != nil {
+						// Not delivered: the next Next parses it again.
+						s.mu.Lock()
+						s.retry = el
+						s.mu.Unlock()
+						return Message{}, cerr
+					}
 					s.setErr(err)
 					return Message{}, err
 				}

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http/httptest"
@@ -95,12 +96,12 @@ func TestWSReconnectNoLoss(t *testing.T) {
 		INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 500) g`)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	conn, err := client.DialWS(ctx, e.url, client.StaticToken(hs256(t, "alice")))
+	conn, err := client.DialWS(ctx, e.url, &client.WSOptions{TokenSource: client.StaticToken(hs256(t, "alice"))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	s, err := conn.Stream("items", client.WSStreamOptions{Live: true})
+	s, err := conn.Stream(ctx, "items", client.WSStreamOptions{Live: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,11 +147,11 @@ func TestWSResumeFromOffset(t *testing.T) {
 	e := newWSEnv(t, `CREATE TABLE items (id int PRIMARY KEY, title text); INSERT INTO items VALUES (1,'a'),(2,'b')`)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := client.DialWS(ctx, e.url, client.StaticToken(hs256(t, "alice")))
+	conn, err := client.DialWS(ctx, e.url, &client.WSOptions{TokenSource: client.StaticToken(hs256(t, "alice"))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ := conn.Stream("items", client.WSStreamOptions{Parse: true})
+	s, _ := conn.Stream(ctx, "items", client.WSStreamOptions{Parse: true})
 	n := 0
 	for m, err := range s.Messages(ctx) {
 		if err != nil {
@@ -173,12 +174,12 @@ func TestWSResumeFromOffset(t *testing.T) {
 	}
 
 	pgtest.Exec(t, e.db, `INSERT INTO items VALUES (3,'c')`)
-	conn, err = client.DialWS(ctx, e.url, client.StaticToken(hs256(t, "alice")))
+	conn, err = client.DialWS(ctx, e.url, &client.WSOptions{TokenSource: client.StaticToken(hs256(t, "alice"))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	s, _ = conn.Stream("items", client.WSStreamOptions{Offset: offset, Handle: handle, Live: true})
+	s, _ = conn.Stream(ctx, "items", client.WSStreamOptions{Offset: offset, Handle: handle, Live: true})
 	for {
 		m, err := s.Next(ctx)
 		if err != nil {
@@ -192,7 +193,81 @@ func TestWSResumeFromOffset(t *testing.T) {
 		}
 	}
 	var we *client.WSError
-	if _, err := client.DialWS(ctx, e.url, client.StaticToken("not-a-token")); !errors.As(err, &we) || we.Status != 401 {
+	if _, err := client.DialWS(ctx, e.url, &client.WSOptions{TokenSource: client.StaticToken("not-a-token")}); !errors.As(err, &we) || we.Status != 401 {
 		t.Errorf("a bad token: %v", err)
+	}
+}
+
+// A TypedShape follows a WSStream as it follows a ShapeStream, and a
+// TransformContext cut short by the caller's context leaves its message
+// to the next Next.
+func TestWSTypedShape(t *testing.T) {
+	t.Parallel()
+	e := newWSEnv(t, `CREATE TABLE items (id int PRIMARY KEY, title text);
+		INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 3) g`)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := client.DialWS(ctx, e.url, &client.WSOptions{TokenSource: client.StaticToken(hs256(t, "alice"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var stream client.Stream
+	stream, err = conn.Stream(ctx, "items", client.WSStreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		ID    int32  `shape:"id"`
+		Title string `shape:"title"`
+	}
+	s, err := client.NewTypedShape[row](stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range s.All() {
+		got = append(got, fmt.Sprint(r.ID, " ", r.Title))
+	}
+	if strings.Join(got, ",") != "1 row 1,2 row 2,3 row 3" {
+		t.Errorf("rows %v", got)
+	}
+
+	blocked := false
+	ws, err := conn.Stream(ctx, "items", client.WSStreamOptions{TransformContext: func(ctx context.Context, m *client.Message) error {
+		if m.Key != "" && !blocked {
+			blocked = true
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		m.Value["title"] = "seen"
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, stop := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err = ws.Next(short)
+	stop()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Next = %v", err)
+	}
+	n := 0
+	for m, err := range ws.Messages(ctx) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.IsChange() {
+			n++
+			if m.Value["title"] != "seen" {
+				t.Errorf("%s not transformed", m.Key)
+			}
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d changes, want 3", n)
 	}
 }

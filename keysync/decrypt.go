@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/shapeseal/shapeseal/client"
 	"github.com/shapeseal/shapeseal/internal/b64url"
@@ -80,10 +82,36 @@ type Decrypter struct {
 	tables map[relation]*decTable
 	only   *decTable // the table, when there is one
 
+	lastRel atomic.Pointer[relCache]
+
 	mu     sync.Mutex
-	places map[string]place // by message key, for updates that omit them
+	places map[string]place // by message key, for updates that omit them; nil until needed
+	log    placeLog         // the places recorded while places is nil
 	tenant string           // the tenant of the place recorded last
 }
+
+// A placeLog is where the places of rows are recorded, in order, until a
+// message needs one looked up: appending to it costs far less than
+// inserting into a map that grows with the shape, and most shapes' rows
+// (inserts, replica=full updates, updates that keep the tenant column)
+// never need a lookup. The first lookup, or a log grown to maxPlaceLog
+// entries, replays it into the map, which is used from then on. The log
+// is chunked, so that growing it copies nothing.
+type placeLog struct {
+	chunks [][]placeRec
+	n      int
+}
+
+type placeRec struct {
+	key string
+	p   place
+	del bool
+}
+
+const (
+	placeChunk  = 4096
+	maxPlaceLog = 1 << 18
+)
 
 // relation is a message's relation header: schema and table.
 type relation struct{ schema, table string }
@@ -121,7 +149,7 @@ func NewDecrypter(ring *Keyring, specs ...TableSpec) (*Decrypter, error) {
 	if ring == nil {
 		return nil, errors.New("keysync: decrypter needs a keyring")
 	}
-	d := &Decrypter{ring: ring, tables: map[relation]*decTable{}, places: map[string]place{}}
+	d := &Decrypter{ring: ring, tables: map[relation]*decTable{}}
 	for _, s := range specs {
 		if err := s.Validate(); err != nil {
 			return nil, err
@@ -147,9 +175,22 @@ func NewDecrypter(ring *Keyring, specs ...TableSpec) (*Decrypter, error) {
 // only table for a message without one.
 func (d *Decrypter) table(m *client.Message) *decTable {
 	if r := m.Headers.Relation; len(r) == 2 {
-		return d.tables[relation{r[0], r[1]}]
+		// The client shares one relation slice among a shape's messages:
+		// the table of the last one is at hand.
+		if c := d.lastRel.Load(); c != nil && &r[0] == c.rel {
+			return c.t
+		}
+		t := d.tables[relation{r[0], r[1]}]
+		d.lastRel.Store(&relCache{&r[0], t})
+		return t
 	}
 	return d.only
+}
+
+// relCache is the table of the last relation slice a decrypter saw.
+type relCache struct {
+	rel *string
+	t   *decTable
 }
 
 // Transform replaces every encrypted cell of a change message, in Value and
@@ -170,7 +211,14 @@ func (d *Decrypter) Transform(m *client.Message) error {
 	return d.TransformContext(context.Background(), m)
 }
 
-// TransformContext is Transform with a context that bounds the wait for keys.
+// TransformContext is Transform with a context that bounds the wait for
+// keys: it is a client.Options.TransformContext (and a
+// client.WSStreamOptions.TransformContext), which the stream calls with
+// the context of the Next that reads the message. When ctx ends before
+// every cell of the message opened, it returns ctx.Err() rather than
+// report cells as no_key that may yet open: the stream then delivers the
+// message, read again, by the next call of Next. Otherwise it returns nil,
+// as Transform does.
 func (d *Decrypter) TransformContext(ctx context.Context, m *client.Message) error {
 	if !m.IsChange() {
 		return nil
@@ -195,8 +243,13 @@ func (d *Decrypter) TransformContext(ctx context.Context, m *client.Message) err
 		c.RowKey = sc.rowKey
 	}
 	var v tenantView // the tenant's keyset, looked up at the message's first cell
-	d.openRow(ctx, sc, t, &c, err, &v, m.Value)
-	d.openRow(ctx, sc, t, &c, err, &v, m.OldValue)
+	failed := d.openRow(ctx, sc, t, &c, err, &v, m.Value)
+	failed = d.openRow(ctx, sc, t, &c, err, &v, m.OldValue) || failed
+	if failed {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+	}
 	sc.publish()
 	return nil
 }
@@ -208,41 +261,69 @@ func (d *Decrypter) TransformContext(ctx context.Context, m *client.Message) err
 // wraps ErrInvalidContext): every cell of the message fails with it.
 func (d *Decrypter) place(m *client.Message, s *TableSpec) (place, error) {
 	// What is known of the row is looked up only for a message that lacks
-	// part of its place, so an insert costs one map write, not two.
-	var known place
-	hasKnown := false
-	if !holdsPlace(m, s) {
+	// part of its place, so an insert costs one write, not a lookup too.
+	// A delete without cells (replica=default sends the primary key only)
+	// needs no place: it only ends the row's.
+	p, missing, err := placeOf(m, s, nil)
+	if missing && !(m.Headers.Operation == client.Delete && !hasCells(m, s)) {
 		d.mu.Lock()
-		known, hasKnown = d.places[m.Key]
+		d.index()
+		known, ok := d.places[m.Key]
 		d.mu.Unlock()
+		if ok {
+			p, _, err = placeOf(m, s, &known)
+		}
 	}
-	var p place
-	var err error
-	text := func(col, fallback string) string {
-		if err != nil {
+	d.mu.Lock()
+	if m.Headers.Operation == client.Delete {
+		d.record(m.Key, place{}, true)
+	} else if err == nil {
+		// The rows of a shape share a few tenants: keep one copy of each
+		// tenant's id rather than the copy every message brings.
+		if p.tenant == d.tenant {
+			p.tenant = d.tenant
+		} else {
+			d.tenant = p.tenant
+		}
+		d.record(m.Key, p, false)
+	}
+	d.mu.Unlock()
+	return p, err
+}
+
+// placeOf reads the place of a message's row: each column from the value,
+// then the old value, then known (if not nil). missing reports a column
+// found in neither message value; err is the first column's error.
+func placeOf(m *client.Message, s *TableSpec, known *place) (p place, missing bool, err error) {
+	text := func(col string, fallback func() string) string {
+		v, ok := m.Value[col]
+		if !ok || v == nil {
+			v, ok = m.OldValue[col]
+		}
+		if !ok || v == nil {
+			missing = true
+			if known != nil {
+				return fallback()
+			}
+			if err == nil {
+				err = detail(ErrInvalidContext, "column %q is missing or NULL", col)
+			}
 			return ""
 		}
-		var v string
-		switch {
-		case present(m.Value, col):
-			v, err = textValue(m.Value, col)
-		case present(m.OldValue, col):
-			v, err = textValue(m.OldValue, col)
-		case hasKnown:
-			v = fallback
-		default:
-			err = detail(ErrInvalidContext, "column %q is missing or NULL", col)
+		t, terr := valueText(v, col)
+		if terr != nil && err == nil {
+			err = terr
 		}
-		return v
+		return t
 	}
-	p.tenant = text(s.TenantColumn, known.tenant)
+	p.tenant = text(s.TenantColumn, func() string { return known.tenant })
 	if !s.UnboundRows {
 		if len(s.RowKey) == 1 {
-			p.rowKey = text(s.RowKey[0], known.rowKey)
+			p.rowKey = text(s.RowKey[0], func() string { return known.rowKey })
 		} else {
 			var b strings.Builder
 			for i, col := range s.RowKey {
-				v := text(col, rowKeyValue(known.rowKey, i))
+				v := text(col, func() string { return rowKeyValue(known.rowKey, i) })
 				if hasNUL(v) && err == nil {
 					err = detail(ErrInvalidContext, "NUL byte in row key")
 				}
@@ -254,37 +335,80 @@ func (d *Decrypter) place(m *client.Message, s *TableSpec) (place, error) {
 			p.rowKey = b.String()
 		}
 	}
-	d.mu.Lock()
-	if m.Headers.Operation == client.Delete {
-		delete(d.places, m.Key)
-	} else if err == nil {
-		// The rows of a shape share a few tenants: keep one copy of each
-		// tenant's id rather than the copy every message brings.
-		if p.tenant == d.tenant {
-			p.tenant = d.tenant
-		} else {
-			d.tenant = p.tenant
-		}
-		d.places[m.Key] = p
+	if err != nil {
+		return place{}, missing, err
 	}
-	d.mu.Unlock()
-	return p, err
+	return p, missing, nil
 }
 
-// holdsPlace reports whether m holds every column of its row's place.
-func holdsPlace(m *client.Message, s *TableSpec) bool {
-	has := func(col string) bool { return present(m.Value, col) || present(m.OldValue, col) }
-	if !has(s.TenantColumn) {
-		return false
+// valueText returns the text of a place column's value, as textValue does.
+func valueText(v any, col string) (string, error) {
+	switch v := v.(type) {
+	case string:
+		return v, nil
+	case int64:
+		return strconv.FormatInt(v, 10), nil
+	case int32:
+		return strconv.FormatInt(int64(v), 10), nil
+	case int:
+		return strconv.Itoa(v), nil
 	}
-	if !s.UnboundRows {
-		for _, col := range s.RowKey {
-			if !has(col) {
-				return false
+	return "", detail(ErrInvalidContext, "column %q is %T, want its text", col, v)
+}
+
+// record notes the place of the row key (or that it was deleted); d.mu is
+// held.
+func (d *Decrypter) record(key string, p place, del bool) {
+	if d.places != nil {
+		if del {
+			delete(d.places, key)
+		} else {
+			d.places[key] = p
+		}
+		return
+	}
+	l := &d.log
+	c := l.n / placeChunk
+	if c == len(l.chunks) {
+		n := placeChunk
+		if c == 0 {
+			n = 64 // grows: most decrypters see few rows, or need the index soon
+		}
+		l.chunks = append(l.chunks, make([]placeRec, 0, n))
+	}
+	l.chunks[c] = append(l.chunks[c], placeRec{key, p, del})
+	l.n++
+	if l.n >= maxPlaceLog {
+		d.index()
+	}
+}
+
+// index makes d.places hold the places recorded so far; d.mu is held.
+func (d *Decrypter) index() {
+	if d.places != nil {
+		return
+	}
+	d.places = make(map[string]place, d.log.n)
+	for _, c := range d.log.chunks {
+		for _, r := range c {
+			if r.del {
+				delete(d.places, r.key)
+			} else {
+				d.places[r.key] = r.p
 			}
 		}
 	}
-	return true
+	d.log = placeLog{}
+}
+
+// hasCells reports whether m has a value, not NULL, in an encrypted column.
+func hasCells(m *client.Message, s *TableSpec) bool {
+	for _, col := range s.Columns {
+		if present(m.Value, col) || present(m.OldValue, col) {
+			return true
+		}
+	}
+	return false
 }
 
 // present reports whether row has a value, not NULL, for col.
@@ -296,8 +420,9 @@ func present(row client.Row, col string) bool {
 // openRow opens the cells of row, bound to c (with placeErr, if not nil,
 // the reason the row has no place), through the tenant's view v. Cells that
 // do not open are replaced at once by a *CellError; the plaintexts are
-// packed into sc and replace their cells at sc.publish.
-func (d *Decrypter) openRow(ctx context.Context, sc *rowScratch, t *decTable, c *CellContext, placeErr error, v *tenantView, row client.Row) {
+// packed into sc and replace their cells at sc.publish. It reports whether
+// a cell that looked like one failed to open.
+func (d *Decrypter) openRow(ctx context.Context, sc *rowScratch, t *decTable, c *CellContext, placeErr error, v *tenantView, row client.Row) (failed bool) {
 	for _, col := range t.spec.Columns {
 		val, ok := row[col]
 		if !ok || val == nil {
@@ -319,8 +444,10 @@ func (d *Decrypter) openRow(ctx context.Context, sc *rowScratch, t *decTable, c 
 		c.Column = col
 		if err := sc.open(ctx, v, c, cell, row, col); err != nil {
 			row[col] = &CellError{Column: col, Err: err}
+			failed = true
 		}
 	}
+	return failed
 }
 
 // A rowScratch holds what opening the cells of one message needs, reused

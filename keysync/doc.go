@@ -84,9 +84,9 @@
 // hold yet, it waits for the key shape up to KeyringOptions.KeyWait, then
 // fails with an *[OpenError] wrapping [ErrNoKey].
 //
-// A [Decrypter] turns a keyring and [TableSpec]s into a client Transform:
-// cells become plaintext strings, or *[CellError] values (JSON
-// {"error": code, "message": text}) for cells that do not open.
+// A [Decrypter] turns a keyring and [TableSpec]s into a client
+// TransformContext: cells become plaintext strings, or *[CellError] values
+// (JSON {"error": code, "message": text}) for cells that do not open.
 //
 //	floor, _ := keysync.OpenFileFloor(keysync.DefaultFloorPath(identityFile))
 //	ring, _ := keysync.NewKeyring(keysync.KeyringOptions{
@@ -98,7 +98,21 @@
 //	})
 //	go ring.Run(ctx)
 //	dec, _ := keysync.NewDecrypter(ring, spec)
-//	stream, _ := client.New(client.Options{URL: ..., Transform: dec.Transform})
+//	stream, _ := client.New(client.Options{URL: ..., TransformContext: dec.TransformContext})
+//
+// [Follow] does all of that in one call, through the proxy, and decodes
+// the rows into structs ([Plaintext] fields for encrypted columns):
+//
+//	items, err := keysync.Follow[item](ctx, keysync.FollowOptions{
+//		ProxyURL:     "https://sync.example",
+//		Shape:        "items",
+//		Tokens:       tokens,
+//		IdentityFile: identityFile, // the floor file goes next to it
+//		Roots:        roots,
+//		Tables:       []keysync.TableSpec{spec},
+//	})
+//	defer items.Close()
+//	v, err := items.Wait(ctx, nil)
 //
 // # Administration and writers
 //

@@ -111,12 +111,12 @@ func benchShapes(b *testing.B, mode string) {
 	switch mode {
 	case "ws":
 		var err error
-		conn, err = client.DialWS(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/v1/ws", client.StaticToken(tok))
+		conn, err = client.DialWS(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/v1/ws", &client.WSOptions{TokenSource: client.StaticToken(tok)})
 		if err != nil {
 			b.Fatal(err)
 		}
 		for i := range shapes {
-			s, err := conn.Stream(fmt.Sprint("n", i), client.WSStreamOptions{Live: true})
+			s, err := conn.Stream(ctx, fmt.Sprint("n", i), client.WSStreamOptions{Live: true})
 			if err != nil {
 				b.Fatal(err)
 			}

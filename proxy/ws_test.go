@@ -54,7 +54,7 @@ func TestWSMultiplex(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	conn, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, "alice", nil)))
+	conn, err := client.DialWS(ctx, e.wsURL(), &client.WSOptions{TokenSource: client.StaticToken(token(t, "alice", nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func TestWSMultiplex(t *testing.T) {
 	streams := map[string]*client.WSStream{}
 	rows := map[string]map[string]client.Row{}
 	for _, name := range []string{"items", "news", "mine", "keys"} {
-		s, err := conn.Stream(name, client.WSStreamOptions{Live: true})
+		s, err := conn.Stream(ctx, name, client.WSStreamOptions{Live: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,7 +128,7 @@ func TestWSMultiplex(t *testing.T) {
 	}
 
 	// A shape the token may not read is refused on the same connection.
-	bad, err := conn.Stream("items", client.WSStreamOptions{Columns: []string{"note"}})
+	bad, err := conn.Stream(ctx, "items", client.WSStreamOptions{Columns: []string{"note"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestWSMultiplex(t *testing.T) {
 	if _, err := bad.Next(ctx); !errors.As(err, &we) || we.Status != 400 {
 		t.Errorf("columns outside the rule: %v", err)
 	}
-	narrow, _ := conn.Stream("items", client.WSStreamOptions{Columns: []string{"id", "title"}})
+	narrow, _ := conn.Stream(ctx, "items", client.WSStreamOptions{Columns: []string{"id", "title"}})
 	narrowRows := map[string]client.Row{}
 	syncWS(t, ctx, narrow, narrowRows)
 	for _, r := range narrowRows {
@@ -166,7 +166,7 @@ func TestWSMultiplex(t *testing.T) {
 			t.Fatalf("columns outside the rule got %s", b)
 		}
 	}
-	unknown, _ := conn.Stream("nope", client.WSStreamOptions{})
+	unknown, _ := conn.Stream(ctx, "nope", client.WSStreamOptions{})
 	if _, err := unknown.Next(ctx); !errors.As(err, &we) || we.Status != 404 {
 		t.Errorf("unknown shape: %v", err)
 	}
@@ -177,18 +177,18 @@ func TestWSForbidden(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, "alice", map[string]any{"roles": []string{"guest"}})))
+	conn, err := client.DialWS(ctx, e.wsURL(), &client.WSOptions{TokenSource: client.StaticToken(token(t, "alice", map[string]any{"roles": []string{"guest"}}))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	s, _ := conn.Stream("items", client.WSStreamOptions{})
+	s, _ := conn.Stream(ctx, "items", client.WSStreamOptions{})
 	var we *client.WSError
 	if _, err := s.Next(ctx); !errors.As(err, &we) || we.Status != 403 {
 		t.Errorf("role not allowed: %v", err)
 	}
 	// The connection still serves other shapes.
-	news, _ := conn.Stream("news", client.WSStreamOptions{})
+	news, _ := conn.Stream(ctx, "news", client.WSStreamOptions{})
 	syncWS(t, ctx, news, map[string]client.Row{})
 }
 
@@ -305,12 +305,12 @@ func TestWSRefresh(t *testing.T) {
 	// Valid for about 2 s more (the leeway is 5 s).
 	src := &refreshing{t: t, exp: 10 * time.Minute,
 		first: token(t, "alice", map[string]any{"exp": time.Now().Add(-3 * time.Second).Unix()})}
-	conn, err := client.DialWS(ctx, e.wsURL(), src)
+	conn, err := client.DialWS(ctx, e.wsURL(), &client.WSOptions{TokenSource: src})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	s, _ := conn.Stream("news", client.WSStreamOptions{Live: true})
+	s, _ := conn.Stream(ctx, "news", client.WSStreamOptions{Live: true})
 	rows := map[string]client.Row{}
 	syncWS(t, ctx, s, rows)
 	// The first poll after the expiry asks for a new token (auth_required).
@@ -322,7 +322,7 @@ func TestWSRefresh(t *testing.T) {
 	pgtest.Exec(t, e.db, `INSERT INTO public_news VALUES (2,'after expiry')`)
 	waitRow(t, ctx, s, rows, `"public"."public_news"/"2"`)
 	// A proactive refresh keeps working too.
-	if err := conn.Reauth(); err != nil {
+	if err := conn.Reauth(ctx); err != nil {
 		t.Fatal(err)
 	}
 	pgtest.Exec(t, e.db, `INSERT INTO public_news VALUES (3,'after reauth')`)
@@ -349,13 +349,13 @@ func TestWSCoalesce(t *testing.T) {
 	var streams []*client.WSStream
 	var rows []map[string]client.Row
 	for i := range n {
-		conn, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, fmt.Sprintf("user%d", i), nil)))
+		conn, err := client.DialWS(ctx, e.wsURL(), &client.WSOptions{TokenSource: client.StaticToken(token(t, fmt.Sprintf("user%d", i), nil))})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
 		for range 2 { // two subscriptions of the same shape on each connection
-			s, _ := conn.Stream("news", client.WSStreamOptions{Live: true})
+			s, _ := conn.Stream(ctx, "news", client.WSStreamOptions{Live: true})
 			streams = append(streams, s)
 			rows = append(rows, map[string]client.Row{})
 		}
@@ -390,12 +390,12 @@ func TestWSUnsubscribe(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	conn, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, "alice", nil)))
+	conn, err := client.DialWS(ctx, e.wsURL(), &client.WSOptions{TokenSource: client.StaticToken(token(t, "alice", nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	s, _ := conn.Stream("news", client.WSStreamOptions{Live: true})
+	s, _ := conn.Stream(ctx, "news", client.WSStreamOptions{Live: true})
 	syncWS(t, ctx, s, map[string]client.Row{})
 	time.Sleep(200 * time.Millisecond) // the first live poll is under way
 	if err := s.Close(); err != nil {
@@ -470,7 +470,7 @@ func TestWSLiveLimit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	tok := token(t, "alice", nil)
-	first, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(tok))
+	first, err := client.DialWS(ctx, e.wsURL(), &client.WSOptions{TokenSource: client.StaticToken(tok)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,14 +481,14 @@ func TestWSLiveLimit(t *testing.T) {
 		t.Errorf("second connection: %v", st)
 	}
 	// Another user is not affected, and closing the first frees the slot.
-	if other, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(token(t, "bob", nil))); err != nil {
+	if other, err := client.DialWS(ctx, e.wsURL(), &client.WSOptions{TokenSource: client.StaticToken(token(t, "bob", nil))}); err != nil {
 		t.Error(err)
 	} else {
 		other.Close()
 	}
 	first.Close()
 	for i := 0; ; i++ {
-		again, err := client.DialWS(ctx, e.wsURL(), client.StaticToken(tok))
+		again, err := client.DialWS(ctx, e.wsURL(), &client.WSOptions{TokenSource: client.StaticToken(tok)})
 		if err == nil {
 			again.Close()
 			break
@@ -518,18 +518,18 @@ func TestWSRefreshChangesShape(t *testing.T) {
 	defer cancel()
 	src := &seqTokens{toks: []string{token(t, "alice", nil),
 		token(t, "alice", map[string]any{"tenant_ids": []string{"acme", "globex"}})}}
-	conn, err := client.DialWS(ctx, e.wsURL(), src)
+	conn, err := client.DialWS(ctx, e.wsURL(), &client.WSOptions{TokenSource: src})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	s, _ := conn.Stream("items", client.WSStreamOptions{Live: true})
+	s, _ := conn.Stream(ctx, "items", client.WSStreamOptions{Live: true})
 	rows := map[string]client.Row{}
 	syncWS(t, ctx, s, rows)
 	if len(rows) != 2 {
 		t.Fatalf("acme rows: %d", len(rows))
 	}
-	if err := conn.Reauth(); err != nil {
+	if err := conn.Reauth(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// The live poll in flight ends (long-poll timeout), the next one sees

@@ -5,24 +5,26 @@
 //
 //	GET /items   every row the user may read, decrypted
 //
-// After every consistent batch it prints a one-line summary (row counts
-// only, never plaintext). It stops cleanly when interrupted.
+// After every consistent batch that changes the rows it prints a one-line
+// summary (row counts only, never plaintext). It stops cleanly when
+// interrupted.
 //
-// The pieces, in the order data flows through them:
+// keysync.Follow wires the pieces, in the order data flows through them:
 //
 //   - a keysync.Keyring follows two shapes through the proxy: the logs of
-//     the token's tenants ("log"), signed records of who may hold each
-//     tenant's keys, which it verifies from the root key the service pins
-//     (--root, $SHAPESEAL_ROOT); and the wrapped tenant keys of the
-//     token's user and device ("keys"), which it unwraps with the device's
-//     age identity. It adopts a keyset only if the tenant's log lists this
-//     device and names that keyset, and remembers in a floor file next to
-//     the identity how far it has seen each log, so that an older log put
-//     back in the database is refused after a restart too;
-//   - a keysync.Decrypter, used as the stream's Transform, opens the cells
-//     of each change message before anything else sees it;
-//   - a client.Shape materializes the decrypted rows, applying changes only
-//     at up-to-date messages, so readers never see half a transaction.
+//     the token's tenants, signed records of who may hold each tenant's
+//     keys, which it verifies from the root key the service pins (--root,
+//     $SHAPESEAL_ROOT); and the wrapped tenant keys of the token's user and
+//     device, which it unwraps with the device's age identity. It adopts a
+//     keyset only if the tenant's log lists this device and names that
+//     keyset, and remembers in a floor file next to the identity how far it
+//     has seen each log, so that an older log put back in the database is
+//     refused after a restart too;
+//   - a keysync.Decrypter, as the stream's transform, opens the cells of
+//     each change message before anything else sees it;
+//   - a client.TypedShape decodes the decrypted rows into item structs,
+//     applying changes only at up-to-date messages, so readers never see
+//     half a transaction.
 //
 // Run it against the development stack, whose ready line holds the proxy's
 // URL, the root key and each demo user's token and identity file:
@@ -56,13 +58,10 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
-	"path"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -78,6 +77,18 @@ var itemsSpec = keysync.TableSpec{
 	Columns:      []string{"title", "body"},
 	TenantColumn: "tenant_id",
 	RowKey:       []string{"id"},
+}
+
+// item is a row of items, decrypted. A cell that did not open is a
+// Plaintext whose Err says why: as JSON {"error": "no_key", "message": …}.
+// The decrypter never leaves ciphertext in a row, and never invents
+// plaintext.
+type item struct {
+	ID        string            `shape:"id" json:"id"`
+	TenantID  string            `shape:"tenant_id" json:"tenant_id"`
+	Title     keysync.Plaintext `shape:"title" json:"title"`
+	Body      keysync.Plaintext `shape:"body" json:"body"`
+	CreatedAt time.Time         `shape:"created_at" json:"created_at"`
 }
 
 type options struct {
@@ -113,10 +124,6 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if o.ProxyURL == "" || o.Token == "" || o.Identity == "" {
 		return errors.New("--proxy, --token and --identity are required")
 	}
-	identity, err := keysync.LoadIdentityFile(o.Identity)
-	if err != nil {
-		return err
-	}
 	// The root keys come from configuration, never from the database that
 	// serves the keys: that is what makes a log or a keyset forged by
 	// someone who can write the database worthless.
@@ -124,124 +131,51 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(roots) == 0 {
-		return errors.New("no pinned root key: set --root or $SHAPESEAL_ROOT")
-	}
-	keysURL := cmp.Or(o.KeysURL, o.ProxyURL+"/v1/shapes/keys")
-	logURL := o.LogURL
-	if logURL == "" {
-		if logURL, err = logURLFor(keysURL); err != nil {
-			return err
-		}
-	}
-	// The floor lives next to the identity: both belong to this device.
-	floor, err := keysync.OpenFileFloor(keysync.DefaultFloorPath(o.Identity))
-	if err != nil {
-		return err
-	}
-	// One token for every shape: the proxy reads the user, device and
-	// tenants from it. A real service would use a RefreshableTokenSource.
-	token := client.StaticToken(o.Token)
-
-	ring, err := keysync.NewKeyring(keysync.KeyringOptions{
-		Stream:   client.Options{URL: keysURL, TokenSource: token},
-		Log:      client.Options{URL: logURL, TokenSource: token},
-		Identity: identity,
-		Roots:    roots,
-		Floor:    floor,
+	items, err := keysync.Follow[item](ctx, keysync.FollowOptions{
+		ProxyURL: o.ProxyURL, Shape: "items", KeysURL: o.KeysURL, LogURL: o.LogURL,
+		// One token for every shape: the proxy reads the user, device and
+		// tenants from it. A real service would use a RefreshableTokenSource.
+		Tokens:       client.StaticToken(o.Token),
+		IdentityFile: o.Identity, // its floor file lives next to it
+		Roots:        roots,
+		Tables:       []keysync.TableSpec{itemsSpec},
 	})
 	if err != nil {
 		return err
 	}
-	dec, err := keysync.NewDecrypter(ring, itemsSpec)
-	if err != nil {
-		return err
-	}
-	stream, err := client.New(client.Options{
-		URL:         o.ProxyURL + "/v1/shapes/items",
-		TokenSource: token,
-		Live:        true,
-		Transform:   dec.Transform, // cells become plaintext, or a *keysync.CellError
-	})
-	if err != nil {
-		return err
-	}
-	items := client.NewShape(stream)
-	items.Subscribe(func(sh *client.Shape) { fmt.Fprintln(out, summary(sh)) })
+	defer items.Close()
+	items.Subscribe(func(*client.Batch[item]) { fmt.Fprintln(out, summary(items.View())) })
 
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /items", func(w http.ResponseWriter, r *http.Request) { serveItems(w, items) })
+	mux.HandleFunc("GET /items", func(w http.ResponseWriter, r *http.Request) { serveItems(w, items.View()) })
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintf(out, "service listening on http://%s\n", ln.Addr())
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
 
-	// Three parts run until ctx ends; the first to fail stops the others.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	start := func(part string, f func() error) {
-		wg.Go(func() {
-			if err := f(); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", part, err)
-			}
-			cancel()
-		})
+	select {
+	case <-items.Done(): // ctx ended, or following failed
+	case err := <-served:
+		items.Close()
+		return err
 	}
-	start("tenant keys", func() error { return ring.Run(ctx) })
-	start("items", func() error {
-		// Waiting for the keyring first spares the first rows a wait for
-		// their keys; Decrypter would wait for them anyway.
-		if ring.Ready(ctx) != nil {
-			return nil // ctx ended, or the keyring stopped: its part says why
-		}
-		return items.Run(ctx)
-	})
-	start("http", func() error {
-		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	})
-
-	<-ctx.Done()
 	shutdown, done := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer done()
 	hs.Shutdown(shutdown)
-	wg.Wait()
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return nil
-	}
+	return items.Close()
 }
 
-// logURLFor returns the log shape's URL next to the key shape's: keysURL
-// with its last path segment, "keys", replaced by "log".
-func logURLFor(keysURL string) (string, error) {
-	u, err := url.Parse(keysURL)
-	if err != nil {
-		return "", err
-	}
-	dir, last := path.Split(u.Path)
-	if last != "keys" {
-		return "", fmt.Errorf("the key shape %s does not end in /keys: set --log-url", keysURL)
-	}
-	u.Path, u.RawPath = dir+"log", ""
-	return u.String(), nil
-}
-
-// summary describes the shape's current view by counts, never by content.
-func summary(sh *client.Shape) string {
+// summary describes a view by counts, never by content.
+func summary(v *client.View[item]) string {
 	perTenant := map[string]int{}
 	unreadable := 0
-	for _, row := range sh.Rows() {
-		perTenant[fmt.Sprint(row["tenant_id"])]++
-		if len(keysync.CellErrors(row)) > 0 {
+	for it := range v.Values() {
+		perTenant[it.TenantID]++
+		if it.Title.Err != nil || it.Body.Err != nil {
 			unreadable++
 		}
 	}
@@ -250,17 +184,13 @@ func summary(sh *client.Shape) string {
 		parts = append(parts, fmt.Sprintf("%s=%d", t, perTenant[t]))
 	}
 	return fmt.Sprintf("items up to date: %d rows (%s), %d with unreadable cells",
-		sh.Len(), strings.Join(parts, " "), unreadable)
+		v.Len(), strings.Join(parts, " "), unreadable)
 }
 
-// serveItems writes the current view as a JSON array ordered by creation.
-// A cell that did not open is {"error": "no_key", "message": …}: the
-// decrypter never leaves ciphertext in a row, and never invents plaintext.
-func serveItems(w http.ResponseWriter, items *client.Shape) {
-	rows := slices.Collect(maps.Values(items.Rows()))
-	slices.SortFunc(rows, func(a, b client.Row) int {
-		return cmp.Or(cmp.Compare(fmt.Sprint(a["created_at"]), fmt.Sprint(b["created_at"])),
-			cmp.Compare(fmt.Sprint(a["id"]), fmt.Sprint(b["id"])))
+// serveItems writes a view as a JSON array ordered by creation.
+func serveItems(w http.ResponseWriter, v *client.View[item]) {
+	rows := slices.SortedFunc(v.Values(), func(a, b item) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
 	})
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(rows)

@@ -112,19 +112,6 @@ func TestService(t *testing.T) {
 	}
 }
 
-func TestLogURLFor(t *testing.T) {
-	for keys, want := range map[string]string{
-		"http://127.0.0.1:3000/v1/shapes/keys":        "http://127.0.0.1:3000/v1/shapes/log",
-		"https://sync.example/app/v1/shapes/keys?x=1": "https://sync.example/app/v1/shapes/log?x=1",
-		"http://127.0.0.1:3000/v1/shapes/tenant-keys": "",
-	} {
-		got, err := logURLFor(keys)
-		if got != want || (err != nil) != (want == "") {
-			t.Errorf("logURLFor(%q) = %q, %v; want %q", keys, got, err, want)
-		}
-	}
-}
-
 // lines is an io.Writer that keeps what run prints, line by line, and
 // wakes waitFor on every write. It never blocks the writer.
 type lines struct {

@@ -49,10 +49,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/signal"
-	"path"
 	"strconv"
 	"strings"
 
@@ -169,12 +167,12 @@ func share(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer bob.stop()
+	defer bob.Close()
 	carol, err := follow(ctx, o, roots, o.Carol)
 	if err != nil {
 		return err
 	}
-	defer carol.stop()
+	defer carol.Close()
 	// The writer, too, takes the current keyset from the verified log.
 	w, err := keysync.NewWriter(itemsSpec, keysync.Insert, keysync.WriterOptions{
 		Roots: roots, KEKs: keysync.UseKEK(kek), Floor: keysync.NewMemoryFloor(),
@@ -197,10 +195,11 @@ func share(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	bobName, carolName := o.Bob.Name, o.Carol.Name
 	if err := cmp.Or(
-		bob.show(ctx, out, "4.", acmeRow, "acme's row"),
-		bob.show(ctx, out, "4.", globexRow, "globex's row"),
-		carol.show(ctx, out, "4.", globexRow, "globex's row"),
+		show(ctx, out, bob, bobName, "4.", acmeRow, "acme's row"),
+		show(ctx, out, bob, bobName, "4.", globexRow, "globex's row"),
+		show(ctx, out, carol, carolName, "4.", globexRow, "globex's row"),
 	); err != nil {
 		return err
 	}
@@ -212,7 +211,7 @@ func share(ctx context.Context, o options, out io.Writer) error {
 	fmt.Fprintf(out, "5. revoked %s from globex: keyset rotated to generation %d\n", o.Bob.Name, ks.Generation())
 	// Bob's keyring follows his key rows and globex's log live: it drops
 	// globex's keyset as soon as the log no longer lists him.
-	if _, err := bob.ring.Wait(ctx, "globex", func(ks *keysync.Keyset) bool { return ks == nil }); err != nil {
+	if _, err := bob.Keyring().Wait(ctx, "globex", func(ks *keysync.Keyset) bool { return ks == nil }); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "5. %s's device no longer holds globex's keyset\n", o.Bob.Name)
@@ -224,108 +223,55 @@ func share(ctx context.Context, o options, out io.Writer) error {
 	// 5 s by default), then reports each cell as no_key. His copy of the
 	// row he read before keeps its plaintext.
 	return cmp.Or(
-		carol.show(ctx, out, "6.", laterRow, "globex's new row"),
-		bob.show(ctx, out, "6.", laterRow, "globex's new row"),
-		bob.show(ctx, out, "6.", globexRow, "globex's first row, from his copy"),
+		show(ctx, out, carol, carolName, "6.", laterRow, "globex's new row"),
+		show(ctx, out, bob, bobName, "6.", laterRow, "globex's new row"),
+		show(ctx, out, bob, bobName, "6.", globexRow, "globex's first row, from his copy"),
 	)
 }
 
-// A reader is a user's device following the items shape, decrypted.
-type reader struct {
-	user  user
-	ring  *keysync.Keyring
-	items *client.Shape
-	done  chan struct{} // closed when the reader stops
-	err   error         // why, once done is closed
-	stop  func()        // stops the reader and waits for it
+// item is a row of items, its cells decrypted: a Plaintext that did not
+// open says why (no_key, auth, …).
+type item struct {
+	ID          string `shape:"id"`
+	Title, Body keysync.Plaintext
 }
 
-// follow starts a device's keyring and items shape through the proxy; both
-// stop when ctx ends.
-func follow(ctx context.Context, o options, roots []keysync.VerifyKey, u user) (*reader, error) {
-	identity, err := keysync.LoadIdentityFile(u.Identity)
-	if err != nil {
-		return nil, err
-	}
-	keysURL := cmp.Or(o.KeysURL, o.ProxyURL+"/v1/shapes/keys")
-	logURL := o.LogURL
-	if logURL == "" {
-		if logURL, err = logURLFor(keysURL); err != nil {
-			return nil, err
-		}
-	}
-	// The device's floor lives next to its identity.
-	floor, err := keysync.OpenFileFloor(keysync.DefaultFloorPath(u.Identity))
-	if err != nil {
-		return nil, err
-	}
-	token := client.StaticToken(u.Token)
-	ring, err := keysync.NewKeyring(keysync.KeyringOptions{
-		Stream:   client.Options{URL: keysURL, TokenSource: token},
-		Log:      client.Options{URL: logURL, TokenSource: token},
-		Identity: identity,
-		Roots:    roots,
-		Floor:    floor,
+// follow starts a device's keyring and items shape through the proxy:
+// keysync.Follow wires the keyring (verified from the roots, with a floor
+// file next to the identity), the decrypter and the typed shape.
+func follow(ctx context.Context, o options, roots []keysync.VerifyKey, u user) (*keysync.Followed[item], error) {
+	return keysync.Follow[item](ctx, keysync.FollowOptions{
+		ProxyURL: o.ProxyURL, Shape: "items", KeysURL: o.KeysURL, LogURL: o.LogURL,
+		Tokens: client.StaticToken(u.Token), IdentityFile: u.Identity, Roots: roots,
+		Tables: []keysync.TableSpec{itemsSpec},
 	})
-	if err != nil {
-		return nil, err
-	}
-	dec, err := keysync.NewDecrypter(ring, itemsSpec)
-	if err != nil {
-		return nil, err
-	}
-	stream, err := client.New(client.Options{URL: o.ProxyURL + "/v1/shapes/items", TokenSource: token, Live: true, Transform: dec.Transform})
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	r := &reader{user: u, ring: ring, items: client.NewShape(stream), done: make(chan struct{})}
-	r.stop = func() { cancel(); <-r.done }
-	go func() {
-		defer close(r.done)
-		ringErr := make(chan error, 1)
-		go func() { ringErr <- ring.Run(ctx); cancel() }()
-		err := r.items.Run(ctx)
-		cancel()
-		r.err = cmp.Or(<-ringErr, err)
-	}()
-	return r, nil
 }
 
-// show waits until the row id is in the reader's copy and prints it.
-func (r *reader) show(ctx context.Context, out io.Writer, step, id, what string) error {
-	changed := make(chan struct{}, 1)
-	unsubscribe := r.items.Subscribe(func(*client.Shape) {
-		select {
-		case changed <- struct{}{}: // called after every applied batch
-		default:
-		}
-	})
-	defer unsubscribe()
-	for {
-		for _, row := range r.items.Rows() {
-			if row["id"] == id {
-				fmt.Fprintf(out, "%s %s reads %s: title=%s body=%s\n", step, r.user.Name, what, cell(row["title"]), cell(row["body"]))
-				return nil
+// show waits until the row id is in the user's copy and prints it.
+func show(ctx context.Context, out io.Writer, r *keysync.Followed[item], name, step, id, what string) error {
+	var row item
+	_, err := r.Wait(ctx, func(v *client.View[item]) bool { // called after every batch
+		for row = range v.Values() {
+			if row.ID == id {
+				return true
 			}
 		}
-		select {
-		case <-changed:
-		case <-r.done:
-			return fmt.Errorf("%s's reader stopped: %w", r.user.Name, r.err)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return false
+	})
+	if err != nil {
+		return fmt.Errorf("%s's reader: %w", name, err)
 	}
+	fmt.Fprintf(out, "%s %s reads %s: title=%s body=%s\n", step, name, what, cell(row.Title), cell(row.Body))
+	return nil
 }
 
 // cell shows a decrypted value: its plaintext, or the code of the error
-// that kept it closed (no_key, auth, …).
-func cell(v any) string {
-	if e, ok := v.(*keysync.CellError); ok {
-		return "<" + e.Code() + ">"
+// that kept it closed (<no_key>, <auth>, …).
+func cell(p keysync.Plaintext) string {
+	if p.Err != nil {
+		return p.String()
 	}
-	return strconv.Quote(fmt.Sprint(v))
+	return strconv.Quote(p.Text)
 }
 
 // openKEK opens the KEK named by uri, or else the one acme's log names: a
@@ -340,21 +286,6 @@ func openKEK(ctx context.Context, admin *keysync.Admin, uri string) (keysync.KEK
 		uri = st.Keyset().KEK
 	}
 	return keysync.OpenKEK(uri)
-}
-
-// logURLFor returns the log shape's URL next to the key shape's: keysURL
-// with its last path segment, "keys", replaced by "log".
-func logURLFor(keysURL string) (string, error) {
-	u, err := url.Parse(keysURL)
-	if err != nil {
-		return "", err
-	}
-	dir, last := path.Split(u.Path)
-	if last != "keys" {
-		return "", fmt.Errorf("the key shape %s does not end in /keys: give the log shape's URL", keysURL)
-	}
-	u.Path, u.RawPath = dir+"log", ""
-	return u.String(), nil
 }
 
 // fromDevReady reads the options from the ready line of `shapeseal dev`:

@@ -64,12 +64,13 @@ import (
 
 type options struct {
 	DatabaseURL string
-	Root        string   // pinned root keys, ssvk1…, comma- or space-separated
-	Floor       string   // floor file; "" keeps the floor in memory
-	KEK         string   // KEK URI; "" uses the one each tenant's log names
-	Table       string   // [schema.]table
-	Encrypted   []string // the columns to seal
-	Upsert      bool
+	// Keys: the pinned root keys (ssvk1…, comma- or space-separated), the
+	// floor file ("" keeps the floor in memory), the KEK URI ("" uses the
+	// one each tenant's log names).
+	keysync.WriterConfig
+	Table     string   // [schema.]table
+	Encrypted []string // the columns to seal
+	Upsert    bool
 }
 
 func main() {
@@ -103,25 +104,10 @@ func write(ctx context.Context, o options, in io.Reader, out io.Writer) error {
 		mode = keysync.Upsert
 	}
 	// The root keys come from configuration, never from the database.
-	roots, err := keysync.ParseVerifyKeys(o.Root)
+	wo, err := o.WriterConfig.Options() // parses the roots, opens the floor and the KEK
 	if err != nil {
 		return err
 	}
-	wo := keysync.WriterOptions{Roots: roots}
-	if o.Floor != "" {
-		if wo.Floor, err = keysync.OpenFileFloor(o.Floor); err != nil {
-			return err
-		}
-	} else {
-		wo.Floor = keysync.NewMemoryFloor()
-	}
-	if o.KEK != "" {
-		kek, err := keysync.OpenKEK(o.KEK) // local://, or hcvault:// through vaultkek
-		if err != nil {
-			return err
-		}
-		wo.KEKs = keysync.UseKEK(kek)
-	} // else keysync.OpenKEK opens the KEK each tenant's log names
 	w, err := keysync.NewWriter(spec, mode, wo)
 	if err != nil {
 		return err // no root, or an invalid spec, for example an encrypted "id"

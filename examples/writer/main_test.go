@@ -32,7 +32,7 @@ func TestWriter(t *testing.T) {
 	env := exampletest.New(t)
 	identityFile := env.Member(t, "carol", "laptop", "acme")
 	ctx, conn := t.Context(), env.Conn(t)
-	opts := options{DatabaseURL: env.DatabaseURL, Root: env.Root, Table: "items", Encrypted: []string{"title", "body"}}
+	opts := options{DatabaseURL: env.DatabaseURL, WriterConfig: keysync.WriterConfig{Root: env.Root}, Table: "items", Encrypted: []string{"title", "body"}}
 
 	// No --kek: the writer opens the KEK acme's log names.
 	given := exampletest.NewID()
@@ -190,7 +190,7 @@ func TestWriterVault(t *testing.T) {
 	}
 
 	var out strings.Builder
-	opts := options{DatabaseURL: env.DatabaseURL, Root: env.Root, Table: "items", Encrypted: []string{"title", "body"}}
+	opts := options{DatabaseURL: env.DatabaseURL, WriterConfig: keysync.WriterConfig{Root: env.Root}, Table: "items", Encrypted: []string{"title", "body"}}
 	if err := write(ctx, opts, strings.NewReader(`{"tenant_id": "initech", "title": "TPS reports", "body": "new cover sheets"}`), &out); err != nil {
 		t.Fatal(err)
 	}

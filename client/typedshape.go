@@ -1,0 +1,638 @@
+package client
+
+import (
+	"cmp"
+	"context"
+	"encoding/binary"
+	"io"
+	"iter"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
+
+// A TypedShape materializes a shape as structs of type T, decoded as a
+// [RowDecoder] decodes them, with the semantics of a [Shape]: changes
+// apply in batches, readers see the view as of the last up-to-date message
+// (never half a batch), updates merge into the row's previous value, a
+// must-refetch replaces the whole view at the next up-to-date, and with
+// log=changes_only updates and deletes of unknown keys are ignored.
+//
+// Readers take a [View]: an immutable snapshot of the rows sorted by key,
+// safe to keep and to read from any goroutine while the shape moves on.
+// [TypedShape.Changes] (or Subscribe) reports what each batch inserted,
+// updated and deleted.
+//
+// Without a Transform on the stream, values are decoded from the wire
+// straight into the structs, without building a [Row] first.
+type TypedShape[T any] struct {
+	stream      Stream
+	changesOnly bool
+	dec         *RowDecoder[T]
+	onErr       func(key string, err error) error
+
+	view     atomic.Pointer[View[T]]
+	upToDate atomic.Bool
+	stopOnce sync.Once
+	stopped  chan struct{} // closed when Run first returns
+
+	// staging, touched only by the goroutine that applies messages
+	ps     *planSet
+	psID   *byte
+	psSet  bool
+	stage  [][]staged[T]  // chunks of stageChunk entries, so that growing copies nothing
+	staged int            // entries in stage
+	index  map[string]int // key → stage entry, built at the first lookup
+	fresh  bool
+
+	// what the stream decoded (decodeValue) of the last message's value
+	sunk     string // that value's JSON, to recognize the message
+	scratch  T
+	mask     uint64 // the fields of scratch the value set
+	fieldErr error
+
+	subMu  sync.Mutex
+	subs   map[int]func(*Batch[T])
+	nextID int
+}
+
+const stageChunk = 1024
+
+// at returns the i-th staged entry.
+func (s *TypedShape[T]) at(i int) *staged[T] { return &s.stage[i/stageChunk][i%stageChunk] }
+
+// resetStage drops the staged entries, keeping a small first chunk.
+func (s *TypedShape[T]) resetStage() {
+	if len(s.stage) > 0 {
+		first := s.stage[0]
+		clear(first)
+		clear(s.stage)
+		s.stage = s.stage[:0]
+		if cap(first) <= 64 {
+			s.stage = append(s.stage, first[:0])
+		}
+	}
+	s.staged, s.index = 0, nil
+}
+
+// staged is a change waiting for the next up-to-date.
+type staged[T any] struct {
+	key string
+	v   T
+	del bool
+}
+
+// An Entry is one row of a typed shape.
+type Entry[T any] struct {
+	Key   string
+	Value T
+}
+
+// A Change is a row a batch updated: its value before and after.
+type Change[T any] struct {
+	Key      string
+	Old, New T
+}
+
+// A Batch is what one up-to-date message changed in a [TypedShape]'s view,
+// each list in key order. Deleted holds the rows' last values. Refetched
+// reports a batch that replaced the whole view after a must-refetch: it
+// lists the differences between the old view and the new one, every row in
+// both counting as updated.
+type Batch[T any] struct {
+	Inserted  []Entry[T]
+	Updated   []Change[T]
+	Deleted   []Entry[T]
+	Refetched bool
+}
+
+// Len returns the number of rows the batch changed.
+func (b *Batch[T]) Len() int { return len(b.Inserted) + len(b.Updated) + len(b.Deleted) }
+
+// TypedOptions configure a TypedShape.
+type TypedOptions struct {
+	// OnRowError is called with a row that does not decode: its key and a
+	// *FieldError (or a parse error). Returning nil leaves the row out of
+	// the view (its change is dropped, and an earlier value of the row
+	// removed at the batch's end); returning an error stops Run with it.
+	// Nil stops Run with the row's error.
+	OnRowError func(key string, err error) error
+}
+
+// NewTypedShape returns a TypedShape of T (a struct type) fed by stream, a
+// *ShapeStream or a *WSStream (nil if you call Apply yourself). The typed
+// shape reads the stream: do not read it elsewhere.
+func NewTypedShape[T any](stream Stream, opts ...TypedOptions) (*TypedShape[T], error) {
+	dec, err := NewRowDecoder[T]()
+	if err != nil {
+		return nil, err
+	}
+	s := &TypedShape[T]{dec: dec, fresh: true, stopped: make(chan struct{})}
+	for _, o := range opts {
+		if o.OnRowError != nil {
+			s.onErr = o.OnRowError
+		}
+	}
+	if !isNil(stream) {
+		s.stream = stream
+		s.changesOnly = changesOnly(stream)
+		if l, ok := stream.(interface{ setLazy(valueSink) }); ok {
+			l.setLazy(s)
+		}
+	}
+	s.view.Store(&View[T]{changed: make(chan struct{})})
+	return s, nil
+}
+
+// Stream returns the stream the shape reads (nil if none).
+func (s *TypedShape[T]) Stream() Stream { return s.stream }
+
+// Run reads the stream and applies its messages until the stream ends: it
+// returns nil after the first up-to-date of a non-live stream, and
+// otherwise the stream's error (ctx.Err() when ctx ends) or a row's (see
+// TypedOptions.OnRowError).
+func (s *TypedShape[T]) Run(ctx context.Context) error {
+	defer s.stopOnce.Do(func() { close(s.stopped) })
+	for {
+		m, err := s.stream.Next(ctx)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := s.Apply(m); err != nil {
+			return err
+		}
+	}
+}
+
+// Apply applies one message and reports whether it completed a batch (an
+// up-to-date message). Apply must not be called concurrently with itself
+// or Run.
+func (s *TypedShape[T]) Apply(m Message) (bool, error) {
+	switch {
+	case m.IsChange():
+		return false, s.applyChange(&m)
+	case m.IsMustRefetch():
+		s.resetStage()
+		s.fresh = true
+		s.upToDate.Store(false)
+		s.psSet = false
+	case m.IsUpToDate():
+		s.commit()
+		return true, nil
+	}
+	return false, nil
+}
+
+// decodeValue decodes, as the stream parses a change message, its value
+// into s.scratch.
+func (s *TypedShape[T]) decodeValue(msg string, i int, schema Schema) (int, error) {
+	ps := s.planSetFor(schema)
+	var zero T
+	s.scratch, s.mask, s.sunk = zero, 0, ""
+	p := scanner{s: msg, i: i}
+	ferr, err := ps.scan(&p, unsafe.Pointer(&s.scratch), &s.mask)
+	if err != nil {
+		return p.i, err
+	}
+	s.sunk, s.fieldErr = msg[i:p.i], ferr
+	return p.i, nil
+}
+
+// planSet returns the plans for the stream's current schema.
+func (s *TypedShape[T]) planSet() *planSet {
+	var schema Schema
+	if s.stream != nil {
+		schema = s.stream.Schema()
+	}
+	return s.planSetFor(schema)
+}
+
+func (s *TypedShape[T]) planSetFor(schema Schema) *planSet {
+	if id := schemaID(schema); !s.psSet || id != s.psID {
+		s.ps, s.psID, s.psSet = newPlanSet(s.dec.rt, schema), id, true
+	}
+	return s.ps
+}
+
+// lookup returns the current value of key: staged, or committed.
+func (s *TypedShape[T]) lookup(key string) (T, bool) {
+	if s.index == nil && s.staged > 0 {
+		s.index = make(map[string]int, s.staged)
+		for i := range s.staged {
+			s.index[s.at(i).key] = i
+		}
+	}
+	if i, ok := s.index[key]; ok {
+		e := s.at(i)
+		return e.v, !e.del
+	}
+	if s.fresh {
+		var zero T
+		return zero, false
+	}
+	return s.view.Load().Get(key)
+}
+
+// slot returns the staged entry of key: the one staged already, when the
+// index is built, or else a new one.
+func (s *TypedShape[T]) slot(key string) *staged[T] {
+	if s.index != nil {
+		if i, ok := s.index[key]; ok {
+			return s.at(i)
+		}
+		s.index[key] = s.staged
+	}
+	c := s.staged / stageChunk
+	if c == len(s.stage) {
+		n := stageChunk
+		if c == 0 {
+			n = 16 // the first chunk grows: most batches are small
+		}
+		s.stage = append(s.stage, make([]staged[T], 0, n))
+	}
+	s.stage[c] = append(s.stage[c], staged[T]{key: key})
+	s.staged++
+	return s.at(s.staged - 1)
+}
+
+// keyIdx is a staged entry's key and index, for sorting, with the key's
+// first 8 bytes as a number (zero-padded), which orders most pairs without
+// comparing the strings.
+type keyIdx struct {
+	key string
+	pre uint64
+	i   int32
+}
+
+func prefix8(k string) uint64 {
+	var b [8]byte
+	copy(b[:], k)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+func cmpKeyIdx(a, b keyIdx) int {
+	if a.pre != b.pre {
+		return cmp.Compare(a.pre, b.pre)
+	}
+	if c := strings.Compare(a.key, b.key); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.i, b.i)
+}
+
+func (s *TypedShape[T]) applyChange(m *Message) error {
+	var e *staged[T]
+	switch m.Headers.Operation {
+	case Insert:
+		e = s.slot(m.Key)
+		var zero T
+		e.v, e.del = zero, false
+	case Update:
+		old, ok := s.lookup(m.Key)
+		if !ok && s.changesOnly {
+			return nil
+		}
+		e = s.slot(m.Key)
+		e.v, e.del = old, false
+	case Delete:
+		if _, ok := s.lookup(m.Key); !ok && (s.changesOnly || s.fresh) {
+			return nil
+		}
+		e = s.slot(m.Key)
+		var zero T
+		e.v, e.del = zero, true
+		return nil
+	default:
+		return nil
+	}
+	var err error
+	switch {
+	case s.sunk != "" && len(m.valueRaw) == len(s.sunk) && unsafe.StringData(m.valueRaw) == unsafe.StringData(s.sunk):
+		// The stream decoded the value as it read the message.
+		err = s.fieldErr
+		if m.Headers.Operation == Insert {
+			e.v = s.scratch
+		} else if len(s.dec.rt.fields) <= 64 {
+			for i, f := range s.dec.rt.fields {
+				if s.mask&(1<<i) != 0 {
+					reflect.NewAt(f.typ, unsafe.Add(unsafe.Pointer(&e.v), f.offset)).Elem().Set(
+						reflect.NewAt(f.typ, unsafe.Add(unsafe.Pointer(&s.scratch), f.offset)).Elem())
+				}
+			}
+		} else {
+			err = s.planSet().decodeJSON(m.valueRaw, unsafe.Pointer(&e.v))
+		}
+	case m.Value == nil && m.valueRaw != "":
+		// Decoded in place: the staged entry is where the row is kept.
+		err = s.planSet().decodeJSON(m.valueRaw, unsafe.Pointer(&e.v))
+	default:
+		err = s.planSet().decodeRow(m.Value, unsafe.Pointer(&e.v))
+	}
+	if err != nil {
+		var zero T
+		e.v, e.del = zero, true // left out of the view
+		if s.onErr == nil {
+			return err
+		}
+		return s.onErr(m.Key, err)
+	}
+	return nil
+}
+
+// commit publishes the staged changes and reports them to subscribers.
+func (s *TypedShape[T]) commit() {
+	// The staged changes in key order; the last change of a key wins.
+	order := make([]keyIdx, s.staged)
+	for i := range order {
+		order[i] = keyIdx{key: s.at(i).key, i: int32(i)}
+	}
+	// Keys share a long prefix ("public"."items"/"…): compare what follows.
+	if len(order) > 1 {
+		lcp := order[0].key
+		for _, o := range order[1:] {
+			n := 0
+			for n < len(lcp) && n < len(o.key) && lcp[n] == o.key[n] {
+				n++
+			}
+			lcp = lcp[:n]
+		}
+		for i := range order {
+			order[i].key = order[i].key[len(lcp):]
+		}
+	}
+	for i := range order {
+		order[i].pre = prefix8(order[i].key)
+	}
+	if !slices.IsSortedFunc(order, cmpKeyIdx) {
+		slices.SortFunc(order, cmpKeyIdx)
+	}
+	w := 0
+	for i := range order {
+		if w > 0 && order[w-1].key == order[i].key { // equal suffixes, equal keys
+			order[w-1] = order[i]
+			continue
+		}
+		order[w] = order[i]
+		w++
+	}
+	order = order[:w]
+
+	old := s.view.Load()
+	s.subMu.Lock()
+	report := len(s.subs) > 0
+	s.subMu.Unlock()
+	var b *Batch[T]
+	if report {
+		b = &Batch[T]{Refetched: s.fresh}
+	}
+	var entries []Entry[T]
+	if s.fresh {
+		entries = make([]Entry[T], 0, len(order))
+		for _, o := range order {
+			if e := s.at(int(o.i)); !e.del {
+				entries = append(entries, Entry[T]{e.key, e.v})
+			}
+		}
+		if b != nil {
+			diff(old.entries, entries, b)
+		}
+	} else {
+		entries = merge(old.entries, order, s.at, b)
+	}
+	s.resetStage()
+	s.fresh = false
+	nv := &View[T]{entries: entries, changed: make(chan struct{})}
+	s.view.Store(nv)
+	s.upToDate.Store(true)
+	close(old.changed)
+
+	if b != nil && (b.Len() > 0 || b.Refetched) {
+		s.subMu.Lock()
+		subs := make([]func(*Batch[T]), 0, len(s.subs))
+		for _, f := range s.subs {
+			subs = append(subs, f)
+		}
+		s.subMu.Unlock()
+		for _, f := range subs {
+			f(b)
+		}
+	}
+}
+
+// merge applies the staged changes, in key order, to the sorted entries
+// of a view, noting them in b (if not nil).
+func merge[T any](old []Entry[T], order []keyIdx, at func(int) *staged[T], b *Batch[T]) []Entry[T] {
+	out := make([]Entry[T], 0, len(old)+len(order))
+	i := 0
+	for _, o := range order {
+		c := at(int(o.i))
+		k := i + sort.Search(len(old)-i, func(n int) bool { return old[i+n].Key >= c.key })
+		out = append(out, old[i:k]...)
+		i = k
+		exists := i < len(old) && old[i].Key == c.key
+		switch {
+		case c.del && exists:
+			if b != nil {
+				b.Deleted = append(b.Deleted, old[i])
+			}
+			i++
+		case c.del:
+		case exists:
+			if b != nil {
+				b.Updated = append(b.Updated, Change[T]{c.key, old[i].Value, c.v})
+			}
+			out = append(out, Entry[T]{c.key, c.v})
+			i++
+		default:
+			if b != nil {
+				b.Inserted = append(b.Inserted, Entry[T]{c.key, c.v})
+			}
+			out = append(out, Entry[T]{c.key, c.v})
+		}
+	}
+	return append(out, old[i:]...)
+}
+
+// diff notes in b how the sorted entries nw differ from old.
+func diff[T any](old, nw []Entry[T], b *Batch[T]) {
+	i, j := 0, 0
+	for i < len(old) || j < len(nw) {
+		switch {
+		case j == len(nw) || i < len(old) && old[i].Key < nw[j].Key:
+			b.Deleted = append(b.Deleted, old[i])
+			i++
+		case i == len(old) || nw[j].Key < old[i].Key:
+			b.Inserted = append(b.Inserted, nw[j])
+			j++
+		default:
+			b.Updated = append(b.Updated, Change[T]{nw[j].Key, old[i].Value, nw[j].Value})
+			i++
+			j++
+		}
+	}
+}
+
+// View returns the current view: the rows as of the last up-to-date.
+func (s *TypedShape[T]) View() *View[T] { return s.view.Load() }
+
+// Get returns the row with the given key in the current view.
+func (s *TypedShape[T]) Get(key string) (T, bool) { return s.view.Load().Get(key) }
+
+// Len returns the number of rows in the current view.
+func (s *TypedShape[T]) Len() int { return s.view.Load().Len() }
+
+// All iterates over the rows of the current view in key order.
+func (s *TypedShape[T]) All() iter.Seq2[string, T] { return s.view.Load().All() }
+
+// IsUpToDate reports whether the view is current: an up-to-date message
+// was applied and no must-refetch came after it.
+func (s *TypedShape[T]) IsUpToDate() bool { return s.upToDate.Load() }
+
+// Wait waits until the shape is up to date and ok (nil accepts any view)
+// accepts its view, and returns that view; or until ctx ends, or Run
+// returns. It checks now and after every batch, so it misses none.
+func (s *TypedShape[T]) Wait(ctx context.Context, ok func(*View[T]) bool) (*View[T], error) {
+	for {
+		v := s.view.Load()
+		if s.upToDate.Load() && (ok == nil || ok(v)) {
+			return v, nil
+		}
+		select {
+		case <-v.changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.stopped:
+			if v != s.view.Load() {
+				continue
+			}
+			return nil, ErrClosed
+		}
+	}
+}
+
+// Subscribe calls f with every batch that changed the view (and the first
+// after a must-refetch), from the goroutine running Run or Apply, after
+// the batch's view is published; f must not block for long,
+// nor keep b's slices beyond the call if it modifies them. The returned
+// function unsubscribes.
+func (s *TypedShape[T]) Subscribe(f func(b *Batch[T])) (unsubscribe func()) {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	if s.subs == nil {
+		s.subs = map[int]func(*Batch[T]){}
+	}
+	id := s.nextID
+	s.nextID++
+	s.subs[id] = f
+	return func() {
+		s.subMu.Lock()
+		delete(s.subs, id)
+		s.subMu.Unlock()
+	}
+}
+
+// Changes returns the batches applied from now on, in order. It
+// subscribes at once: batches queue in memory from the call until the loop
+// reads them, so that a change made right after the call is not missed,
+// and Run is never held up by a slow consumer (keep up, or stop the loop).
+// The iteration ends when ctx ends or Run returns (after the batches
+// applied before it returned), and the subscription when the loop ends or
+// ctx ends. Range over it once.
+func (s *TypedShape[T]) Changes(ctx context.Context) iter.Seq[*Batch[T]] {
+	var mu sync.Mutex
+	var queue []*Batch[T]
+	wake := make(chan struct{}, 1)
+	unsubscribe := s.Subscribe(func(b *Batch[T]) {
+		mu.Lock()
+		queue = append(queue, b)
+		mu.Unlock()
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
+	stop := context.AfterFunc(ctx, unsubscribe)
+	return func(yield func(*Batch[T]) bool) {
+		defer func() {
+			stop()
+			unsubscribe()
+		}()
+		for {
+			mu.Lock()
+			q := queue
+			queue = nil
+			mu.Unlock()
+			for _, b := range q {
+				if !yield(b) {
+					return
+				}
+			}
+			if len(q) > 0 {
+				continue
+			}
+			select {
+			case <-wake:
+			case <-ctx.Done():
+				return
+			case <-s.stopped:
+				mu.Lock()
+				n := len(queue)
+				mu.Unlock()
+				if n == 0 {
+					return
+				}
+			}
+		}
+	}
+}
+
+// A View is an immutable snapshot of a [TypedShape]: its rows as of one
+// up-to-date message, sorted by key (in byte order). It is safe for
+// concurrent use and stays valid after the shape moves on. The values are
+// shared: do not modify what their pointers, slices or maps refer to.
+type View[T any] struct {
+	entries []Entry[T]
+	changed chan struct{} // closed when a newer view replaces this one
+}
+
+// Get returns the row with the given key.
+func (v *View[T]) Get(key string) (T, bool) {
+	i, ok := slices.BinarySearchFunc(v.entries, key, func(e Entry[T], k string) int { return cmp.Compare(e.Key, k) })
+	if !ok {
+		var zero T
+		return zero, false
+	}
+	return v.entries[i].Value, true
+}
+
+// Len returns the number of rows.
+func (v *View[T]) Len() int { return len(v.entries) }
+
+// All iterates over the rows in key order.
+func (v *View[T]) All() iter.Seq2[string, T] {
+	return func(yield func(string, T) bool) {
+		for i := range v.entries {
+			if !yield(v.entries[i].Key, v.entries[i].Value) {
+				return
+			}
+		}
+	}
+}
+
+// Values iterates over the rows' values in key order.
+func (v *View[T]) Values() iter.Seq[T] {
+	return func(yield func(T) bool) {
+		for i := range v.entries {
+			if !yield(v.entries[i].Value) {
+				return
+			}
+		}
+	}
+}
