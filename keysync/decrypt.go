@@ -341,7 +341,8 @@ func placeOf(m *client.Message, s *TableSpec, known *place) (p place, missing bo
 	return p, missing, nil
 }
 
-// valueText returns the text of a place column's value, as textValue does.
+// valueText returns the text of a place column's value: a string, or an
+// integer in decimal.
 func valueText(v any, col string) (string, error) {
 	switch v := v.(type) {
 	case string:

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -175,15 +174,5 @@ func textValue(row map[string]any, col string) (string, error) {
 	if !ok || v == nil {
 		return "", detail(ErrInvalidContext, "column %q is missing or NULL", col)
 	}
-	switch v := v.(type) {
-	case string:
-		return v, nil
-	case int64:
-		return strconv.FormatInt(v, 10), nil
-	case int32:
-		return strconv.FormatInt(int64(v), 10), nil
-	case int:
-		return strconv.Itoa(v), nil
-	}
-	return "", detail(ErrInvalidContext, "column %q is %T, want its text", col, v)
+	return valueText(v, col)
 }
