@@ -25,7 +25,15 @@
 // shape's clients as they would through Electric. The database needs
 // wal_level=logical and a role allowed to create publications and
 // replication slots; the server sets REPLICA IDENTITY FULL on each table
-// it serves (so that updates and deletes carry the old row). New and
+// it serves (so that updates and deletes carry the old row).
+//
+// With Options.Publication, as with Electric's
+// ELECTRIC_MANUAL_TABLE_PUBLISHING, the server follows a publication made
+// by hand and changes nothing in the database: a role with REPLICATION and
+// SELECT on the published tables is enough (no superuser, no table
+// ownership). A shape of a table missing from the publication, or whose
+// replica identity is not FULL, is answered 503 with retry-after 10 and
+// Electric's message until the table is published. New and
 // Server.ServeHTTP serve programs that are not tests (a Server is an
 // http.Handler).
 //

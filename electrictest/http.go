@@ -371,11 +371,17 @@ func (s *Server) serveShape(w http.ResponseWriter, r *http.Request, q map[string
 func (s *Server) shapeError(w http.ResponseWriter, err error) {
 	var re *requestError
 	var we *whereError
+	var ce *configError
 	switch {
 	case errors.As(err, &re):
 		invalidRequest(w, map[string][]string{re.field: {re.msg}})
 	case errors.As(err, &we):
 		invalidRequest(w, map[string][]string{"where": {we.msg}})
+	case errors.As(err, &ce):
+		s.logger.Warn("electrictest: shape request failed", "err", err)
+		w.Header().Set("retry-after", "10")
+		w.Header().Set("cache-control", "no-store")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"message": ce.msg})
 	case errors.Is(err, errUnavailable):
 		w.Header().Set("retry-after", "10")
 		w.Header().Set("cache-control", "no-store")

@@ -3,6 +3,7 @@ package electrictest
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -75,7 +76,7 @@ func startReplication(ctx context.Context, databaseURL, slot, publication string
 	}
 	err = pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
 		Mode:       pglogrepl.LogicalReplication,
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + publication + "'"},
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + strings.ReplaceAll(quoteIdent(publication), "'", "''") + "'"},
 	})
 	if err != nil {
 		conn.Close(context.Background())

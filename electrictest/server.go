@@ -23,8 +23,20 @@ import (
 type Options struct {
 	// DatabaseURL is the Postgres to serve shapes from. It needs
 	// wal_level=logical and a role that may create publications and
-	// replication slots (a superuser, in tests).
+	// replication slots (a superuser, in tests). With Publication, a role
+	// with REPLICATION and SELECT on the published tables is enough.
 	DatabaseURL string
+
+	// Publication, when set, names an existing publication to follow, as
+	// with Electric's ELECTRIC_MANUAL_TABLE_PUBLISHING: the server never
+	// creates, alters or drops it, and never changes a table's replica
+	// identity. A shape of a table that is not in it, or whose replica
+	// identity is not FULL, is answered 503 with retry-after 10 and
+	// Electric's message, until the table is published by hand. Default:
+	// the server creates a publication of its own and adds tables to it
+	// (with REPLICA IDENTITY FULL) as their shapes are first requested,
+	// which needs ownership of the tables.
+	Publication string
 
 	// Secret, when set, must be given as the secret (or api_secret) query
 	// parameter of every shape request, as with ELECTRIC_SECRET.
@@ -56,7 +68,9 @@ type Server struct {
 	logger *slog.Logger
 	pool   *pgxpool.Pool
 	repl   *replication
-	pub    string
+	pub    string // the publication followed
+	stack  string // this server's id: its slot's name
+	manual bool   // pub is Options.Publication: never created, altered or dropped
 
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -79,8 +93,9 @@ type Server struct {
 	faults faults
 }
 
-// New connects to Postgres, creates the server's publication and temporary
-// replication slot, and starts following changes. Close releases them.
+// New connects to Postgres, creates the server's publication (unless
+// Options.Publication names one) and temporary replication slot, and starts
+// following changes. Close releases them.
 func New(ctx context.Context, opts Options) (*Server, error) {
 	if opts.DatabaseURL == "" {
 		return nil, errors.New("electrictest: Options.DatabaseURL is required")
@@ -123,17 +138,30 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	rand.Read(id[:])
 	name := "electrictest_" + hex.EncodeToString(id[:])
 	s := &Server{
-		opts: opts, logger: logger, pool: pool, pub: name, reqPrefix: hex.EncodeToString(id[:]) + "-",
+		opts: opts, logger: logger, pool: pool, pub: name, stack: name, reqPrefix: hex.EncodeToString(id[:]) + "-",
 		shapes: map[string]*shape{}, handles: map[string]*shape{}, published: map[uint32]bool{},
 		done: make(chan struct{}),
 	}
-	if err := s.execRW(ctx, "CREATE PUBLICATION "+name); err != nil {
+	if opts.Publication != "" {
+		s.pub, s.manual = opts.Publication, true
+		var exists bool
+		if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", s.pub).Scan(&exists); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("electrictest: look up publication %s: %w", quoteIdent(s.pub), err)
+		}
+		if !exists {
+			pool.Close()
+			return nil, fmt.Errorf("electrictest: there is no publication %s (Options.Publication) in this database", quoteIdent(s.pub))
+		}
+	} else if err := s.execRW(ctx, "CREATE PUBLICATION "+name); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("electrictest: create publication: %w", err)
 	}
-	repl, err := startReplication(ctx, opts.DatabaseURL, name, name)
+	repl, err := startReplication(ctx, opts.DatabaseURL, name, s.pub)
 	if err != nil {
-		s.execRW(context.Background(), "DROP PUBLICATION IF EXISTS "+name)
+		if !s.manual {
+			s.execRW(context.Background(), "DROP PUBLICATION IF EXISTS "+name)
+		}
 		pool.Close()
 		return nil, err
 	}
@@ -171,8 +199,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	return s, nil
 }
 
-// Close stops replication, drops the publication (the temporary slot goes
-// with its connection) and closes the connections. Open requests end.
+// Close stops replication, drops the publication it created (the temporary
+// slot goes with its connection; an Options.Publication stays) and closes
+// the connections. Open requests end.
 func (s *Server) Close() error {
 	s.cancel()
 	<-s.done
@@ -184,7 +213,10 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := s.execRW(ctx, "DROP PUBLICATION IF EXISTS "+s.pub)
+	var err error
+	if !s.manual {
+		err = s.execRW(ctx, "DROP PUBLICATION IF EXISTS "+s.pub)
+	}
 	s.pool.Close()
 	return err
 }
@@ -470,10 +502,14 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 	return sh, nil
 }
 
-// publish adds a table to the publication, with REPLICA IDENTITY FULL.
+// publish adds a table to the publication, with REPLICA IDENTITY FULL; with
+// Options.Publication, it checks that the table is published so.
 func (s *Server) publish(ctx context.Context, t *table) error {
 	if s.published[t.oid] {
 		return nil
+	}
+	if s.manual {
+		return s.checkPublished(ctx, t)
 	}
 	stmts := []string{"ALTER PUBLICATION " + s.pub + " ADD TABLE " + t.rel.Quoted()}
 	var ident string
@@ -490,6 +526,35 @@ func (s *Server) publish(ctx context.Context, t *table) error {
 	s.published[t.oid] = true
 	return nil
 }
+
+// checkPublished checks, without changing anything, that a table is in the
+// publication of Options.Publication with REPLICA IDENTITY FULL, as Electric
+// does with ELECTRIC_MANUAL_TABLE_PUBLISHING; it fails with Electric's
+// messages. A table found so is not checked again.
+func (s *Server) checkPublished(ctx context.Context, t *table) error {
+	var in bool
+	var ident string
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
+		(SELECT relreplident::text FROM pg_class WHERE oid = $4)`, s.pub, t.rel.Schema, t.rel.Name, t.oid).Scan(&in, &ident)
+	if err != nil {
+		return err
+	}
+	if !in {
+		return &configError{fmt.Sprintf("Database table %s is missing from the publication %s and manual table publishing (Options.Publication) prevents electrictest from adding it",
+			t.rel.Quoted(), quoteIdent(s.pub))}
+	}
+	if ident != "f" {
+		return &configError{fmt.Sprintf("Database table %s does not have its replica identity set to FULL", t.rel.Quoted())}
+	}
+	s.published[t.oid] = true
+	return nil
+}
+
+// configError is a table that the database is not configured to serve
+// (Electric's DbConfigurationError): 503 with retry-after 10.
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return "electrictest: " + e.msg }
 
 var errUnavailable = errors.New("electrictest: replication is not running")
 
@@ -625,7 +690,7 @@ func (s *Server) validateWhere(ctx context.Context, t *table, def shapeDef) (*su
 		if err != nil {
 			return nil, err
 		}
-		if sub, err = newSubShape(sq, t, inner, s.pub); err != nil {
+		if sub, err = newSubShape(sq, t, inner, s.stack); err != nil {
 			return nil, err
 		}
 		where = sq.full()

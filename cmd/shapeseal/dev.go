@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -87,8 +88,17 @@ with the proxy URL, alice's token and identity file, and the root public key
 (which devices pin to verify the tenants' logs) from the ready line; the
 tenant logs come from PROXY_URL/v1/shapes/log.
 
+The shape server connects as a role of its own that may only read the
+synced tables (items, shapeseal_tenant_keys, shapeseal_log: REPLICATION
+and SELECT, no superuser) and follows a publication of those tables made
+for it, electric_shapeseal_dev, as Electric does with
+ELECTRIC_MANUAL_TABLE_PUBLISHING; the ready line gives its URL as
+electric_database_url. Both are dropped on exit.
+
 With DATABASE_URL, Postgres must run with wal_level=logical and the role
-must have REPLICATION (or be a superuser). A second run on the same
+must have REPLICATION (or be a superuser); if it may not create that role
+(superuser, or CREATEROLE owning the tables), the shape server connects as
+DATABASE_URL's role and publishes the tables itself. A second run on the same
 database reuses the demo when given the same --dir (same root key, KEK,
 identities and token key); an earlier demo whose directory is gone is
 dropped and made again; one kept in another directory, or tables and
@@ -188,10 +198,32 @@ flags:
 	if err != nil {
 		return err
 	}
+	// Electric reads as a role of its own, from a publication made for it.
+	ro, err := setupDevElectric(ctx, conn, dbURL, private)
+	if err != nil {
+		if private {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "shapeseal dev: the shape server connects as DATABASE_URL's role (a read-only role of its own could not be made: %v)\n", err)
+		ro = nil
+	}
 	conn.Close(context.Background())
 
 	secret := randomHex(16)
-	srv, err := electrictest.New(ctx, electrictest.Options{DatabaseURL: dbURL, Secret: secret, Logger: logger})
+	electricDB := dbURL
+	opts := electrictest.Options{DatabaseURL: dbURL, Secret: secret, Logger: logger}
+	if ro != nil {
+		defer ro.drop()
+		electricDB = ro.url
+		opts.DatabaseURL, opts.Publication = ro.url, devPublication
+	}
+	srv, err := electrictest.New(ctx, opts)
+	if err != nil && ro != nil && !private {
+		fmt.Fprintf(os.Stderr, "shapeseal dev: the shape server connects as DATABASE_URL's role: as %s: %v\n", ro.role, err)
+		electricDB = dbURL
+		opts.DatabaseURL, opts.Publication = dbURL, ""
+		srv, err = electrictest.New(ctx, opts)
+	}
 	if err != nil {
 		return err
 	}
@@ -238,13 +270,14 @@ flags:
 		ElectricURL string              `json:"electric_url"`
 		ProxyURL    string              `json:"proxy_url"`
 		DatabaseURL string              `json:"database_url"`
+		ElectricDB  string              `json:"electric_database_url"`
 		Dir         string              `json:"dir"`
 		Root        string              `json:"root"`
 		KEK         string              `json:"kek"`
 		Shapes      map[string]string   `json:"shapes"`
 		Users       map[string]userInfo `json:"users"`
 	}{
-		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL, Dir: *dir, Root: root.Public().String(), KEK: kek.URI(),
+		ElectricURL: electricURL, ProxyURL: proxyURL, DatabaseURL: dbURL, ElectricDB: electricDB, Dir: *dir, Root: root.Public().String(), KEK: kek.URI(),
 		Shapes: map[string]string{
 			"items": proxyURL + "/v1/shapes/items",
 			"keys":  proxyURL + "/v1/shapes/keys",
@@ -260,7 +293,7 @@ flags:
 		out.Users[u.name] = userInfo{Token: tok, Identity: users[u.name], Tenants: u.tenants}
 	}
 	if *envFile != "" {
-		vars := [][2]string{{"ELECTRIC_URL", electricURL}, {"PROXY_URL", proxyURL}, {"DATABASE_URL", dbURL}, {"SHAPESEAL_ROOT", out.Root}}
+		vars := [][2]string{{"ELECTRIC_URL", electricURL}, {"PROXY_URL", proxyURL}, {"DATABASE_URL", dbURL}, {"ELECTRIC_DATABASE_URL", electricDB}, {"SHAPESEAL_ROOT", out.Root}}
 		for _, u := range devUsers {
 			up := strings.ToUpper(u.name)
 			vars = append(vars, [2]string{up + "_TOKEN", out.Users[u.name].Token}, [2]string{up + "_IDENTITY", out.Users[u.name].Identity})
@@ -275,6 +308,125 @@ flags:
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "shapeseal dev: stopping")
 	return nil
+}
+
+// devPublication is the publication dev's shape server follows.
+const devPublication = "electric_shapeseal_dev"
+
+// devElectricTables are the tables dev's shape server serves.
+var devElectricTables = []string{"items", keysync.TenantKeysTable, keysync.LogTable}
+
+// devElectric is the role dev's shape server connects as.
+type devElectric struct {
+	role, url string
+	adminURL  string // who made it, to drop it; "": leave it (a private cluster goes anyway)
+}
+
+// setupDevElectric makes, as conn's role, the role that dev's shape server
+// connects as, with LOGIN, REPLICATION and SELECT only on the synced
+// tables, and the publication devPublication of those tables, which it
+// sets to REPLICA IDENTITY FULL (as Electric's operator would with
+// ELECTRIC_MANUAL_TABLE_PUBLISHING). The role is the database's own (roles
+// are the cluster's, grants the database's) and gets a new random password
+// each run. It changes nothing when it fails.
+func setupDevElectric(ctx context.Context, conn *pgx.Conn, dbURL string, private bool) (*devElectric, error) {
+	var dbName string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&dbName); err != nil {
+		return nil, err
+	}
+	role := "shapeseal_electric"
+	if !private {
+		h := sha256.Sum256([]byte(dbName))
+		role += "_" + hex.EncodeToString(h[:5])
+	}
+	password := randomHex(16)
+	ident := pgx.Identifier{role}.Sanitize()
+	tables := make([]string, len(devElectricTables))
+	for i, t := range devElectricTables {
+		tables[i] = pgx.Identifier{t}.Sanitize()
+	}
+	list := strings.Join(tables, ", ")
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+		return nil, err
+	}
+	verb := "CREATE"
+	if exists {
+		verb = "ALTER" // left by a run that was killed
+	}
+	stmts := []string{
+		verb + " ROLE " + ident + " LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD '" + password + "'",
+		"REVOKE ALL ON " + list + " FROM " + ident,
+		"GRANT SELECT ON " + list + " TO " + ident,
+		"DROP PUBLICATION IF EXISTS " + devPublication,
+		"CREATE PUBLICATION " + devPublication + " FOR TABLE " + list,
+	}
+	for _, t := range tables {
+		stmts = append(stmts, "ALTER TABLE "+t+" REPLICA IDENTITY FULL")
+	}
+	for _, q := range stmts {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			return nil, fmt.Errorf("%s: %w", strings.ReplaceAll(q, password, "***"), err)
+		}
+	}
+	u, err := dbURLAs(dbURL, role, password)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	d := &devElectric{role: role, url: u}
+	if !private {
+		d.adminURL = dbURL
+	}
+	return d, nil
+}
+
+// drop drops the publication and the role (best effort: a run that is
+// killed leaves them, and the next one takes them over).
+func (d *devElectric) drop() {
+	if d.adminURL == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, d.adminURL)
+	if err != nil {
+		return
+	}
+	defer conn.Close(context.Background())
+	ident := pgx.Identifier{d.role}.Sanitize()
+	for _, q := range []string{"DROP PUBLICATION IF EXISTS " + devPublication, "DROP OWNED BY " + ident, "DROP ROLE IF EXISTS " + ident} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			fmt.Fprintf(os.Stderr, "shapeseal dev: %s: %v\n", q, err)
+			return
+		}
+	}
+}
+
+// dbURLAs returns dbURL (a URL or keyword/value string) with another user
+// and password.
+func dbURLAs(dbURL, user, password string) (string, error) {
+	if strings.HasPrefix(dbURL, "postgres://") || strings.HasPrefix(dbURL, "postgresql://") {
+		u, err := url.Parse(dbURL)
+		if err != nil {
+			return "", errors.New("cannot parse DATABASE_URL")
+		}
+		u.User = url.UserPassword(user, password)
+		q := u.Query()
+		q.Del("user")
+		q.Del("password")
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	// Keyword/value: the last setting of a keyword wins.
+	return dbURL + " user=" + user + " password=" + password, nil
 }
 
 // devJWTKey loads the key the demo tokens are signed with from path, or

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -124,11 +125,13 @@ type devReady struct {
 	Proxy    string `json:"proxy_url"`
 	Electric string `json:"electric_url"`
 	Database string `json:"database_url"`
-	Dir      string
-	Root     string
-	KEK      string
-	Shapes   map[string]string
-	Users    map[string]struct {
+	// ElectricDB is the shape server's: its role's.
+	ElectricDB string `json:"electric_database_url"`
+	Dir        string
+	Root       string
+	KEK        string
+	Shapes     map[string]string
+	Users      map[string]struct {
 		Token, Identity string
 		Tenants         []string
 	}
@@ -341,5 +344,117 @@ func TestDevChecksReplication(t *testing.T) {
 	var items bool
 	if err := admin.QueryRow(ctx, "SELECT to_regclass('items') IS NOT NULL OR to_regclass('shapeseal_log') IS NOT NULL").Scan(&items); err != nil || items {
 		t.Errorf("dev wrote to the database before refusing it (%v)", err)
+	}
+}
+
+// TestDevPassesCheck runs `shapeseal check` against the stack of
+// `shapeseal dev`: every row that applies passes. The shape server
+// connects as a role of its own (electric_database_url) that is no
+// superuser and may only read the synced tables, and follows a publication
+// of those tables only; tls is a skip on loopback, the proxy-config rows
+// skip without --proxy-config.
+func TestDevPassesCheck(t *testing.T) {
+	dbURL := pgtest.NewDB(t)
+	t.Setenv("DATABASE_URL", dbURL)
+	r, stopDev, err := startDev(t, "--dir", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop := func() { once.Do(stopDev) }
+	defer stop()
+	if r.ElectricDB == "" || r.ElectricDB == r.Database {
+		t.Fatalf("electric_database_url %q (database_url %q)", r.ElectricDB, r.Database)
+	}
+	ecfg, err := pgx.ParseConfig(r.ElectricDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := ecfg.User
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	// The shape server's connections, replication included, are the role's.
+	var users []string
+	err = conn.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT usename::text), '{}') FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name = 'electrictest'`).Scan(&users)
+	if err != nil || len(users) != 1 || users[0] != role || !strings.HasPrefix(role, "shapeseal_electric") {
+		t.Errorf("electrictest connects as %v (%v), want %s", users, err, role)
+	}
+
+	for i, args := range [][]string{
+		{"--electric-url", r.Electric, "--database-url", r.ElectricDB, "--proxy-url", r.Proxy},
+		{"--electric-url", r.Electric, "--database-url", r.Database, "--electric-role", role, "--proxy-url", r.Proxy},
+	} {
+		code, out, errOut := checkRun(t, nil, args...)
+		t.Logf("shapeseal check, run %d:\n%s", i+1, out)
+		if code != 0 || errOut != "" {
+			t.Errorf("exit %d, stderr %q", code, errOut)
+		}
+		for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+			if strings.HasPrefix(l, "FAIL") {
+				t.Errorf("failed: %s", l)
+			}
+		}
+		for _, row := range []string{"electric-secret", "electric-not-public", "health", "electric-role", "publication"} {
+			if l := checkLine(t, out, row); !strings.HasPrefix(l, "ok   ") {
+				t.Errorf("%s: %s", row, l)
+			}
+		}
+		if l := checkLine(t, out, "electric-role"); !strings.Contains(l, role+" is not a superuser and may not write the 3 tables of "+devPublication) {
+			t.Errorf("electric-role: %s", l)
+		}
+		if l := checkLine(t, out, "publication"); !strings.Contains(l, devPublication+": 3 tables (items, shapeseal_log, shapeseal_tenant_keys)") {
+			t.Errorf("publication: %s", l)
+		}
+		if l := checkLine(t, out, "tls"); !strings.HasPrefix(l, "skip ") {
+			t.Errorf("tls: %s", l)
+		}
+		if strings.Contains(out, ecfg.Password) {
+			t.Errorf("the output shows the role's password")
+		}
+	}
+	stop()
+	// dev dropped what it made for its shape server.
+	var left bool
+	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) OR EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2)`, role, devPublication).Scan(&left)
+	if err != nil || left {
+		t.Errorf("role %s or publication %s left after dev stopped (%v)", role, devPublication, err)
+	}
+}
+
+// TestDevFallsBackToItsRole: with a DATABASE_URL whose role may replicate
+// but not create roles, dev keeps the shape server on that role (which
+// publishes the tables itself), and the demo works.
+func TestDevFallsBackToItsRole(t *testing.T) {
+	dbURL := pgtest.NewDB(t)
+	role := "shapeseal_nocreaterole_" + randomHex(4)
+	pgtest.Exec(t, dbURL, `CREATE ROLE `+role+` LOGIN PASSWORD 'pw' REPLICATION NOSUPERUSER NOCREATEROLE;
+		GRANT ALL ON SCHEMA public TO `+role+`;
+		DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO `+role+`', current_database()); END $$`)
+	t.Cleanup(func() { pgtest.Exec(t, dbURL, `DROP OWNED BY `+role+`; DROP ROLE `+role) })
+	cfg, err := pgx.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := fmt.Sprintf("postgres://%s:pw@%s/%s?sslmode=disable", role, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), cfg.Database)
+	t.Setenv("DATABASE_URL", u)
+	r, stop, err := startDev(t, "--dir", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if r.ElectricDB != r.Database {
+		t.Errorf("electric_database_url %q, want database_url %q", r.ElectricDB, r.Database)
+	}
+	var out, errOut syncBuffer
+	a := r.Users["alice"]
+	err = tail(t.Context(), []string{r.Shapes["items"], "--token", a.Token, "--identity", a.Identity, "--root", r.Root,
+		"--encrypted", "items:title,body", "--keys-url", r.Shapes["keys"]}, &out, &errOut)
+	if s := strings.Join(out.lines(), "\n"); err != nil || !strings.Contains(s, "Only acme members can read this.") {
+		t.Errorf("tail as alice: %v\n%s\n%s", err, s, strings.Join(errOut.lines(), "\n"))
 	}
 }
