@@ -117,7 +117,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	proxyConfig := fs.String("proxy-config", "", "the proxy's YAML config file (shapeseal proxy --config)")
 	proxyURL := fs.String("proxy-url", "", "the proxy's URL, as clients reach it")
 	secret := fs.String("electric-secret", "", "Electric's secret, to check that Electric accepts it (default $ELECTRIC_SECRET; prefer the variable)")
-	role := fs.String("electric-role", "", "the Postgres role Electric connects as (default: the --database-url user)")
+	role := fs.String("electric-role", "", "the Postgres role Electric connects as (default: the role holding this database's replication slot, else the --database-url user)")
 	publication := fs.String("publication", "", "the publication Electric uses (default: every publication named electric*)")
 	behindTLS := fs.Bool("behind-tls", false, "TLS terminates in front of the proxy (a load balancer or ingress)")
 	table := fs.String("table", "", "table of the electric-secret probe (default: one that does not exist, so no shape is created)")
@@ -589,20 +589,37 @@ func (c *checker) connect(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
+// replicationRole returns the role of the one connection that holds a
+// replication slot of this database — Electric's, while it runs — or ""
+// when there is none or more than one.
+func replicationRole(ctx context.Context, conn *pgx.Conn) string {
+	var roles []string
+	err := conn.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT a.usename::text), '{}')
+		FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
+		WHERE s.database = current_database()`).Scan(&roles)
+	if err != nil || len(roles) != 1 {
+		return ""
+	}
+	return roles[0]
+}
+
 func (c *checker) checkRole(ctx context.Context) checkResult {
 	if c.databaseURL == "" {
 		return checkSkip(noDatabase)
-	}
-	role := c.role
-	if role == "" {
-		pc, _ := pgx.ParseConfig(c.databaseURL)
-		role = pc.User
 	}
 	conn, err := c.connect(ctx)
 	if err != nil {
 		return checkSkip("%v", err)
 	}
 	defer conn.Close(context.Background())
+	role := c.role
+	if role == "" {
+		role = replicationRole(ctx, conn)
+	}
+	if role == "" {
+		pc, _ := pgx.ParseConfig(c.databaseURL)
+		role = pc.User
+	}
 	var super, repl bool
 	err = conn.QueryRow(ctx, `SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = $1`, role).Scan(&super, &repl)
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -388,6 +388,8 @@ func TestDevPassesCheck(t *testing.T) {
 	for i, args := range [][]string{
 		{"--electric-url", r.Electric, "--database-url", r.ElectricDB, "--proxy-url", r.Proxy},
 		{"--electric-url", r.Electric, "--database-url", r.Database, "--electric-role", role, "--proxy-url", r.Proxy},
+		// Electric's role found from its replication slot.
+		{"--electric-url", r.Electric, "--database-url", r.Database, "--proxy-url", r.Proxy},
 	} {
 		code, out, errOut := checkRun(t, nil, args...)
 		t.Logf("shapeseal check, run %d:\n%s", i+1, out)
