@@ -162,8 +162,8 @@ func (a *Admin) Reencrypt(ctx context.Context, spec TableSpec, tenant string, op
 	if err != nil {
 		return nil, err
 	}
-	if !st.CanSign(a.Key.Public()) {
-		return nil, &chain.Error{Tenant: tenant, Err: fmt.Errorf("%w: %s is neither a pinned root nor an admin of the tenant", chain.ErrUnauthorized, a.Key.Public())}
+	if err := a.mayAct(st); err != nil {
+		return nil, err
 	}
 	ks, err := LoadKeyset(ctx, a.DB, st, a.KEKs)
 	if err != nil {

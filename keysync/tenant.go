@@ -88,8 +88,8 @@ func (a *Admin) tx(ctx context.Context, tenant string, mustExist bool, f func(tx
 		if err := checkFloor(a.Floor, st, 0); err != nil {
 			return err
 		}
-		if !st.CanSign(a.Key.Public()) {
-			return &chain.Error{Tenant: tenant, Err: fmt.Errorf("%w: %s is neither a pinned root nor an admin of the tenant", chain.ErrUnauthorized, a.Key.Public())}
+		if err := a.mayAct(st); err != nil {
+			return err
 		}
 		return f(tx, st)
 	})
@@ -110,6 +110,15 @@ func (a *Admin) tx(ctx context.Context, tenant string, mustExist bool, f func(tx
 		}
 	}
 	return err
+}
+
+// mayAct refuses st's tenant to an Admin whose key is neither a pinned
+// root nor an admin of the tenant.
+func (a *Admin) mayAct(st *chain.State) error {
+	if !st.CanSign(a.Key.Public()) {
+		return &chain.Error{Tenant: st.Tenant(), Err: fmt.Errorf("%w: %s is neither a pinned root nor an admin of the tenant", chain.ErrUnauthorized, a.Key.Public())}
+	}
+	return nil
 }
 
 // State returns tenant's verified log.
