@@ -8,6 +8,7 @@ import (
 	"math/bits"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // maxMessageBytes bounds a single message (not a response): a larger element
@@ -258,6 +259,7 @@ func (a *arrayReader) take(n int) ([]byte, int64, error) {
 type decoder struct {
 	names   map[string]string // interned column names
 	lastRel []string
+	lastTag [2][]string // the last tags and removed_tags, shared while equal
 	schema  Schema
 	parse   bool
 	parser  map[string]ParseFunc
@@ -463,6 +465,34 @@ func (d *decoder) headers(p *scanner, h *Headers) error {
 			default:
 				err = errors.New("last: expected a boolean")
 			}
+		case "tags":
+			h.Tags, err = d.tags(p, 0)
+		case "removed_tags":
+			h.RemovedTags, err = d.tags(p, 1)
+		case "patterns":
+			h.Patterns = h.Patterns[:0]
+			err = p.array(func() error {
+				var mp MovePattern
+				err := p.object(func(name string) error {
+					switch name {
+					case "pos":
+						v, err := p.strOrNumber()
+						if err != nil {
+							return err
+						}
+						n, err := strconv.Atoi(v)
+						mp.Pos = n
+						return err
+					case "value":
+						v, err := p.str()
+						mp.Value = v
+						return err
+					}
+					return p.skip(2)
+				})
+				h.Patterns = append(h.Patterns, mp)
+				return err
+			})
 		case "key_change_to":
 			h.KeyChangeTo, err = p.str()
 		case "key_change_from":
@@ -475,6 +505,36 @@ func (d *decoder) headers(p *scanner, h *Headers) error {
 		}
 		return nil
 	})
+}
+
+// tags reads a list of tags (or null): nil when empty, and otherwise the
+// slice of the previous message's tags (which = 0) or removed_tags (1)
+// when equal, as rows of a shape mostly share their tags. A new list is
+// copied, so that it does not keep the message's memory.
+func (d *decoder) tags(p *scanner, which int) ([]string, error) {
+	p.ws()
+	if p.peek() == 'n' {
+		return nil, p.lit("null")
+	}
+	var buf [4]string
+	t := buf[:0]
+	err := p.array(func() error {
+		v, err := p.str()
+		t = append(t, v)
+		return err
+	})
+	if err != nil || len(t) == 0 {
+		return nil, err
+	}
+	if last := d.lastTag[which]; slices.Equal(t, last) {
+		return last, nil
+	}
+	nt := make([]string, len(t))
+	for i, v := range t {
+		nt[i] = strings.Clone(v)
+	}
+	d.lastTag[which] = nt
+	return nt, nil
 }
 
 // relation returns rel, sharing the slice of the previous message when

@@ -59,8 +59,18 @@ func TestParseMessage(t *testing.T) {
 		},
 		{
 			name: "unknown fields are skipped",
-			in:   `{"headers":{"event":"move-out","patterns":[{"pos":0,"value":"abc"}],"txids":[1,2]},"extra":[1,{"a":[true,false,null,-1.5e3]}]}`,
-			want: Message{Headers: Headers{Event: "move-out", TxIDs: []int64{1, 2}}},
+			in:   `{"headers":{"event":"move-out","patterns":[{"pos":0,"value":"abc","x":[{}]},{"value":"d\/e","pos":"2"}],"txids":[1,2]},"extra":[1,{"a":[true,false,null,-1.5e3]}]}`,
+			want: Message{Headers: Headers{Event: "move-out", TxIDs: []int64{1, 2}, Patterns: []MovePattern{{0, "abc"}, {2, "d/e"}}}},
+		},
+		{
+			name: "tags",
+			in:   `{"key":"k","value":{},"headers":{"operation":"update","tags":["1/ab/1","cd"],"removed_tags":["ef"],"active_conditions":[true]}}`,
+			want: Message{Key: "k", Value: Row{}, Headers: Headers{Operation: Update, Tags: []string{"1/ab/1", "cd"}, RemovedTags: []string{"ef"}}},
+		},
+		{
+			name: "empty and null tags",
+			in:   `{"key":"k","value":{},"headers":{"operation":"update","tags":null,"removed_tags":[]}}`,
+			want: Message{Key: "k", Value: Row{}, Headers: Headers{Operation: Update}},
 		},
 	}
 	for _, tt := range tests {
@@ -101,6 +111,13 @@ func TestParseMessageErrors(t *testing.T) {
 		`{"headers":{"op_position":"x"}}`,
 		`{"headers":{"last":"yes"}}`,
 		`{"headers":{"txids":[1.5]}}`,
+		`{"headers":{"tags":"a"}}`,
+		`{"headers":{"tags":[1]}}`,
+		`{"headers":{"removed_tags":{}}}`,
+		`{"headers":{"patterns":[{"pos":"x"}]}}`,
+		`{"headers":{"patterns":[{"pos":1.5}]}}`,
+		`{"headers":{"patterns":[{"value":1}]}}`,
+		`{"headers":{"patterns":{}}}`,
 		`{"key":"k",}`,
 		`{"key":"k"} x`,
 		`{"key":"\x"}`,
@@ -200,6 +217,8 @@ func FuzzParseMessage(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s)
 	}
+	f.Add(`{"key":"k","value":{"a":"1"},"headers":{"operation":"update","tags":["1/ab/1","c\"d"],"removed_tags":["ef"],"tags":["x"]}}`)
+	f.Add(`{"headers":{"event":"move-in","patterns":[{"pos":1,"value":"ab","pos":"2"}],"txids":[3]}}`)
 	f.Fuzz(func(t *testing.T, in string) {
 		var d decoder
 		m, err := d.parseMessage([]byte(in), 0)
@@ -256,6 +275,20 @@ func FuzzParseMessage(f *testing.F) {
 			}
 			if !json.Valid(m.Headers.Raw()) {
 				t.Fatalf("headers raw %q invalid", m.Headers.Raw())
+			}
+			for name, got := range map[string][]string{"tags": m.Headers.Tags, "removed_tags": m.Headers.RemovedTags} {
+				want, _ := h[name].([]any)
+				if len(want) != len(got) {
+					t.Fatalf("%s %q, encoding/json %v", name, got, want)
+				}
+				for i := range want {
+					if want[i] != got[i] {
+						t.Fatalf("%s %q, encoding/json %v", name, got, want)
+					}
+				}
+			}
+			if ps, ok := h["patterns"].([]any); ok && len(ps) != len(m.Headers.Patterns) {
+				t.Fatalf("patterns %v, encoding/json %v", m.Headers.Patterns, ps)
 			}
 		}
 		// MarshalJSON must produce valid JSON that parses back the same.

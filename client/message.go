@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 )
 
 // Operation is the kind of a change message.
@@ -40,9 +41,9 @@ const (
 type Row map[string]any
 
 // Headers are the parsed "headers" object of a message. Fields the protocol
-// does not define here (xmin, xmax, xip_list, tags, patterns, ...) are
-// available through Raw. Relation is shared between messages: do not
-// modify it.
+// does not define here (xmin, xmax, xip_list, active_conditions, ...) are
+// available through Raw. Relation, Tags and RemovedTags are shared between
+// messages: do not modify them.
 type Headers struct {
 	Operation Operation // change messages: insert, update or delete
 	Control   Control   // control messages: up-to-date, must-refetch, snapshot-end, ...
@@ -58,7 +59,45 @@ type Headers struct {
 
 	GlobalLastSeenLSN string // up-to-date: decimal LSN the server had processed
 
+	// Subquery shapes: the tags of a changed row (each tag is slots joined
+	// by "/"), the tags an update took away from it, and the patterns of a
+	// move-in or move-out event.
+	Tags        []string
+	RemovedTags []string
+	Patterns    []MovePattern
+
 	raw string
+}
+
+// A MovePattern of a move-in or move-out event matches the tags whose slot
+// number Pos (counting from 0, slots being separated by "/") is Value.
+type MovePattern struct {
+	Pos   int    `json:"pos"`
+	Value string `json:"value"`
+}
+
+// matches reports whether tag has Value in slot Pos.
+func (p MovePattern) matches(tag string) bool {
+	v, ok := tagSlot(tag, p.Pos)
+	return ok && v == p.Value
+}
+
+// tagSlot returns slot pos of tag.
+func tagSlot(tag string, pos int) (string, bool) {
+	if pos < 0 {
+		return "", false
+	}
+	for ; pos > 0; pos-- {
+		i := strings.IndexByte(tag, '/')
+		if i < 0 {
+			return "", false
+		}
+		tag = tag[i+1:]
+	}
+	if i := strings.IndexByte(tag, '/'); i >= 0 {
+		tag = tag[:i]
+	}
+	return tag, true
 }
 
 // Raw returns the headers object exactly as the server sent it.
@@ -155,22 +194,26 @@ func (m Message) MarshalJSON() ([]byte, error) {
 
 func (h *Headers) marshal() ([]byte, error) {
 	type wire struct {
-		Operation         Operation `json:"operation,omitempty"`
-		Control           Control   `json:"control,omitempty"`
-		Event             string    `json:"event,omitempty"`
-		Relation          []string  `json:"relation,omitempty"`
-		LSN               string    `json:"lsn,omitempty"`
-		OpPosition        *int64    `json:"op_position,omitempty"`
-		TxIDs             []int64   `json:"txids,omitempty"`
-		Last              bool      `json:"last,omitempty"`
-		KeyChangeTo       string    `json:"key_change_to,omitempty"`
-		KeyChangeFrom     string    `json:"key_change_from,omitempty"`
-		GlobalLastSeenLSN string    `json:"global_last_seen_lsn,omitempty"`
+		Operation         Operation     `json:"operation,omitempty"`
+		Control           Control       `json:"control,omitempty"`
+		Event             string        `json:"event,omitempty"`
+		Relation          []string      `json:"relation,omitempty"`
+		LSN               string        `json:"lsn,omitempty"`
+		OpPosition        *int64        `json:"op_position,omitempty"`
+		TxIDs             []int64       `json:"txids,omitempty"`
+		Last              bool          `json:"last,omitempty"`
+		KeyChangeTo       string        `json:"key_change_to,omitempty"`
+		KeyChangeFrom     string        `json:"key_change_from,omitempty"`
+		GlobalLastSeenLSN string        `json:"global_last_seen_lsn,omitempty"`
+		Tags              []string      `json:"tags,omitempty"`
+		RemovedTags       []string      `json:"removed_tags,omitempty"`
+		Patterns          []MovePattern `json:"patterns,omitempty"`
 	}
 	w := wire{
 		Operation: h.Operation, Control: h.Control, Event: h.Event, Relation: h.Relation,
 		LSN: h.LSN, TxIDs: h.TxIDs, Last: h.Last, KeyChangeTo: h.KeyChangeTo,
 		KeyChangeFrom: h.KeyChangeFrom, GlobalLastSeenLSN: h.GlobalLastSeenLSN,
+		Tags: h.Tags, RemovedTags: h.RemovedTags, Patterns: h.Patterns,
 	}
 	if h.LSN != "" {
 		w.OpPosition = &h.OpPosition

@@ -17,8 +17,16 @@ import (
 // everything, and the refetched rows replace the old view atomically at the
 // next up-to-date (until then readers keep seeing the old view, and
 // IsUpToDate reports false). With log=changes_only, updates and deletes of
-// keys never inserted are ignored. Event messages (move-in, move-out) are
-// ignored, as the TypeScript Shape does.
+// keys never inserted are ignored.
+//
+// Rows of subquery shapes carry tags, and the Shape keeps each row's set,
+// as Electric's clients do: an insert sets it to the message's tags, an
+// update takes away its removed_tags and adds its tags, a delete or a
+// must-refetch drops it. A move-out event takes from every row the tags
+// whose slot at a pattern's pos equals its value, and removes the rows
+// left without tags, as deletes of the current batch (visible at the next
+// up-to-date, like other changes); rows that never had tags stay. Move-in
+// events need nothing: the rows that move in follow them as inserts.
 //
 // Feed a Shape with Run, or with Apply from your own loop.
 type Shape struct {
@@ -33,6 +41,7 @@ type Shape struct {
 	// staging, touched only by the goroutine that applies messages
 	stage map[string]Row // key → row, nil row = deleted
 	fresh bool           // stage replaces rows instead of patching them
+	tags  rowTags        // the rows' tags, as staged
 
 	subMu  sync.Mutex
 	subs   map[int]func(*Shape)
@@ -77,9 +86,14 @@ func (sh *Shape) Run(ctx context.Context) error {
 func (sh *Shape) Apply(m Message) bool {
 	switch {
 	case m.IsChange():
-		sh.applyChange(&m)
+		if sh.applyChange(&m) {
+			sh.tags.change(&m)
+		}
+	case m.Headers.Event == "move-out":
+		sh.tags.moveOut(m.Headers.Patterns, sh.remove)
 	case m.IsMustRefetch():
 		clear(sh.stage)
+		sh.tags.reset()
 		sh.fresh = true
 		sh.mu.Lock()
 		sh.upToDate = false
@@ -105,14 +119,16 @@ func (sh *Shape) lookup(key string) (Row, bool) {
 	return r, ok
 }
 
-func (sh *Shape) applyChange(m *Message) {
+// applyChange stages a change and reports whether it applied (changes
+// of unknown keys are ignored with log=changes_only).
+func (sh *Shape) applyChange(m *Message) bool {
 	switch m.Headers.Operation {
 	case Insert:
 		sh.stage[m.Key] = m.Value
 	case Update:
 		old, ok := sh.lookup(m.Key)
 		if !ok && sh.changesOnly {
-			return
+			return false
 		}
 		row := make(Row, len(old)+len(m.Value))
 		maps.Copy(row, old)
@@ -120,13 +136,21 @@ func (sh *Shape) applyChange(m *Message) {
 		sh.stage[m.Key] = row
 	case Delete:
 		if _, ok := sh.lookup(m.Key); !ok && sh.changesOnly {
-			return
+			return false
 		}
-		if sh.fresh {
-			delete(sh.stage, m.Key)
-		} else {
-			sh.stage[m.Key] = nil
-		}
+		sh.remove(m.Key)
+	default:
+		return false
+	}
+	return true
+}
+
+// remove stages the deletion of key.
+func (sh *Shape) remove(key string) {
+	if sh.fresh {
+		delete(sh.stage, key)
+	} else {
+		sh.stage[key] = nil
 	}
 }
 

@@ -20,7 +20,9 @@ import (
 // apply in batches, readers see the view as of the last up-to-date message
 // (never half a batch), updates merge into the row's previous value, a
 // must-refetch replaces the whole view at the next up-to-date, and with
-// log=changes_only updates and deletes of unknown keys are ignored.
+// log=changes_only updates and deletes of unknown keys are ignored. Tags
+// of subquery shapes and move-out events are applied as a Shape applies
+// them: a row left without tags by a move-out is deleted in the batch.
 //
 // Readers take a [View]: an immutable snapshot of the rows sorted by key,
 // safe to keep and to read from any goroutine while the shape moves on.
@@ -48,6 +50,7 @@ type TypedShape[T any] struct {
 	staged int            // entries in stage
 	index  map[string]int // key → stage entry, built at the first lookup
 	fresh  bool
+	tags   rowTags // the rows' tags, as staged
 
 	// what the stream decoded (decodeValue) of the last message's value
 	sunk     string // that value's JSON, to recognize the message
@@ -177,9 +180,16 @@ func (s *TypedShape[T]) Run(ctx context.Context) error {
 func (s *TypedShape[T]) Apply(m Message) (bool, error) {
 	switch {
 	case m.IsChange():
-		return false, s.applyChange(&m)
+		ok, err := s.applyChange(&m)
+		if ok || m.Headers.Operation == Delete {
+			s.tags.change(&m)
+		}
+		return false, err
+	case m.Headers.Event == "move-out":
+		s.tags.moveOut(m.Headers.Patterns, s.remove)
 	case m.IsMustRefetch():
 		s.resetStage()
+		s.tags.reset()
 		s.fresh = true
 		s.upToDate.Store(false)
 		s.psSet = false
@@ -287,7 +297,9 @@ func cmpKeyIdx(a, b keyIdx) int {
 	return cmp.Compare(a.i, b.i)
 }
 
-func (s *TypedShape[T]) applyChange(m *Message) error {
+// applyChange stages a change and reports whether the row is in the view
+// after it (not for deletes, ignored changes, or rows that do not decode).
+func (s *TypedShape[T]) applyChange(m *Message) (bool, error) {
 	var e *staged[T]
 	switch m.Headers.Operation {
 	case Insert:
@@ -297,20 +309,15 @@ func (s *TypedShape[T]) applyChange(m *Message) error {
 	case Update:
 		old, ok := s.lookup(m.Key)
 		if !ok && s.changesOnly {
-			return nil
+			return false, nil
 		}
 		e = s.slot(m.Key)
 		e.v, e.del = old, false
 	case Delete:
-		if _, ok := s.lookup(m.Key); !ok && (s.changesOnly || s.fresh) {
-			return nil
-		}
-		e = s.slot(m.Key)
-		var zero T
-		e.v, e.del = zero, true
-		return nil
+		s.remove(m.Key)
+		return false, nil
 	default:
-		return nil
+		return false, nil
 	}
 	var err error
 	switch {
@@ -338,12 +345,24 @@ func (s *TypedShape[T]) applyChange(m *Message) error {
 	if err != nil {
 		var zero T
 		e.v, e.del = zero, true // left out of the view
+		s.tags.drop(m.Key)
 		if s.onErr == nil {
-			return err
+			return false, err
 		}
-		return s.onErr(m.Key, err)
+		return false, s.onErr(m.Key, err)
 	}
-	return nil
+	return true, nil
+}
+
+// remove stages the deletion of key, unless it is unknown and the
+// deletion would change nothing.
+func (s *TypedShape[T]) remove(key string) {
+	if _, ok := s.lookup(key); !ok && (s.changesOnly || s.fresh) {
+		return
+	}
+	e := s.slot(key)
+	var zero T
+	e.v, e.del = zero, true
 }
 
 // commit publishes the staged changes and reports them to subscribers.
