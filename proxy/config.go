@@ -179,7 +179,11 @@ type ShapeRule struct {
 
 	// Table is the root table ("items", "app.items", `"Mixed"`).
 	Table string
-	// Where is a fixed SQL filter; $1..$n refer to Params.
+	// Where is a fixed SQL filter; $1..$n refer to Params. It is sent to
+	// Electric as written, so it may use what Electric's where accepts,
+	// such as a membership subquery:
+	// "tenant_id IN (SELECT tenant_id FROM memberships WHERE user_id = $1)"
+	// with Params ["$user"] (see "Rules" in the package documentation).
 	Where string
 	// Params are claim paths (as in AuthConfig) whose values fill $1..$n.
 	// A string, number or boolean claim is sent as is; an array claim as

@@ -74,6 +74,31 @@
 // claim that is empty or not a string gets 403 on such a rule: it never
 // falls back to every device's keys.
 //
+// Membership-based authorization: the where may test membership with a
+// subquery, its parameters filled from claims like any other, e.g.
+//
+//	{Name: "items", Table: "items", Params: []string{"$user"},
+//	 Where: "tenant_id IN (SELECT tenant_id FROM memberships WHERE user_id = $1)"}
+//
+// serves the items of the tenants the token's user is a member of, as the
+// memberships table says now rather than as a claim said when the token
+// was issued. The proxy sends the where as written, so it takes what
+// Electric (and electrictest, with its narrower grammar: one
+// "col IN (SELECT col FROM t [WHERE ...])", alone or ANDed with simple
+// conditions) accepts; an unsupported one is Electric's 400 on every
+// request of the rule. As with every rule the client chooses none of it:
+// where, params, table or a column outside the allowlist is refused with
+// 400 before anything reaches Electric. Live streams follow the inner
+// table: when a membership row is deleted Electric sends a move-out event
+// (not deletes) for the rows that leave, and when one is added a move-in
+// event followed by the rows, as inserts; the proxy passes both through
+// unchanged, over HTTP and WebSocket, and client.Shape applies them (rows
+// carry tags for that). The inner table is read with the rule's where
+// only: its rows are never sent, and a subquery without claim parameters
+// is the same shape for every user. Keep the subquery's table writable
+// only by trusted code: whoever can insert a membership row can grant
+// themselves a tenant.
+//
 // # Authorization hook
 //
 // [Config.Authorize], if set, is called for every request a rule has
