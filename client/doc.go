@@ -71,6 +71,20 @@
 //   - A 401 with a [RefreshableTokenSource] asks the source for a new token
 //     and repeats the same request (same offset and handle). A second 401
 //     with the fresh token ends in an [*AuthError].
+//   - With Options.LiveSSE, live requests add live_sse=true and the server
+//     answers with a text/event-stream of Server-Sent Events, one JSON
+//     message per data event, kept open (a minute for Electric, with a
+//     keep-alive comment every 21 s). Each batch of changes ends in an
+//     up-to-date event, at which the stream commits the batch: the offset
+//     becomes the log position (lsn_op_position) of its last change, and
+//     the cursor and handle are the response's. When the connection ends,
+//     the stream reconnects from there; when it is cut, it reconnects
+//     after a backoff and skips what the cut connection had delivered. Errors
+//     (409, 401, 5xx) arrive as ordinary responses to the reconnection.
+//     Three connections in a row that end cleanly within a second without
+//     an up-to-date (a proxy that buffers or closes event streams) switch
+//     the stream to long polling for good: [ShapeStream.SSEFallback]
+//     reports it, and a warning is logged.
 //
 // When a response is interrupted after some of its messages were delivered,
 // the retry asks for the same (handle, offset) and skips what was already

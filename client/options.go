@@ -64,9 +64,24 @@ type Options struct {
 	// the first up-to-date message.
 	Live bool
 
+	// LiveSSE makes live requests Server-Sent Events connections
+	// (live=true&live_sse=true) instead of long polls: each connection
+	// delivers batches of changes, each ending in up-to-date, for as long
+	// as the server keeps it open (a minute for Electric), and the stream
+	// reconnects from the offset of the last batch when it ends. Offsets,
+	// handle and cursor advance at each up-to-date exactly as with long
+	// polling, and nothing is lost or repeated when a connection is cut.
+	// If three SSE connections in a row end within a second without an
+	// up-to-date (a proxy that buffers or closes event streams), the
+	// stream falls back to long polling for the rest of its life (see
+	// ShapeStream.SSEFallback; a warning is logged). Ignored without Live.
+	// HTTPClient.Timeout, if any, must exceed the server's SSE timeout.
+	LiveSSE bool
+
 	// LiveRequestTimeout bounds each live (long-poll) request; a request
-	// that takes longer is abandoned and retried. 0 means 45 s; a negative
-	// value disables the watchdog.
+	// that takes longer is abandoned and retried. With LiveSSE, it bounds
+	// the silence of an SSE connection instead (Electric sends a comment
+	// every 21 s). 0 means 45 s; a negative value disables the watchdog.
 	LiveRequestTimeout time.Duration
 
 	// Parse converts values by their electric-schema type (see the package

@@ -42,7 +42,8 @@ func TestPropertyShapeEqualsTable(t *testing.T) {
 	}
 	t.Logf("seed %d (rerun with -property.seed=%d), %d schedules", seed, seed, n)
 
-	e := newEnv(t, electrictest.Options{LongPollTimeout: 250 * time.Millisecond, ChunkBytes: 1500})
+	e := newEnv(t, electrictest.Options{LongPollTimeout: 250 * time.Millisecond, ChunkBytes: 1500,
+		SSETimeout: 500 * time.Millisecond, SSEKeepAlive: 100 * time.Millisecond})
 	ap := newAuthProxy(e.srv.Server)
 	front := httptest.NewServer(ap)
 	defer front.Close()
@@ -67,15 +68,15 @@ func TestPropertyShapeEqualsTable(t *testing.T) {
 	ap.mu.Lock()
 	refused := ap.refused
 	ap.mu.Unlock()
-	t.Logf("across %d schedules: %d must-refetches, %d retries (5xx/429/cut bodies), %d 401s, %d tokens minted, %d recoveries, %d fast-loop backoffs",
-		n, stats.refetches.Load(), stats.retries.Load(), refused, ap.minted, stats.recoveries.Load(), stats.loops.Load())
+	t.Logf("across %d schedules: %d must-refetches, %d retries (5xx/429/cut bodies), %d 401s, %d tokens minted, %d recoveries, %d fast-loop backoffs, %d SSE requests",
+		n, stats.refetches.Load(), stats.retries.Load(), refused, ap.minted, stats.recoveries.Load(), stats.loops.Load(), stats.sse.Load())
 	if !testing.Short() && n >= 200 && (stats.refetches.Load() < 10 || stats.retries.Load() < 50 || refused < 10) {
 		t.Errorf("too few faults exercised")
 	}
 }
 
 var stats struct {
-	refetches, retries, recoveries, loops atomic.Int64
+	refetches, retries, recoveries, loops, sse atomic.Int64
 }
 
 // countingHandler counts the stream's retry warnings.
@@ -86,6 +87,13 @@ func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
 	switch r.Message {
 	case "shape request failed; retrying":
 		stats.retries.Add(1)
+	case "shape request":
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "sse" && a.Value.Bool() {
+				stats.sse.Add(1)
+			}
+			return true
+		})
 	case "shape stream recovering after error":
 		stats.recoveries.Add(1)
 	case "shape requests loop without progress; backing off":
@@ -128,6 +136,7 @@ func runSchedule(t *testing.T, e *env, ap *authProxy, url string, hc *http.Clien
 	}
 	s, err := New(Options{
 		URL: url, Params: Params{Table: table, Replica: replica}, Live: true,
+		LiveSSE:     i%3 == 0, // a third of the schedules follow the shape with SSE
 		TokenSource: NewSharedTokenSource(ap.mintFor(table)), HTTPClient: hc,
 		Logger:  slog.New(countingHandler{}),
 		Backoff: Backoff{Initial: time.Millisecond, Max: 10 * time.Millisecond, MaxRetryAfter: 10 * time.Millisecond},

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +71,8 @@ type ShapeStream struct {
 	loop          loopGuard
 	furthest      pos // furthest log position of a delivered change
 	hasFurthest   bool
+	sseShort      int         // SSE connections in a row that closed quickly
+	sseFallback   atomic.Bool // LiveSSE gave up: long-poll from now on
 
 	tm    transformSlot
 	xform func(context.Context, *Message) error // Transform or TransformContext; nil if neither
@@ -90,6 +93,16 @@ type response struct {
 	skipPos   pos // log position of the last skipped-over delivered change
 	hasPos    bool
 	committed bool
+
+	// An SSE response: a connection that delivers batches, each ending in
+	// up-to-date. reqOffset, seen and skip then describe the batch being
+	// read: reqOffset is the offset committed at the last up-to-date.
+	sse         *sseReader
+	start       time.Time
+	sawUpToDate bool
+	lastPos     pos // log position of the last message with one, since reqOffset
+	hasLastPos  bool
+	afterPos    int // messages seen after lastPos (or since reqOffset without one)
 }
 
 // partial records how far an interrupted response got, so that its retry
@@ -484,6 +497,9 @@ func (s *ShapeStream) requestURL() *url.URL {
 	if upToDate && s.opts.Live {
 		q.Set("live", "true")
 		q.Set("cursor", cursor)
+		if s.opts.LiveSSE && !s.sseFallback.Load() {
+			q.Set("live_sse", "true")
+		}
 	}
 	if s.expiredHandle != "" {
 		q.Set("expired_handle", s.expiredHandle)
@@ -508,6 +524,7 @@ func (s *ShapeStream) request(ctx context.Context) error {
 	u := s.requestURL()
 	q := u.Query()
 	live := q.Get("live") == "true"
+	sse := live && q.Get("live_sse") == "true"
 	reqOffset := q.Get("offset")
 	redacted := redactURL(u)
 
@@ -532,14 +549,23 @@ func (s *ShapeStream) request(ctx context.Context) error {
 	}
 
 	reqCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	if live {
-		timeout := s.opts.LiveRequestTimeout
-		if timeout == 0 {
-			timeout = defaultLiveRequestTimeout
-		}
+	timeout := s.opts.LiveRequestTimeout
+	if timeout == 0 {
+		timeout = defaultLiveRequestTimeout
+	}
+	var idle *time.Timer
+	if sse {
+		// An SSE connection lasts as long as the server keeps it (a
+		// minute for Electric): the watchdog bounds silence instead,
+		// from the request until the headers, then between bytes.
+		hdr.Set("Accept", "text/event-stream")
 		if timeout > 0 {
-			reqCtx, cancel = withTimeout(reqCtx, cancel, timeout)
+			idle = time.AfterFunc(timeout, cancel)
+			c := cancel
+			cancel = func() { idle.Stop(); c() }
 		}
+	} else if live && timeout > 0 {
+		reqCtx, cancel = withTimeout(reqCtx, cancel, timeout)
 	}
 	s.mu.Lock()
 	s.cancel = cancel
@@ -554,7 +580,7 @@ func (s *ShapeStream) request(ctx context.Context) error {
 		return err
 	}
 	req.Header = hdr
-	s.log.Debug("shape request", "url", redacted, "live", live)
+	s.log.Debug("shape request", "url", redacted, "live", live, "sse", sse)
 	start := time.Now()
 	resp, err := s.client.Do(req)
 	if err != nil {
@@ -573,7 +599,13 @@ func (s *ShapeStream) request(ctx context.Context) error {
 
 	switch {
 	case resp.StatusCode == http.StatusOK:
-		return s.accept(resp, u, redacted, live, cancel)
+		if sse && isEventStream(resp.Header) {
+			if idle != nil {
+				resp.Body = &idleReader{r: resp.Body, t: idle, d: timeout}
+			}
+			return s.accept(resp, u, redacted, live, start, true, cancel)
+		}
+		return s.accept(resp, u, redacted, live, start, false, cancel)
 	case resp.StatusCode == http.StatusNoContent:
 		resp.Body.Close()
 		cancel()
@@ -673,7 +705,13 @@ func readErrorBody(resp *http.Response) []byte {
 }
 
 // accept checks a 200 response and makes it the response in flight.
-func (s *ShapeStream) accept(resp *http.Response, u *url.URL, redacted string, live bool, cancel context.CancelFunc) error {
+//
+// An SSE response (sse) is a connection that delivers batches of messages,
+// each ending in up-to-date. Its electric-offset describes the shape's end
+// when it opened, not the batches: the stream's offset advances at each
+// up-to-date to the log position of the last message of the batch (see
+// readSSE).
+func (s *ShapeStream) accept(resp *http.Response, u *url.URL, redacted string, live bool, start time.Time, sse bool, cancel context.CancelFunc) error {
 	h := resp.Header
 	var missing []string
 	need := []string{"electric-handle", "electric-offset", "electric-schema"}
@@ -731,12 +769,28 @@ func (s *ShapeStream) accept(resp *http.Response, u *url.URL, redacted string, l
 	}
 	r := &response{
 		body:      resp.Body,
-		ar:        newArrayReader(resp.Body),
 		url:       redacted,
 		reqOffset: reqOffset,
 		handle:    handle,
 		offset:    h.Get("electric-offset"),
 		cursor:    h.Get("electric-cursor"),
+	}
+	if sse {
+		r.sse = newSSEReader(resp.Body)
+		r.start = start
+		r.offset = reqOffset
+		if handle != s.Handle() {
+			// Only a 409 changes the handle: the events that would
+			// follow belong to another shape log, which the offset
+			// does not point into. Start over, as after a 409.
+			resp.Body.Close()
+			cancel()
+			s.mustRefetch(handle, nil)
+			s.noProgress("an SSE response with another handle", redacted, reqOffset)
+			return nil
+		}
+	} else {
+		r.ar = newArrayReader(resp.Body)
 	}
 	if p := s.partial; p != nil && p.reqOffset == reqOffset {
 		if p.handle == handle {
@@ -756,6 +810,9 @@ func (s *ShapeStream) accept(resp *http.Response, u *url.URL, redacted string, l
 // the response ended without a message to deliver.
 func (s *ShapeStream) read(ctx context.Context) (m Message, ok bool, err error) {
 	r := s.resp
+	if r.sse != nil {
+		return s.readSSE(ctx)
+	}
 	for {
 		el, off, err := r.ar.next()
 		if err == io.EOF {
@@ -913,4 +970,9 @@ func (s *ShapeStream) mustRefetch(newHandle string, body []byte) {
 		}
 	}
 	s.queue = append(s.queue, msg)
+}
+
+func isEventStream(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	return len(ct) >= 17 && strings.EqualFold(ct[:17], "text/event-stream")
 }
