@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -194,10 +193,7 @@ func (s *ShapeStream) readSSE(ctx context.Context) (Message, bool, error) {
 			return Message{}, false, nil
 		}
 		if err != nil {
-			if _, ok := errors.AsType[*ParseError](err); ok {
-				return Message{}, false, err
-			}
-			return Message{}, false, &retryable{err: fmt.Errorf("client: reading events from %s: %w", r.url, err)}
+			return Message{}, false, readFailure(err, "reading events from", r.url)
 		}
 		m, err := s.dec.parseMessage(el, off)
 		if err != nil {

@@ -824,10 +824,7 @@ func (s *ShapeStream) read(ctx context.Context) (m Message, ok bool, err error) 
 			return Message{}, false, nil
 		}
 		if err != nil {
-			if _, ok := errors.AsType[*ParseError](err); ok {
-				return Message{}, false, err
-			}
-			return Message{}, false, &retryable{err: fmt.Errorf("client: reading response from %s: %w", r.url, err)}
+			return Message{}, false, readFailure(err, "reading response from", r.url)
 		}
 		m, err := s.dec.parseMessage(el, off)
 		if err != nil {
@@ -975,4 +972,14 @@ func (s *ShapeStream) mustRefetch(newHandle string, body []byte) {
 func isEventStream(h http.Header) bool {
 	ct := h.Get("Content-Type")
 	return len(ct) >= 17 && strings.EqualFold(ct[:17], "text/event-stream")
+}
+
+// readFailure classifies an error reading a response body: a malformed
+// body ends the stream (*ParseError); anything else — a cut connection, a
+// timeout — is retried from the last committed position.
+func readFailure(err error, what, url string) error {
+	if _, ok := errors.AsType[*ParseError](err); ok {
+		return err
+	}
+	return &retryable{err: fmt.Errorf("client: %s %s: %w", what, url, err)}
 }
