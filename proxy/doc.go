@@ -93,7 +93,12 @@
 // (not deletes) for the rows that leave, and when one is added a move-in
 // event followed by the rows, as inserts; the proxy passes both through
 // unchanged, over HTTP and WebSocket, and client.Shape applies them (rows
-// carry tags for that). The inner table is read with the rule's where
+// carry tags for that). The Shape class of the official TypeScript client
+// (@electric-sql/client 1.5.26) does not: it ignores the events, so rows
+// of a tenant the user has left stay in its rows (the user's view, not
+// new data: nothing about them is sent after the move-out); a TypeScript
+// application must apply move-out events from the ShapeStream itself
+// (see TestTypeScriptClientSubqueryRule). The inner table is read with the rule's where
 // only: its rows are never sent, and a subquery without claim parameters
 // is the same shape for every user. Keep the subquery's table writable
 // only by trusted code: whoever can insert a membership row can grant

@@ -8,11 +8,15 @@
 //	node follow.mjs --url http://127.0.0.1:3000/v1/shape --table items \
 //	    [--where 'done = $1' --param true ...] [--columns id,title] \
 //	    [--replica full] [--secret S] [--log-requests] [--ignore-stdin]
-//	    [--token JWT] [--header 'Name: value' ...]
+//	    [--token JWT] [--header 'Name: value' ...] [--live-sse]
 //
 // Every option can also come from the environment: SHAPE_URL, SHAPE_TABLE,
 // SHAPE_WHERE, SHAPE_PARAMS (a JSON array of strings), SHAPE_COLUMNS,
-// SHAPE_REPLICA, SHAPE_SECRET, SHAPE_TOKEN.
+// SHAPE_REPLICA, SHAPE_SECRET, SHAPE_TOKEN, SHAPE_LIVE_SSE (true).
+//
+// --live-sse sets the client's liveSse option: live updates come over
+// Server-Sent Events instead of long polls (the client falls back to long
+// polling by itself when SSE connections keep closing at once).
 //
 // --token sends "Authorization: Bearer JWT" on every request (the
 // client's headers option); --header adds any other request header. With
@@ -24,12 +28,17 @@
 //   - every message the ShapeStream delivers to its subscriber, as received
 //     (change messages with values parsed by the client's default parser,
 //     and control messages, including the synthetic must-refetch it
-//     publishes on a 409). JSON has no BigInt, so int8 values, which the
+//     publishes on a 409), and the move-in and move-out event messages of
+//     subquery shapes. JSON has no BigInt, so int8 values, which the
 //     client parses to BigInt, are printed as decimal strings.
 //   - {"rows": [...], "keys": [...]} every time the Shape notifies its
 //     subscribers: the materialized rows, sorted by key (keys[i] is the
 //     key of rows[i]).
 //   - {"error": {...}} when the stream stops on an error it will not retry.
+//
+// The Shape of @electric-sql/client 1.5.26 ignores event messages: a row
+// that leaves a subquery shape by a move-out stays in its rows (see
+// proxy/subquery_interop_test.go).
 //
 // Diagnostics (and, with --log-requests, one line per HTTP exchange) go to
 // stderr. The process exits with status 0 on SIGTERM, SIGINT or when stdin
@@ -49,6 +58,7 @@ const { values: args } = parseArgs({
     secret: { type: 'string', default: process.env.SHAPE_SECRET },
     token: { type: 'string', default: process.env.SHAPE_TOKEN },
     header: { type: 'string', multiple: true },
+    'live-sse': { type: 'boolean', default: process.env.SHAPE_LIVE_SSE === 'true' },
     'log-requests': { type: 'boolean', default: false },
     'ignore-stdin': { type: 'boolean', default: false },
   },
@@ -146,6 +156,7 @@ const stream = new ShapeStream({
   headers,
   signal: abort.signal,
   fetchClient,
+  liveSse: args['live-sse'],
   // Returning nothing stops the stream: the error is reported, not retried.
   onError: (err) => {
     process.stderr.write(`follow.mjs: stream error: ${err?.stack ?? err}\n`)
