@@ -54,7 +54,12 @@ var httpClient = &http.Client{
 // LongPollTimeout defaults to 1s.
 func newEnv(t *testing.T, opts electrictest.Options, setup ...string) *env {
 	t.Helper()
-	db := pgtest.NewDB(t)
+	return newEnvOn(t, pgtest.NewDB(t), opts, setup...)
+}
+
+// newEnvOn is newEnv on the database db.
+func newEnvOn(t *testing.T, db string, opts electrictest.Options, setup ...string) *env {
+	t.Helper()
 	cfg, err := pgxpool.ParseConfig(db)
 	if err != nil {
 		t.Fatal(err)

@@ -126,6 +126,13 @@ func (r *replication) run(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("electrictest: replication stream: %w", err)
 			}
+			// Between transactions, everything the server has sent is
+			// processed: acknowledging its WAL end lets it recycle WAL
+			// and lets a shutdown finish (a walsender waits for its
+			// client to confirm all it sent, a fast shutdown included).
+			if cur == nil && uint64(k.ServerWALEnd) > r.processed {
+				r.processed = uint64(k.ServerWALEnd)
+			}
 			if k.ReplyRequested {
 				nextStatus = time.Now()
 			}

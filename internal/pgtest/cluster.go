@@ -82,10 +82,14 @@ type Cluster struct {
 
 	dir     string // the temporary directory: data/, the socket, postgres.log
 	port    int
+	bin     string // the server binaries' directory
+	owner   *runAs // the OS user the server runs as, nil: ours
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when cmd has exited and been reaped
 	waitErr error         // cmd.Wait's result, valid once exited is closed
 	stop    func() error
+
+	restartMu sync.Mutex // one Restart at a time
 }
 
 // URL returns a connection string for the cluster. For a private cluster it
@@ -145,7 +149,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, &Error{Op: "setup", Err: err}
 	}
-	c := &Cluster{dir: dir}
+	c := &Cluster{dir: dir, bin: bin, owner: owner}
 	c.stop = sync.OnceValue(c.shutdown)
 	ok := false
 	defer func() {
@@ -197,6 +201,26 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 }
 
 var errPortInUse = errors.New("port already in use")
+
+// Restart stops a private cluster with a fast shutdown (clients are
+// disconnected, open transactions rolled back, temporary replication slots
+// dropped) and starts it again on the same port and data, as an operator's
+// restart would; it returns once the server accepts connections again.
+// Tools use it to inject a database restart. It must not be called
+// concurrently with Stop; for a cluster from DATABASE_URL it is an error.
+func (c *Cluster) Restart(ctx context.Context) error {
+	if c.external {
+		return &Error{Op: "restart", Err: errors.New("the cluster is DATABASE_URL's, not ours")}
+	}
+	c.restartMu.Lock()
+	defer c.restartMu.Unlock()
+	if !c.signalAndWait(syscall.SIGINT, 60*time.Second) {
+		c.kill()
+	}
+	// The port was ours until a moment ago; another process could take it,
+	// and then the restart fails rather than moving the cluster.
+	return c.launch(ctx, c.bin, c.port, c.owner)
+}
 
 func (c *Cluster) dataDir() string { return filepath.Join(c.dir, "data") }
 func (c *Cluster) logPath() string { return filepath.Join(c.dir, "postgres.log") }

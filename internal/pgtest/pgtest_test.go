@@ -145,6 +145,38 @@ func TestStop(t *testing.T) {
 	}
 }
 
+// TestRestart: a fast restart keeps the data and the port, ends the
+// connections of before, and Stop still cleans up after it.
+func TestRestart(t *testing.T) {
+	t.Parallel()
+	c := startPrivate(t, Options{})
+	ctx := context.Background()
+	conn := connect(t, c.URL())
+	if _, err := conn.Exec(ctx, `CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)`); err != nil {
+		t.Fatal(err)
+	}
+	url, port, pid := c.URL(), c.port, c.cmd.Process.Pid
+	if err := c.Restart(ctx); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	if c.URL() != url || c.port != port {
+		t.Errorf("after Restart: %s (port %d), want %s (port %d)", c.URL(), c.port, url, port)
+	}
+	if c.cmd.Process.Pid == pid {
+		t.Errorf("after Restart: the same postmaster (pid %d)", pid)
+	}
+	if err := conn.Ping(ctx); err == nil {
+		t.Errorf("a connection of before the restart still works")
+	}
+	var n int
+	if err := connect(t, url).QueryRow(ctx, `SELECT n FROM kept`).Scan(&n); err != nil || n != 42 {
+		t.Errorf("after Restart: SELECT n FROM kept = %d, %v; want 42", n, err)
+	}
+	if err := (&Cluster{external: true}).Restart(ctx); err == nil {
+		t.Errorf("Restart of DATABASE_URL's cluster: no error")
+	}
+}
+
 func TestStopAfterServerDied(t *testing.T) {
 	t.Parallel()
 	c := startPrivate(t, Options{})
