@@ -14,6 +14,7 @@ import (
 
 	"github.com/shapeseal/shapeseal/electrictest"
 	"github.com/shapeseal/shapeseal/internal/pgtest"
+	"github.com/shapeseal/shapeseal/internal/proxycmd"
 )
 
 func init() {
@@ -27,8 +28,9 @@ func runDevserver(ctx context.Context, args []string) error {
 	secret := fs.String("secret", os.Getenv("ELECTRIC_SECRET"), "API secret required as ?secret= (default $ELECTRIC_SECRET)")
 	longPoll := fs.Duration("long-poll", 20*time.Second, "live request timeout")
 	verbose := fs.Bool("v", false, "log debug events")
+	debugListen := fs.String("debug-listen", "", "also serve Go's profiles (/debug/pprof/) on this address, apart from the shape API (for benchmarks and soaks; never expose it)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `usage: shapeseal devserver [--database-url URL] [--listen ADDR] [--secret S] [--long-poll D] [-v]
+		fmt.Fprint(fs.Output(), `usage: shapeseal devserver [--database-url URL] [--listen ADDR] [--secret S] [--long-poll D] [-v] [--debug-listen ADDR]
 
 Serves Electric's shape API (/v1/shape) over Postgres, for development and
 tests: over --database-url (or $DATABASE_URL; wal_level=logical), else over
@@ -85,6 +87,14 @@ flags:
 		return err
 	}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	if *debugListen != "" {
+		stop, err := proxycmd.ServeDebug(*debugListen, os.Stderr, "shapeseal devserver")
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stop()
+	}
 	ready, _ := json.Marshal(map[string]string{
 		"electric_url": "http://" + ln.Addr().String(),
 		"database_url": *dbURL,

@@ -70,14 +70,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	ready, _ := json.Marshal(map[string]string{"proxy_url": "http://" + ln.Addr().String(), "upstream": cfg.Upstream})
 	fmt.Fprintf(stdout, "shapeseal proxy ready %s\n", ready)
 	if *debugListen != "" {
-		dln, err := net.Listen("tcp", *debugListen)
+		stop, err := ServeDebug(*debugListen, stderr, "shapeseal proxy")
 		if err != nil {
 			ln.Close()
 			return err
 		}
-		defer dln.Close()
-		go (&http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}).Serve(dln)
-		fmt.Fprintf(stderr, "shapeseal proxy: profiles on http://%s/debug/pprof/\n", dln.Addr())
+		defer stop()
 	}
 	errc := make(chan error, 1)
 	// Serve parks coalesced live polls (see proxy.Proxy.Serve): a waiting
@@ -99,6 +97,20 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		}
 	}
 	return nil
+}
+
+// ServeDebug serves Go's runtime profiles (/debug/pprof/) on addr, apart
+// from the command's own routes, until stop is called, and says where on
+// stderr (prefixed with who). It backs the --debug-listen flag of the
+// long-running commands, for benchmarks and soaks; never expose it.
+func ServeDebug(addr string, stderr io.Writer, who string) (stop func(), err error) {
+	dln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	go (&http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}).Serve(dln)
+	fmt.Fprintf(stderr, "%s: profiles on http://%s/debug/pprof/\n", who, dln.Addr())
+	return func() { dln.Close() }, nil
 }
 
 // debugMux serves Go's runtime profiles (net/http/pprof), only on the
