@@ -9,12 +9,14 @@ test: bin/vault
 	go run ./internal/pgtest/cmd/withpg -- go test -count=1 -timeout 20m ./...
 
 # bench runs every package's benchmarks (electrictest's through
-# bench/electrictest.sh, which summarises them), then the comparison with the
+# bench/electrictest.sh, which summarises them; the client's SSE vs long-poll
+# latency through bench/sse-latency.sh), then the comparison with the
 # official TypeScript client and the proxy's comparison with direct access and
 # an Express proxy. See bench/README.md; compare ratios only within one run.
 bench:
-	go run ./internal/pgtest/cmd/withpg -- go test -run '^$$' -bench . -benchmem $$(go list ./... | grep -v '/electrictest$$')
+	go run ./internal/pgtest/cmd/withpg -- go test -run '^$$' -bench . -skip '^BenchmarkLiveLatency$$' -benchmem $$(go list ./... | grep -v '/electrictest$$')
 	bench/electrictest.sh
+	bench/sse-latency.sh
 	bench/client-decode.sh
 	bench/proxy.sh
 
