@@ -1,15 +1,11 @@
 package proxy
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
+	"fmt"
+	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,90 +27,40 @@ func TestTypeScriptClientThroughProxy(t *testing.T) {
 	e := newEnv(t, nil)
 	tok := token(t, "alice", nil) // roles [reader], tenant_ids [acme]
 
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join(interop, "follow.mjs"),
-		"--url", e.url+"/v1/shapes/items", "--token", tok, "--ignore-stdin", "--log-requests")
-	cmd.Dir = interop
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("follow.mjs stderr:\n%s", stderr.String())
-		}
-	}()
-
-	var mu sync.Mutex
-	var lines []string
-	var rows []map[string]any
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			mu.Lock()
-			lines = append(lines, sc.Text())
-			var m struct {
-				Rows []map[string]any `json:"rows"`
-			}
-			if json.Unmarshal(sc.Bytes(), &m) == nil && m.Rows != nil {
-				rows = m.Rows
-			}
-			mu.Unlock()
-		}
-	}()
+	f := startTS(t, "TS", node, interop, e.url+"/v1/shapes/items", tok)
 	// waitRows waits until the materialized shape is want (id → title).
-	waitRows := func(want map[float64]string) {
+	waitRows := func(want map[int]string) {
 		t.Helper()
+		wantKeys := map[string]string{}
+		for id, title := range want {
+			wantKeys[fmt.Sprintf(`"public"."items"/"%d"`, id)] = title
+		}
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			mu.Lock()
-			got := map[float64]string{}
-			for _, r := range rows {
-				id, _ := r["id"].(float64)
-				got[id], _ = r["title"].(string)
-			}
-			mu.Unlock()
-			if len(got) == len(want) && func() bool {
-				for k, v := range want {
-					if got[k] != v {
-						return false
-					}
-				}
-				return true
-			}() {
+			got, _, _ := f.views(func(r map[string]any) string { return fmt.Sprint(r["title"]) })
+			if maps.Equal(got, wantKeys) {
 				return
 			}
 			if time.Now().After(deadline) {
-				mu.Lock()
-				t.Fatalf("rows %v, want %v; output:\n%s", got, want, strings.Join(lines, "\n"))
+				t.Fatalf("rows %v, want %v", got, wantKeys)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
 
-	waitRows(map[float64]string{1: "a1", 2: "a2"})
+	waitRows(map[int]string{1: "a1", 2: "a2"})
 	// Live changes, inside and outside the rule.
 	pgtest.Exec(t, e.db, `INSERT INTO items VALUES (4,'acme','dave','a4','secret4'),(5,'globex','erin','g5','secret5')`)
-	waitRows(map[float64]string{1: "a1", 2: "a2", 4: "a4"})
+	waitRows(map[int]string{1: "a1", 2: "a2", 4: "a4"})
 	pgtest.Exec(t, e.db, `UPDATE items SET title = 'a1 v2', note = 'secret1 v2' WHERE id = 1; UPDATE items SET title = 'g1 v2' WHERE id = 3`)
-	waitRows(map[float64]string{1: "a1 v2", 2: "a2", 4: "a4"})
+	waitRows(map[int]string{1: "a1 v2", 2: "a2", 4: "a4"})
 	pgtest.Exec(t, e.db, `DELETE FROM items WHERE id IN (2, 5)`)
-	waitRows(map[float64]string{1: "a1 v2", 4: "a4"})
+	waitRows(map[int]string{1: "a1 v2", 4: "a4"})
 	// A globex change last: had it leaked, it would arrive in the next poll.
 	pgtest.Exec(t, e.db, `UPDATE items SET title = 'g1 v3' WHERE id = 3`)
 	time.Sleep(500 * time.Millisecond)
 
-	mu.Lock()
-	defer mu.Unlock()
+	lines := f.output()
 	ops := map[string]int{}
 	for _, l := range lines {
 		var m struct {
@@ -152,7 +98,7 @@ func TestTypeScriptClientThroughProxy(t *testing.T) {
 	if ops["insert"] < 3 || ops["update"] < 1 || ops["delete"] < 1 {
 		t.Errorf("operations %v; output:\n%s", ops, strings.Join(lines, "\n"))
 	}
-	if strings.Contains(stderr.String(), "-> 4") || strings.Contains(stderr.String(), "-> 5") {
-		t.Errorf("the client got errors through the proxy:\n%s", stderr.String())
+	if strings.Contains(f.stderr.String(), "-> 4") || strings.Contains(f.stderr.String(), "-> 5") {
+		t.Errorf("the client got errors through the proxy:\n%s", f.stderr.String())
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -36,7 +37,7 @@ type tsFollower struct {
 	done   chan struct{}
 
 	mu       sync.Mutex
-	lines    []string         // the last 200 lines of stdout
+	lines    []string         // stdout
 	rows     []map[string]any // the Shape's rows at its latest notification
 	keys     []string         // their keys; nil before the first notification
 	replay   *client.Shape
@@ -117,9 +118,6 @@ func (f *tsFollower) handle(line string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lines = append(f.lines, line)
-	if len(f.lines) > 200 {
-		f.lines = f.lines[len(f.lines)-200:]
-	}
 	switch {
 	case err != nil:
 		f.errLine = fmt.Sprintf("not JSON (%v): %s", err, line)
@@ -182,6 +180,13 @@ func (f *tsFollower) counts() (events, ops map[string]int, untagged int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.events, f.ops, f.untagged
+}
+
+// output returns every line printed so far.
+func (f *tsFollower) output() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.lines)
 }
 
 func (f *tsFollower) diag() string {
