@@ -44,9 +44,6 @@ import (
 	"bufio"
 	"cmp"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -368,7 +365,7 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 		}
 		for _, tg := range targets {
 			if tg.proc != nil {
-				tg.t.baseRSS, _ = procStatus(tg.proc.cmd.Process.Pid, "VmRSS")
+				tg.t.baseRSS, _ = benchenv.ProcStatus(tg.proc.Pid(), "VmRSS")
 			}
 		}
 		var prof func()
@@ -383,7 +380,7 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 					defer close(sampled)
 					for {
 						if tg.proc != nil {
-							if rss, err := procStatus(tg.proc.cmd.Process.Pid, "VmRSS"); err == nil && rss > tg.t.peakRSS && r > 0 {
+							if rss, err := benchenv.ProcStatus(tg.proc.Pid(), "VmRSS"); err == nil && rss > tg.t.peakRSS && r > 0 {
 								tg.t.peakRSS = rss
 							}
 							if h, err := tg.t.sampleHeaps(); err == nil && h > tg.t.peakHeap && r > 0 {
@@ -579,7 +576,7 @@ func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int, sh
 	if res.before, err = scrape(p.url + "/metrics"); err != nil {
 		return res, err
 	}
-	res.rssBefore, _ = procStatus(p.cmd.Process.Pid, "VmRSS")
+	res.rssBefore, _ = benchenv.ProcStatus(p.Pid(), "VmRSS")
 	heapBefore, _ := heapSites(p.debugURL)
 
 	self, err := os.Executable()
@@ -638,7 +635,7 @@ func holdPolls(ctx context.Context, up *upstream, p *proc, tok string, n int, sh
 	if res.after, err = scrape(p.url + "/metrics"); err != nil {
 		return res, err
 	}
-	res.rssAfter, _ = procStatus(p.cmd.Process.Pid, "VmRSS")
+	res.rssAfter, _ = benchenv.ProcStatus(p.Pid(), "VmRSS")
 	if heapAfter, err := heapSites(p.debugURL); err == nil {
 		res.heapSites = topSites(heapAfter, heapBefore, 8)
 	}
@@ -934,84 +931,29 @@ func timedGet(u, tok string, auth bool) (time.Duration, int, error) {
 	return d, int(n), err
 }
 
+// proc is a proxy process and where it serves.
 type proc struct {
-	cmd      *exec.Cmd
+	*benchenv.Proc
 	url      string
 	debugURL string // Go's profiles (shapeseal proxy --debug-listen)
-	once     sync.Once
 }
 
 // startProc starts cmd and waits for a line "<ready>{"proxy_url":…}" on
 // its stdout.
 func startProc(ctx context.Context, cmd *exec.Cmd, env []string, stderr io.Writer, ready string) (*proc, error) {
 	cmd.Env = env
-	cmd.Stderr = stderr
-	out, err := cmd.StdoutPipe()
+	p, err := benchenv.StartProc(ctx, cmd, stderr, ready)
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
+	if p.Ready["proxy_url"] == "" {
+		p.Stop()
+		return nil, fmt.Errorf("%s: no proxy_url in its ready line", cmd.Path)
 	}
-	p := &proc{cmd: cmd}
-	got := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if s, ok := strings.CutPrefix(sc.Text(), ready); ok {
-				got <- s
-			}
-		}
-		close(got)
-	}()
-	select {
-	case line, ok := <-got:
-		var r struct {
-			ProxyURL string `json:"proxy_url"`
-		}
-		if !ok || json.Unmarshal([]byte(line), &r) != nil || r.ProxyURL == "" {
-			p.stop()
-			return nil, fmt.Errorf("%s: no ready line", cmd.Path)
-		}
-		p.url = r.ProxyURL
-		return p, nil
-	case <-time.After(30 * time.Second):
-		p.stop()
-		return nil, fmt.Errorf("%s: not ready after 30 s", cmd.Path)
-	case <-ctx.Done():
-		p.stop()
-		return nil, ctx.Err()
-	}
+	return &proc{Proc: p, url: p.Ready["proxy_url"]}, nil
 }
 
-func (p *proc) stop() {
-	p.once.Do(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { p.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			p.cmd.Process.Kill()
-			<-done
-		}
-	})
-}
-
-// procStatus reads a "kB" field of /proc/PID/status, in bytes.
-func procStatus(pid int, field string) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for l := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb * 1024, err
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
-}
+func (p *proc) stop() { p.Stop() }
 
 // scrape reads the unlabelled samples of a Prometheus text endpoint.
 func scrape(u string) (map[string]float64, error) {
@@ -1043,14 +985,7 @@ func getJSON(u string, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
-func signHS256(claims map[string]any) string {
-	h := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
-	c, _ := json.Marshal(claims)
-	in := h + "." + base64.RawURLEncoding.EncodeToString(c)
-	m := hmac.New(sha256.New, []byte(jwtSecret))
-	m.Write([]byte(in))
-	return in + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
-}
+func signHS256(claims map[string]any) string { return benchenv.SignHS256([]byte(jwtSecret), claims) }
 
 func pct(xs []float64, p float64) float64 {
 	s := slices.Sorted(slices.Values(xs))

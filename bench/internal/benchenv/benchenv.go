@@ -1,6 +1,7 @@
 // Package benchenv holds what the benchmark programs under bench/ share
-// about their surroundings: where the module is, and which version of a
-// Node package is installed.
+// about their surroundings: where the module is, which version of a Node
+// package is installed, the child processes they run (Proc) and what they
+// read of them, and the tokens they mint.
 package benchenv
 
 import (
