@@ -35,6 +35,9 @@ func DecodedLen(n int) int { return std.DecodedLen(n) }
 // gives the offset in src.
 func Decode(dst []byte, src string) (int, error) {
 	i, n := decodeFast(dst, src)
+	if i == len(src) {
+		return n, nil // the usual case: a cell is all valid letters
+	}
 	// encoding/base64 only reads its input, so src is not copied.
 	rest := unsafe.Slice(unsafe.StringData(src[i:]), len(src)-i)
 	m, err := std.Decode(dst[n:], rest)
