@@ -1,13 +1,15 @@
 package keysync
 
 import (
+	"crypto/cipher"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"github.com/shapeseal/shapeseal/internal/b64url"
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/shapeseal/shapeseal/internal/b64url"
 )
 
 // CellPrefix starts every encrypted cell of format v1.
@@ -181,29 +183,82 @@ func putScratch(s *scratch) {
 // open opens cell in buf, if it has room, or in a new buffer. The plaintext
 // it returns is a slice of that buffer.
 func open(ks *Keyset, c *CellContext, cell string, buf []byte) ([]byte, error) {
-	fail := func(err error) error {
-		return &OpenError{Table: c.Table, Column: c.Column, Tenant: c.Tenant, Generation: ks.generation, Err: err}
+	var d decodedCell
+	if err := d.decode(ks, c, cell, buf, false); err != nil {
+		return nil, err
 	}
+	pt, err := d.aead.Open(d.sealed[:0], d.nonce, d.sealed, d.ad)
+	if err != nil {
+		return nil, d.authError(ks, c)
+	}
+	return pt, nil
+}
+
+// openTo opens cell, appending its plaintext to dst, and decodes it in
+// scratch, which it returns (grown if it lacked room) for the next cell.
+// Unlike open, it never writes plaintext outside dst, so scratch holds only
+// what the cell's text and place already say. checked says that the
+// caller has validated c, which open does for every cell: a decrypter
+// checks the place of a row once for all its cells.
+func openTo(dst, scratch []byte, ks *Keyset, c *CellContext, cell string, checked bool) (out, scr []byte, err error) {
+	var d decodedCell
+	if err := d.decode(ks, c, cell, scratch, checked); err != nil {
+		return nil, scratch, err
+	}
+	out, err = d.aead.Open(dst, d.nonce, d.sealed, d.ad)
+	if err != nil {
+		return nil, d.buf, d.authError(ks, c)
+	}
+	return out, d.buf, nil
+}
+
+// A decodedCell is a cell whose text has been parsed and decoded, ready to
+// open: the key its prefix names, its nonce and sealed bytes, and the
+// associated data of its place, all slices of buf.
+type decodedCell struct {
+	aead          cipher.AEAD
+	id            uint32
+	nonce, sealed []byte
+	ad            []byte
+	buf           []byte // what the others are slices of
+}
+
+// authError is the error of a cell that did not authenticate.
+func (d *decodedCell) authError(ks *Keyset, c *CellContext) error {
+	e := openError(ks, c, ErrAuth)
+	e.KeyID, e.HasKeyID = d.id, true
+	return e
+}
+
+func openError(ks *Keyset, c *CellContext, err error) *OpenError {
+	return &OpenError{Table: c.Table, Column: c.Column, Tenant: c.Tenant, Generation: ks.generation, Err: err}
+}
+
+// decode parses cell, checks it against the keyset and the place c (unless
+// checked says the caller has validated c), and decodes it into buf, if it
+// has room, or into a new buffer: one buffer holds the decoded cell
+// followed by the associated data. (It fills d rather than return a
+// decodedCell, which would be copied on every cell.)
+func (d *decodedCell) decode(ks *Keyset, c *CellContext, cell string, buf []byte, checked bool) error {
 	body, ok := strings.CutPrefix(cell, CellPrefix)
 	if !ok {
 		if isOtherVersion(cell) {
-			return nil, fail(detail(ErrMalformedCell, "unsupported cell version"))
+			return openError(ks, c, detail(ErrMalformedCell, "unsupported cell version"))
 		}
-		return nil, fail(ErrNotEncrypted)
+		return openError(ks, c, ErrNotEncrypted)
 	}
 	if c.Tenant != ks.tenant {
-		return nil, fail(&TenantMismatchError{Want: c.Tenant, Got: ks.tenant})
+		return openError(ks, c, &TenantMismatchError{Want: c.Tenant, Got: ks.tenant})
+	}
+	if !checked {
+		if err := c.validate(); err != nil {
+			return openError(ks, c, err)
+		}
 	}
 
-	if err := c.validate(); err != nil {
-		return nil, fail(err)
-	}
-
-	// One allocation holds the decoded cell, which the cipher opens in place
-	// and so becomes the plaintext, followed by the associated data.
 	n := b64url.DecodedLen(len(body))
 	if n < minCellLen {
-		return nil, fail(detail(ErrMalformedCell, "too short"))
+		return openError(ks, c, detail(ErrMalformedCell, "too short"))
 	}
 	if need := n + c.adLen(); cap(buf) < need {
 		buf = make([]byte, n, need)
@@ -212,29 +267,33 @@ func open(ks *Keyset, c *CellContext, cell string, buf []byte) ([]byte, error) {
 	// The decoder skips CR and LF; a cell is canonical only if its text is
 	// exactly the encoding of what it decodes to.
 	if m, err := b64url.Decode(buf, body); err != nil || m != n || b64url.EncodedLen(m) != len(body) {
-		return nil, fail(detail(ErrMalformedCell, "bad base64url"))
+		return openError(ks, c, detail(ErrMalformedCell, "bad base64url"))
 	}
 	if buf[0] != tinkPrefixTink {
-		return nil, fail(detail(ErrMalformedCell, "unknown ciphertext prefix %#02x", buf[0]))
+		return openError(ks, c, detail(ErrMalformedCell, "unknown ciphertext prefix %#02x", buf[0]))
 	}
 	id := binary.BigEndian.Uint32(buf[1:keyPrefixLen])
 	a := ks.key(id)
 	if a == nil {
-		e := fail(ErrNoKey).(*OpenError)
+		e := openError(ks, c, ErrNoKey)
 		e.KeyID, e.HasKeyID = id, true
-		return nil, e
+		return e
 	}
-	ad := c.appendADUnchecked(buf[n:])
+	d.aead, d.id, d.buf = a, id, buf
+	d.nonce = buf[keyPrefixLen : keyPrefixLen+nonceLen]
+	d.sealed = buf[keyPrefixLen+nonceLen:]
+	d.ad = c.appendADUnchecked(buf[n:])
+	return nil
+}
 
-	nonce := buf[keyPrefixLen : keyPrefixLen+nonceLen]
-	sealed := buf[keyPrefixLen+nonceLen:]
-	pt, err := a.Open(sealed[:0], nonce, sealed, ad)
-	if err != nil {
-		e := fail(ErrAuth).(*OpenError)
-		e.KeyID, e.HasKeyID = id, true
-		return nil, e
+// plaintextLen is the length of the plaintext of a well-formed cell, or 0
+// for text that is not one.
+func plaintextLen(cell string) int {
+	body, ok := strings.CutPrefix(cell, CellPrefix)
+	if !ok {
+		return 0
 	}
-	return pt, nil
+	return max(b64url.DecodedLen(len(body))-minCellLen, 0)
 }
 
 // isOtherVersion reports whether s looks like a cell of another format
@@ -307,6 +366,23 @@ func (c *CellContext) validate() error {
 	case hasNUL(c.Table) || hasNUL(c.Column) || hasNUL(c.Tenant):
 		return detail(ErrInvalidContext, "NUL byte in table, column or tenant")
 	}
+	return c.validateRowKey()
+}
+
+// validatePlace is validate for a caller that has checked the table and
+// column (a [TableSpec] does, once): it checks what varies from row to
+// row, the tenant and the row key, in the order validate does.
+func (c *CellContext) validatePlace() error {
+	switch {
+	case c.Tenant == "":
+		return detail(ErrInvalidContext, "empty tenant")
+	case hasNUL(c.Tenant):
+		return detail(ErrInvalidContext, "NUL byte in table, column or tenant")
+	}
+	return c.validateRowKey()
+}
+
+func (c *CellContext) validateRowKey() error {
 	for _, v := range c.RowKey {
 		if hasNUL(v) {
 			return detail(ErrInvalidContext, "NUL byte in row key")

@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 
 	"github.com/shapeseal/shapeseal/client"
-	"github.com/shapeseal/shapeseal/internal/b64url"
 )
 
 // A CellError replaces, in a row that a [Decrypter] transformed, the value of
@@ -83,6 +82,7 @@ type Decrypter struct {
 	only   *decTable // the table, when there is one
 
 	lastRel atomic.Pointer[relCache]
+	scratch atomic.Pointer[rowScratch] // one message's scratch, kept for the next
 
 	mu     sync.Mutex
 	places map[string]place // by message key, for updates that omit them; nil until needed
@@ -229,8 +229,8 @@ func (d *Decrypter) TransformContext(ctx context.Context, m *client.Message) err
 	}
 	p, err := d.place(m, &t.spec)
 
-	sc := rowScratchPool.Get().(*rowScratch)
-	defer sc.release()
+	sc := d.getScratch()
+	defer d.putScratch(sc)
 	c := CellContext{Table: t.table, Tenant: p.tenant}
 	if err == nil && !t.spec.UnboundRows {
 		if len(t.spec.RowKey) == 1 {
@@ -242,10 +242,9 @@ func (d *Decrypter) TransformContext(ctx context.Context, m *client.Message) err
 		}
 		c.RowKey = sc.rowKey
 	}
-	var v tenantView // the tenant's keyset, looked up at the message's first cell
-	failed := d.openRow(ctx, sc, t, &c, err, &v, m.Value)
-	failed = d.openRow(ctx, sc, t, &c, err, &v, m.OldValue) || failed
-	if failed {
+	sc.collect(t, &c, err, m.Value)
+	sc.collect(t, &c, err, m.OldValue)
+	if failed := d.openCells(ctx, sc, &c); failed {
 		if cerr := ctx.Err(); cerr != nil {
 			return cerr
 		}
@@ -416,118 +415,4 @@ func hasCells(m *client.Message, s *TableSpec) bool {
 func present(row client.Row, col string) bool {
 	v, ok := row[col]
 	return ok && v != nil
-}
-
-// openRow opens the cells of row, bound to c (with placeErr, if not nil,
-// the reason the row has no place), through the tenant's view v. Cells that
-// do not open are replaced at once by a *CellError; the plaintexts are
-// packed into sc and replace their cells at sc.publish. It reports whether
-// a cell that looked like one failed to open.
-func (d *Decrypter) openRow(ctx context.Context, sc *rowScratch, t *decTable, c *CellContext, placeErr error, v *tenantView, row client.Row) (failed bool) {
-	for _, col := range t.spec.Columns {
-		val, ok := row[col]
-		if !ok || val == nil {
-			continue
-		}
-		if placeErr != nil {
-			row[col] = &CellError{Column: col, Err: &OpenError{Table: t.table, Column: col, Err: placeErr}}
-			continue
-		}
-		cell, ok := val.(string)
-		if !ok {
-			row[col] = &CellError{Column: col, Err: &OpenError{Table: t.table, Column: col, Tenant: c.Tenant,
-				Err: detail(ErrNotEncrypted, "value is %T, not text", val)}}
-			continue
-		}
-		if v.r == nil {
-			*v = d.ring.view(c.Tenant)
-		}
-		c.Column = col
-		if err := sc.open(ctx, v, c, cell, row, col); err != nil {
-			row[col] = &CellError{Column: col, Err: err}
-			failed = true
-		}
-	}
-	return failed
-}
-
-// A rowScratch holds what opening the cells of one message needs, reused
-// from message to message through rowScratchPool, so that the only
-// allocations of a message are its plaintext and the interface values that
-// hold its parts.
-//
-// The cells are opened one after the other into buf with [OpenAppend], so
-// buf holds their plaintexts back to back; publish then copies them all
-// into one string, and each cell gets its substring. Opening a cell writes
-// past its plaintext too (ciphertext, associated data, and the last bytes
-// of the plaintext before OpenAppend moves it into place), so release
-// clears all that was written, and buf keeps no plaintext in the pool.
-type rowScratch struct {
-	buf    []byte
-	used   int          // bytes of buf written, to clear
-	rowKey []string     // the message's row-key values
-	opened []openedCell // the cells whose plaintext is in buf
-}
-
-// An openedCell is a cell whose plaintext is buf[off:end].
-type openedCell struct {
-	row      client.Row
-	col      string
-	off, end int
-}
-
-var rowScratchPool = sync.Pool{New: func() any { return new(rowScratch) }}
-
-// open opens cell, bound to c, into sc.buf and notes that its plaintext
-// replaces row[col].
-func (sc *rowScratch) open(ctx context.Context, v *tenantView, c *CellContext, cell string, row client.Row, col string) error {
-	off := len(sc.buf)
-	// OpenAppend needs room for the decoded cell and its associated data;
-	// making it here lets the old buffer be cleared when it is replaced.
-	need := off + b64url.DecodedLen(len(cell)) + c.adLen()
-	if need > cap(sc.buf) {
-		grown := make([]byte, off, max(need, 2*cap(sc.buf)))
-		copy(grown, sc.buf)
-		clear(sc.buf[:sc.used])
-		sc.buf, sc.used = grown, off
-	}
-	sc.used = max(sc.used, need)
-	out, err := v.openAppend(ctx, sc.buf, c, cell)
-	if err != nil {
-		return err
-	}
-	if cap(out) != cap(sc.buf) {
-		// OpenAppend grew the buffer after all: clear the old one, and all
-		// of the new one at release.
-		clear(sc.buf[:sc.used])
-		sc.used = cap(out)
-	}
-	sc.buf = out
-	sc.opened = append(sc.opened, openedCell{row, col, off, len(out)})
-	return nil
-}
-
-// publish replaces the opened cells by their plaintexts: substrings of one
-// string that holds them all, the message's one allocation for plaintext.
-func (sc *rowScratch) publish() {
-	if len(sc.opened) == 0 {
-		return
-	}
-	all := string(sc.buf)
-	for _, o := range sc.opened {
-		o.row[o.col] = all[o.off:o.end]
-	}
-}
-
-// release clears sc, so that it holds neither plaintext nor references to
-// the message, and returns it to the pool unless it grew large.
-func (sc *rowScratch) release() {
-	clear(sc.buf[:sc.used])
-	clear(sc.rowKey)
-	clear(sc.opened)
-	sc.buf, sc.used, sc.rowKey, sc.opened = sc.buf[:0], 0, sc.rowKey[:0], sc.opened[:0]
-	const maxPooled = 64 << 10
-	if cap(sc.buf) <= maxPooled {
-		rowScratchPool.Put(sc)
-	}
 }

@@ -342,48 +342,81 @@ func (v *tenantView) load() {
 }
 
 // openAppend opens cell for c (whose tenant must be v's) and appends the
-// plaintext to dst, as [OpenAppend] does. When the cell names a key the
-// view's keyset lacks, it waits for the ring as [Keyring.Open] describes,
-// and moves the view to every newer version of the ring it sees, so that
-// the cells that follow are opened with the keyset that was waited for.
+// plaintext to dst, as [OpenAppend] does, waiting for a missing key as
+// [Keyring.Open] describes.
 func (v *tenantView) openAppend(ctx context.Context, dst []byte, c *CellContext, cell string) ([]byte, error) {
-	r := v.r
-	var deadline <-chan time.Time
+	var w keyWait
+	defer w.stop()
 	for {
 		out, err := OpenAppend(dst, v.ks, *c, cell)
-		if err == nil || !errors.Is(err, ErrNoKey) {
+		if err == nil || !v.wait(ctx, &w, err) {
 			return out, err
 		}
-		oe, ok := errors.AsType[*OpenError](err)
-		if !ok {
-			return nil, err
-		}
-		held := v.st.keys[v.tenant] // nil when the ring holds no keyset for the tenant
-		mk := missKey{v.tenant, oe.KeyID}
-		if deadline == nil {
-			if r.keyWait < 0 || r.missed(mk, held) {
-				return nil, err
-			}
-			t := time.NewTimer(r.keyWait)
-			defer t.Stop()
-			deadline = t.C
-		}
-		select {
-		case <-v.st.changed:
-			v.load()
-			continue
-		case <-deadline:
-		case <-ctx.Done():
-			return nil, err
-		case <-r.closed:
-		case <-r.stopped:
-		}
-		r.mu.Lock()
-		r.misses[mk] = held
-		r.mu.Unlock()
-		oe.Err = detail(ErrNoKey, "key not in the keyring after waiting %s for the key shape", r.keyWait)
-		return nil, oe
 	}
+}
+
+// openTo is [openTo] through the view (c's tenant must be v's), waiting
+// for a missing key as openAppend does.
+func (v *tenantView) openTo(ctx context.Context, dst, scratch []byte, c *CellContext, cell string, checked bool) (out, scr []byte, err error) {
+	var w keyWait
+	defer w.stop()
+	for {
+		out, scratch, err = openTo(dst, scratch, v.ks, c, cell, checked)
+		if err == nil || !v.wait(ctx, &w, err) {
+			return out, scratch, err
+		}
+	}
+}
+
+// A keyWait is the deadline of one cell's wait for its key.
+type keyWait struct{ t *time.Timer }
+
+func (w *keyWait) stop() {
+	if w.t != nil {
+		w.t.Stop()
+	}
+}
+
+// wait is called when opening a cell through v failed with err. When err
+// is that the cell names a key the view's keyset lacks, it waits for the
+// ring to change, up to the keyring's KeyWait from the first wait of w,
+// and moves the view to every newer version of the ring it sees, so that
+// the cells that follow are opened with the keyset that was waited for;
+// it reports whether to try again. When it gives up, it rewrites err to
+// say so, and remembers the miss, so that later cells naming the same key
+// fail at once.
+func (v *tenantView) wait(ctx context.Context, w *keyWait, err error) bool {
+	if !errors.Is(err, ErrNoKey) {
+		return false
+	}
+	oe, ok := errors.AsType[*OpenError](err)
+	if !ok {
+		return false
+	}
+	r := v.r
+	held := v.st.keys[v.tenant] // nil when the ring holds no keyset for the tenant
+	mk := missKey{v.tenant, oe.KeyID}
+	if w.t == nil {
+		if r.keyWait < 0 || r.missed(mk, held) {
+			return false
+		}
+		w.t = time.NewTimer(r.keyWait)
+	}
+	select {
+	case <-v.st.changed:
+		v.load()
+		return true
+	case <-w.t.C:
+	case <-ctx.Done():
+		return false
+	case <-r.closed:
+	case <-r.stopped:
+	}
+	r.mu.Lock()
+	r.misses[mk] = held
+	r.mu.Unlock()
+	oe.Err = detail(ErrNoKey, "key not in the keyring after waiting %s for the key shape", r.keyWait)
+	return false
 }
 
 // missed reports whether a wait for mk timed out while the tenant's keyset

@@ -530,6 +530,9 @@ func TestDecrypterPerCellErrors(t *testing.T) {
 		{"plaintext", client.Row{"id": "1", "tenant_id": "acme", "title": "hello"}, "not_encrypted"},
 		{"garbage", client.Row{"id": "1", "tenant_id": "acme", "title": "ss1:!!"}, "malformed_cell"},
 		{"no tenant", client.Row{"id": "9", "title": good}, "invalid_context"},
+		{"empty tenant", client.Row{"id": "1", "tenant_id": "", "title": good}, "invalid_context"},
+		{"NUL in row key", client.Row{"id": "1\x00", "tenant_id": "acme", "title": good}, "invalid_context"},
+		{"empty plaintext", client.Row{"id": "3", "tenant_id": "acme", "title": seal(acme, "3", "")}, ""},
 	} {
 		m := msg(client.Insert, `"public"."items"/"`+tc.name+`"`, tc.row)
 		if err := dec.Transform(m); err != nil {
