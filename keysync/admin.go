@@ -44,11 +44,17 @@ func CellKeyID(cell string) (uint32, error) {
 	return binary.BigEndian.Uint32(head[1:keyPrefixLen]), nil
 }
 
+// tenantLockClass is the first key of a tenant's advisory lock, the second
+// being hashtext(tenant): taken exclusively by key administration
+// (lockTenant), shared by writers (Writer.Write).
+const tenantLockClass = "831600384"
+
 // lockTenant serializes key administration of one tenant for the rest of
 // tx: grants, rotations, revocations and retirements of the same tenant run
-// one after the other, so that none of them wraps a stale generation.
+// one after the other, so that none of them wraps a stale generation, and
+// each waits for the rows being written for the tenant.
 func lockTenant(ctx context.Context, tx pgx.Tx, tenant string) error {
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(831600384, hashtext($1))`, tenant); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(`+tenantLockClass+`, hashtext($1))`, tenant); err != nil {
 		return fmt.Errorf("keysync: lock tenant %q: %w", tenant, err)
 	}
 	return nil

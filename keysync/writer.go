@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
@@ -101,7 +103,39 @@ func NewWriter(spec TableSpec, mode WriteMode, opts WriterOptions) (*Writer, err
 // in encrypted columns), a number (int, int64, float64, json.Number), a bool,
 // nil for NULL, or json.RawMessage; every value is sent as text and cast to
 // its column's type by Postgres. row itself is not modified.
+//
+// When db can begin a transaction (a *pgx.Conn, a *pgxpool.Pool, or a
+// pgx.Tx, where it is a savepoint), the row is written in one, under a
+// shared lock of the tenant that key administration takes exclusively
+// (see [Admin]): a revocation or rotation waits for the writes in flight,
+// and the writes after it see its log entry. So an honest writer never
+// seals a row with a key revoked before the row commits, which
+// [Admin.Reencrypt] would have to treat as suspect. In a caller's
+// transaction the lock is held until that transaction ends.
 func (w *Writer) Write(ctx context.Context, db QueryDB, row map[string]any) error {
+	b, ok := db.(interface {
+		Begin(ctx context.Context) (pgx.Tx, error)
+	})
+	if !ok {
+		return w.write(ctx, db, row, false)
+	}
+	tx, err := b.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("keysync: write %s: %w", w.spec.QualifiedTable(), err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if err := w.write(ctx, tx, row, true); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("keysync: write %s: %w", w.spec.QualifiedTable(), err)
+	}
+	return nil
+}
+
+// write is Write in db; with lock, it first takes the tenant's shared lock
+// for the rest of db's transaction.
+func (w *Writer) write(ctx context.Context, db QueryDB, row map[string]any, lock bool) error {
 	s := &w.spec
 	cols := make([]string, 0, len(row))
 	for c := range row {
@@ -129,6 +163,12 @@ func (w *Writer) Write(ctx context.Context, db QueryDB, row map[string]any) erro
 		vals[c] = v
 	}
 
+	if lock {
+		q := `SELECT pg_advisory_xact_lock_shared(` + tenantLockClass + `, hashtext($1::text::` + types[s.TenantColumn] + `::text))`
+		if _, err := db.Exec(ctx, q, *vals[s.TenantColumn]); err != nil {
+			return fmt.Errorf("keysync: write %s: lock tenant: %w", s.QualifiedTable(), err)
+		}
+	}
 	// The canonical text of tenant and row key, and the length of the log.
 	place := slices.Concat([]string{s.TenantColumn}, s.RowKey)
 	var sel []string
