@@ -2,7 +2,7 @@
 # withpg starts one private PostgreSQL (or uses DATABASE_URL) for all packages;
 # tests that need Vault start bin/vault (internal/vaulttest).
 
-.PHONY: test bench build fuzz
+.PHONY: test bench build fuzz soak
 
 test: bin/vault
 	go vet ./...
@@ -25,6 +25,12 @@ bench:
 FUZZTIME ?= 30s
 fuzz:
 	bench/fuzz.sh -fuzztime $(FUZZTIME)
+
+# soak runs the whole stack under faults for SOAKTIME (bench/soak.sh; see
+# bench/README.md) and fails when a reader lost, repeated or leaked a row.
+SOAKTIME ?= 60s
+soak:
+	bench/soak.sh -duration $(SOAKTIME)
 
 build:
 	go build -o bin/shapeseal ./cmd/shapeseal
