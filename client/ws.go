@@ -111,6 +111,11 @@ func DialWS(ctx context.Context, url string, opts *WSOptions) (*WSConn, error) {
 	c := &WSConn{url: url, ts: opts.TokenSource, bo: bo.withDefaults(), streams: map[string]*WSStream{}, done: make(chan struct{}),
 		dial: &websocket.DialOptions{HTTPClient: opts.HTTPClient, HTTPHeader: opts.Header.Clone()}}
 	ws, err := c.connect(ctx, false)
+	if _, ok := errors.AsType[*WSError](err); ok {
+		// As a ShapeStream does after a 401: one more try, with the
+		// refused token refreshed.
+		ws, err = c.connect(ctx, true)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +125,9 @@ func DialWS(ctx context.Context, url string, opts *WSOptions) (*WSConn, error) {
 	return c, nil
 }
 
-// connect dials and authenticates.
+// connect dials and authenticates; with refresh, it first asks a
+// RefreshableTokenSource to replace the token last sent (refused, or
+// expired). The token sent is remembered as c.token, refused or not.
 func (c *WSConn) connect(ctx context.Context, refresh bool) (*websocket.Conn, error) {
 	var tok string
 	var err error
@@ -135,6 +142,9 @@ func (c *WSConn) connect(ctx context.Context, refresh bool) (*websocket.Conn, er
 	if err != nil {
 		return nil, err
 	}
+	c.mu.Lock()
+	c.token = tok
+	c.mu.Unlock()
 	ws, _, err := websocket.Dial(ctx, c.url, c.dial)
 	if err != nil {
 		return nil, fmt.Errorf("client: websocket dial: %w", err)
@@ -157,9 +167,6 @@ func (c *WSConn) connect(ctx context.Context, refresh bool) (*websocket.Conn, er
 		ws.CloseNow()
 		return nil, fmt.Errorf("client: websocket auth: unexpected %.100q", b)
 	}
-	c.mu.Lock()
-	c.token = tok
-	c.mu.Unlock()
 	return ws, nil
 }
 

@@ -24,11 +24,14 @@ import (
 
 var wsKey = []byte("ws-test-secret-0123456789abcdef-0123456789")
 
-func hs256(t testing.TB, sub string) string {
+func hs256(t testing.TB, sub string) string { return hs256Exp(t, sub, time.Now().Add(10*time.Minute)) }
+
+// hs256Exp mints a token for sub that expires at exp.
+func hs256Exp(t testing.TB, sub string, exp time.Time) string {
 	t.Helper()
 	b64 := base64.RawURLEncoding
 	h, _ := json.Marshal(map[string]any{"alg": "HS256", "typ": "JWT"})
-	c, _ := json.Marshal(map[string]any{"sub": sub, "exp": time.Now().Add(10 * time.Minute).Unix()})
+	c, _ := json.Marshal(map[string]any{"sub": sub, "exp": exp.Unix()})
 	signed := b64.EncodeToString(h) + "." + b64.EncodeToString(c)
 	m := hmac.New(sha256.New, wsKey)
 	m.Write([]byte(signed))
@@ -137,6 +140,84 @@ func TestWSReconnectNoLoss(t *testing.T) {
 	}
 	if len(seen) != 520 {
 		t.Errorf("%d rows", len(seen))
+	}
+}
+
+// swapTokens is a token source whose current token a test can replace (by
+// an expired one, say); Refresh mints a fresh one when asked to replace the
+// current one, as client.SharedTokenSource does.
+type swapTokens struct {
+	t         testing.TB
+	mu        sync.Mutex
+	current   string
+	refreshes int
+}
+
+func (s *swapTokens) Token(context.Context) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current, nil
+}
+
+func (s *swapTokens) Refresh(_ context.Context, rejected string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rejected == s.current {
+		s.current = hs256(s.t, "alice")
+		s.refreshes++
+	}
+	return s.current, nil
+}
+
+func (s *swapTokens) expire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.current = hs256Exp(s.t, "alice", time.Now().Add(-time.Hour))
+}
+
+// TestWSRefusedTokenRefreshed: a connection whose token the proxy refuses,
+// when dialled or redialled (the source's token expired meanwhile), asks
+// the source to refresh that token and goes on; before, a redial refreshed
+// the token of the previous connection instead, got the expired one back,
+// and the stream ended with "401: token refused" (found by the soak).
+func TestWSRefusedTokenRefreshed(t *testing.T) {
+	t.Parallel()
+	e := newWSEnv(t, `CREATE TABLE items (id int PRIMARY KEY, title text); INSERT INTO items VALUES (1, 'one')`)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tokens := &swapTokens{t: t}
+	tokens.expire()
+	conn, err := client.DialWS(ctx, e.url, &client.WSOptions{TokenSource: tokens})
+	if err != nil {
+		t.Fatalf("DialWS with an expired token and a source that refreshes: %v", err)
+	}
+	defer conn.Close()
+	s, err := conn.Stream(ctx, "items", client.WSStreamOptions{Live: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]bool{}
+	read := func(n int) {
+		t.Helper()
+		for len(rows) < n {
+			m, err := s.Next(ctx)
+			if err != nil {
+				t.Fatalf("after %d rows: %v", len(rows), err)
+			}
+			if m.IsChange() {
+				rows[m.Key] = true
+			}
+		}
+	}
+	read(1)
+	for i := range 3 {
+		tokens.expire()
+		e.kill() // the redial sends the expired token first
+		pgtest.Exec(t, e.db, fmt.Sprintf(`INSERT INTO items VALUES (%d, 'more')`, i+2))
+		read(i + 2)
+	}
+	if tokens.refreshes != 4 {
+		t.Errorf("%d refreshes, want 4 (one per refused token)", tokens.refreshes)
 	}
 }
 
