@@ -35,8 +35,15 @@ func TestPostgresRestart(t *testing.T) {
 	f := e.follow("table", "items")
 	oldHandle := f.handle
 
+	// A fast shutdown waits for every walsender to have its WAL
+	// confirmed: a server that never acknowledged the WAL end between
+	// transactions held it until pgtest gave up (60 s) and killed it.
+	start := time.Now()
 	if err := cl.Restart(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the fast shutdown took %s: the walsender waited for an acknowledgement", d)
 	}
 	// Until replication is back, shape requests are 503 and health says
 	// "starting"; then health is active again.
