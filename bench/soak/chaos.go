@@ -214,3 +214,44 @@ func (c *chaos) reencrypt(ctx context.Context) error {
 	logf("churn: re-encrypted; retired keys %v", res.Retired)
 	return nil
 }
+
+// snapshot puts the readers in the same place every time — all on proxy-0,
+// their Shapes up to date, given 5 s to settle their connections — and
+// reads every process there, so that two snapshots compare like with like
+// whatever the readers' failovers did to where they were.
+func (c *chaos) snapshot(ctx context.Context, smp *sampler) (map[string]procSample, error) {
+	rs := c.readers()
+	for _, r := range rs {
+		r.lb.moveTo(0)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !allUpToDate(rs) && time.Now().Before(deadline) {
+		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+	if err := sleepCtx(ctx, 5*time.Second); err != nil {
+		return nil, err
+	}
+	return smp.snapshot(), nil
+}
+
+func allUpToDate(rs []*reader) bool {
+	for _, r := range rs {
+		for _, sh := range r.shapes {
+			if !sh.IsUpToDate() {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}

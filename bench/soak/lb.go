@@ -66,7 +66,20 @@ func (b *lb) dial(ctx context.Context, network, _ string) (net.Conn, error) {
 // connection it has open (requests in flight fail and are retried).
 func (b *lb) switchProxy() {
 	b.mu.Lock()
-	b.cur = 1 - b.cur
+	other := 1 - b.cur
+	b.mu.Unlock()
+	b.moveTo(other)
+}
+
+// moveTo moves the reader to proxy i, cutting its connections if it was
+// on the other.
+func (b *lb) moveTo(i int) {
+	b.mu.Lock()
+	if b.cur == i {
+		b.mu.Unlock()
+		return
+	}
+	b.cur = i
 	conns := make([]net.Conn, 0, len(b.conns))
 	for c := range b.conns {
 		conns = append(conns, c)

@@ -21,7 +21,9 @@
 // moments (cutting the reader's connections). Writers seal rows with
 // keysync.Writer (inserts, updates, deletes, a few a second per tenant),
 // while an admin grants, revokes, rotates and re-encrypts t0 (retiring the
-// old keys). Faults (see faultKinds) are spread over the run.
+// old keys). The first quarter of -duration (at least 15 s) is a warm-up
+// with writes and proxy switches only; faults (see faultKinds) and the key
+// churn are spread over the rest.
 //
 // When writes stop, the soak waits (-settle at most) until every reader's
 // Shapes equal the rows of its token's tenants as an oracle decrypts them
@@ -33,9 +35,12 @@
 // lost counts rows a reader missed or holds stale or should not hold at the
 // end, and updates or deletes delivered for rows never delivered;
 // duplicated, rows delivered twice; heap growth is the largest growth of
-// the live heap, between the end of the warm-up and the end of the writes,
-// of the processes that live through the run (proxy-0 and the soak's own,
-// which holds the readers). It exits 1 when L or D is not zero, when a
+// the live heap (after a GC) of the processes that live through the run
+// (proxy-0 and the soak's own, which holds the readers), between two
+// snapshots taken in the same state — after the warm-up, and once the
+// readers converged — with every reader moved to proxy-0 and up to date.
+// Heap, goroutines and open files of every process are also sampled every
+// second (with -keep, into samples.csv), for the peaks. It exits 1 when L or D is not zero, when a
 // reader did not converge, when a reader received a row of another tenant,
 // or when a revokee opened a cell sealed after its revocation.
 package main
@@ -49,6 +54,7 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -167,25 +173,25 @@ func soak(ctx context.Context, st *stack, w *world, rng *mrand.Rand, seed uint64
 	if err != nil {
 		return false, err
 	}
-	runCtx, stopRun := context.WithTimeout(ctx, *duration)
-	defer stopRun()
-	warmEnd := time.Since(smp.start) + max(15*time.Second, *duration/4)
-	var wg sync.WaitGroup
+	switchRng := mrand.New(mrand.NewPCG(seed, 3))
 	var switches int
-	nFaults := int(*duration / *faultEvery)
-	wg.Add(4)
-	go func() { defer wg.Done(); ws.run(runCtx, seed, *writeRate, 4) }()
-	go func() { defer wg.Done(); c.run(runCtx, *duration, schedule(rng, nFaults)) }()
-	go func() {
-		defer wg.Done()
-		c.churn(runCtx, *duration, func(u *user) error { return startReader(u, len(all())) })
-	}()
-	go func() {
-		defer wg.Done()
-		switches = c.switchReaders(runCtx, mrand.New(mrand.NewPCG(seed, 3)), 500*time.Millisecond)
-	}()
-	wg.Wait()
-	writeEnd := time.Since(smp.start)
+	writing := func(ctx context.Context) { ws.run(ctx, seed, *writeRate, 4) }
+	switching := func(ctx context.Context) { switches += c.switchReaders(ctx, switchRng, 500*time.Millisecond) }
+
+	// Warm-up: writes and proxy switches only, then the first snapshot.
+	warm := max(15*time.Second, *duration/4)
+	during(ctx, warm, writing, switching)
+	before, err := c.snapshot(ctx, smp)
+	if err != nil {
+		return false, err
+	}
+	// The run: writes, switches, faults and key churn.
+	main := max(*duration-warm, time.Second)
+	during(ctx, main, writing, switching,
+		func(ctx context.Context) { c.run(ctx, main, schedule(rng, int(main / *faultEvery))) },
+		func(ctx context.Context) {
+			c.churn(ctx, main, func(u *user) error { return startReader(u, len(all())) })
+		})
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
@@ -196,8 +202,28 @@ func soak(ctx context.Context, st *stack, w *world, rng *mrand.Rand, seed uint64
 	if err != nil {
 		return false, err
 	}
+	after, err := c.snapshot(ctx, smp)
+	if err != nil {
+		return false, err
+	}
 	stopSampling()
-	return report(rs, lagging, ws.writes.Load(), c.faults, smp.growths(warmEnd, writeEnd)), nil
+	if *keep != "" {
+		if err := smp.writeCSV(filepath.Join(*keep, "samples.csv")); err != nil {
+			return false, err
+		}
+	}
+	return report(rs, lagging, ws.writes.Load(), c.faults, smp.growths(before, after)), nil
+}
+
+// during runs fns together for d, and returns once they all have.
+func during(ctx context.Context, d time.Duration, fns ...func(context.Context)) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, f := range fns {
+		wg.Go(func() { f(ctx) })
+	}
+	wg.Wait()
 }
 
 // report prints the figures and the final line, and says whether the run
@@ -214,12 +240,9 @@ func report(rs []*reader, lagging map[*reader]int, writes int64, faults int, gs 
 	heapGrowth := 0.0
 	for _, g := range gs {
 		note := ""
-		switch {
-		case strings.HasPrefix(g.name, "shape-server"):
+		if g.name == "shape-server" {
 			note = " (its shape logs hold every change in memory, by design)"
-		case g.covered < 0.9:
-			note = " (restarted during the run)"
-		default:
+		} else {
 			heapGrowth = max(heapGrowth, g.heapPct())
 		}
 		fmt.Printf("soak: %s%s\n", g, note)

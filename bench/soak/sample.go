@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"runtime"
@@ -117,55 +118,95 @@ func (s *sampler) scan(url, prefix string) (int64, error) {
 	return 0, fmt.Errorf("%s: no %q", url, prefix)
 }
 
-// growth is how a process changed between the start and the end of a
-// window: medians of the first and last ten samples inside it.
+// snapshot reads every process three times, a second apart, and keeps
+// the medians, by process name ("soak" for this one).
+func (s *sampler) snapshot() map[string]procSample {
+	reads := map[string][]sample{}
+	pids := map[string]int{}
+	for i := 0; i < 3; i++ {
+		if i > 0 {
+			time.Sleep(time.Second)
+		}
+		at := time.Since(s.start)
+		for name, p := range s.st.procs() {
+			if smp, err := s.read(p, at); err == nil {
+				reads[name] = append(reads[name], smp)
+				pids[name] = p.p.Pid()
+			}
+		}
+		reads["soak"] = append(reads["soak"], s.self(at))
+		pids["soak"] = os.Getpid()
+	}
+	out := map[string]procSample{}
+	for name, rs := range reads {
+		out[name] = procSample{pid: pids[name], sample: sample{
+			heap:       median(rs, func(s sample) uint64 { return s.heap }),
+			goroutines: median(rs, func(s sample) int { return s.goroutines }),
+			fds:        median(rs, func(s sample) int { return s.fds }),
+		}}
+	}
+	return out
+}
+
+type procSample struct {
+	pid int
+	sample
+}
+
+// growth is how a process changed between two snapshots.
 type growth struct {
-	name             string
-	heapFrom, heapTo uint64
-	goFrom, goTo     int
-	fdFrom, fdTo     int
-	covered          float64 // the share of the window the process lived
+	name          string
+	from, to      procSample
+	peakHeap      uint64 // the largest heap sampled in between
+	peakGoroutine int
 }
 
 func (g growth) heapPct() float64 {
-	return 100 * (float64(g.heapTo) - float64(g.heapFrom)) / float64(g.heapFrom)
+	return 100 * (float64(g.to.heap) - float64(g.from.heap)) / float64(g.from.heap)
 }
 
 func (g growth) String() string {
-	return fmt.Sprintf("%s: heap %.1f → %.1f MB (%+.1f%%), goroutines %d → %d, open files %d → %d",
-		g.name, float64(g.heapFrom)/1e6, float64(g.heapTo)/1e6, g.heapPct(), g.goFrom, g.goTo, g.fdFrom, g.fdTo)
+	return fmt.Sprintf("%s: heap %.1f → %.1f MB (%+.1f%%; peak %.1f), goroutines %d → %d (peak %d), open files %d → %d",
+		g.name, float64(g.from.heap)/1e6, float64(g.to.heap)/1e6, g.heapPct(), float64(g.peakHeap)/1e6,
+		g.from.goroutines, g.to.goroutines, g.peakGoroutine, g.from.fds, g.to.fds)
 }
 
-// growths returns the growth of every process instance over [from, to]
-// that has at least 20 samples in it.
-func (s *sampler) growths(from, to time.Duration) []growth {
+// growths compares two snapshots, for the processes that are the same
+// (same pid) in both, with the peaks of the per-second samples between.
+func (s *sampler) growths(before, after map[string]procSample) []growth {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []growth
-	for key, ser := range s.series {
-		var in []sample
-		for _, smp := range ser {
-			if smp.at >= from && smp.at <= to {
-				in = append(in, smp)
-			}
-		}
-		if len(in) < 20 {
+	for name, a := range after {
+		b, ok := before[name]
+		if !ok || b.pid != a.pid {
 			continue
 		}
-		first, last := in[:10], in[len(in)-10:]
-		out = append(out, growth{
-			name:     key,
-			heapFrom: median(first, func(s sample) uint64 { return s.heap }),
-			heapTo:   median(last, func(s sample) uint64 { return s.heap }),
-			goFrom:   median(first, func(s sample) int { return s.goroutines }),
-			goTo:     median(last, func(s sample) int { return s.goroutines }),
-			fdFrom:   median(first, func(s sample) int { return s.fds }),
-			fdTo:     median(last, func(s sample) int { return s.fds }),
-			covered:  float64(in[len(in)-1].at-in[0].at) / float64(to-from),
-		})
+		g := growth{name: name, from: b, to: a}
+		for _, smp := range s.series[fmt.Sprintf("%s %d", name, a.pid)] {
+			g.peakHeap = max(g.peakHeap, smp.heap)
+			g.peakGoroutine = max(g.peakGoroutine, smp.goroutines)
+		}
+		out = append(out, g)
 	}
 	slices.SortFunc(out, func(a, b growth) int { return strings.Compare(a.name, b.name) })
 	return out
+}
+
+// writeCSV writes every sample to path.
+func (s *sampler) writeCSV(path string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	b.WriteString("process,pid,seconds,heap_bytes,goroutines,open_files\n")
+	keys := slices.Sorted(maps.Keys(s.series))
+	for _, k := range keys {
+		name, pid, _ := strings.Cut(k, " ")
+		for _, smp := range s.series[k] {
+			fmt.Fprintf(&b, "%s,%s,%.0f,%d,%d,%d\n", name, pid, smp.at.Seconds(), smp.heap, smp.goroutines, smp.fds)
+		}
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
 
 func median[T uint64 | int](xs []sample, f func(sample) T) T {
