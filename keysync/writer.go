@@ -163,30 +163,10 @@ func (w *Writer) write(ctx context.Context, db QueryDB, row map[string]any, lock
 		vals[c] = v
 	}
 
-	if lock {
-		q := `SELECT pg_advisory_xact_lock_shared(` + tenantLockClass + `, hashtext($1::text::` + types[s.TenantColumn] + `::text))`
-		if _, err := db.Exec(ctx, q, *vals[s.TenantColumn]); err != nil {
-			return fmt.Errorf("keysync: write %s: lock tenant: %w", s.QualifiedTable(), err)
-		}
-	}
-	// The canonical text of tenant and row key, and the length of the log.
 	place := slices.Concat([]string{s.TenantColumn}, s.RowKey)
-	var sel []string
-	var args []any
-	for i, c := range place {
-		sel = append(sel, fmt.Sprintf("$%d::text::%s::text", i+1, types[c]))
-		args = append(args, *vals[c])
-	}
-	sel = append(sel, "(SELECT max(seq) FROM shapeseal_log WHERE tenant_id = $1::text::"+types[s.TenantColumn]+"::text)")
-	canon := make([]string, len(place))
-	dst := make([]any, 0, len(place)+1)
-	for i := range canon {
-		dst = append(dst, &canon[i])
-	}
-	var seq *int64
-	dst = append(dst, &seq)
-	if err := db.QueryRow(ctx, "SELECT "+strings.Join(sel, ", "), args...).Scan(dst...); err != nil {
-		return fmt.Errorf("keysync: write %s: %w", s.QualifiedTable(), err)
+	canon, seq, err := w.locate(ctx, db, place, types, vals, lock)
+	if err != nil {
+		return err
 	}
 	tenant := canon[0]
 	if seq == nil {
@@ -233,6 +213,38 @@ func (w *Writer) write(ctx context.Context, db QueryDB, row map[string]any, lock
 		}
 	}
 	return nil
+}
+
+// locate returns the canonical text of the place columns (tenant, then row
+// key) and the length of the tenant's log, nil if it has none; with lock,
+// it first takes the tenant's shared lock for the rest of db's transaction.
+func (w *Writer) locate(ctx context.Context, db QueryDB, place []string, types map[string]string, vals map[string]*string, lock bool) ([]string, *int64, error) {
+	s := &w.spec
+	tenantType := types[s.TenantColumn]
+	if lock {
+		q := `SELECT pg_advisory_xact_lock_shared(` + tenantLockClass + `, hashtext($1::text::` + tenantType + `::text))`
+		if _, err := db.Exec(ctx, q, *vals[s.TenantColumn]); err != nil {
+			return nil, nil, fmt.Errorf("keysync: write %s: lock tenant: %w", s.QualifiedTable(), err)
+		}
+	}
+	var sel []string
+	var args []any
+	for i, c := range place {
+		sel = append(sel, fmt.Sprintf("$%d::text::%s::text", i+1, types[c]))
+		args = append(args, *vals[c])
+	}
+	sel = append(sel, "(SELECT max(seq) FROM shapeseal_log WHERE tenant_id = $1::text::"+tenantType+"::text)")
+	canon := make([]string, len(place))
+	dst := make([]any, 0, len(place)+1)
+	for i := range canon {
+		dst = append(dst, &canon[i])
+	}
+	var seq *int64
+	dst = append(dst, &seq)
+	if err := db.QueryRow(ctx, "SELECT "+strings.Join(sel, ", "), args...).Scan(dst...); err != nil {
+		return nil, nil, fmt.Errorf("keysync: write %s: %w", s.QualifiedTable(), err)
+	}
+	return canon, seq, nil
 }
 
 // statement builds the INSERT, UPDATE or upsert of the columns cols.
