@@ -130,45 +130,58 @@ func run() (bool, error) {
 	return soak(ctx, st, w, rng, seed)
 }
 
+// A fleet is the soak's readers.
+type fleet struct {
+	st *stack
+	w  *world
+
+	mu      sync.Mutex
+	readers []*reader
+}
+
+func (f *fleet) all() []*reader {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.readers
+}
+
+var modes = []string{"http", "sse", "ws"}
+
+// start starts a reader for u, the i-th (which sets its mode and first
+// proxy), following until ctx ends.
+func (f *fleet) start(ctx context.Context, u *user, i int) error {
+	r := &reader{u: u, mode: modes[i%len(modes)], lb: newLB(f.st.proxyAddr, i%2), tok: newTokens(f.st.jwtKey, u), stats: &readerStats{}}
+	if err := r.start(ctx, f.st, f.w); err != nil {
+		return fmt.Errorf("reader %s: %w", u.name, err)
+	}
+	f.mu.Lock()
+	f.readers = append(f.readers, r)
+	f.mu.Unlock()
+	return nil
+}
+
 // soak runs readers, writers, churn and faults, settles, and reports.
 func soak(ctx context.Context, st *stack, w *world, rng *mrand.Rand, seed uint64) (bool, error) {
 	readCtx, stopReaders := context.WithCancel(ctx)
 	defer stopReaders()
-	var mu sync.Mutex
-	var readers []*reader
-	all := func() []*reader {
-		mu.Lock()
-		defer mu.Unlock()
-		return readers
-	}
-	modes := []string{"http", "sse", "ws"}
-	startReader := func(u *user, i int) error {
-		r := &reader{u: u, mode: modes[i%len(modes)], lb: newLB(st.proxyAddr, i%2), tok: newTokens(st.jwtKey, u), stats: &readerStats{}}
-		if err := r.start(readCtx, st, w); err != nil {
-			return fmt.Errorf("reader %s: %w", u.name, err)
-		}
-		mu.Lock()
-		readers = append(readers, r)
-		mu.Unlock()
-		return nil
-	}
+	f := &fleet{st: st, w: w}
 	for i, u := range w.users {
 		if u.role == "grantee" {
-			continue
+			continue // they start when granted
 		}
-		if err := startReader(u, i); err != nil {
+		if err := f.start(readCtx, u, i); err != nil {
 			return false, err
 		}
 		time.Sleep(20 * time.Millisecond) // a gentler start than all at once
 	}
-	logf("soak: %d readers started", len(all()))
+	logf("soak: %d readers started", len(f.all()))
 
 	smp := newSampler(st)
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	defer stopSampling()
 	go smp.run(sampleCtx)
 
-	c := &chaos{st: st, w: w, readers: all, rng: mrand.New(mrand.NewPCG(seed, 2))}
+	c := &chaos{st: st, w: w, readers: f.all, rng: mrand.New(mrand.NewPCG(seed, 2))}
 	ws, err := newWriters(w)
 	if err != nil {
 		return false, err
@@ -190,14 +203,14 @@ func soak(ctx context.Context, st *stack, w *world, rng *mrand.Rand, seed uint64
 	during(ctx, main, writing, switching,
 		func(ctx context.Context) { c.run(ctx, main, schedule(rng, int(main / *faultEvery))) },
 		func(ctx context.Context) {
-			c.churn(ctx, main, func(u *user) error { return startReader(u, len(all())) })
+			c.churn(ctx, main, func(u *user) error { return f.start(readCtx, u, len(f.all())) })
 		})
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
 	logf("soak: writes stopped: %d writes (%d failed and were not retried), %d faults, %d proxy switches; settling", ws.writes.Load(), ws.failed.Load(), c.faults, switches)
 
-	rs := all()
+	rs := f.all()
 	lagging, err := settle(ctx, w, rs, *settleMax)
 	if err != nil {
 		return false, err
