@@ -219,7 +219,7 @@ func (c *chaos) reencrypt(ctx context.Context) error {
 // their Shapes up to date, given 5 s to settle their connections — and
 // reads every process there, so that two snapshots compare like with like
 // whatever the readers' failovers did to where they were.
-func (c *chaos) snapshot(ctx context.Context, smp *sampler) (map[string]procSample, error) {
+func (c *chaos) snapshot(ctx context.Context, smp *sampler, label string) (map[string]procSample, error) {
 	rs := c.readers()
 	for _, r := range rs {
 		r.lb.moveTo(0)
@@ -233,7 +233,7 @@ func (c *chaos) snapshot(ctx context.Context, smp *sampler) (map[string]procSamp
 	if err := sleepCtx(ctx, 5*time.Second); err != nil {
 		return nil, err
 	}
-	return smp.snapshot(), nil
+	return smp.snapshot(*keep, label), nil
 }
 
 func allUpToDate(rs []*reader) bool {

@@ -194,7 +194,7 @@ func soak(ctx context.Context, st *stack, w *world, rng *mrand.Rand, seed uint64
 	// Warm-up: writes and proxy switches only, then the first snapshot.
 	warm := max(15*time.Second, *duration/4)
 	during(ctx, warm, writing, switching)
-	before, err := c.snapshot(ctx, smp)
+	before, err := c.snapshot(ctx, smp, "before")
 	if err != nil {
 		return false, err
 	}
@@ -215,7 +215,7 @@ func soak(ctx context.Context, st *stack, w *world, rng *mrand.Rand, seed uint64
 	if err != nil {
 		return false, err
 	}
-	after, err := c.snapshot(ctx, smp)
+	after, err := c.snapshot(ctx, smp, "after")
 	if err != nil {
 		return false, err
 	}

@@ -4,10 +4,14 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,12 +78,15 @@ func (s *sampler) add(key string, smp sample) {
 }
 
 // self reads this process.
+// self reads this process. Its heap is the live heap that the GC it
+// forces marked: the readers go on allocating meanwhile, and HeapAlloc
+// would count that too.
 func (s *sampler) self(at time.Duration) sample {
 	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
+	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(live)
 	fds, _ := benchenv.OpenFiles(os.Getpid())
-	return sample{at: at, heap: ms.HeapAlloc, goroutines: runtime.NumGoroutine(), fds: fds}
+	return sample{at: at, heap: live[0].Value.Uint64(), goroutines: runtime.NumGoroutine(), fds: fds}
 }
 
 // read reads a child from its profiles (--debug-listen): the heap profile
@@ -119,8 +126,13 @@ func (s *sampler) scan(url, prefix string) (int64, error) {
 }
 
 // snapshot reads every process three times, a second apart, and keeps
-// the medians, by process name ("soak" for this one).
-func (s *sampler) snapshot() map[string]procSample {
+// the medians, by process name ("soak" for this one). With a directory
+// to keep, it also saves each process's heap profile there, as
+// NAME-LABEL.heap (compare two with go tool pprof -base).
+func (s *sampler) snapshot(keep, label string) map[string]procSample {
+	if keep != "" {
+		s.saveProfiles(keep, label)
+	}
 	reads := map[string][]sample{}
 	pids := map[string]int{}
 	for i := 0; i < 3; i++ {
@@ -139,7 +151,19 @@ func (s *sampler) snapshot() map[string]procSample {
 	}
 	out := map[string]procSample{}
 	for name, rs := range reads {
-		out[name] = procSample{pid: pids[name], sample: sample{
+		ps := procSample{pid: pids[name]}
+		switch {
+		case strings.HasPrefix(name, "proxy-"):
+			n, _ := strconv.Atoi(strings.TrimPrefix(name, "proxy-"))
+			ps.fdUse = fdsOf(ps.pid, addrPort(s.st.proxyAddr[n]), addrPort(s.st.gate.addr))
+		case name == "soak":
+			// Served: the gate's connections from the proxies;
+			// upstream: the readers' to proxy-0.
+			ps.fdUse = fdsOf(ps.pid, addrPort(s.st.gate.addr), addrPort(s.st.proxyAddr[0]))
+		case name == "shape-server":
+			ps.fdUse = fdsOf(ps.pid, addrPort(s.st.shapeAddr), addrPort(s.st.dbAddr()))
+		}
+		out[name] = procSample{pid: ps.pid, fdUse: ps.fdUse, sample: sample{
 			heap:       median(rs, func(s sample) uint64 { return s.heap }),
 			goroutines: median(rs, func(s sample) int { return s.goroutines }),
 			fds:        median(rs, func(s sample) int { return s.fds }),
@@ -148,9 +172,30 @@ func (s *sampler) snapshot() map[string]procSample {
 	return out
 }
 
+// saveProfiles writes the heap profile of every process into dir.
+func (s *sampler) saveProfiles(dir, label string) {
+	runtime.GC()
+	if f, err := os.Create(filepath.Join(dir, "soak-"+label+".heap")); err == nil {
+		pprof.Lookup("heap").WriteTo(f, 0)
+		f.Close()
+	}
+	for name, p := range s.st.procs() {
+		resp, err := s.hc.Get("http://" + p.debug + "/debug/pprof/heap?gc=1")
+		if err != nil {
+			continue
+		}
+		if f, err := os.Create(filepath.Join(dir, name+"-"+label+".heap")); err == nil {
+			io.Copy(f, resp.Body)
+			f.Close()
+		}
+		resp.Body.Close()
+	}
+}
+
 type procSample struct {
 	pid int
 	sample
+	fdUse fdUse // the descriptors, in the last of the three readings
 }
 
 // growth is how a process changed between two snapshots.
@@ -166,9 +211,11 @@ func (g growth) heapPct() float64 {
 }
 
 func (g growth) String() string {
-	return fmt.Sprintf("%s: heap %.1f → %.1f MB (%+.1f%%; peak %.1f), goroutines %d → %d (peak %d), open files %d → %d",
+	s := fmt.Sprintf("%s: heap %.1f → %.1f MB (%+.1f%%; peak %.1f), goroutines %d → %d (peak %d), open files %d → %d",
 		g.name, float64(g.from.heap)/1e6, float64(g.to.heap)/1e6, g.heapPct(), float64(g.peakHeap)/1e6,
 		g.from.goroutines, g.to.goroutines, g.peakGoroutine, g.from.fds, g.to.fds)
+	s += fmt.Sprintf(" [%s → %s]", g.from.fdUse, g.to.fdUse)
+	return s
 }
 
 // growths compares two snapshots, for the processes that are the same
@@ -216,4 +263,72 @@ func median[T uint64 | int](xs []sample, f func(sample) T) T {
 	}
 	slices.Sort(vs)
 	return vs[len(vs)/2]
+}
+
+// fdUse is what a process's descriptors are.
+type fdUse struct {
+	served   int // TCP connections whose local port is the one it serves
+	upstream int // TCP connections to the upstream port
+	otherTCP int // other TCP sockets (not listening), such as the sampler's
+	other    int // everything else: listeners, pipes, epoll, files, other sockets
+}
+
+func (u fdUse) String() string {
+	return fmt.Sprintf("%d served, %d upstream, %d other TCP, %d other", u.served, u.upstream, u.otherTCP, u.other)
+}
+
+// fdsOf sorts the descriptors of process pid, from /proc/net/tcp and the
+// process's socket descriptors: connections served on port serve, to port
+// upstream, and the rest.
+func fdsOf(pid, serve, upstream int) fdUse {
+	var u fdUse
+	inodes := map[string]bool{}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if ino, ok := strings.CutPrefix(link, "socket:["); err == nil && ok {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		} else {
+			u.other++
+		}
+	}
+	for _, table := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			f := strings.Fields(line)
+			if len(f) < 10 || !inodes[f[9]] {
+				continue
+			}
+			delete(inodes, f[9])
+			switch {
+			case f[3] == "0A": // listening
+				u.other++
+			case port(f[1]) == serve:
+				u.served++
+			case port(f[2]) == upstream:
+				u.upstream++
+			default:
+				u.otherTCP++
+			}
+		}
+	}
+	u.other += len(inodes) // sockets of other kinds
+	return u
+}
+
+// port reads the port of an address of /proc/net/tcp ("0100007F:1F90").
+func port(addr string) int {
+	_, hex, _ := strings.Cut(addr, ":")
+	p, _ := strconv.ParseUint(hex, 16, 16)
+	return int(p)
+}
+
+// addrPort is the port of a host:port address.
+func addrPort(addr string) int {
+	_, p, _ := strings.Cut(addr, ":")
+	n, _ := strconv.Atoi(p)
+	return n
 }

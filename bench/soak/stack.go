@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -207,4 +208,13 @@ func freeAddr() (string, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
+}
+
+// dbAddr is Postgres' host:port.
+func (s *stack) dbAddr() string {
+	u, err := url.Parse(s.dbURL)
+	if err != nil {
+		return ""
+	}
+	return u.Host
 }
