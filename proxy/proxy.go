@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -792,19 +793,28 @@ func (p *Proxy) cacheHeaders(h http.Header, rl *rule) {
 	}
 }
 
-// copyBufs holds copyFlush's buffers. They are large because every write
-// to a chunked response costs net/http a chunk header, the data and the
-// chunk's end, and a flush: relaying a 50 MB snapshot in 256 KiB reads
+// copyBufs holds copyFlush's large buffers. They are large because every
+// write to a chunked response costs net/http a chunk header, the data and
+// the chunk's end, and a flush: relaying a 50 MB snapshot in 256 KiB reads
 // instead of 32 KiB ones made it 1.3× faster (bench/proxy.sh part b), and
-// the pool keeps that from costing a quarter MB per request.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+// the pool keeps that from costing a quarter MB per request. smallBufs
+// hold the buffers every copy starts with: a response that trickles (an
+// SSE stream, open for a minute, an event now and then) never fills one,
+// and so never holds a large one for its whole life.
+var (
+	copyBufs  = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}
+	bigCopies atomic.Int64 // copies that took a large buffer, for tests
+)
 
 // copyFlush streams src to w, flushing after every read so that a live
-// response is not held back.
+// response is not held back. It reads into a small buffer until a read
+// fills it (a body arriving in bulk), then into a large one.
 func copyFlush(w http.ResponseWriter, src io.Reader) error {
 	rc := http.NewResponseController(w)
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
+	bp := smallBufs.Get().(*[]byte)
+	pool := &smallBufs
+	defer func() { pool.Put(bp) }()
 	buf := *bp
 	for {
 		n, err := src.Read(buf)
@@ -821,6 +831,12 @@ func copyFlush(w http.ResponseWriter, src io.Reader) error {
 		}
 		if err != nil {
 			return err
+		}
+		if n == len(buf) && pool == &smallBufs {
+			smallBufs.Put(bp)
+			bp, pool = copyBufs.Get().(*[]byte), &copyBufs
+			buf = *bp
+			bigCopies.Add(1)
 		}
 	}
 }
