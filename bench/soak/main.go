@@ -67,7 +67,7 @@ var (
 	seedFlag   = flag.Uint64("seed", 0, "seed of every random choice (0: from the clock; printed)")
 	tenants    = flag.Int("tenants", 4, "tenants")
 	writeRate  = flag.Float64("write-rate", 20, "writes per second, in all")
-	faultEvery = flag.Duration("fault-every", 5*time.Second, "mean time between faults")
+	faultEvery = flag.Duration("fault-every", 4*time.Second, "mean time between faults (after the warm-up)")
 	settleMax  = flag.Duration("settle", 2*time.Minute, "how long readers may take to converge once writes stop")
 	keep       = flag.String("keep", "", "keep the stack's files (logs, keys, config) in this directory")
 	verbose    = flag.Bool("v", false, "log every fault, churn step and recovery")
