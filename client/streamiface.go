@@ -36,6 +36,14 @@ var (
 
 // changesOnly reports whether s follows a shape with log=changes_only.
 func changesOnly(s Stream) bool {
+	// A wrapper (keysync.WithDecrypter, say) may say what it wraps.
+	for {
+		u, ok := s.(interface{ Unwrap() Stream })
+		if !ok {
+			break
+		}
+		s = u.Unwrap()
+	}
 	ss, ok := s.(*ShapeStream)
 	return ok && ss != nil && ss.opts.Params.Log == "changes_only"
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"strconv"
 	"strings"
@@ -210,6 +211,58 @@ type relCache struct {
 func (d *Decrypter) Transform(m *client.Message) error {
 	return d.TransformContext(context.Background(), m)
 }
+
+// Forget drops what the decrypter remembers of rows: the tenant and row
+// key of each row it has seen, kept for the updates that omit them. A row
+// that leaves the shape without a delete — every row, when the stream must
+// refetch (after a TRUNCATE, a shape rotated or evicted) — is otherwise
+// remembered for as long as the decrypter lives. Call it when the stream
+// that the decrypter serves delivers a must-refetch message, before it
+// reads on; [Follow] and [WithDecrypter] do. A decrypter that serves
+// several streams forgets for all of them, so give each stream its own
+// when they can refetch separately.
+func (d *Decrypter) Forget() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.places, d.log, d.tenant = nil, placeLog{}, ""
+}
+
+// WithDecrypter returns stream with a decrypter's memory of rows tied to
+// it: when stream delivers a must-refetch message, d forgets (see
+// [Decrypter.Forget]). d must be stream's transform, and serve no other
+// stream. Read the returned stream instead of stream.
+func WithDecrypter(stream client.Stream, d *Decrypter) client.Stream {
+	return &forgetting{Stream: stream, d: d}
+}
+
+type forgetting struct {
+	client.Stream
+	d *Decrypter
+}
+
+func (f *forgetting) Next(ctx context.Context) (client.Message, error) {
+	m, err := f.Stream.Next(ctx)
+	if err == nil && m.IsMustRefetch() {
+		f.d.Forget()
+	}
+	return m, err
+}
+
+func (f *forgetting) Messages(ctx context.Context) iter.Seq2[client.Message, error] {
+	return func(yield func(client.Message, error) bool) {
+		for m, err := range f.Stream.Messages(ctx) {
+			if err == nil && m.IsMustRefetch() {
+				f.d.Forget()
+			}
+			if !yield(m, err) {
+				return
+			}
+		}
+	}
+}
+
+// Unwrap returns the stream f reads, for client's own look at it.
+func (f *forgetting) Unwrap() client.Stream { return f.Stream }
 
 // TransformContext is Transform with a context that bounds the wait for
 // keys: it is a client.Options.TransformContext (and a

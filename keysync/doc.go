@@ -99,6 +99,7 @@
 //	go ring.Run(ctx)
 //	dec, _ := keysync.NewDecrypter(ring, spec)
 //	stream, _ := client.New(client.Options{URL: ..., TransformContext: dec.TransformContext})
+//	shape := client.NewShape(keysync.WithDecrypter(stream, dec)) // forgets rows at a must-refetch
 //
 // [Follow] does all of that in one call, through the proxy, and decodes
 // the rows into structs ([Plaintext] fields for encrypted columns):

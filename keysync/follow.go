@@ -188,7 +188,7 @@ func Follow[T any](ctx context.Context, o FollowOptions) (*Followed[T], error) {
 			return err
 		}
 	}
-	shape, err := client.NewTypedShape[T](stream, client.TypedOptions{OnRowError: onRow})
+	shape, err := client.NewTypedShape[T](WithDecrypter(stream, dec), client.TypedOptions{OnRowError: onRow})
 	if err != nil {
 		return nil, err
 	}

@@ -80,13 +80,20 @@ func (r *reader) start(ctx context.Context, st *stack, w *world) error {
 			r.fail(fmt.Errorf("keyring: %w", err))
 		}
 	}()
-	dec, err := keysync.NewDecrypter(r.ring, itemsSpec, notesSpec)
-	if err != nil {
-		return err
+	// A decrypter per stream, which forgets its rows when the stream must
+	// refetch (keysync.WithDecrypter). A revokee's streams have no
+	// transform: the watch opens the cells, to check which keys open them.
+	decs := map[string]*keysync.Decrypter{}
+	transform := func(t string) func(context.Context, *client.Message) error {
+		if r.u.role == "revokee" {
+			return nil
+		}
+		return decs[t].TransformContext
 	}
-	transform := dec.TransformContext
-	if r.u.role == "revokee" {
-		transform = nil // the watch opens the cells, to check which keys opened them
+	for _, t := range r.tables() {
+		if decs[t], err = keysync.NewDecrypter(r.ring, specs[t]); err != nil {
+			return err
+		}
 	}
 	streams := map[string]client.Stream{}
 	if r.mode == "ws" {
@@ -96,7 +103,7 @@ func (r *reader) start(ctx context.Context, st *stack, w *world) error {
 		}
 		context.AfterFunc(ctx, func() { conn.Close() })
 		for _, t := range r.tables() {
-			s, err := conn.Stream(ctx, t, client.WSStreamOptions{Live: true, TransformContext: transform})
+			s, err := conn.Stream(ctx, t, client.WSStreamOptions{Live: true, TransformContext: transform(t)})
 			if err != nil {
 				return err
 			}
@@ -104,7 +111,7 @@ func (r *reader) start(ctx context.Context, st *stack, w *world) error {
 		}
 	} else {
 		o := opts("items")
-		o.Live, o.LiveSSE, o.TransformContext = true, r.mode == "sse", transform
+		o.Live, o.LiveSSE, o.TransformContext = true, r.mode == "sse", transform("items")
 		s, err := client.New(o)
 		if err != nil {
 			return err
@@ -113,9 +120,9 @@ func (r *reader) start(ctx context.Context, st *stack, w *world) error {
 	}
 	r.shapes = map[string]*client.Shape{}
 	for t, s := range streams {
-		wt := &watch{Stream: s, r: r, table: t, present: map[string]bool{}}
-		if transform == nil {
-			wt.dec = dec
+		wt := &watch{Stream: keysync.WithDecrypter(s, decs[t]), r: r, table: t, present: map[string]bool{}}
+		if r.u.role == "revokee" {
+			wt.dec = decs[t]
 		}
 		sh := client.NewShape(wt)
 		r.shapes[t] = sh

@@ -179,7 +179,9 @@ func (s *sampler) saveProfiles(dir, label string) {
 		pprof.Lookup("heap").WriteTo(f, 0)
 		f.Close()
 	}
+	writeFDs(filepath.Join(dir, "soak-"+label+".fds"), os.Getpid())
 	for name, p := range s.st.procs() {
+		writeFDs(filepath.Join(dir, name+"-"+label+".fds"), p.p.Pid())
 		resp, err := s.hc.Get("http://" + p.debug + "/debug/pprof/heap?gc=1")
 		if err != nil {
 			continue
@@ -331,4 +333,26 @@ func addrPort(addr string) int {
 	_, p, _ := strings.Cut(addr, ":")
 	n, _ := strconv.Atoi(p)
 	return n
+}
+
+// writeFDs lists the descriptors of process pid into path, with each TCP
+// socket's state and addresses (as /proc/net/tcp writes them).
+func writeFDs(path string, pid int) {
+	tcp := map[string]string{}
+	for _, table := range []string{"tcp", "tcp6"} {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		for line := range strings.Lines(string(b)) {
+			if f := strings.Fields(line); len(f) >= 10 {
+				tcp[f[9]] = fmt.Sprintf("tcp state %s local %d remote %d", f[3], port(f[1]), port(f[2]))
+			}
+		}
+	}
+	var b strings.Builder
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		ino, _ := strings.CutPrefix(link, "socket:[")
+		fmt.Fprintf(&b, "%s %s %s\n", fd.Name(), link, tcp[strings.TrimSuffix(ino, "]")])
+	}
+	os.WriteFile(path, []byte(b.String()), 0o600)
 }

@@ -172,6 +172,9 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return contact.wrap(err)
 		}
 		contact.succeeded()
+		if dec != nil && m.IsMustRefetch() {
+			dec.dec.Forget() // the rows it remembers may be gone
+		}
 		if dec != nil && m.IsChange() {
 			if err := dec.err(); err != nil {
 				w.Flush()
