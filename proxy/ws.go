@@ -159,6 +159,10 @@ func (p *Proxy) serveWS(w http.ResponseWriter, r *http.Request, info *reqInfo) {
 		info.reason = "upgrade: " + err.Error()
 		return
 	}
+	// The library closes the connection after a close handshake, not
+	// after a read error (a client that vanished): close it, whatever
+	// ended the session.
+	defer ws.CloseNow()
 	ws.SetReadLimit(wsMaxClientFrame)
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &wsConn{p: p, ws: ws, ctx: ctx, cancel: cancel, info: info, req: r, subs: map[string]*wsSub{},
