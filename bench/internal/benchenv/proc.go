@@ -31,9 +31,11 @@ type Proc struct {
 
 // StartProc starts cmd (with its Env as set), sends its stderr to stderr,
 // and waits up to 30 s for a stdout line that begins with ready and goes on
-// with a JSON object of strings. Later stdout lines are discarded.
+// with a JSON object of strings. Later stdout lines are discarded. On
+// Linux, the process is killed if this one dies.
 func StartProc(ctx context.Context, cmd *exec.Cmd, stderr io.Writer, ready string) (*Proc, error) {
 	cmd.Stderr = stderr
+	dieWithParent(cmd)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
