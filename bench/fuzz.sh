@@ -27,14 +27,20 @@ targets=$(grep -rn --include='*_test.go' -E '^func Fuzz[A-Za-z0-9_]*\(' . |
 
 failed=()
 n=0
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
 while read -r dir name; do
 	[ -n "$dir" ] || continue
 	n=$((n + 1))
 	echo "== ./$dir $name ($fuzztime)"
-	if ! go run ./internal/pgtest/cmd/withpg -- go test "./$dir" -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" 2>&1 | tail -3; then
+	if go run ./internal/pgtest/cmd/withpg -- go test "./$dir" -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" >"$out" 2>&1; then
+		tail -1 "$out"
+	else
+		# Why: the failure, without the progress lines.
+		grep -v '^fuzz: elapsed' "$out" | tail -40
 		failed+=("./$dir $name")
 	fi
-	# go test's exit status is lost in the pipe above: look for a new crasher.
+	# A failing input that Go kept.
 	if [ -n "$(git status --porcelain -- "$dir/testdata/fuzz/$name" 2>/dev/null)" ]; then
 		failed+=("./$dir $name (crasher in $dir/testdata/fuzz/$name)")
 	fi
