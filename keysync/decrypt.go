@@ -216,34 +216,57 @@ func (d *Decrypter) Transform(m *client.Message) error {
 // key of each row it has seen, kept for the updates that omit them. A row
 // that leaves the shape without a delete — every row, when the stream must
 // refetch (after a TRUNCATE, a shape rotated or evicted) — is otherwise
-// remembered for as long as the decrypter lives. Call it when the stream
-// that the decrypter serves delivers a must-refetch message, before it
-// reads on; [Follow] and [WithDecrypter] do. A decrypter that serves
-// several streams forgets for all of them, so give each stream its own
-// when they can refetch separately.
-func (d *Decrypter) Forget() {
+// remembered for as long as the decrypter lives. Read a stream through
+// [WithDecrypter], as [Follow] does, rather than call Forget: it forgets
+// the rows of that stream's table only, when it must refetch.
+func (d *Decrypter) Forget() { d.forget("") }
+
+// forget drops the places of the rows whose keys start with prefix (all
+// of them for "").
+func (d *Decrypter) forget(prefix string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.places, d.log, d.tenant = nil, placeLog{}, ""
+	if prefix == "" {
+		d.places, d.log, d.tenant = nil, placeLog{}, ""
+		return
+	}
+	d.index()
+	for k := range d.places {
+		if strings.HasPrefix(k, prefix) {
+			delete(d.places, k)
+		}
+	}
 }
 
 // WithDecrypter returns stream with a decrypter's memory of rows tied to
-// it: when stream delivers a must-refetch message, d forgets (see
-// [Decrypter.Forget]). d must be stream's transform, and serve no other
-// stream. Read the returned stream instead of stream.
+// it: when stream delivers a must-refetch message, d forgets the rows of
+// the stream's table (see [Decrypter.Forget]). d must be stream's
+// transform; it may serve streams of other tables too, but no other
+// stream of this one's table. Read the returned stream instead of stream.
 func WithDecrypter(stream client.Stream, d *Decrypter) client.Stream {
 	return &forgetting{Stream: stream, d: d}
 }
 
 type forgetting struct {
 	client.Stream
-	d *Decrypter
+	d      *Decrypter
+	prefix string // the table part of the stream's keys, `"public"."items"/`, once a change showed it
+}
+
+// see forgets at a must-refetch, and learns the table from a change.
+func (f *forgetting) see(m client.Message) {
+	switch {
+	case m.IsChange() && f.prefix == "":
+		f.prefix = keyTable(m.Key)
+	case m.IsMustRefetch() && f.prefix != "":
+		f.d.forget(f.prefix)
+	}
 }
 
 func (f *forgetting) Next(ctx context.Context) (client.Message, error) {
 	m, err := f.Stream.Next(ctx)
-	if err == nil && m.IsMustRefetch() {
-		f.d.Forget()
+	if err == nil {
+		f.see(m)
 	}
 	return m, err
 }
@@ -251,8 +274,8 @@ func (f *forgetting) Next(ctx context.Context) (client.Message, error) {
 func (f *forgetting) Messages(ctx context.Context) iter.Seq2[client.Message, error] {
 	return func(yield func(client.Message, error) bool) {
 		for m, err := range f.Stream.Messages(ctx) {
-			if err == nil && m.IsMustRefetch() {
-				f.d.Forget()
+			if err == nil {
+				f.see(m)
 			}
 			if !yield(m, err) {
 				return
@@ -263,6 +286,34 @@ func (f *forgetting) Messages(ctx context.Context) iter.Seq2[client.Message, err
 
 // Unwrap returns the stream f reads, for client's own look at it.
 func (f *forgetting) Unwrap() client.Stream { return f.Stream }
+
+// keyTable returns the table part of an Electric row key, the quoted
+// schema and table and the slash, `"public"."items"/` of
+// `"public"."items"/"42"` (a quote in a name is doubled); "" if key does
+// not start so.
+func keyTable(key string) string {
+	i := 0
+	for _, end := range []byte{'.', '/'} {
+		if i >= len(key) || key[i] != '"' {
+			return ""
+		}
+		for i++; ; i++ {
+			j := strings.IndexByte(key[i:], '"')
+			if j < 0 {
+				return ""
+			}
+			i += j + 1
+			if i >= len(key) || key[i] != '"' {
+				break // the closing quote; a doubled one is part of the name
+			}
+		}
+		if i >= len(key) || key[i] != end {
+			return ""
+		}
+		i++
+	}
+	return key[:i]
+}
 
 // TransformContext is Transform with a context that bounds the wait for
 // keys: it is a client.Options.TransformContext (and a

@@ -57,27 +57,36 @@ func (d *Decrypter) remembered() int {
 
 // TestDecrypterForgetsAtRefetch: rows that leave a shape without a delete
 // (a TRUNCATE, then must-refetch) are forgotten through WithDecrypter, as
-// Follow and tail use it. Before, a decrypter remembered every row it had
-// ever seen the place of: the soak (bench/soak, with TRUNCATEs and
-// restarts) found its readers' heaps growing by their messages.
+// Follow and tail use it, and only those of the stream's table. Before, a
+// decrypter remembered every row it had ever seen the place of: the soak
+// (bench/soak, with TRUNCATEs and restarts) found its readers' heaps
+// growing by their messages.
 func TestDecrypterForgetsAtRefetch(t *testing.T) {
-	spec := TableSpec{Table: "public.items", Columns: []string{"title"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
-	d, err := NewDecrypter(&Keyring{}, spec)
+	items := TableSpec{Table: "public.items", Columns: []string{"title"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
+	notes := TableSpec{Table: "public.notes", Columns: []string{"body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
+	d, err := NewDecrypter(&Keyring{}, items, notes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	insert := func(i int) client.Message {
+	insert := func(table string, i int) client.Message {
 		id := fmt.Sprint(i)
-		return client.Message{Key: `"public"."items"/"` + id + `"`, Value: client.Row{"id": id, "tenant_id": "acme", "title": nil},
-			Headers: client.Headers{Operation: client.Insert, Relation: []string{"public", "items"}}}
+		return client.Message{Key: `"public"."` + table + `"/"` + id + `"`, Value: client.Row{"id": id, "tenant_id": "acme"},
+			Headers: client.Headers{Operation: client.Insert, Relation: []string{"public", table}}}
+	}
+	// Another stream's rows, of another table.
+	for i := range 5 {
+		m := insert("notes", i)
+		if err := d.Transform(&m); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var msgs []client.Message
 	for i := range 100 {
-		msgs = append(msgs, insert(i))
+		msgs = append(msgs, insert("items", i))
 	}
 	msgs = append(msgs, client.Message{Headers: client.Headers{Control: client.MustRefetch}})
 	for i := range 10 {
-		msgs = append(msgs, insert(1000+i))
+		msgs = append(msgs, insert("items", 1000+i))
 	}
 	s := WithDecrypter(&sliceStream{msgs: msgs, xf: d.Transform}, d)
 	n := 0
@@ -86,12 +95,34 @@ func TestDecrypterForgetsAtRefetch(t *testing.T) {
 			t.Fatal(err)
 		}
 		if n++; n == 100 {
-			if got := d.remembered(); got != 100 {
-				t.Fatalf("after 100 inserts: %d rows remembered", got)
+			if got := d.remembered(); got != 105 {
+				t.Fatalf("after 5 notes and 100 items: %d rows remembered", got)
 			}
 		}
 	}
-	if got := d.remembered(); got != 10 {
-		t.Errorf("after a must-refetch and 10 inserts: %d rows remembered, want 10", got)
+	if got := d.remembered(); got != 15 {
+		t.Errorf("after a must-refetch of items and 10 inserts: %d rows remembered, want 15 (the notes and the new items)", got)
+	}
+	d.Forget()
+	if got := d.remembered(); got != 0 {
+		t.Errorf("after Forget: %d rows remembered", got)
+	}
+}
+
+func TestKeyTable(t *testing.T) {
+	for key, want := range map[string]string{
+		`"public"."items"/"42"`: `"public"."items"/`,
+		`"a""b"."c/d"/"1"/"2"`:  `"a""b"."c/d"/`,
+		`"public"."items"`:      "",
+		`items/1`:               "",
+		`"public".items/"1"`:    "",
+		`"unterminated`:         "",
+		`"s"."t""x"""/"k"`:      `"s"."t""x"""/`,
+		`"s"."t"/`:              `"s"."t"/`,
+		``:                      "",
+	} {
+		if got := keyTable(key); got != want {
+			t.Errorf("keyTable(%q) = %q, want %q", key, got, want)
+		}
 	}
 }
