@@ -242,12 +242,13 @@ func during(ctx context.Context, d time.Duration, fns ...func(context.Context)) 
 // report prints the figures and the final line, and says whether the run
 // passed.
 func report(rs []*reader, lagging map[*reader]int, writes int64, faults int, gs []growth) bool {
-	var lost, dup, foreign, leaks, recovered int64
+	var lost, dup, foreign, leaks, refused, recovered int64
 	for _, r := range rs {
 		lost += r.stats.lost.Load() + int64(lagging[r])
 		dup += r.stats.duplicated.Load()
 		foreign += r.stats.foreign.Load()
 		leaks += r.stats.leaks.Load()
+		refused += r.stats.refused.Load()
 		recovered += r.stats.recovered.Load()
 	}
 	heapGrowth := 0.0
@@ -260,7 +261,8 @@ func report(rs []*reader, lagging map[*reader]int, writes int64, faults int, gs 
 		}
 		fmt.Printf("soak: %s%s\n", g, note)
 	}
-	fmt.Printf("soak: rows of another tenant %d, cells opened after revocation %d, stream errors resumed %d\n", foreign, leaks, recovered)
+	fmt.Printf("soak: rows of another tenant %d, messages sealed after a revocation that the revokee opened %d (and could not open: %d), stream errors resumed %d\n",
+		foreign, leaks, refused, recovered)
 	c, k := len(rs), len(rs)-len(lagging)
 	fmt.Printf("soak: %d clients, %d writes, %d faults, lost %d, duplicated %d, converged %d/%d, heap growth %.1f%%\n",
 		c, writes, faults, lost, dup, k, c, heapGrowth)
