@@ -247,7 +247,7 @@ limits: {requests_per_second: -1, max_live_per_user: -1}
 	startGo := func() (*proc, error) {
 		// --debug-listen: Go's profiles on a port of their own, to force a
 		// GC before measuring and to break the memory down in (c).
-		debugAddr, err := freePort()
+		debugAddr, err := benchenv.FreeAddr()
 		if err != nil {
 			return nil, err
 		}
@@ -870,16 +870,6 @@ func profile(p *proc, part string) (stop func()) {
 		}
 	}()
 	return func() { <-done }
-}
-
-// freePort returns a loopback address that was free a moment ago.
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // catchUp follows a shape from offset -1 to up-to-date and returns its

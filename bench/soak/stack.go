@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -78,7 +77,7 @@ func startStack(ctx context.Context, dir string) (*stack, error) {
 	}
 	s.dbURL = s.cluster.URL()
 	for _, p := range []*string{&s.shapeAddr, &s.shapeDebug, &s.proxyAddr[0], &s.proxyAddr[1], &s.proxyDebug[0], &s.proxyDebug[1]} {
-		if *p, err = freeAddr(); err != nil {
+		if *p, err = benchenv.FreeAddr(); err != nil {
 			return nil, err
 		}
 	}
@@ -198,16 +197,6 @@ func (s *stack) close() {
 	if s.logOut != nil {
 		s.logOut.Close()
 	}
-}
-
-// freeAddr returns a loopback address with a port free now.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // dbAddr is Postgres' host:port.

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -100,6 +101,17 @@ func (p *Proc) Stop() {
 func (p *Proc) Kill() {
 	p.Cmd.Process.Kill()
 	<-p.done
+}
+
+// FreeAddr returns a loopback address whose port was free a moment ago,
+// for a child process to listen on.
+func FreeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 // ProcStatus reads a "kB" field of /proc/PID/status (VmRSS, VmHWM), in
