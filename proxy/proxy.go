@@ -812,8 +812,7 @@ var (
 // fills it (a body arriving in bulk), then into a large one.
 func copyFlush(w http.ResponseWriter, src io.Reader) error {
 	rc := http.NewResponseController(w)
-	bp := smallBufs.Get().(*[]byte)
-	pool := &smallBufs
+	bp, pool := smallBufs.Get().(*[]byte), &smallBufs
 	defer func() { pool.Put(bp) }()
 	buf := *bp
 	for {

@@ -151,7 +151,11 @@ func (s *sampler) snapshot(keep, label string) map[string]procSample {
 	}
 	out := map[string]procSample{}
 	for name, rs := range reads {
-		ps := procSample{pid: pids[name]}
+		ps := procSample{pid: pids[name], sample: sample{
+			heap:       median(rs, func(s sample) uint64 { return s.heap }),
+			goroutines: median(rs, func(s sample) int { return s.goroutines }),
+			fds:        median(rs, func(s sample) int { return s.fds }),
+		}}
 		switch {
 		case strings.HasPrefix(name, "proxy-"):
 			n, _ := strconv.Atoi(strings.TrimPrefix(name, "proxy-"))
@@ -163,11 +167,7 @@ func (s *sampler) snapshot(keep, label string) map[string]procSample {
 		case name == "shape-server":
 			ps.fdUse = fdsOf(ps.pid, addrPort(s.st.shapeAddr), addrPort(s.st.dbAddr()))
 		}
-		out[name] = procSample{pid: ps.pid, fdUse: ps.fdUse, sample: sample{
-			heap:       median(rs, func(s sample) uint64 { return s.heap }),
-			goroutines: median(rs, func(s sample) int { return s.goroutines }),
-			fds:        median(rs, func(s sample) int { return s.fds }),
-		}}
+		out[name] = ps
 	}
 	return out
 }
