@@ -190,69 +190,6 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	return s, nil
 }
 
-// follow consumes the replication stream until ctx ends. When the stream
-// fails (Postgres restarted, the connection was cut), the temporary slot is
-// gone with its connection, and with it the changes committed meanwhile:
-// every shape is dropped (its clients get 409 and refetch), shape requests
-// are answered 503 while the server reconnects with backoff, as Electric
-// does, and a new slot is followed from then on.
-func (s *Server) follow(ctx context.Context, repl *replication) {
-	for {
-		err := repl.run(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		s.logger.Error("electrictest: replication stopped; reconnecting", "err", err)
-		s.replErr.Store(&err)
-		s.dropAll()
-		repl.close()
-		if repl = s.reconnect(ctx); repl == nil {
-			return
-		}
-		// The pool's connections of before the failure may be dead too.
-		s.pool.Reset()
-		s.replErr.Store(nil)
-		s.logger.Info("electrictest: replication resumed")
-	}
-}
-
-// reconnect starts replication again, retrying with backoff (100 ms,
-// doubling, capped at 5 s) until it succeeds or ctx ends (then nil).
-func (s *Server) reconnect(ctx context.Context) *replication {
-	delay := 100 * time.Millisecond
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(delay):
-		}
-		repl, err := startReplication(ctx, s.opts.DatabaseURL, s.stack, s.pub)
-		if err == nil {
-			repl.onCommit = s.onCommit
-			repl.onRelation = s.onRelation
-			s.mu.Lock()
-			s.repl = repl
-			s.mu.Unlock()
-			return repl
-		}
-		s.logger.Warn("electrictest: replication: reconnecting", "err", err)
-		delay = min(2*delay, 5*time.Second)
-	}
-}
-
-// dropAll forgets every shape: their clients get 409 and a new handle.
-func (s *Server) dropAll() {
-	s.mu.Lock()
-	all := make([]*shape, 0, len(s.shapes))
-	for _, sh := range s.shapes {
-		all = append(all, sh)
-	}
-	s.mu.Unlock()
-	for _, sh := range all {
-		s.dropShape(sh)
-	}
-}
-
 // Close stops replication, drops the publication it created (the temporary
 // slot goes with its connection; an Options.Publication stays) and closes
 // the connections. Open requests end.
