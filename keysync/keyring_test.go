@@ -691,8 +691,12 @@ func TestKeyringMustRefetch(t *testing.T) {
 	if ring.Tenants() != 1 {
 		t.Fatalf("%d tenants", ring.Tenants())
 	}
+	// Refusals for not being a member: acme's after the revocation, and
+	// globex's key row if it came before the log entry that grants it
+	// (the two shapes are followed apart; the row is adopted once the log
+	// catches up, as waitGenRing saw).
 	for _, re := range errs.all() {
-		if re.Tenant != "acme" || !errors.Is(re, ErrNotMember) {
+		if re.Tenant != "acme" && re.Tenant != "globex" || !errors.Is(re, ErrNotMember) {
 			t.Errorf("row error %v", re)
 		}
 	}
