@@ -8,14 +8,11 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -100,39 +97,14 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if opts.DatabaseURL == "" {
 		return nil, errors.New("electrictest: Options.DatabaseURL is required")
 	}
-	if opts.LongPollTimeout <= 0 {
-		opts.LongPollTimeout = 20 * time.Second
-	}
-	if opts.SSETimeout <= 0 {
-		opts.SSETimeout = 60 * time.Second
-	}
-	if opts.SSEKeepAlive <= 0 {
-		opts.SSEKeepAlive = 21 * time.Second
-	}
-	if opts.ChunkBytes <= 0 {
-		opts.ChunkBytes = 10 << 20
-	}
+	opts = opts.withDefaults()
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	cfg, err := pgxpool.ParseConfig(opts.DatabaseURL)
+	pool, err := newPool(ctx, opts.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("electrictest: parse database URL: %w", err)
-	}
-	for k, v := range sessionParams {
-		cfg.ConnConfig.RuntimeParams[k] = v
-	}
-	// Everything but the server's own DDL runs read-only and bounded.
-	cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
-	// checkWhere reads string literals as Postgres does with this setting.
-	cfg.ConnConfig.RuntimeParams["standard_conforming_strings"] = "on"
-	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "30s"
-	cfg.ConnConfig.RuntimeParams["application_name"] = "electrictest"
-	cfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("electrictest: connect: %w", err)
+		return nil, err
 	}
 	var id [6]byte
 	rand.Read(id[:])
@@ -142,20 +114,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		shapes: map[string]*shape{}, handles: map[string]*shape{}, published: map[uint32]bool{},
 		done: make(chan struct{}),
 	}
-	if opts.Publication != "" {
-		s.pub, s.manual = opts.Publication, true
-		var exists bool
-		if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", s.pub).Scan(&exists); err != nil {
-			pool.Close()
-			return nil, fmt.Errorf("electrictest: look up publication %s: %w", quoteIdent(s.pub), err)
-		}
-		if !exists {
-			pool.Close()
-			return nil, fmt.Errorf("electrictest: there is no publication %s (Options.Publication) in this database", quoteIdent(s.pub))
-		}
-	} else if err := s.execRW(ctx, "CREATE PUBLICATION "+name); err != nil {
+	if err := s.openPublication(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("electrictest: create publication: %w", err)
+		return nil, err
 	}
 	repl, err := startReplication(ctx, opts.DatabaseURL, name, s.pub)
 	if err != nil {
@@ -188,6 +149,47 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		s.follow(rctx, repl)
 	}()
 	return s, nil
+}
+
+// withDefaults returns the options with the defaults of those left unset.
+func (opts Options) withDefaults() Options {
+	if opts.LongPollTimeout <= 0 {
+		opts.LongPollTimeout = 20 * time.Second
+	}
+	if opts.SSETimeout <= 0 {
+		opts.SSETimeout = 60 * time.Second
+	}
+	if opts.SSEKeepAlive <= 0 {
+		opts.SSEKeepAlive = 21 * time.Second
+	}
+	if opts.ChunkBytes <= 0 {
+		opts.ChunkBytes = 10 << 20
+	}
+	return opts
+}
+
+// newPool connects the pool that every query but the replication stream
+// uses, with Electric's session settings.
+func newPool(ctx context.Context, databaseURL string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("electrictest: parse database URL: %w", err)
+	}
+	for k, v := range sessionParams {
+		cfg.ConnConfig.RuntimeParams[k] = v
+	}
+	// Everything but the server's own DDL runs read-only and bounded.
+	cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+	// checkWhere reads string literals as Postgres does with this setting.
+	cfg.ConnConfig.RuntimeParams["standard_conforming_strings"] = "on"
+	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "30s"
+	cfg.ConnConfig.RuntimeParams["application_name"] = "electrictest"
+	cfg.MaxConns = 8
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("electrictest: connect: %w", err)
+	}
+	return pool, nil
 }
 
 // Close stops replication, drops the publication it created (the temporary
@@ -438,13 +440,6 @@ func (s *Server) newHandle(def shapeDef) string {
 	return fmt.Sprintf("%d-%d", h, us)
 }
 
-// requestError is a validation failure reported as 400 in Electric's format.
-type requestError struct {
-	field, msg string
-}
-
-func (e *requestError) Error() string { return e.field + ": " + e.msg }
-
 // shapeFor returns the shape of a definition, creating it (and starting its
 // snapshot) when there is none.
 func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
@@ -496,291 +491,4 @@ func (s *Server) shapeFor(ctx context.Context, def shapeDef) (*shape, error) {
 	return sh, nil
 }
 
-// publish adds a table to the publication, with REPLICA IDENTITY FULL; with
-// Options.Publication, it checks that the table is published so.
-func (s *Server) publish(ctx context.Context, t *table) error {
-	if s.published[t.oid] {
-		return nil
-	}
-	if s.manual {
-		return s.checkPublished(ctx, t)
-	}
-	stmts := []string{"ALTER PUBLICATION " + s.pub + " ADD TABLE " + t.rel.Quoted()}
-	var ident string
-	err := s.pool.QueryRow(ctx, "SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass", t.rel.Quoted()).Scan(&ident)
-	if err != nil {
-		return err
-	}
-	if ident != "f" {
-		stmts = append([]string{"ALTER TABLE " + t.rel.Quoted() + " REPLICA IDENTITY FULL"}, stmts...)
-	}
-	if err := s.execRW(ctx, stmts...); err != nil {
-		return fmt.Errorf("electrictest: publish %s: %w", t.rel, err)
-	}
-	s.published[t.oid] = true
-	return nil
-}
-
-// checkPublished checks, without changing anything, that a table is in the
-// publication of Options.Publication with REPLICA IDENTITY FULL, as Electric
-// does with ELECTRIC_MANUAL_TABLE_PUBLISHING; it fails with Electric's
-// messages. A table found so is not checked again.
-func (s *Server) checkPublished(ctx context.Context, t *table) error {
-	var in bool
-	var ident string
-	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
-		(SELECT relreplident::text FROM pg_class WHERE oid = $4)`, s.pub, t.rel.Schema, t.rel.Name, t.oid).Scan(&in, &ident)
-	if err != nil {
-		return err
-	}
-	if !in {
-		return &configError{fmt.Sprintf("Database table %s is missing from the publication %s and manual table publishing (Options.Publication) prevents electrictest from adding it",
-			t.rel.Quoted(), quoteIdent(s.pub))}
-	}
-	if ident != "f" {
-		return &configError{fmt.Sprintf("Database table %s does not have its replica identity set to FULL", t.rel.Quoted())}
-	}
-	s.published[t.oid] = true
-	return nil
-}
-
-// configError is a table that the database is not configured to serve
-// (Electric's DbConfigurationError): 503 with retry-after 10.
-type configError struct{ msg string }
-
-func (e *configError) Error() string { return "electrictest: " + e.msg }
-
 var errUnavailable = errors.New("electrictest: replication is not running")
-
-// selectColumns validates columns and queryable_columns as Electric's
-// Shape.validate_queryable_columns and validate_selected_columns do, and
-// returns the selected columns and the columns of the row key (table
-// order). A table without a primary key is keyed by all its columns, in
-// table order (Electric's Inspector.get_pk_cols), so they all count as
-// primary key columns here.
-func selectColumns(t *table, def shapeDef) (cols, keyCols []int, err error) {
-	keyCols = t.pk
-	if len(keyCols) == 0 {
-		for i := range t.columns {
-			keyCols = append(keyCols, i)
-		}
-	}
-	keyNames := make([]string, 0, len(keyCols)+len(t.generated))
-	for _, i := range keyCols {
-		keyNames = append(keyNames, t.columns[i].name)
-	}
-	if len(t.pk) == 0 {
-		keyNames = append(keyNames, t.generated...) // every column
-	}
-	missingFrom := func(list []string) []string {
-		var missing []string
-		for _, k := range keyNames {
-			if !slices.Contains(list, k) {
-				missing = append(missing, k)
-			}
-		}
-		return missing
-	}
-	exists := func(name string) bool { return t.index(name) >= 0 || slices.Contains(t.generated, name) }
-	notIn := func(list []string, ok func(string) bool) []string {
-		var out []string
-		for _, name := range list {
-			if !ok(name) {
-				out = append(out, name)
-			}
-		}
-		return out
-	}
-	generatedIn := func(list []string) []string {
-		var out []string
-		for _, g := range t.generated {
-			if slices.Contains(list, g) {
-				out = append(out, g)
-			}
-		}
-		return out
-	}
-	if def.queryable != nil {
-		if missing := missingFrom(def.queryable); len(missing) > 0 {
-			return nil, nil, &requestError{"queryable_columns", "The list of queryable columns must include all primary key columns, missing: " + strings.Join(missing, ", ")}
-		}
-		if unknown := notIn(def.queryable, exists); len(unknown) > 0 {
-			return nil, nil, &requestError{"queryable_columns", "The following queryable columns are not found on the table: " + strings.Join(unknown, ", ")}
-		}
-	}
-	selected := def.columns
-	if selected != nil {
-		if missing := missingFrom(selected); len(missing) > 0 {
-			return nil, nil, &requestError{"columns", "The list of columns must include all primary key columns, missing: " + strings.Join(missing, ", ")}
-		}
-		selectable := exists
-		if def.queryable != nil {
-			selectable = func(name string) bool { return slices.Contains(def.queryable, name) }
-		}
-		if unknown := notIn(selected, selectable); len(unknown) > 0 {
-			return nil, nil, &requestError{"columns", "The following columns are not found on the table: " + strings.Join(unknown, ", ")}
-		}
-		if gen := generatedIn(selected); len(gen) > 0 {
-			return nil, nil, &requestError{"columns", "The following columns are generated and cannot be included in the shape: " + strings.Join(gen, ", ")}
-		}
-	} else {
-		selected = def.queryable
-		if selected == nil {
-			selected = t.generated // with every other column
-		}
-		if gen := generatedIn(selected); len(gen) > 0 {
-			return nil, nil, &requestError{"columns", "The following columns are generated and cannot be included in the shape: " + strings.Join(gen, ", ") +
-				". You can exclude them from the shape by explicitly listing which columns to fetch in the 'columns' query param"}
-		}
-		if def.queryable == nil {
-			for i := range t.columns {
-				cols = append(cols, i)
-			}
-			return cols, keyCols, nil
-		}
-	}
-	if def.columns == nil {
-		// queryable_columns is the projection: in table order.
-		for i, c := range t.columns {
-			if slices.Contains(selected, c.name) {
-				cols = append(cols, i)
-			}
-		}
-		return cols, keyCols, nil
-	}
-	for _, name := range selected {
-		if i := t.index(name); !slices.Contains(cols, i) {
-			cols = append(cols, i)
-		}
-	}
-	return cols, keyCols, nil
-}
-
-// validateWhere lets Postgres type-check the where clause against the table,
-// after checkWhere has made sure it is a single boolean filter. A clause with
-// a subquery (see parseSubqueryWhere) gives the shape's subquery part.
-func (s *Server) validateWhere(ctx context.Context, t *table, def shapeDef) (*subShape, error) {
-	sq, err := parseSubqueryWhere(def.where)
-	if err != nil {
-		return nil, &requestError{"where", err.Error()}
-	}
-	var wc whereCheck
-	var sub *subShape
-	where := def.where
-	if sq == nil {
-		if wc, err = checkWhere(def.where); err != nil {
-			return nil, &requestError{"where", err.Error()}
-		}
-	} else {
-		wc = sq.check
-		switch sq.innerRel.Schema {
-		case "pg_catalog", "information_schema", "pg_toast":
-			return nil, &requestError{"where", "the subquery's table cannot be a system table"}
-		}
-		inner, err := loadTable(ctx, s.pool, sq.innerRel)
-		if errors.Is(err, errNoTable) {
-			return nil, &requestError{"where", fmt.Sprintf("Table %q.%q in the subquery does not exist", sq.innerRel.Schema, sq.innerRel.Name)}
-		}
-		if err != nil {
-			return nil, err
-		}
-		if sub, err = newSubShape(sq, t, inner, s.stack); err != nil {
-			return nil, err
-		}
-		where = sq.full()
-	}
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Release()
-	pc := conn.Conn().PgConn()
-	const prefix = "SELECT (\n"
-	desc, err := pc.Prepare(ctx, "", prefix+where+"\n) FROM "+def.rel.Quoted(), nil)
-	if err != nil {
-		return nil, whereFromPgError(err, len(prefix))
-	}
-	if len(desc.Fields) != 1 || desc.Fields[0].DataTypeOID != 16 {
-		return nil, &requestError{"where", "WHERE clause must return a boolean"}
-	}
-	if n := len(desc.ParamOIDs); n > len(def.params) {
-		missing := len(def.params) + 1
-		return nil, &requestError{"where", fmt.Sprintf("At location %d: parameter $%d was not provided", wc.params[missing], missing)}
-	} else if n < len(def.params) {
-		return nil, &requestError{"params", fmt.Sprintf("where uses %d parameters but %d were given", n, len(def.params))}
-	}
-	if len(wc.functions) > 0 {
-		// Quoted names keep their case, unquoted ones are lower-cased.
-		var volatile []string
-		err := conn.QueryRow(ctx, "SELECT COALESCE(array_agg(DISTINCT proname::text), '{}') FROM pg_proc WHERE (proname = ANY($1) OR lower(proname) = ANY($1)) AND provolatile = 'v'", wc.functions).Scan(&volatile)
-		if err != nil {
-			return nil, err
-		}
-		if len(volatile) > 0 {
-			return nil, &requestError{"where", "volatile functions are not allowed in a where clause: " + strings.Join(volatile, ", ")}
-		}
-	}
-	// Changes are evaluated by evalSQL: it must accept the clause too (no
-	// schema-qualified or system columns, no functions of the table's row
-	// type), or changes would silently not match.
-	if sub != nil {
-		if _, err := pc.Prepare(ctx, "", evalSQL(t, sub.outerWhere, len(sub.outerUsed)+1), nil); err != nil {
-			return nil, whereFromPgError(err, len(prefix))
-		}
-		if _, err := pc.Prepare(ctx, "", sub.innerEval, nil); err != nil {
-			return nil, whereFromPgError(err, len(prefix))
-		}
-	} else if _, err := pc.Prepare(ctx, "", evalSQL(t, def.where, len(def.params)), nil); err != nil {
-		return nil, whereFromPgError(err, len(prefix))
-	}
-	// Plan the snapshot query with the params bound, without running it:
-	// this rejects parameter values that do not fit their type, constant
-	// expressions that fail, and what is not allowed in a WHERE clause
-	// (aggregates, window and set-returning functions).
-	explain := "EXPLAIN SELECT FROM " + def.rel.Quoted() + " WHERE (\n"
-	if err := pc.ExecParams(ctx, explain+where+"\n)", textParams(def.params), nil, nil, nil).Read().Err; err != nil {
-		return nil, whereFromPgError(err, len(explain))
-	}
-	return sub, nil
-}
-
-// whereFromPgError turns a Postgres error into a 400 message of our own
-// wording: Postgres' text is never passed through.
-func whereFromPgError(err error, prefixLen int) error {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return err
-	}
-	at := ""
-	if pgErr.Position > int32(prefixLen) {
-		at = fmt.Sprintf("At location %d: ", int(pgErr.Position)-prefixLen-1)
-	}
-	var msg string
-	switch pgErr.Code {
-	case "42601":
-		msg = "syntax error"
-	case "42703", "42P01":
-		msg = "unknown column reference"
-	case "42883":
-		msg = "unknown function or operator, or arguments of the wrong type"
-	case "42P02":
-		msg = "a parameter has no value in params"
-	case "42804", "42P18", "42P08", "22P02", "42846":
-		msg = "a value or parameter does not fit the type it is compared with"
-	case "42803":
-		msg = "aggregate functions are not allowed in a where clause"
-	case "42P20":
-		msg = "window functions are not allowed in a where clause"
-	case "0A000":
-		msg = "set-returning functions are not allowed in a where clause"
-	case "22012":
-		msg = "division by zero"
-	case "22003":
-		msg = "a value is out of range for its type"
-	case "22021", "22P05":
-		msg = "invalid character in a value"
-	default:
-		msg = "invalid where clause"
-	}
-	return &requestError{"where", at + msg}
-}
