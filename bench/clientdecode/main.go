@@ -88,6 +88,31 @@ func main() {
 
 func logf(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
 
+// bench is one comparison: its flags, the programs it runs and the files
+// they read.
+type bench struct {
+	rows      int
+	count     int
+	benchtime time.Duration
+
+	root                 string // the module root
+	node, interop        string // node, and where the TypeScript client is installed
+	nodeVersion          string
+	tsVersion            string // the TypeScript client's
+	pgVersion            string
+	bodyFile, schemaFile string // the shape log body and its electric-schema header
+	size                 int    // the body's
+	goTest               string // the client package's test binary
+}
+
+// results are the rounds' figures: Go's by sub-benchmark, and the
+// TypeScript client's.
+type results struct {
+	goRuns map[string]runs
+	ts     runs
+	cpu    string // the Go benchmark's cpu line
+}
+
 func run() error {
 	rows := flag.Int("rows", 100_000, "rows in the shape log")
 	count := flag.Int("count", 5, "runs of each benchmark; medians are compared")
@@ -99,18 +124,18 @@ func run() error {
 		return errors.New("bad arguments")
 	}
 	ctx := context.Background()
+	b := &bench{rows: *rows, count: *count, benchtime: *benchtime}
 
-	root, err := benchenv.ModuleRoot()
-	if err != nil {
+	var err error
+	if b.root, err = benchenv.ModuleRoot(); err != nil {
 		return err
 	}
-	node, interop, err := nodetest.Install(logf)
-	if err != nil {
+	if b.node, b.interop, err = nodetest.Install(logf); err != nil {
 		return err
 	}
-	nodeVersion, _ := exec.Command(node, "--version").Output()
-	tsVersion, err := benchenv.PackageVersion(filepath.Join(interop, "node_modules", "@electric-sql", "client"))
-	if err != nil {
+	nodeVersion, _ := exec.Command(b.node, "--version").Output()
+	b.nodeVersion = strings.TrimSpace(string(nodeVersion))
+	if b.tsVersion, err = benchenv.PackageVersion(filepath.Join(b.interop, "node_modules", "@electric-sql", "client")); err != nil {
 		return err
 	}
 
@@ -123,75 +148,90 @@ func run() error {
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	bodyFile, schemaFile := filepath.Join(dir, "body.json"), filepath.Join(dir, "schema.json")
-	pgVersion, size, err := makeBody(ctx, *rows, bodyFile, schemaFile)
-	if err != nil {
+	b.bodyFile, b.schemaFile = filepath.Join(dir, "body.json"), filepath.Join(dir, "schema.json")
+	if b.pgVersion, b.size, err = makeBody(ctx, b.rows, b.bodyFile, b.schemaFile); err != nil {
 		return fmt.Errorf("making the shape log: %w", err)
 	}
-	logf("clientdecode: %d rows, %.1f MB body from electrictest over %s", *rows, float64(size)/1e6, pgVersion)
+	logf("clientdecode: %d rows, %.1f MB body from electrictest over %s", b.rows, float64(b.size)/1e6, b.pgVersion)
 
 	// The Go test binary is built once; then each round runs it and
 	// ts-decode.mjs once, one after the other, so that a change in the
 	// machine's load during the run weighs on both sides alike.
-	goTest := filepath.Join(dir, "client.test")
-	cmd := exec.Command("go", "test", "-c", "-o", goTest, "./client/")
-	cmd.Dir = root
+	b.goTest = filepath.Join(dir, "client.test")
+	cmd := exec.Command("go", "test", "-c", "-o", b.goTest, "./client/")
+	cmd.Dir = b.root
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("go test -c ./client/: %v", err)
 	}
-	goRuns := map[string]runs{}
-	var ts runs
-	cpu := "unknown cpu"
-	for round := 1; round <= *count; round++ {
-		logf("clientdecode: round %d/%d: go test -run '^$' -bench '^BenchmarkDecode$' -benchmem ./client/", round, *count)
-		cmd := exec.Command(goTest, "-test.run", "^$", "-test.bench", "^BenchmarkDecode$", "-test.benchmem",
-			"-test.benchtime", benchtime.String())
-		cmd.Dir = filepath.Join(root, "client")
-		cmd.Env = append(os.Environ(), "SHAPESEAL_DECODE_BODY="+bodyFile, "SHAPESEAL_DECODE_SCHEMA="+schemaFile)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
-		os.Stderr.Write(out)
-		if err != nil {
-			return fmt.Errorf("BenchmarkDecode: %v", err)
-		}
-		if cpu, err = parseGoBench(out, goRuns); err != nil {
+	res := results{goRuns: map[string]runs{}, cpu: "unknown cpu"}
+	for round := 1; round <= b.count; round++ {
+		if res.cpu, err = b.runGo(round, res.goRuns); err != nil {
 			return err
 		}
-
-		logf("clientdecode: round %d/%d: node bench/ts-decode.mjs", round, *count)
-		cmd = exec.Command(node, filepath.Join(root, "bench", "ts-decode.mjs"),
-			"--client", filepath.Join(interop, "node_modules", "@electric-sql", "client"),
-			"--body", bodyFile, "--schema", schemaFile, "--rows", strconv.Itoa(*rows),
-			"--count", "1", "--time", strconv.FormatFloat(benchtime.Seconds(), 'f', -1, 64))
-		cmd.Dir = root
-		cmd.Stderr = os.Stderr
-		out, err = cmd.Output()
-		os.Stderr.Write(out)
-		if err != nil {
-			return fmt.Errorf("node bench/ts-decode.mjs: %v", err)
-		}
-		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			var r struct {
-				RowsPerSec float64 `json:"rows_per_sec"`
-				MBPerSec   float64 `json:"mb_per_sec"`
-			}
-			if err := json.Unmarshal([]byte(line), &r); err != nil {
-				return fmt.Errorf("ts-decode.mjs printed %q: %v", line, err)
-			}
-			ts.rows = append(ts.rows, r.RowsPerSec)
-			ts.mb = append(ts.mb, r.MBPerSec)
+		if err := b.runTS(round, &res.ts); err != nil {
+			return err
 		}
 	}
+	return b.report(res)
+}
 
-	raw, typed, structs := goRuns["parse=false"], goRuns["parse=true"], goRuns["structs"]
+// runGo runs BenchmarkDecode once and adds its figures to goRuns. It
+// returns the benchmark's cpu line.
+func (b *bench) runGo(round int, goRuns map[string]runs) (cpu string, err error) {
+	logf("clientdecode: round %d/%d: go test -run '^$' -bench '^BenchmarkDecode$' -benchmem ./client/", round, b.count)
+	cmd := exec.Command(b.goTest, "-test.run", "^$", "-test.bench", "^BenchmarkDecode$", "-test.benchmem",
+		"-test.benchtime", b.benchtime.String())
+	cmd.Dir = filepath.Join(b.root, "client")
+	cmd.Env = append(os.Environ(), "SHAPESEAL_DECODE_BODY="+b.bodyFile, "SHAPESEAL_DECODE_SCHEMA="+b.schemaFile)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	os.Stderr.Write(out)
+	if err != nil {
+		return "", fmt.Errorf("BenchmarkDecode: %v", err)
+	}
+	return parseGoBench(out, goRuns)
+}
+
+// runTS runs bench/ts-decode.mjs once and adds its figures to ts.
+func (b *bench) runTS(round int, ts *runs) error {
+	logf("clientdecode: round %d/%d: node bench/ts-decode.mjs", round, b.count)
+	cmd := exec.Command(b.node, filepath.Join(b.root, "bench", "ts-decode.mjs"),
+		"--client", filepath.Join(b.interop, "node_modules", "@electric-sql", "client"),
+		"--body", b.bodyFile, "--schema", b.schemaFile, "--rows", strconv.Itoa(b.rows),
+		"--count", "1", "--time", strconv.FormatFloat(b.benchtime.Seconds(), 'f', -1, 64))
+	cmd.Dir = b.root
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	os.Stderr.Write(out)
+	if err != nil {
+		return fmt.Errorf("node bench/ts-decode.mjs: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var r struct {
+			RowsPerSec float64 `json:"rows_per_sec"`
+			MBPerSec   float64 `json:"mb_per_sec"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			return fmt.Errorf("ts-decode.mjs printed %q: %v", line, err)
+		}
+		ts.rows = append(ts.rows, r.RowsPerSec)
+		ts.mb = append(ts.mb, r.MBPerSec)
+	}
+	return nil
+}
+
+// report prints the medians, the ratios against the targets, and the
+// summary line.
+func (b *bench) report(res results) error {
+	raw, typed, structs, ts := res.goRuns["parse=false"], res.goRuns["parse=true"], res.goRuns["structs"], res.ts
 	if len(raw.rows) == 0 || len(typed.rows) == 0 || len(structs.rows) == 0 || len(ts.rows) == 0 {
 		return errors.New("missing results")
 	}
-	fmt.Printf("\nclient decode: one %d-row shape log (%.1f MB, from electrictest over %s), read from memory\n", *rows, float64(size)/1e6, pgVersion)
+	fmt.Printf("\nclient decode: one %d-row shape log (%.1f MB, from electrictest over %s), read from memory\n", b.rows, float64(b.size)/1e6, b.pgVersion)
 	fmt.Printf("machine: %s, %s/%s, %d CPUs, GOMAXPROCS %d; %s, node %s; medians of %d rounds (Go, then TS) of ≥%v each\n\n",
-		cpu, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(),
-		strings.TrimSpace(string(nodeVersion)), *count, *benchtime)
+		res.cpu, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(),
+		b.nodeVersion, b.count, b.benchtime)
 	fmt.Printf("  %-52s %12s %8s\n", "", "rows/s", "MB/s")
 	line := func(name string, r runs) {
 		fmt.Printf("  %-52s %12s %8.1f   (rounds: %s)\n", name, thousands(median(r.rows)), median(r.mb), spread(r.rows))
@@ -199,7 +239,7 @@ func run() error {
 	line("Go client, Parse: false (values as strings)", raw)
 	line("Go client, Parse: true (typed values)", typed)
 	line("Go client, TypedShape into structs", structs)
-	line("TS @electric-sql/client "+tsVersion+" (default parser)", ts)
+	line("TS @electric-sql/client "+b.tsVersion+" (default parser)", ts)
 	like := median(typed.rows) / median(ts.rows)
 	verdict := "met"
 	if like < target {
@@ -263,74 +303,9 @@ func makeBody(ctx context.Context, rows int, bodyFile, schemaFile string) (pgVer
 		return "", 0, err
 	}
 
-	srv, err := electrictest.New(ctx, electrictest.Options{DatabaseURL: dbURL, ChunkBytes: 1 << 30})
+	body, schema, err := initialSync(ctx, dbURL, rows)
 	if err != nil {
 		return "", 0, err
-	}
-	hs := httptest.NewServer(srv)
-	defer func() {
-		hs.CloseClientConnections()
-		srv.Close()
-		hs.Close()
-	}()
-	// The initial sync is the snapshot response (up to snapshot-end) and
-	// the response to the next offset (up-to-date). The body is the two
-	// arrays' messages, byte for byte, in one array.
-	var body []byte
-	var schema string
-	var last string
-	changes := 0
-	for u := hs.URL + "/v1/shape?table=items&offset=-1"; last != "up-to-date"; {
-		if len(body) > 0 && bytes.Count(body, []byte(`"control"`)) > 10 {
-			return "", 0, errors.New("no up-to-date after 10 responses")
-		}
-		resp, err := http.Get(u)
-		if err != nil {
-			return "", 0, err
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return "", 0, err
-		}
-		if resp.StatusCode != 200 {
-			return "", 0, fmt.Errorf("GET %s: %s: %s", u, resp.Status, b)
-		}
-		var msgs []struct {
-			Headers struct {
-				Operation string `json:"operation"`
-				Control   string `json:"control"`
-			} `json:"headers"`
-		}
-		if err := json.Unmarshal(b, &msgs); err != nil {
-			return "", 0, fmt.Errorf("GET %s: not a JSON array of messages: %v", u, err)
-		}
-		if len(msgs) == 0 {
-			return "", 0, fmt.Errorf("GET %s: an empty array", u)
-		}
-		for _, m := range msgs {
-			if m.Headers.Operation != "" {
-				changes++
-			}
-		}
-		last = msgs[len(msgs)-1].Headers.Control
-		if schema == "" {
-			schema = resp.Header.Get("electric-schema")
-		}
-		b = bytes.TrimSpace(b)
-		if body == nil {
-			body = b
-		} else {
-			body = append(append(body[:len(body)-1], ','), b[1:]...)
-		}
-		u = hs.URL + "/v1/shape?table=items&offset=" + url.QueryEscape(resp.Header.Get("electric-offset")) +
-			"&handle=" + url.QueryEscape(resp.Header.Get("electric-handle"))
-	}
-	if changes != rows {
-		return "", 0, fmt.Errorf("the initial sync has %d changes, want %d", changes, rows)
-	}
-	if schema == "" {
-		return "", 0, errors.New("the response has no electric-schema header")
 	}
 	if err := os.WriteFile(bodyFile, body, 0o644); err != nil {
 		return "", 0, err
@@ -339,6 +314,90 @@ func makeBody(ctx context.Context, rows int, bodyFile, schemaFile string) (pgVer
 		return "", 0, err
 	}
 	return pgVersion, len(body), nil
+}
+
+// initialSync serves the database at dbURL with electrictest and returns
+// the body and electric-schema header of a client's initial sync of the
+// items table, which must have rows changes: the snapshot response (up to
+// snapshot-end) and the response to the next offset (up-to-date), the two
+// arrays' messages, byte for byte, in one array.
+func initialSync(ctx context.Context, dbURL string, rows int) (body []byte, schema string, err error) {
+	srv, err := electrictest.New(ctx, electrictest.Options{DatabaseURL: dbURL, ChunkBytes: 1 << 30})
+	if err != nil {
+		return nil, "", err
+	}
+	hs := httptest.NewServer(srv)
+	defer func() {
+		hs.CloseClientConnections()
+		srv.Close()
+		hs.Close()
+	}()
+	var last string
+	changes := 0
+	for u := hs.URL + "/v1/shape?table=items&offset=-1"; last != "up-to-date"; {
+		if len(body) > 0 && bytes.Count(body, []byte(`"control"`)) > 10 {
+			return nil, "", errors.New("no up-to-date after 10 responses")
+		}
+		b, h, n, ctl, err := getMessages(u)
+		if err != nil {
+			return nil, "", err
+		}
+		changes += n
+		last = ctl
+		if schema == "" {
+			schema = h.Get("electric-schema")
+		}
+		b = bytes.TrimSpace(b)
+		if body == nil {
+			body = b
+		} else {
+			body = append(append(body[:len(body)-1], ','), b[1:]...)
+		}
+		u = hs.URL + "/v1/shape?table=items&offset=" + url.QueryEscape(h.Get("electric-offset")) +
+			"&handle=" + url.QueryEscape(h.Get("electric-handle"))
+	}
+	if changes != rows {
+		return nil, "", fmt.Errorf("the initial sync has %d changes, want %d", changes, rows)
+	}
+	if schema == "" {
+		return nil, "", errors.New("the response has no electric-schema header")
+	}
+	return body, schema, nil
+}
+
+// getMessages gets one shape log response from u and returns its body and
+// headers, how many changes it holds, and the control of its last message.
+func getMessages(u string) (body []byte, h http.Header, changes int, lastControl string, err error) {
+	resp, err := http.Get(u)
+	if err != nil {
+		return nil, nil, 0, "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, nil, 0, "", err
+	}
+	if resp.StatusCode != 200 {
+		return nil, nil, 0, "", fmt.Errorf("GET %s: %s: %s", u, resp.Status, b)
+	}
+	var msgs []struct {
+		Headers struct {
+			Operation string `json:"operation"`
+			Control   string `json:"control"`
+		} `json:"headers"`
+	}
+	if err := json.Unmarshal(b, &msgs); err != nil {
+		return nil, nil, 0, "", fmt.Errorf("GET %s: not a JSON array of messages: %v", u, err)
+	}
+	if len(msgs) == 0 {
+		return nil, nil, 0, "", fmt.Errorf("GET %s: an empty array", u)
+	}
+	for _, m := range msgs {
+		if m.Headers.Operation != "" {
+			changes++
+		}
+	}
+	return b, resp.Header, changes, msgs[len(msgs)-1].Headers.Control, nil
 }
 
 type runs struct{ rows, mb, allocs []float64 }
