@@ -157,8 +157,7 @@ func (p *Proxy) streamSpliced(w http.ResponseWriter, r *http.Request, pc *parkCo
 	up, err := p.lean.open(uctx, req)
 	if err != nil {
 		if ctx.Err() != nil {
-			info.reason = "client went away"
-			w.WriteHeader(499) // never seen by the client; recorded in the audit line
+			clientLeft(w, info)
 			return
 		}
 		p.badGateway(w, info, err)
