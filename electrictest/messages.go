@@ -218,3 +218,9 @@ func appendUpToDate(dst []byte, lsn uint64) []byte {
 	dst = strconv.AppendUint(dst, lsn, 10)
 	return append(dst, `"}}`...)
 }
+
+// appendSnapshotEnd appends a snapshot-end control message: the visibility
+// of the snapshot that the messages before it were read in.
+func appendSnapshotEnd(dst []byte, snap *pgSnapshot) []byte {
+	return append(dst, `{"headers":{"control":"snapshot-end","xmin":"`+snap.text[0]+`","xmax":"`+snap.text[1]+`","xip_list":`+snap.text[2]+`}}`...)
+}

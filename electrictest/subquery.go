@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Subquery shapes: a where clause may contain one membership test
@@ -402,6 +404,65 @@ func (sub *subShape) viewQuery() string {
 		quoteIdent(sub.inner.columns[sub.innerCol].name) + " IS NOT NULL GROUP BY 1"
 }
 
+// readView counts the subquery's values, as the snapshot being taken on pc
+// sees them.
+func (sh *shape) readView(ctx context.Context, pc *pgconn.PgConn) error {
+	sub := sh.sub
+	view := map[string]int{}
+	rr := pc.ExecParams(ctx, sub.viewQuery(), pickParams(sh.def.params, sub.innerUsed), nil, nil, nil)
+	for rr.NextRow() {
+		v := rr.Values()
+		n, _ := strconv.Atoi(string(v[1]))
+		view[string(v[0])] = n
+	}
+	if _, err := rr.Close(); err != nil {
+		return err
+	}
+	sub.view = view
+	return nil
+}
+
+// readMirror copies every row of the shape's table with a subquery value,
+// for move-ins, as the snapshot being taken on pc sees them.
+func (sh *shape) readMirror(ctx context.Context, pc *pgconn.PgConn) error {
+	var all strings.Builder
+	for i, c := range sh.tbl.columns {
+		if i > 0 {
+			all.WriteString(", ")
+		}
+		all.WriteString(textExpr(c))
+	}
+	mirror := map[string][]datum{}
+	rr := pc.ExecParams(ctx, "SELECT "+all.String()+" FROM "+sh.def.rel.Quoted()+" WHERE "+
+		quoteIdent(sh.tbl.columns[sh.sub.outerCol].name)+" IS NOT NULL", nil, nil, nil, nil)
+	for rr.NextRow() {
+		row := make([]datum, len(sh.tbl.columns))
+		for i, v := range rr.Values() {
+			row[i] = textDatum(v)
+		}
+		mirror[rowKey(sh.tbl.rel, sh.tbl, sh.keyCols, row)] = row
+	}
+	if _, err := rr.Close(); err != nil {
+		return err
+	}
+	sh.sub.mirror = mirror
+	return nil
+}
+
+// followMirror applies replicated changes of the shape's table to the
+// mirror.
+func (sh *shape) followMirror(pairs []rowPair) {
+	t, sub := sh.tbl, sh.sub
+	for _, p := range pairs {
+		if p.old != nil {
+			delete(sub.mirror, rowKey(t.rel, t, sh.keyCols, p.old))
+		}
+		if p.new != nil && p.new[sub.outerCol].kind != 'n' {
+			sub.mirror[rowKey(t.rel, t, sh.keyCols, p.new)] = p.new
+		}
+	}
+}
+
 // valueHash is Electric's tag of a subquery value: md5 of the stack id, the
 // shape handle and the value namespaced ("v:" prefix, "NULL" for null).
 func valueHash(stack, handle string, v datum) string {
@@ -431,6 +492,14 @@ func (sh *shape) rowTag(row []datum) string {
 	return b.String()
 }
 
+// tagsOf is the tags of a row of the shape: none without a subquery.
+func (sh *shape) tagsOf(row []datum) []string {
+	if sh.sub == nil {
+		return nil
+	}
+	return []string{sh.rowTag(row)}
+}
+
 // viewParam is the current view as a text[] literal.
 func (sub *subShape) viewParam() []byte {
 	vals := make([]datum, 0, len(sub.view))
@@ -438,6 +507,38 @@ func (sub *subShape) viewParam() []byte {
 		vals = append(vals, datum{kind: 't', text: v})
 	}
 	return []byte(arrayLiteral(vals))
+}
+
+// moveEntries applies a transaction's changes of the subquery's table to
+// the view and returns the log entries of the moves: a move-out event for
+// the values that left it, a move-in event and the rows it brings for those
+// that entered. They follow the transaction's own changes, whose op
+// positions end before 2 × its number of changes.
+func (s *Server) moveEntries(ctx context.Context, sh *shape, tx *txn, changes []change) ([]logEntry, error) {
+	in, out, err := s.applyInner(ctx, sh, changes)
+	if err != nil {
+		return nil, err
+	}
+	var entries []logEntry
+	op := 2 * uint64(len(tx.changes))
+	add := func(msg []byte) {
+		entries = append(entries, logEntry{off: Offset{Tx: tx.lsn, Op: op}, msg: msg})
+		op++
+	}
+	if len(out) > 0 {
+		add(sh.moveEvent("move-out", out, tx.xid))
+	}
+	if len(in) > 0 {
+		rows, err := s.moveIn(ctx, sh, in)
+		if err != nil {
+			return nil, err
+		}
+		add(sh.moveEvent("move-in", in, tx.xid))
+		for _, r := range rows {
+			add(r)
+		}
+	}
+	return entries, nil
 }
 
 // applyInner updates the view with the inner table's changes of a
@@ -450,22 +551,7 @@ func (s *Server) applyInner(ctx context.Context, sh *shape, changes []change) (i
 		if c.rel.rel != sub.sq.innerRel {
 			continue
 		}
-		idx := sub.relMap[c.rel]
-		if idx == nil {
-			idx = make([]int, len(c.rel.columns))
-			for ri, rc := range c.rel.columns {
-				idx[ri] = sub.inner.index(rc.name)
-			}
-			sub.relMap[c.rel] = idx
-		}
-		old, nw := project(sub.inner, idx, c.old), project(sub.inner, idx, c.new)
-		if old != nil && nw != nil {
-			for i := range nw {
-				if nw[i].kind == 'u' {
-					nw[i] = old[i]
-				}
-			}
-		}
+		old, nw := projectChange(sub.inner, sub.relMap, c)
 		if old != nil {
 			rows = append(rows, old)
 		}
@@ -523,23 +609,6 @@ func (s *Server) applyInner(ctx context.Context, sh *shape, changes []change) (i
 	slices.Sort(in)
 	slices.Sort(out)
 	return in, out, nil
-}
-
-// project maps a replicated row to the table's column order.
-func project(t *table, idx []int, d []datum) []datum {
-	if d == nil {
-		return nil
-	}
-	out := make([]datum, len(t.columns))
-	for i := range out {
-		out[i].kind = 'n'
-	}
-	for ri, ti := range idx {
-		if ti >= 0 && ri < len(d) {
-			out[ti] = d[ri]
-		}
-	}
-	return out
 }
 
 // moveEvent renders a move-in or move-out event message.
@@ -609,5 +678,5 @@ func (s *Server) moveIn(ctx context.Context, sh *shape, values []string) ([][]by
 	if err != nil {
 		return nil, err
 	}
-	return append(msgs, []byte(`{"headers":{"control":"snapshot-end","xmin":"`+snap.text[0]+`","xmax":"`+snap.text[1]+`","xip_list":`+snap.text[2]+`}}`)), nil
+	return append(msgs, appendSnapshotEnd(nil, snap)), nil
 }
