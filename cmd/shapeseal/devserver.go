@@ -62,17 +62,7 @@ flags:
 		defer cl.Stop()
 		*dbURL = cl.URL()
 	}
-	source := "--database-url"
-	if os.Getenv("DATABASE_URL") == *dbURL {
-		source = "DATABASE_URL"
-	}
-	conn, err := connectDB(ctx, *dbURL, source)
-	if err != nil {
-		return err
-	}
-	err = checkReplication(ctx, conn)
-	conn.Close(context.WithoutCancel(ctx))
-	if err != nil {
+	if err := checkDevserverDB(ctx, *dbURL); err != nil {
 		return err
 	}
 	srv, err := electrictest.New(ctx, electrictest.Options{
@@ -100,6 +90,28 @@ flags:
 		"database_url": *dbURL,
 	})
 	fmt.Printf("shapeseal devserver ready %s\n", ready)
+	return serveUntilDone(ctx, hs, ln)
+}
+
+// checkDevserverDB checks that the database at dbURL (--database-url or
+// DATABASE_URL) can serve shapes.
+func checkDevserverDB(ctx context.Context, dbURL string) error {
+	source := "--database-url"
+	if os.Getenv("DATABASE_URL") == dbURL {
+		source = "DATABASE_URL"
+	}
+	conn, err := connectDB(ctx, dbURL, source)
+	if err != nil {
+		return err
+	}
+	err = checkReplication(ctx, conn)
+	conn.Close(context.WithoutCancel(ctx))
+	return err
+}
+
+// serveUntilDone serves hs on ln until ctx ends, then shuts it down
+// (waiting up to 5 s for the requests in flight).
+func serveUntilDone(ctx context.Context, hs *http.Server, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {
