@@ -185,12 +185,7 @@ func (p *Proxy) streamSpliced(w http.ResponseWriter, r *http.Request, pc *parkCo
 		p.badGateway(w, info, err)
 		return
 	}
-	// What the server had read ahead (a pipelined request) is read again
-	// by the server when the connection comes back.
-	if n := brw.Reader.Buffered(); n > 0 {
-		ahead, _ := brw.Reader.Peek(n)
-		pc.prefix = append(append([]byte(nil), ahead...), pc.prefix...)
-	}
+	pc.keepReadAhead(brw.Reader)
 	_ = conn // pc, whose Conn is client
 	info.hijacked, info.abort = true, false
 	// The client connection, too, is interrupted when uctx ends (the
@@ -204,15 +199,7 @@ func (p *Proxy) streamSpliced(w http.ResponseWriter, r *http.Request, pc *parkCo
 		pw.header.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
 	pw.sendHeader(false)
-	var upErr error
-	if chunked {
-		upErr = relayChunked(pw, client, up.br, upTCP)
-	} else {
-		upErr = relayFixed(pw, client, up.br, upTCP, resp.ContentLength)
-	}
-	if upErr == nil && pw.err == nil && pw.chunked {
-		pw.send([]byte("0\r\n\r\n"))
-	}
+	upErr := relayBody(pw, client, up, upTCP, chunked)
 	up.release(upErr == nil && pw.err == nil)
 	clientOK := stopClient() && pw.err == nil
 	info.status, info.bytes = int32(pw.status), pw.bytes
@@ -228,6 +215,22 @@ func (p *Proxy) streamSpliced(w http.ResponseWriter, r *http.Request, pc *parkCo
 	}
 	client.SetDeadline(time.Time{})
 	pc.l.handBack(pc)
+}
+
+// relayBody relays the body of up, chunked or of its Content-Length, from
+// upTCP (the connection of up) to the client, and ends a chunked one. The
+// error is the upstream's; the client's is in pw.err.
+func relayBody(pw *parkedWriter, client *net.TCPConn, up *upstreamConn, upTCP *net.TCPConn, chunked bool) error {
+	var err error
+	if chunked {
+		err = relayChunked(pw, client, up.br, upTCP)
+	} else {
+		err = relayFixed(pw, client, up.br, upTCP, up.resp.ContentLength)
+	}
+	if err == nil && pw.err == nil && pw.chunked {
+		pw.send([]byte("0\r\n\r\n"))
+	}
+	return err
 }
 
 // upstreamBodyFailed records an upstream body broken off after the status
