@@ -178,6 +178,15 @@ func (sh *shape) snapshotQuery(where string) string {
 	return "SELECT " + sel.String() + " FROM " + sh.def.rel.Quoted() + where
 }
 
+// textExpr is the SQL giving a column's text as replication writes it.
+func textExpr(c column) string {
+	q := quoteIdent(c.name)
+	if c.isBpchar && c.dims == 0 {
+		return fmt.Sprintf("CASE WHEN %s IS NULL THEN NULL ELSE concat(%s) END", q, q)
+	}
+	return q + "::text"
+}
+
 // textDatum is a value as a query in text format returns it: nil is NULL.
 func textDatum(v []byte) datum {
 	if v == nil {

@@ -52,16 +52,14 @@ func checkWhere(w string) (whereCheck, error) {
 		prevIdent, prevDot := lastIdent, afterDot
 		lastIdent, afterDot = "", false
 		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+		case isSpace(c):
 			lastIdent, afterDot = prevIdent, prevDot
 			i++
 		case c == '.':
 			// x.f is also a call of f(x) in Postgres (attribute notation).
 			afterDot = true
 			i++
-		case c == '-' && i+1 < len(w) && w[i+1] == '-':
-			return wc, whereErrorf("At location %d: comments are not allowed", i)
-		case c == '/' && i+1 < len(w) && w[i+1] == '*':
+		case c == '-' && i+1 < len(w) && w[i+1] == '-', c == '/' && i+1 < len(w) && w[i+1] == '*':
 			return wc, whereErrorf("At location %d: comments are not allowed", i)
 		case c == ';':
 			return wc, whereErrorf("At location %d: only a single expression is allowed", i)
@@ -77,74 +75,29 @@ func checkWhere(w string) (whereCheck, error) {
 				return wc, whereErrorf("At location %d: unbalanced parentheses", i)
 			}
 			i++
-		case c == '\'':
-			j, err := skipString(w, i+1, false)
+		case isStringStart(w, i):
+			j, err := stringEnd(w, i)
 			if err != nil {
 				return wc, err
 			}
 			i = j
-		case (c == 'e' || c == 'E') && i+1 < len(w) && w[i+1] == '\'':
-			j, err := skipString(w, i+2, true)
+		case c == '"' || isIdentStart(c):
+			name, j, err := readName(w, i)
 			if err != nil {
 				return wc, err
 			}
-			i = j
-		case c == '"':
-			if i >= 2 && w[i-1] == '&' && (w[i-2] == 'u' || w[i-2] == 'U') {
-				// U&"..." would let a name (say, of a function) hide from this check.
-				return wc, whereErrorf("At location %d: Unicode escapes in identifiers are not allowed", i-2)
-			}
-			j := i + 1
-			var name strings.Builder
-			for {
-				if j >= len(w) {
-					return wc, whereErrorf("At location %d: unterminated quoted identifier", i)
-				}
-				if w[j] == '"' {
-					if j+1 < len(w) && w[j+1] == '"' {
-						name.WriteByte('"')
-						j += 2
-						continue
-					}
-					break
-				}
-				name.WriteByte(w[j])
-				j++
-			}
-			lastIdent = name.String()
+			lastIdent = name
 			if prevDot {
-				wc.functions = append(wc.functions, lastIdent)
+				wc.functions = append(wc.functions, name)
 			}
-			i = j + 1
+			i = j
 		case c == '$':
-			j := i + 1
-			for j < len(w) && w[j] >= '0' && w[j] <= '9' {
-				j++
-			}
+			j := digitsEnd(w, i+1)
 			if j == i+1 {
 				return wc, whereErrorf("At location %d: dollar-quoted strings are not allowed", i)
 			}
 			if n, err := strconv.Atoi(w[i+1 : j]); err == nil {
-				if wc.params == nil {
-					wc.params = map[int]int{}
-				}
-				if _, ok := wc.params[n]; !ok {
-					wc.params[n] = i
-				}
-			}
-			i = j
-		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80:
-			j := i + 1
-			for j < len(w) && (w[j] == '_' || w[j] == '$' || w[j] >= 'a' && w[j] <= 'z' || w[j] >= 'A' && w[j] <= 'Z' || w[j] >= '0' && w[j] <= '9' || w[j] >= 0x80) {
-				j++
-			}
-			word := strings.ToLower(w[i:j])
-			if forbiddenWords[word] {
-				return wc, whereErrorf("At location %d: %s is not allowed in a where clause", i, strings.ToUpper(word))
-			}
-			lastIdent = word
-			if prevDot {
-				wc.functions = append(wc.functions, word)
+				wc.noteParam(n, i)
 			}
 			i = j
 		default:
@@ -155,6 +108,40 @@ func checkWhere(w string) (whereCheck, error) {
 		return wc, whereErrorf("unbalanced parentheses")
 	}
 	return wc, nil
+}
+
+// readName reads the name (an identifier or a keyword, quoted or not) at
+// i, as Postgres reads it: unquoted, it is lower-cased. It returns the index
+// after it. Words that start a subquery or a statement are refused, and so
+// are Unicode escapes.
+func readName(w string, i int) (string, int, error) {
+	if w[i] != '"' {
+		j := identEnd(w, i)
+		word := strings.ToLower(w[i:j])
+		if forbiddenWords[word] {
+			return "", 0, whereErrorf("At location %d: %s is not allowed in a where clause", i, strings.ToUpper(word))
+		}
+		return word, j, nil
+	}
+	if i >= 2 && w[i-1] == '&' && (w[i-2] == 'u' || w[i-2] == 'U') {
+		// U&"..." would let a name (say, of a function) hide from this check.
+		return "", 0, whereErrorf("At location %d: Unicode escapes in identifiers are not allowed", i-2)
+	}
+	name, j, ok := quotedIdent(w, i)
+	if !ok {
+		return "", 0, whereErrorf("At location %d: unterminated quoted identifier", i)
+	}
+	return name, j, nil
+}
+
+// noteParam records that $n is used at location at, unless it was before.
+func (wc *whereCheck) noteParam(n, at int) {
+	if wc.params == nil {
+		wc.params = map[int]int{}
+	}
+	if _, ok := wc.params[n]; !ok {
+		wc.params[n] = at
+	}
 }
 
 // skipString returns the index after the closing quote of a string literal
@@ -176,6 +163,123 @@ func skipString(w string, i int, backslash bool) (int, error) {
 		}
 	}
 	return 0, whereErrorf("At location %d: unterminated string literal", start)
+}
+
+// stringEnd returns the index after the string literal ('...' or E'...')
+// that starts at i.
+func stringEnd(w string, i int) (int, error) {
+	if w[i] == '\'' {
+		return skipString(w, i+1, false)
+	}
+	return skipString(w, i+2, true)
+}
+
+// isStringStart reports whether a string literal ('...' or E'...') starts
+// at i.
+func isStringStart(w string, i int) bool {
+	c := w[i]
+	return c == '\'' || (c == 'e' || c == 'E') && i+1 < len(w) && w[i+1] == '\''
+}
+
+// quotedIdent reads the quoted identifier that starts at i: its name and
+// the index after its closing quote; ok is false when it is unterminated.
+func quotedIdent(w string, i int) (name string, end int, ok bool) {
+	var b strings.Builder
+	for j := i + 1; j < len(w); j++ {
+		if w[j] != '"' {
+			b.WriteByte(w[j])
+			continue
+		}
+		if j+1 < len(w) && w[j+1] == '"' {
+			b.WriteByte('"')
+			j++
+			continue
+		}
+		return b.String(), j + 1, true
+	}
+	return "", 0, false
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' }
+
+// isIdentStart reports whether c starts an identifier or a keyword.
+func isIdentStart(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
+}
+
+// identEnd returns the index after the identifier or keyword at i.
+func identEnd(w string, i int) int {
+	j := i + 1
+	for j < len(w) && (isIdentStart(w[j]) || w[j] == '$' || w[j] >= '0' && w[j] <= '9') {
+		j++
+	}
+	return j
+}
+
+// digitsEnd returns the index after the ASCII digits starting at i.
+func digitsEnd(w string, i int) int {
+	for i < len(w) && w[i] >= '0' && w[i] <= '9' {
+		i++
+	}
+	return i
+}
+
+// lexToken is a token of a where clause, for finding the subquery.
+type lexToken struct {
+	kind       byte   // 'w' word, 'q' quoted identifier, 's' string, '$' param, or the punctuation character
+	word       string // lower-cased word, or the quoted identifier's name
+	start, end int
+	depth      int // parentheses open before the token
+}
+
+// lexWhere splits a where clause into tokens; ok is false when it cannot
+// (checkWhere then reports why).
+func lexWhere(w string) (toks []lexToken, ok bool) {
+	depth := 0
+	for i := 0; i < len(w); {
+		c := w[i]
+		switch {
+		case isSpace(c):
+			i++
+		case isStringStart(w, i):
+			j, err := stringEnd(w, i)
+			if err != nil {
+				return nil, false
+			}
+			toks = append(toks, lexToken{kind: 's', start: i, end: j, depth: depth})
+			i = j
+		case c == '"':
+			name, j, ok := quotedIdent(w, i)
+			if !ok {
+				return nil, false
+			}
+			toks = append(toks, lexToken{kind: 'q', word: name, start: i, end: j, depth: depth})
+			i = j
+		case c == '$':
+			j := digitsEnd(w, i+1)
+			if j == i+1 {
+				return nil, false
+			}
+			toks = append(toks, lexToken{kind: '$', word: w[i+1 : j], start: i, end: j, depth: depth})
+			i = j
+		case isIdentStart(c):
+			j := identEnd(w, i)
+			toks = append(toks, lexToken{kind: 'w', word: strings.ToLower(w[i:j]), start: i, end: j, depth: depth})
+			i = j
+		case c == '(':
+			toks = append(toks, lexToken{kind: '(', start: i, end: i + 1, depth: depth})
+			depth++
+			i++
+		case c == ')':
+			depth--
+			toks = append(toks, lexToken{kind: ')', start: i, end: i + 1, depth: depth})
+			i++
+		default:
+			toks = append(toks, lexToken{kind: c, start: i, end: i + 1, depth: depth})
+			i++
+		}
+	}
+	return toks, true
 }
 
 // arrayLiteral renders values as a Postgres text[] literal.
