@@ -141,43 +141,54 @@ func (r *replication) run(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("electrictest: replication stream: %w", err)
 			}
-			m, err := decodePgoutput(x.WALData)
-			if err != nil {
+			if cur, err = r.handle(cur, x.WALData); err != nil {
 				return err
-			}
-			switch m := m.(type) {
-			case beginMessage:
-				cur = &txn{xid: m.xid, lsn: m.finalLSN}
-			case commitMessage:
-				if cur != nil {
-					r.onCommit(cur)
-					cur = nil
-				}
-				r.processed = m.commitLSN
-			case *relMessage:
-				r.relations[m.id] = m
-				if r.onRelation != nil {
-					r.onRelation(m)
-				}
-			case rowMessage:
-				rel := r.relations[m.relID]
-				if rel == nil || cur == nil {
-					return fmt.Errorf("electrictest: change for unknown relation %d", m.relID)
-				}
-				// Every change advances op_position by 2, as in Electric's
-				// MessageConverter: an update may split into a delete and
-				// an insert, which then take n and n+1.
-				c := change{op: m.op, rel: rel, old: m.old, new: m.new, pos: 2 * uint64(len(cur.changes))}
-				cur.changes = append(cur.changes, c)
-			case truncateMessage:
-				for _, id := range m.relIDs {
-					if rel := r.relations[id]; rel != nil && cur != nil {
-						cur.truncated = append(cur.truncated, rel)
-					}
-				}
 			}
 		}
 	}
+}
+
+// handle decodes one pgoutput message into cur, the transaction being
+// received (nil between transactions), and returns what cur is then: a new
+// transaction at its begin, nil after its commit, which hands it to
+// onCommit.
+func (r *replication) handle(cur *txn, walData []byte) (*txn, error) {
+	m, err := decodePgoutput(walData)
+	if err != nil {
+		return cur, err
+	}
+	switch m := m.(type) {
+	case beginMessage:
+		cur = &txn{xid: m.xid, lsn: m.finalLSN}
+	case commitMessage:
+		if cur != nil {
+			r.onCommit(cur)
+			cur = nil
+		}
+		r.processed = m.commitLSN
+	case *relMessage:
+		r.relations[m.id] = m
+		if r.onRelation != nil {
+			r.onRelation(m)
+		}
+	case rowMessage:
+		rel := r.relations[m.relID]
+		if rel == nil || cur == nil {
+			return cur, fmt.Errorf("electrictest: change for unknown relation %d", m.relID)
+		}
+		// Every change advances op_position by 2, as in Electric's
+		// MessageConverter: an update may split into a delete and
+		// an insert, which then take n and n+1.
+		c := change{op: m.op, rel: rel, old: m.old, new: m.new, pos: 2 * uint64(len(cur.changes))}
+		cur.changes = append(cur.changes, c)
+	case truncateMessage:
+		for _, id := range m.relIDs {
+			if rel := r.relations[id]; rel != nil && cur != nil {
+				cur.truncated = append(cur.truncated, rel)
+			}
+		}
+	}
+	return cur, nil
 }
 
 func (r *replication) sendStatus() error {
