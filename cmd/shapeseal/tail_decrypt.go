@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"filippo.io/age"
+
 	"github.com/shapeseal/shapeseal/client"
 	"github.com/shapeseal/shapeseal/keysync"
 )
@@ -255,54 +257,24 @@ func (d *decryptor) close() {
 	<-d.done
 }
 
-// startDecrypt loads the identity, starts the keyring and waits until it is
+// start loads the identity, starts the keyring and waits until it is
 // up to date.
 func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string, opts client.Options, verbose bool, stderr io.Writer) (*decryptor, error) {
 	specs, err := d.specs()
 	if err != nil {
 		return nil, err
 	}
-	path := *d.identity
-	if path == "" {
-		path = os.Getenv("SHAPESEAL_IDENTITY")
-	}
-	if path == "" {
-		return nil, usagef("--encrypted needs --identity (or $SHAPESEAL_IDENTITY)")
-	}
-	id, err := keysync.LoadIdentityFile(path)
+	path, id, recipient, err := d.loadIdentity()
 	if err != nil {
-		return nil, fmt.Errorf("--identity: %w", err)
+		return nil, err
 	}
-	recipient, err := keysync.RecipientOf(id)
+	roots, err := d.rootKeys()
 	if err != nil {
-		return nil, fmt.Errorf("--identity: %w", err)
+		return nil, err
 	}
-	list := strings.Join(d.roots, ",")
-	if list == "" {
-		list = os.Getenv("SHAPESEAL_ROOT")
-	}
-	roots, err := keysync.ParseVerifyKeys(list)
+	floor, floorPath, err := d.openFloor(path)
 	if err != nil {
-		return nil, fmt.Errorf("--root: %w", err)
-	}
-	if len(roots) == 0 {
-		return nil, errors.New(`--encrypted needs --root ssvk1… (or $SHAPESEAL_ROOT): the root public key the tenants' logs are signed from, as "shapeseal signkey" printed it (shapeseal dev prints it as "root")`)
-	}
-	var floor keysync.Floor
-	floorPath := ""
-	switch {
-	case *d.noFloor && *d.floor != "":
-		return nil, usagef("--floor and --no-floor are exclusive")
-	case *d.noFloor:
-		floor = keysync.NewMemoryFloor()
-	default:
-		floorPath = *d.floor
-		if floorPath == "" {
-			floorPath = keysync.DefaultFloorPath(path)
-		}
-		if floor, err = keysync.OpenFileFloor(floorPath); err != nil {
-			return nil, fmt.Errorf("--floor: %w", err)
-		}
+		return nil, err
 	}
 	ko, err := d.keyShapeOptions(shape, secret, opts)
 	if err != nil {
@@ -349,10 +321,77 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 		defer close(r.done)
 		r.runErr = ring.Run(ctx)
 	}()
+	if err := d.waitReady(ctx, r, &contact, ko.URL, lo.URL); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// loadIdentity loads --identity (or $SHAPESEAL_IDENTITY) and returns its
+// path and recipient too.
+func (d *decryptFlags) loadIdentity() (path string, id age.Identity, recipient string, err error) {
+	path = *d.identity
+	if path == "" {
+		path = os.Getenv("SHAPESEAL_IDENTITY")
+	}
+	if path == "" {
+		return "", nil, "", usagef("--encrypted needs --identity (or $SHAPESEAL_IDENTITY)")
+	}
+	if id, err = keysync.LoadIdentityFile(path); err != nil {
+		return "", nil, "", fmt.Errorf("--identity: %w", err)
+	}
+	if recipient, err = keysync.RecipientOf(id); err != nil {
+		return "", nil, "", fmt.Errorf("--identity: %w", err)
+	}
+	return path, id, recipient, nil
+}
+
+// rootKeys returns the pinned root keys of --root (or $SHAPESEAL_ROOT):
+// at least one.
+func (d *decryptFlags) rootKeys() ([]keysync.VerifyKey, error) {
+	list := strings.Join(d.roots, ",")
+	if list == "" {
+		list = os.Getenv("SHAPESEAL_ROOT")
+	}
+	roots, err := keysync.ParseVerifyKeys(list)
+	if err != nil {
+		return nil, fmt.Errorf("--root: %w", err)
+	}
+	if len(roots) == 0 {
+		return nil, errors.New(`--encrypted needs --root ssvk1… (or $SHAPESEAL_ROOT): the root public key the tenants' logs are signed from, as "shapeseal signkey" printed it (shapeseal dev prints it as "root")`)
+	}
+	return roots, nil
+}
+
+// openFloor opens the floor of --floor (by default next to the identity
+// file at identityPath), or with --no-floor one in memory, and returns its
+// path ("" in memory).
+func (d *decryptFlags) openFloor(identityPath string) (floor keysync.Floor, path string, err error) {
+	switch {
+	case *d.noFloor && *d.floor != "":
+		return nil, "", usagef("--floor and --no-floor are exclusive")
+	case *d.noFloor:
+		return keysync.NewMemoryFloor(), "", nil
+	}
+	path = *d.floor
+	if path == "" {
+		path = keysync.DefaultFloorPath(identityPath)
+	}
+	ff, err := keysync.OpenFileFloor(path)
+	if err != nil {
+		return nil, "", fmt.Errorf("--floor: %w", err)
+	}
+	return ff, path, nil
+}
+
+// waitReady waits up to 30 s for r's keyring to be up to date; on failure
+// it closes r and explains why, with the key and log shapes' URLs.
+func (d *decryptFlags) waitReady(ctx context.Context, r *decryptor, contact *firstContact, keysURL, logURL string) error {
 	wait, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	readyErr := make(chan error, 1)
-	go func() { readyErr <- ring.Ready(wait) }()
+	go func() { readyErr <- r.ring.Ready(wait) }()
+	var err error
 	select {
 	case err = <-readyErr:
 	case <-r.done:
@@ -361,15 +400,15 @@ func (d *decryptFlags) start(ctx context.Context, shape *url.URL, secret string,
 	if err != nil {
 		r.close()
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 		if e := r.err(); e != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, d.explain(contact.wrap(e), ko.URL, lo.URL)
+			return d.explain(contact.wrap(e), keysURL, logURL)
 		}
-		return nil, fmt.Errorf("key and log shapes not up to date: %w", err)
+		return fmt.Errorf("key and log shapes not up to date: %w", err)
 	}
 	contact.succeeded()
-	return r, nil
+	return nil
 }
 
 // explain adds to a keyring error what to do when a key or log shape is
