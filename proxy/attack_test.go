@@ -264,79 +264,11 @@ func TestAttackTokenVariants(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
 	c := claimsFor("alice", map[string]any{"roles": []string{"reader"}, "tenant_ids": []string{"acme"}})
-	// Pad the claims so that every segment has unused bits to flip.
-	var tok string
-	for pad := ""; ; pad += "x" {
-		c["pad"] = pad
-		tok = sign(t, "RS256", "rs", rsaKey, c)
-		_, hasBits := flipUnused(splitDots(tok)[1])
-		if hasBits {
-			break
-		}
-	}
+	tok := tokenWithUnusedBits(t, c)
 	seg := splitDots(tok)
-	if _, ok := flipUnused(seg[0]); !ok {
-		t.Fatal("the header has no unused bits: change it")
-	}
 	esTok := sign(t, "ES256", "ec", ecKey, c)
-	type variant struct {
-		token   string
-		joseKey any // when set, go-jose verifies the variant with it
-	}
-	variants := map[string]variant{}
-	for i, name := range []string{"header", "payload", "signature"} {
-		s := slices.Clone(seg)
-		s[i], _ = flipUnused(s[i])
-		variants["unused bits in the "+name] = variant{strings.Join(s, "."), &rsaKey.PublicKey}
-	}
-	// High s: (r, n-s) is as valid as (r, s). Accepted as the same token
-	// (below), not refused.
-	es := splitDots(esTok)
-	sig, _ := b64.DecodeString(es[2])
-	n := ecKey.Curve.Params().N
-	hs := new(big.Int).Sub(n, new(big.Int).SetBytes(sig[32:]))
-	hs.FillBytes(sig[32:])
-	highS := es[0] + "." + es[1] + "." + b64.EncodeToString(sig)
-	digest := sha256.Sum256([]byte(es[0] + "." + es[1]))
-	if !ecdsa.Verify(&ecKey.PublicKey, digest[:], new(big.Int).SetBytes(sig[:32]), hs) {
-		t.Fatal("the high-s variant does not verify: the test is wrong")
-	}
-	if jws, err := jose.ParseSignedCompact(highS, []jose.SignatureAlgorithm{jose.ES256}); err != nil {
-		t.Fatalf("high s: not a valid variant (go-jose: %v): the test is wrong", err)
-	} else if _, err := jws.Verify(&ecKey.PublicKey); err != nil {
-		t.Fatalf("high s: not a valid variant (go-jose: %v): the test is wrong", err)
-	}
-	variants["high s with unused bits in the signature"] = variant{token: setUnusedBit(highS)}
-	// Signed by the issuer's key, but not one JSON object each.
-	hdr := `{"alg":"RS256","kid":"rs"}`
-	body, _ := json.Marshal(c)
-	for name, hp := range map[string][2]string{
-		"duplicate claim":           {hdr, strings.TrimSuffix(string(body), "}") + `,"sub":"mallory"}`},
-		"duplicate nested claim":    {hdr, strings.TrimSuffix(string(body), "}") + `,"app":{"role":"a","role":"b"}}`},
-		"data after the claims":     {hdr, string(body) + `{"sub":"mallory"}`},
-		"space after the claims":    {hdr, string(body) + ` `},
-		"newline after the claims":  {hdr, string(body) + "\n"},
-		"space before the claims":   {hdr, " " + string(body)},
-		"claims not UTF-8":          {hdr, strings.TrimSuffix(string(body), "}") + `,"x":"` + "\xff" + `"}`},
-		"duplicate header key":      {`{"alg":"RS256","kid":"rs","kid":"other"}`, string(body)},
-		"data after the header":     {hdr + ` `, string(body)},
-		"critical header extension": {`{"alg":"RS256","kid":"rs","crit":["exp"],"exp":1}`, string(body)},
-		"unencoded payload (b64)":   {`{"alg":"RS256","kid":"rs","b64":false,"crit":["b64"]}`, string(body)},
-	} {
-		variants[name] = variant{token: signRaw(t, "RS256", rsaKey, hp[0], hp[1])}
-	}
-	for name, v := range variants {
-		if v.joseKey == nil {
-			continue
-		}
-		jws, err := jose.ParseSignedCompact(v.token, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
-		if err == nil {
-			_, err = jws.Verify(v.joseKey)
-		}
-		if err != nil {
-			t.Fatalf("%s: not a valid variant (go-jose: %v): the test is wrong", name, err)
-		}
-	}
+	highS := checkedHighS(t, esTok)
+	variants := tokenVariants(t, tok, highS, c)
 	// Whitespace and other characters around or in the token.
 	headerVariants := map[string]string{
 		"no-break space after":     "Bearer " + tok + "\u00a0",
@@ -395,22 +327,12 @@ func TestAttackTokenVariants(t *testing.T) {
 	// A WebSocket's auth message carries the token alone: nothing trimmed.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	wsTokens := map[string]string{
+	wsAuthRefused(t, ctx, e, map[string]string{
 		"leading space":     " " + tok,
 		"trailing newline":  tok + "\n",
 		"line break inside": seg[0] + "." + seg[1][:10] + "\r\n" + seg[1][10:] + "." + seg[2],
 		"unused bits":       variants["unused bits in the signature"].token,
-	}
-	for name, bad := range wsTokens {
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		c := rawWS(t, ctx, e)
-		writeWS(t, ctx, c, map[string]any{"type": "auth", "token": bad})
-		if st, _ := readUntilClose(ctx, c); st != 1008 {
-			t.Errorf("WebSocket auth, %s: closed with %v, want 1008", name, st)
-		}
-		c.CloseNow()
-		cancel()
-	}
+	})
 	// The high-s form authenticates a WebSocket as the same token.
 	c2 := rawWS(t, ctx, e)
 	defer c2.CloseNow()
@@ -420,6 +342,116 @@ func TestAttackTokenVariants(t *testing.T) {
 	}
 	if n := cacheEntries(e.p.verifier); n != entries {
 		t.Errorf("the variants made %d cache entries, want none", n-entries)
+	}
+}
+
+// tokenWithUnusedBits signs c with RS256, padded so that every segment of
+// the token has unused bits to flip.
+func tokenWithUnusedBits(t *testing.T, c map[string]any) string {
+	t.Helper()
+	var tok string
+	for pad := ""; ; pad += "x" {
+		c["pad"] = pad
+		tok = sign(t, "RS256", "rs", rsaKey, c)
+		_, hasBits := flipUnused(splitDots(tok)[1])
+		if hasBits {
+			break
+		}
+	}
+	if _, ok := flipUnused(splitDots(tok)[0]); !ok {
+		t.Fatal("the header has no unused bits: change it")
+	}
+	return tok
+}
+
+// checkedHighS is highS of esTok (ES256, signed with ecKey), checked to
+// verify with crypto/ecdsa and with go-jose: (r, n-s) is as valid as
+// (r, s).
+func checkedHighS(t *testing.T, esTok string) string {
+	t.Helper()
+	hs := highS(esTok)
+	es := splitDots(hs)
+	sig, _ := b64.DecodeString(es[2])
+	digest := sha256.Sum256([]byte(es[0] + "." + es[1]))
+	if !ecdsa.Verify(&ecKey.PublicKey, digest[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
+		t.Fatal("the high-s variant does not verify: the test is wrong")
+	}
+	if jws, err := jose.ParseSignedCompact(hs, []jose.SignatureAlgorithm{jose.ES256}); err != nil {
+		t.Fatalf("high s: not a valid variant (go-jose: %v): the test is wrong", err)
+	} else if _, err := jws.Verify(&ecKey.PublicKey); err != nil {
+		t.Fatalf("high s: not a valid variant (go-jose: %v): the test is wrong", err)
+	}
+	return hs
+}
+
+// tokenVariant is another string of a token, or a token signed by the
+// issuer's key that is not canonical.
+type tokenVariant struct {
+	token   string
+	joseKey any // when set, go-jose verifies the variant with it
+}
+
+// tokenVariants are the variants of tok (RS256, every segment with unused
+// bits), of highS and of tokens with the claims c that the proxy must
+// refuse. Those with a joseKey are checked to verify with go-jose.
+func tokenVariants(t *testing.T, tok, highS string, c map[string]any) map[string]tokenVariant {
+	t.Helper()
+	variants := map[string]tokenVariant{}
+	seg := splitDots(tok)
+	for i, name := range []string{"header", "payload", "signature"} {
+		s := slices.Clone(seg)
+		s[i], _ = flipUnused(s[i])
+		variants["unused bits in the "+name] = tokenVariant{strings.Join(s, "."), &rsaKey.PublicKey}
+	}
+	// High s is accepted as the same token (see the test), not refused;
+	// with unused bits as well it is not canonical.
+	variants["high s with unused bits in the signature"] = tokenVariant{token: setUnusedBit(highS)}
+	// Signed by the issuer's key, but not one JSON object each.
+	hdr := `{"alg":"RS256","kid":"rs"}`
+	body, _ := json.Marshal(c)
+	for name, hp := range map[string][2]string{
+		"duplicate claim":           {hdr, strings.TrimSuffix(string(body), "}") + `,"sub":"mallory"}`},
+		"duplicate nested claim":    {hdr, strings.TrimSuffix(string(body), "}") + `,"app":{"role":"a","role":"b"}}`},
+		"data after the claims":     {hdr, string(body) + `{"sub":"mallory"}`},
+		"space after the claims":    {hdr, string(body) + ` `},
+		"newline after the claims":  {hdr, string(body) + "\n"},
+		"space before the claims":   {hdr, " " + string(body)},
+		"claims not UTF-8":          {hdr, strings.TrimSuffix(string(body), "}") + `,"x":"` + "\xff" + `"}`},
+		"duplicate header key":      {`{"alg":"RS256","kid":"rs","kid":"other"}`, string(body)},
+		"data after the header":     {hdr + ` `, string(body)},
+		"critical header extension": {`{"alg":"RS256","kid":"rs","crit":["exp"],"exp":1}`, string(body)},
+		"unencoded payload (b64)":   {`{"alg":"RS256","kid":"rs","b64":false,"crit":["b64"]}`, string(body)},
+	} {
+		variants[name] = tokenVariant{token: signRaw(t, "RS256", rsaKey, hp[0], hp[1])}
+	}
+	for name, v := range variants {
+		if v.joseKey == nil {
+			continue
+		}
+		jws, err := jose.ParseSignedCompact(v.token, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
+		if err == nil {
+			_, err = jws.Verify(v.joseKey)
+		}
+		if err != nil {
+			t.Fatalf("%s: not a valid variant (go-jose: %v): the test is wrong", name, err)
+		}
+	}
+	return variants
+}
+
+// wsAuthRefused checks that each token, as a WebSocket's first auth
+// message, closes the connection with 1008.
+func wsAuthRefused(t *testing.T, ctx context.Context, e *env, tokens map[string]string) {
+	t.Helper()
+	for name, bad := range tokens {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		c := rawWS(t, ctx, e)
+		writeWS(t, ctx, c, map[string]any{"type": "auth", "token": bad})
+		if st, _ := readUntilClose(ctx, c); st != 1008 {
+			t.Errorf("WebSocket auth, %s: closed with %v, want 1008", name, st)
+		}
+		c.CloseNow()
+		cancel()
 	}
 }
 

@@ -364,11 +364,27 @@ func TestKeyShapes(t *testing.T) {
 	}
 }
 
+// TestAttackSuite: requests that try to choose the shape, invalid tokens,
+// and valid tokens without what the rule needs are all refused, and none
+// of them reaches upstream.
 func TestAttackSuite(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
 	tok := token(t, "alice", nil)
 	before := e.rec.count()
+	checkAttackRequests(t, e, tok)
+	checkAttackTokens(t, e)
+	checkAttackClaims(t, e)
+	if n := e.rec.count(); n != before {
+		t.Fatalf("%d refused requests reached upstream", n-before)
+	}
+}
+
+// checkAttackRequests sends requests that name a table, where, params or
+// other parameters, use a non-canonical path, another method or a body,
+// with the valid token tok: each gets its 4xx (a 400 with a JSON body).
+func checkAttackRequests(t *testing.T, e *env, tok string) {
+	t.Helper()
 	type attack struct {
 		method, target string // target: path and query, raw
 		body           string
@@ -380,14 +396,43 @@ func TestAttackSuite(t *testing.T) {
 			attacks = append(attacks, attack{"GET", tg, "", want})
 		}
 	}
-	add(400,
+	add(400, badShapeTargets(tok)...)
+	add(404, "/v1/shape?offset=-1&table=items", "/v1/shapes/nope?offset=-1", "/v1/shapes?offset=-1", "/v1/shapes/items/x?offset=-1",
+		"//v1/shapes/items?offset=-1") // sent as http://v1/shapes/items: path /shapes/items
+	attacks = append(attacks,
+		attack{"POST", "/v1/shapes/items?offset=-1", `{"table":"users","where":"true"}`, 400},
+		attack{"POST", "/v1/shapes/items?offset=-1", `{}`, 400},
+		attack{"GET", "/v1/shapes/items?offset=-1", `{"table":"users"}`, 400},
+		attack{"PUT", "/v1/shapes/items?offset=-1", ``, 405},
+		attack{"DELETE", "/v1/shapes/items?offset=-1&handle=x", ``, 405},
+	)
+	for _, a := range attacks {
+		var body io.Reader
+		if a.body != "" {
+			body = strings.NewReader(a.body)
+		}
+		resp := e.rawDo(a.method, a.target, tok, body)
+		b := readBody(t, resp)
+		if resp.StatusCode != a.want {
+			t.Errorf("%s %s: %d %s, want %d", a.method, a.target, resp.StatusCode, b, a.want)
+		}
+		if resp.StatusCode == 400 && !json.Valid([]byte(b)) {
+			t.Errorf("%s: body not JSON: %q", a.target, b)
+		}
+	}
+}
+
+// badShapeTargets are shape request targets (path and query, raw) that
+// are answered with 400 (tok, a valid token, is sent in one query).
+func badShapeTargets(tok string) []string {
+	return []string{
 		"/v1/shapes/items?offset=-1&table=users",
 		"/v1/shapes/items?offset=-1&where=1%3D1",
 		"/v1/shapes/items?offset=-1&where=true",
 		"/v1/shapes/items?offset=-1&params[1]=%7Bglobex%7D",
 		"/v1/shapes/items?offset=-1&params%5B1%5D=%7Bglobex%7D",
 		"/v1/shapes/items?offset=-1&params=%7B%221%22%3A%22globex%22%7D",
-		"/v1/shapes/items?offset=-1&secret="+upSecret,
+		"/v1/shapes/items?offset=-1&secret=" + upSecret,
 		"/v1/shapes/items?offset=-1&api_secret=x",
 		"/v1/shapes/items?offset=-1&replica=full",
 		"/v1/shapes/items?offset=-1&queryable_columns=id",
@@ -421,7 +466,7 @@ func TestAttackSuite(t *testing.T) {
 		"/v1/shapes/items?offset=-1&columns=id&columns=title",
 		"/v1/shapes/items",
 		"/v1/shapes/items?",
-		"/v1/shapes/items?token="+tok,
+		"/v1/shapes/items?token=" + tok,
 		"/v1/shapes//items?offset=-1",
 		"/v1//shapes/items?offset=-1",
 		"/v1/shapes/./items?offset=-1",
@@ -431,32 +476,13 @@ func TestAttackSuite(t *testing.T) {
 		"/v1/shapes/items%00?offset=-1",
 		"/v1/%73hapes/items?offset=-1",
 		"/v1/shapes/news/../items?offset=-1",
-	)
-	add(404, "/v1/shape?offset=-1&table=items", "/v1/shapes/nope?offset=-1", "/v1/shapes?offset=-1", "/v1/shapes/items/x?offset=-1",
-		"//v1/shapes/items?offset=-1") // sent as http://v1/shapes/items: path /shapes/items
-	attacks = append(attacks,
-		attack{"POST", "/v1/shapes/items?offset=-1", `{"table":"users","where":"true"}`, 400},
-		attack{"POST", "/v1/shapes/items?offset=-1", `{}`, 400},
-		attack{"GET", "/v1/shapes/items?offset=-1", `{"table":"users"}`, 400},
-		attack{"PUT", "/v1/shapes/items?offset=-1", ``, 405},
-		attack{"DELETE", "/v1/shapes/items?offset=-1&handle=x", ``, 405},
-	)
-	for _, a := range attacks {
-		var body io.Reader
-		if a.body != "" {
-			body = strings.NewReader(a.body)
-		}
-		resp := e.rawDo(a.method, a.target, tok, body)
-		b := readBody(t, resp)
-		if resp.StatusCode != a.want {
-			t.Errorf("%s %s: %d %s, want %d", a.method, a.target, resp.StatusCode, b, a.want)
-		}
-		if resp.StatusCode == 400 && !json.Valid([]byte(b)) {
-			t.Errorf("%s: body not JSON: %q", a.target, b)
-		}
 	}
+}
 
-	// Token attacks: 401 with WWW-Authenticate, the token never echoed.
+// checkAttackTokens sends invalid or missing tokens: each gets 401 with
+// WWW-Authenticate, and the token is never echoed.
+func checkAttackTokens(t *testing.T, e *env) {
+	t.Helper()
 	for name, tc := range rejectCases(t) {
 		resp := e.do("GET", e.url+"/v1/shapes/items?offset=-1", tc.token, nil)
 		b := readBody(t, resp)
@@ -484,8 +510,12 @@ func TestAttackSuite(t *testing.T) {
 			t.Errorf("%s: %d %q", name, resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 		}
 	}
-	// A valid token without an allowed role, or without the claim the
-	// where needs: 403.
+}
+
+// checkAttackClaims sends valid tokens without an allowed role, or without
+// the claim the where needs: 403 (401 for a malformed claim).
+func checkAttackClaims(t *testing.T, e *env) {
+	t.Helper()
 	for name, tk := range map[string]string{
 		"no role":     token(t, "alice", map[string]any{"roles": []string{"guest"}}),
 		"no roles":    token(t, "alice", map[string]any{"roles": nil}),
@@ -501,9 +531,6 @@ func TestAttackSuite(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("%s: %d %s", name, resp.StatusCode, b)
 		}
-	}
-	if n := e.rec.count(); n != before {
-		t.Fatalf("%d refused requests reached upstream", n-before)
 	}
 }
 
