@@ -103,11 +103,25 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	n := 0
+	n, err := writeRows(ctx, tx, w, *jsonRow, stdin, *floorPath)
+	if err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "wrote %s to %s\n", plural(n, "row", "rows"), spec.QualifiedTable())
+	return nil
+}
+
+// writeRows writes with w in tx the row of --json (jsonRow), or else the
+// rows of stdin, one JSON object per line, and returns how many it wrote.
+// floorPath is the floor's, for forkHint.
+func writeRows(ctx context.Context, tx keysync.QueryDB, w *keysync.Writer, jsonRow string, stdin io.Reader, floorPath string) (int, error) {
 	rows := 0
 	// where names a row: its number, and its line on stdin.
 	where := func(line int) string {
-		if *jsonRow != "" {
+		if jsonRow != "" {
 			return "--json"
 		}
 		return fmt.Sprintf("row %d (stdin line %d)", rows, line)
@@ -119,35 +133,27 @@ func write(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 			return fmt.Errorf("%s: %w", where(line), err)
 		}
 		if err := w.Write(ctx, tx, row); err != nil {
-			return fmt.Errorf("%s: %w", where(line), forkHint(err, *floorPath))
+			return fmt.Errorf("%s: %w", where(line), forkHint(err, floorPath))
 		}
-		n++
 		return nil
 	}
-	if *jsonRow != "" {
-		if err := writeOne(1, []byte(*jsonRow)); err != nil {
-			return err
+	if jsonRow != "" {
+		return 1, writeOne(1, []byte(jsonRow))
+	}
+	sc := bufio.NewScanner(stdin)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	for line := 1; sc.Scan(); line++ {
+		if strings.TrimSpace(sc.Text()) == "" {
+			continue
 		}
-	} else {
-		sc := bufio.NewScanner(stdin)
-		sc.Buffer(make([]byte, 64<<10), 64<<20)
-		for line := 1; sc.Scan(); line++ {
-			if strings.TrimSpace(sc.Text()) == "" {
-				continue
-			}
-			if err := writeOne(line, sc.Bytes()); err != nil {
-				return err
-			}
-		}
-		if err := sc.Err(); err != nil {
-			return fmt.Errorf("stdin: %w", err)
+		if err := writeOne(line, sc.Bytes()); err != nil {
+			return 0, err
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return err
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("stdin: %w", err)
 	}
-	fmt.Fprintf(stderr, "wrote %s to %s\n", plural(n, "row", "rows"), spec.QualifiedTable())
-	return nil
+	return rows, nil
 }
 
 // plural returns "1 row" or "n rows".
