@@ -58,6 +58,7 @@ import (
 
 	"github.com/shapeseal/shapeseal/client"
 	"github.com/shapeseal/shapeseal/keysync"
+	"github.com/shapeseal/shapeseal/keysync/chain"
 	_ "github.com/shapeseal/shapeseal/keysync/vaultkek" // opens hcvault:// KEKs
 )
 
@@ -97,6 +98,7 @@ func main() {
 	}
 }
 
+// share walks through the steps above, printing each to out.
 func share(ctx context.Context, o options, out io.Writer) error {
 	// The roots come from configuration, never from the database.
 	roots, err := keysync.ParseVerifyKeys(o.Root)
@@ -115,52 +117,12 @@ func share(ctx context.Context, o options, out io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	admin := &keysync.Admin{
-		DB: db, Roots: roots, Key: key,
-		// A long-lived admin tool keeps its floor in a file
-		// (keysync.OpenFileFloor), to notice a log cut back across runs.
-		Floor: keysync.NewMemoryFloor(),
-		// Rows the log does not back are ignored; say so.
-		Report: func(err error) { fmt.Fprintln(os.Stderr, "sharing:", err) },
-	}
-	kek, err := openKEK(ctx, admin, o.KEK)
+	admin, kek, err := newAdmin(ctx, db, roots, key, o.KEK)
 	if err != nil {
 		return err
 	}
-	admin.KEKs = keysync.UseKEK(kek) // refuse a log that names another KEK
-
-	for _, tenant := range []string{"acme", "globex"} {
-		status := "created"
-		if _, err := admin.CreateTenant(ctx, kek, tenant); errors.Is(err, keysync.ErrTenantExists) {
-			status = "already exists"
-		} else if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "1. tenant %s: %s\n", tenant, status)
-	}
-	for _, u := range []user{o.Bob, o.Carol} {
-		// A device sends its public recipient, which the admin checks out
-		// of band before certifying it; loading its identity here only
-		// stands in for that.
-		id, err := keysync.LoadIdentityFile(u.Identity)
-		if err != nil {
-			return err
-		}
-		recipient, err := keysync.RecipientOf(id)
-		if err != nil {
-			return err
-		}
-		if err := admin.CertifyDevice(ctx, u.Name, u.Device, recipient); err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "2. certified device %s of %s\n", u.Device, u.Name)
-	}
-	for _, g := range [][2]string{{"acme", o.Bob.Name}, {"globex", o.Carol.Name}, {"globex", o.Bob.Name}} {
-		devices, err := admin.Grant(ctx, g[0], g[1])
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "3. granted %s %s's keyset, wrapped to %d device\n", g[1], g[0], devices)
+	if err := setUp(ctx, out, admin, kek, o.Bob, o.Carol); err != nil {
+		return err
 	}
 
 	bob, err := follow(ctx, o, roots, o.Bob)
@@ -180,18 +142,11 @@ func share(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	write := func(tenant, title, body string) (id string, err error) {
-		// Cells are bound to the row's id, so it is chosen before sealing.
-		if err := db.QueryRow(ctx, "SELECT gen_random_uuid()::text").Scan(&id); err != nil {
-			return "", err
-		}
-		return id, w.Write(ctx, db, map[string]any{"id": id, "tenant_id": tenant, "title": title, "body": body})
-	}
-	acmeRow, err := write("acme", "acme roadmap", "ship the sync demo")
+	acmeRow, err := writeItem(ctx, db, w, "acme", "acme roadmap", "ship the sync demo")
 	if err != nil {
 		return err
 	}
-	globexRow, err := write("globex", "globex budget", "shared with bob")
+	globexRow, err := writeItem(ctx, db, w, "globex", "globex budget", "shared with bob")
 	if err != nil {
 		return err
 	}
@@ -204,18 +159,10 @@ func share(ctx context.Context, o options, out io.Writer) error {
 		return err
 	}
 
-	ks, err := admin.Revoke(ctx, "globex", o.Bob.Name)
-	if err != nil {
+	if err := revoke(ctx, out, admin, bob, bobName); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "5. revoked %s from globex: keyset rotated to generation %d\n", o.Bob.Name, ks.Generation())
-	// Bob's keyring follows his key rows and globex's log live: it drops
-	// globex's keyset as soon as the log no longer lists him.
-	if _, err := bob.Keyring().Wait(ctx, "globex", func(ks *keysync.Keyset) bool { return ks == nil }); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "5. %s's device no longer holds globex's keyset\n", o.Bob.Name)
-	laterRow, err := write("globex", "globex after revocation", "not for bob")
+	laterRow, err := writeItem(ctx, db, w, "globex", "globex after revocation", "not for bob")
 	if err != nil {
 		return err
 	}
@@ -227,6 +174,91 @@ func share(ctx context.Context, o options, out io.Writer) error {
 		show(ctx, out, bob, bobName, "6.", laterRow, "globex's new row"),
 		show(ctx, out, bob, bobName, "6.", globexRow, "globex's first row, from his copy"),
 	)
+}
+
+// newAdmin makes the Admin: it signs with key, verifies the logs from
+// roots, and uses the KEK uri names (see openKEK) and no other.
+func newAdmin(ctx context.Context, db *pgxpool.Pool, roots []keysync.VerifyKey, key *chain.PrivateKey, uri string) (*keysync.Admin, keysync.KEK, error) {
+	admin := &keysync.Admin{
+		DB: db, Roots: roots, Key: key,
+		// A long-lived admin tool keeps its floor in a file
+		// (keysync.OpenFileFloor), to notice a log cut back across runs.
+		Floor: keysync.NewMemoryFloor(),
+		// Rows the log does not back are ignored; say so.
+		Report: func(err error) { fmt.Fprintln(os.Stderr, "sharing:", err) },
+	}
+	kek, err := openKEK(ctx, admin, uri)
+	if err != nil {
+		return nil, nil, err
+	}
+	admin.KEKs = keysync.UseKEK(kek) // refuse a log that names another KEK
+	return admin, kek, nil
+}
+
+// setUp is steps 1 to 3: the tenants, bob's and carol's devices, and their
+// grants, globex's to both.
+func setUp(ctx context.Context, out io.Writer, admin *keysync.Admin, kek keysync.KEK, bob, carol user) error {
+	for _, tenant := range []string{"acme", "globex"} {
+		status := "created"
+		if _, err := admin.CreateTenant(ctx, kek, tenant); errors.Is(err, keysync.ErrTenantExists) {
+			status = "already exists"
+		} else if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "1. tenant %s: %s\n", tenant, status)
+	}
+	for _, u := range []user{bob, carol} {
+		// A device sends its public recipient, which the admin checks out
+		// of band before certifying it; loading its identity here only
+		// stands in for that.
+		id, err := keysync.LoadIdentityFile(u.Identity)
+		if err != nil {
+			return err
+		}
+		recipient, err := keysync.RecipientOf(id)
+		if err != nil {
+			return err
+		}
+		if err := admin.CertifyDevice(ctx, u.Name, u.Device, recipient); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "2. certified device %s of %s\n", u.Device, u.Name)
+	}
+	for _, g := range [][2]string{{"acme", bob.Name}, {"globex", carol.Name}, {"globex", bob.Name}} {
+		devices, err := admin.Grant(ctx, g[0], g[1])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "3. granted %s %s's keyset, wrapped to %d device\n", g[1], g[0], devices)
+	}
+	return nil
+}
+
+// revoke is step 5: it takes globex back from the user name and waits
+// until their device, r, no longer holds globex's keyset.
+func revoke(ctx context.Context, out io.Writer, admin *keysync.Admin, r *keysync.Followed[item], name string) error {
+	ks, err := admin.Revoke(ctx, "globex", name)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "5. revoked %s from globex: keyset rotated to generation %d\n", name, ks.Generation())
+	// The user's keyring follows their key rows and globex's log live: it
+	// drops globex's keyset as soon as the log no longer lists them.
+	if _, err := r.Keyring().Wait(ctx, "globex", func(ks *keysync.Keyset) bool { return ks == nil }); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "5. %s's device no longer holds globex's keyset\n", name)
+	return nil
+}
+
+// writeItem writes a row of items with w: its title and body sealed
+// under the tenant's current keyset.
+func writeItem(ctx context.Context, db *pgxpool.Pool, w *keysync.Writer, tenant, title, body string) (id string, err error) {
+	// Cells are bound to the row's id, so it is chosen before sealing.
+	if err := db.QueryRow(ctx, "SELECT gen_random_uuid()::text").Scan(&id); err != nil {
+		return "", err
+	}
+	return id, w.Write(ctx, db, map[string]any{"id": id, "tenant_id": tenant, "title": title, "body": body})
 }
 
 // item is a row of items, its cells decrypted: a Plaintext that did not
