@@ -18,9 +18,44 @@ import (
 
 // TestKeysLocalKEK runs the key commands with a local KEK file — tenant
 // create, admins, show, device add, grant, write, rotate, reencrypt with
-// --retire and --also, floor forget — and checks their usage errors.
+// --retire and --also, floor forget — and checks their usage errors. Each
+// step goes on from where the one before left the database.
 func TestKeysLocalKEK(t *testing.T) {
 	t.Parallel()
+	k := newKeysLocal(t)
+	for _, step := range []struct {
+		name string
+		f    func(*testing.T)
+	}{
+		{"signkey", k.signkeys},
+		{"tenant", k.tenant},
+		{"admins", k.admins},
+		{"write and rotate", k.writeAndRotate},
+		{"reencrypt", k.reencrypt},
+		{"usage", k.usage},
+		{"bad rows", k.badRows},
+		{"tenant created again", k.createdAgain},
+	} {
+		if !t.Run(step.name, step.f) {
+			return // the next steps need this one
+		}
+	}
+}
+
+// keysLocal is the state the steps of TestKeysLocalKEK share.
+type keysLocal struct {
+	ctx                             context.Context
+	url, dir                        string
+	kek                             string   // the KEK's URI
+	rootFile, adminFile, admin2File string   // signing keys
+	root, admin, admin2             string   // their public keys
+	rcpt                            string   // user a's device's recipient
+	org                             string   // the tenant
+	floor                           string   // the writer's floor file
+	writeNotes                      []string // write's flags for the notes table
+}
+
+func newKeysLocal(t *testing.T) *keysLocal {
 	ctx := t.Context()
 	url := pgtest.NewDB(t)
 	dir := t.TempDir()
@@ -29,28 +64,57 @@ func TestKeysLocalKEK(t *testing.T) {
 		t.Fatal(err)
 	}
 	kek := "local://" + filepath.ToSlash(kekPath)
-	run := func(f stdioRun, args ...string) (string, string, error) {
-		var out, errOut bytes.Buffer
-		err := f(ctx, args, &out, &errOut)
-		return out.String(), errOut.String(), err
+	return &keysLocal{
+		ctx: ctx, url: url, dir: dir, kek: kek,
+		rootFile: filepath.Join(dir, "root.key"), adminFile: filepath.Join(dir, "admin.key"), admin2File: filepath.Join(dir, "admin2.key"),
+		org:        "0b5e0000-0000-4000-8000-000000000001",
+		floor:      filepath.Join(dir, "writer.floor"),
+		writeNotes: []string{"--table", "notes", "--encrypted", "note", "--tenant-column", "org"},
 	}
-	must := func(f stdioRun, args ...string) string {
+}
+
+func (k *keysLocal) run(f stdioRun, args ...string) (string, string, error) {
+	var out, errOut bytes.Buffer
+	err := f(k.ctx, args, &out, &errOut)
+	return out.String(), errOut.String(), err
+}
+
+// mustFor returns run for t, failing t on an error.
+func (k *keysLocal) mustFor(t *testing.T) func(f stdioRun, args ...string) string {
+	return func(f stdioRun, args ...string) string {
 		t.Helper()
-		out, errOut, err := run(f, args...)
+		out, errOut, err := k.run(f, args...)
 		if err != nil {
 			t.Fatalf("%v: %v\n%s", args, err, errOut)
 		}
 		return out
 	}
+}
 
-	// Keys: a root, which creates the tenant, and two admin keys.
-	rootFile, adminFile, admin2File := filepath.Join(dir, "root.key"), filepath.Join(dir, "admin.key"), filepath.Join(dir, "admin2.key")
-	root := strings.TrimSpace(must(runSignkey, "-o", rootFile))
-	admin := strings.TrimSpace(must(runSignkey, "-o", adminFile))
-	admin2 := strings.TrimSpace(must(runSignkey, "-o", admin2File))
-	for _, k := range []string{root, admin, admin2} {
-		if _, err := keysync.ParseVerifyKey(k); err != nil {
-			t.Fatalf("signkey printed %q: %v", k, err)
+// withDB adds the database and the pinned root to args.
+func (k *keysLocal) withDB(args ...string) []string {
+	return append(args, "--database-url", k.url, "--root", k.root)
+}
+
+// writeRows runs write with stdin, args, the database and the floor, and
+// returns its stderr.
+func (k *keysLocal) writeRows(stdin string, args ...string) (string, error) {
+	var out, errOut bytes.Buffer
+	err := write(k.ctx, append(k.withDB(args...), "--floor", k.floor), strings.NewReader(stdin), &out, &errOut)
+	return errOut.String(), err
+}
+
+// signkeys makes the keys: a root, which creates the tenant, and two admin
+// keys.
+func (k *keysLocal) signkeys(t *testing.T) {
+	run, must := k.run, k.mustFor(t)
+	rootFile, adminFile, admin2File := k.rootFile, k.adminFile, k.admin2File
+	k.root = strings.TrimSpace(must(runSignkey, "-o", rootFile))
+	k.admin = strings.TrimSpace(must(runSignkey, "-o", adminFile))
+	k.admin2 = strings.TrimSpace(must(runSignkey, "-o", admin2File))
+	for _, key := range []string{k.root, k.admin, k.admin2} {
+		if _, err := keysync.ParseVerifyKey(key); err != nil {
+			t.Fatalf("signkey printed %q: %v", key, err)
 		}
 	}
 	if fi, err := os.Stat(rootFile); err != nil || fi.Mode().Perm() != 0o600 {
@@ -59,13 +123,18 @@ func TestKeysLocalKEK(t *testing.T) {
 	if _, _, err := run(runSignkey, "-o", rootFile); err == nil {
 		t.Error("signkey overwrote a key file")
 	}
+}
 
-	db := []string{"--database-url", url, "--root", root}
-	withDB := func(args ...string) []string { return append(args, db...) }
+// tenant makes the tenant, certifies user a's device, grants a the tenant,
+// and shows it.
+func (k *keysLocal) tenant(t *testing.T) {
+	must, withDB := k.mustFor(t), k.withDB
+	url, dir, kek, org, admin := k.url, k.dir, k.kek, k.org, k.admin
+	rootFile, adminFile := k.rootFile, k.adminFile
 	must(runInit, "--database-url", url)
 	pgtest.Exec(t, url, `CREATE TABLE notes (id int8 PRIMARY KEY, org uuid NOT NULL, note text)`)
 	rcpt := strings.TrimSpace(must(runKeygen, "-o", filepath.Join(dir, "a.key")))
-	org := "0b5e0000-0000-4000-8000-000000000001"
+	k.rcpt = rcpt
 	out := must(runTenant, withDB("create", "--tenant", org, "--kek", kek, "--key", rootFile, "--admin", admin)...)
 	if !strings.Contains(out, "generation 1 under "+kek) || !strings.Contains(out, "admin "+admin) {
 		t.Errorf("tenant create: %s", out)
@@ -89,9 +158,13 @@ func TestKeysLocalKEK(t *testing.T) {
 	if strings.Contains(out, "sssk1") || strings.Contains(out, "AGE-SECRET") {
 		t.Errorf("tenant show prints a secret:\n%s", out)
 	}
+}
 
-	// admin2 may not administer the tenant until a root delegates it; an
-	// admin may not delegate.
+// admins: admin2 may not administer the tenant until a root delegates it;
+// an admin may not delegate.
+func (k *keysLocal) admins(t *testing.T) {
+	run, must, withDB := k.run, k.mustFor(t), k.withDB
+	org, admin2, rootFile, adminFile, admin2File := k.org, k.admin2, k.rootFile, k.adminFile, k.admin2File
 	if _, _, err := run(runRotate, withDB("--tenant", org, "--key", admin2File)...); !errors.Is(err, chain.ErrUnauthorized) {
 		t.Errorf("rotate by a key that is not an admin: %v", err)
 	}
@@ -101,13 +174,14 @@ func TestKeysLocalKEK(t *testing.T) {
 	if out := must(runTenant, withDB("admins", "--tenant", org, "--key", rootFile, "--add", admin2)...); !strings.Contains(out, "admin "+admin2) {
 		t.Errorf("tenant admins --add: %s", out)
 	}
+}
 
-	floor := filepath.Join(dir, "writer.floor")
-	writeRows := func(stdin string, args ...string) (string, error) {
-		var out, errOut bytes.Buffer
-		err := write(ctx, append(args, append(db, "--floor", floor)...), strings.NewReader(stdin), &out, &errOut)
-		return errOut.String(), err
-	}
+// writeAndRotate writes a row of notes and one of files, then admin2
+// rotates the keyset until withdrawn.
+func (k *keysLocal) writeAndRotate(t *testing.T) {
+	run, must, withDB, writeRows := k.run, k.mustFor(t), k.withDB, k.writeRows
+	url, org, floor, admin2 := k.url, k.org, k.floor, k.admin2
+	rootFile, admin2File := k.rootFile, k.admin2File
 	if errOut, err := writeRows("", "--table", "notes", "--encrypted", "note", "--tenant-column", "org",
 		"--json", `{"id": 7, "org": "`+strings.ToUpper(org)+`", "note": "hello"}`); err != nil {
 		t.Fatal(err, errOut)
@@ -128,7 +202,13 @@ func TestKeysLocalKEK(t *testing.T) {
 	if _, _, err := run(runRotate, withDB("--tenant", org, "--key", admin2File)...); !errors.Is(err, chain.ErrUnauthorized) {
 		t.Errorf("rotate by a withdrawn admin: %v", err)
 	}
+}
 
+// reencrypt retires the old keys once both tables are re-encrypted, and
+// refuses a KEK other than the log's.
+func (k *keysLocal) reencrypt(t *testing.T) {
+	run, must, withDB := k.run, k.mustFor(t), k.withDB
+	dir, org, adminFile := k.dir, k.org, k.adminFile
 	notes := withDB("--tenant", org, "--table", "notes", "--columns", "note", "--tenant-column", "org", "--retire", "--also", "files:name:owner", "--key", adminFile)
 	if out, _, err := run(runReencrypt, notes...); !errors.Is(err, keysync.ErrKeysInUse) || !strings.Contains(err.Error(), "public.files.name") ||
 		!strings.Contains(out, "1 cells rewritten") || !strings.Contains(out, "still seals 1 cells") {
@@ -138,7 +218,7 @@ func TestKeysLocalKEK(t *testing.T) {
 	if out := must(runReencrypt, notes...); !strings.Contains(out, "0 cells rewritten") || !strings.Contains(out, "retired 1 keys") {
 		t.Errorf("reencrypt: %s", out)
 	}
-	out = must(runTenant, withDB("show", "--tenant", org)...)
+	out := must(runTenant, withDB("show", "--tenant", org)...)
 	if !strings.Contains(out, "generation 3\n") || !strings.Contains(out, "seq 6\n") {
 		t.Errorf("tenant show after retire:\n%s", out)
 	}
@@ -153,6 +233,13 @@ func TestKeysLocalKEK(t *testing.T) {
 		t.Errorf("rotate with another KEK: %v", err)
 	}
 
+}
+
+// usage checks the commands' usage errors, which change nothing.
+func (k *keysLocal) usage(t *testing.T) {
+	run, must, withDB := k.run, k.mustFor(t), k.withDB
+	url, dir, kek, org, rcpt, admin, floor := k.url, k.dir, k.kek, k.org, k.rcpt, k.admin, k.floor
+	rootFile, adminFile, admin2File := k.rootFile, k.adminFile, k.admin2File
 	for name, c := range map[string]struct {
 		f    stdioRun
 		args []string
@@ -192,8 +279,12 @@ func TestKeysLocalKEK(t *testing.T) {
 		t.Errorf("a revoke with bad flags revoked:\n%s", out)
 	}
 
-	// Bad rows are refused and nothing of the batch is written.
-	args := []string{"--table", "notes", "--encrypted", "note", "--tenant-column", "org"}
+}
+
+// badRows: bad rows are refused and nothing of the batch is written.
+func (k *keysLocal) badRows(t *testing.T) {
+	ctx, url, org, floor, writeRows := k.ctx, k.url, k.org, k.floor, k.writeRows
+	args := k.writeNotes
 	stdin := `{"id": 8, "org": "` + org + `", "note": "ok"}` + "\n" + `{"id": 9, "org": "` + org + `", "note": 42}` + "\n"
 	if _, err := writeRows(stdin, args...); err == nil || !strings.Contains(err.Error(), "row 2") {
 		t.Errorf("bad row: %v", err)
@@ -216,8 +307,14 @@ func TestKeysLocalKEK(t *testing.T) {
 		t.Errorf("%d rows", n)
 	}
 
-	// The tenant is deleted and created again: the writer's floor refuses
-	// its new, shorter log as a rollback until the tenant is forgotten.
+}
+
+// createdAgain: the tenant is deleted and created again: the writer's floor
+// refuses its new, shorter log as a rollback until the tenant is forgotten.
+func (k *keysLocal) createdAgain(t *testing.T) {
+	run, must, withDB, writeRows := k.run, k.mustFor(t), k.withDB, k.writeRows
+	url, kek, org, floor, rootFile := k.url, k.kek, k.org, k.floor, k.rootFile
+	args := k.writeNotes
 	pgtest.Exec(t, url, `DELETE FROM notes; DELETE FROM files; DELETE FROM shapeseal_log; DELETE FROM shapeseal_keysets; DELETE FROM shapeseal_tenant_keys`)
 	// The administrator's own floor saw the old tenant too: creating it
 	// again takes forgetting it there first.
