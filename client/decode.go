@@ -26,6 +26,8 @@ type arrayReader struct {
 	state int // 0: before '[', 1: want element or ']', 2: want ',' or ']', 3: after ']'
 	eof   bool
 	rerr  error
+
+	noFill bool // nextBuffered is running: fill reads nothing
 }
 
 func newArrayReader(r io.Reader) *arrayReader {
@@ -35,7 +37,7 @@ func newArrayReader(r io.Reader) *arrayReader {
 // fill reads more data, compacting or growing the buffer as needed. It
 // returns false when no more data can be read (see a.rerr / a.eof).
 func (a *arrayReader) fill() bool {
-	if a.eof || a.rerr != nil {
+	if a.eof || a.rerr != nil || a.noFill {
 		return false
 	}
 	if a.start > 0 && (a.start == a.end || a.end == len(a.buf)) {
@@ -151,6 +153,29 @@ func (a *arrayReader) next() ([]byte, int64, error) {
 			return nil, 0, a.syntax("data after the end of the array")
 		}
 	}
+}
+
+// An arrayMark is a position of an arrayReader, which reset returns to as
+// long as no fill moved the buffer in between.
+type arrayMark struct{ start, state int }
+
+func (a *arrayReader) mark() arrayMark   { return arrayMark{a.start, a.state} }
+func (a *arrayReader) reset(m arrayMark) { a.start, a.state = m.start, m.state }
+
+// nextBuffered is next for an element that is already buffered: it never
+// reads. When the next element is not all in the buffer, or next fails, it
+// consumes nothing and returns false (next, called then, reads as needed
+// and reports the failure).
+func (a *arrayReader) nextBuffered() (el []byte, off int64, ok bool) {
+	m := a.mark()
+	a.noFill = true
+	el, off, err := a.next()
+	a.noFill = false
+	if err != nil {
+		a.reset(m)
+		return nil, 0, false
+	}
+	return el, off, true
 }
 
 // element scans one element starting at a.start: an object, array, string

@@ -288,14 +288,29 @@ func (t *transformSlot) apply(ctx context.Context, f func(context.Context, *Mess
 	return nil
 }
 
-// transformFunc returns the one transform of a stream's options: f with a
-// context, or t without one (nil if neither is set).
-func transformFunc(t func(*Message) error, f func(context.Context, *Message) error) (func(context.Context, *Message) error, error) {
+// transformFunc returns the transform of one message of a stream's
+// options: f with a context, t without one, or b with a batch of one (nil
+// if none is set).
+func transformFunc(t func(*Message) error, f func(context.Context, *Message) error, b func(context.Context, []*Message) error) (func(context.Context, *Message) error, error) {
+	n := 0
+	for _, set := range []bool{t != nil, f != nil, b != nil} {
+		if set {
+			n++
+		}
+	}
 	switch {
-	case t != nil && f != nil:
-		return nil, errors.New("client: set Transform or TransformContext, not both")
+	case n > 1:
+		return nil, errors.New("client: set one of Transform, TransformContext and TransformBatch")
 	case t != nil:
 		return func(_ context.Context, m *Message) error { return t(m) }, nil
+	case b != nil:
+		one := make([]*Message, 1) // the stream's batch of one, made once
+		return func(ctx context.Context, m *Message) error {
+			one[0] = m
+			err := b(ctx, one)
+			one[0] = nil
+			return err
+		}, nil
 	}
 	return f, nil
 }

@@ -107,6 +107,20 @@ type Options struct {
 	// anything) by the next call of Next.
 	TransformContext func(ctx context.Context, m *Message) error
 
+	// TransformBatch is TransformContext for several change messages at
+	// once, so that a transform can spread its work over goroutines (as
+	// keysync's Decrypter does). A batch holds a change message and those
+	// that follow it in what the response has already buffered, in order,
+	// up to 128; it never waits for the network, never holds a control
+	// message and so never spans an up-to-date, and it is a batch of one
+	// for a change that arrives alone (and for every change of an SSE
+	// response). An error stops the stream with a *TransformError before
+	// any message of the batch is delivered; after the context ended, the
+	// whole batch is read again, as for TransformContext. The pointers are
+	// valid only during the call. Set one of Transform, TransformContext
+	// and TransformBatch.
+	TransformBatch func(ctx context.Context, batch []*Message) error
+
 	// Logger receives debug lines for requests and warnings for retries.
 	// Nil discards them. URLs are logged with secrets redacted; headers and
 	// tokens are never logged.

@@ -75,8 +75,10 @@ type ShapeStream struct {
 	sseFallback   atomic.Bool // LiveSSE gave up: long-poll from now on
 
 	tm    transformSlot
-	xform func(context.Context, *Message) error // Transform or TransformContext; nil if neither
-	lazy  bool                                  // leave values as JSON for a TypedShape
+	xform func(context.Context, *Message) error   // the transform of one message; nil if none is set
+	batch func(context.Context, []*Message) error // TransformBatch, if set
+	ahead readAhead
+	lazy  bool // leave values as JSON for a TypedShape
 }
 
 // response is a response body being read.
@@ -142,12 +144,13 @@ func New(opts Options) (*ShapeStream, error) {
 	if offset != "-1" && offset != "now" && opts.Handle == "" {
 		return nil, ErrMissingHandle
 	}
-	xform, err := transformFunc(opts.Transform, opts.TransformContext)
+	xform, err := transformFunc(opts.Transform, opts.TransformContext, opts.TransformBatch)
 	if err != nil {
 		return nil, err
 	}
 	s := &ShapeStream{
 		xform:  xform,
+		batch:  opts.TransformBatch,
 		opts:   opts,
 		base:   base,
 		client: opts.HTTPClient,
@@ -278,6 +281,9 @@ func (s *ShapeStream) Next(ctx context.Context) (Message, error) {
 			s.dropResponse()
 			return Message{}, err
 		}
+		if m, ok := s.ahead.pop(); ok {
+			return m, nil
+		}
 		if len(s.queue) > 0 {
 			m := s.queue[0]
 			s.queue = s.queue[1:]
@@ -358,6 +364,7 @@ func (s *ShapeStream) dropResponse() {
 		return
 	}
 	s.resp = nil
+	s.ahead.drop(r)
 	if !r.committed {
 		p := &partial{handle: r.handle, reqOffset: r.reqOffset, delivered: max(r.seen, r.skip)}
 		if r.hasPos {
@@ -862,23 +869,12 @@ func (s *ShapeStream) read(ctx context.Context) (m Message, ok bool, err error) 
 			s.noProgress("a must-refetch message", r.url, r.reqOffset)
 			return Message{}, false, nil
 		}
-		r.seen++
-		prevPos, prevHasPos := r.skipPos, r.hasPos
-		if r.seen <= r.skip {
-			// Delivered by an interrupted attempt. Make sure the log
-			// replays identically; if a change lies beyond what was
-			// delivered, stop skipping rather than lose it.
-			if p, ok := m.position(); !ok || r.hasPos && !p.after(r.skipPos) {
-				continue
-			}
-			r.skip = 0
+		before := r.readMark()
+		if !s.admit(r, &m) {
+			continue
 		}
-		if p, ok := m.position(); ok {
-			r.skipPos, r.hasPos = p, true
-			if !s.hasFurthest || p.after(s.furthest) {
-				s.furthest, s.hasFurthest = p, true
-				s.loop.progress()
-			}
+		if m.IsChange() && s.batch != nil {
+			return s.transformAhead(ctx, r, m, before)
 		}
 		if m.IsChange() && s.xform != nil {
 			if err := s.tm.apply(ctx, s.xform, &m); err != nil {
@@ -887,8 +883,7 @@ func (s *ShapeStream) read(ctx context.Context) (m Message, ok bool, err error) 
 					// ended: the message was not delivered. Dropping the
 					// response (handleError does) records what was, so
 					// the next Next re-requests and reads it again.
-					r.seen--
-					r.skipPos, r.hasPos = prevPos, prevHasPos
+					r.unread(before)
 					return Message{}, false, cerr
 				}
 				return Message{}, false, err
@@ -896,6 +891,45 @@ func (s *ShapeStream) read(ctx context.Context) (m Message, ok bool, err error) 
 		}
 		return m, true, nil
 	}
+}
+
+// admit counts a message read from r, other than up-to-date, and reports
+// whether to deliver it: not if an interrupted attempt delivered it.
+func (s *ShapeStream) admit(r *response, m *Message) bool {
+	r.seen++
+	if r.seen <= r.skip {
+		// Delivered by an interrupted attempt. Make sure the log
+		// replays identically; if a change lies beyond what was
+		// delivered, stop skipping rather than lose it.
+		if p, ok := m.position(); !ok || r.hasPos && !p.after(r.skipPos) {
+			return false
+		}
+		r.skip = 0
+	}
+	if p, ok := m.position(); ok {
+		r.skipPos, r.hasPos = p, true
+		if !s.hasFurthest || p.after(s.furthest) {
+			s.furthest, s.hasFurthest = p, true
+			s.loop.progress()
+		}
+	}
+	return true
+}
+
+// A readMark is how much of a response was read before a message: what
+// r.unread restores when the message is not delivered after all.
+type readMark struct {
+	seen    int
+	skipPos pos
+	hasPos  bool
+}
+
+func (r *response) readMark() readMark { return readMark{r.seen, r.skipPos, r.hasPos} }
+
+// unread gives the messages read since m back to r: they count as not
+// delivered, so a retry of the response delivers them.
+func (r *response) unread(m readMark) {
+	r.seen, r.skipPos, r.hasPos = m.seen, m.skipPos, m.hasPos
 }
 
 // commit makes the response's offset the stream's.

@@ -356,7 +356,7 @@ func (c *WSConn) Close() error {
 // sending the subscription (a failed send is retried when the connection
 // is redialled); the stream lives until it or the connection is closed.
 func (c *WSConn) Stream(ctx context.Context, shape string, opts WSStreamOptions) (*WSStream, error) {
-	xform, err := transformFunc(opts.Transform, opts.TransformContext)
+	xform, err := transformFunc(opts.Transform, opts.TransformContext, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -83,7 +83,7 @@ type Decrypter struct {
 	only   *decTable // the table, when there is one
 
 	lastRel atomic.Pointer[relCache]
-	scratch atomic.Pointer[rowScratch] // one message's scratch, kept for the next
+	scratch atomic.Pointer[batchScratch] // one batch's scratch, kept for the next
 
 	mu     sync.Mutex
 	places map[string]place // by message key, for updates that omit them; nil until needed
@@ -324,31 +324,20 @@ func keyTable(key string) string {
 // message, read again, by the next call of Next. Otherwise it returns nil,
 // as Transform does.
 func (d *Decrypter) TransformContext(ctx context.Context, m *client.Message) error {
-	if !m.IsChange() {
-		return nil
-	}
-	t := d.table(m)
-	if t == nil {
-		return nil
-	}
-	p, err := d.place(m, &t.spec)
+	one := [1]*client.Message{m}
+	return d.TransformBatch(ctx, one[:])
+}
 
+// TransformBatch is TransformContext for a batch of messages, in order: it
+// is a client.Options.TransformBatch. It opens the cells of a large batch
+// in several goroutines, up to GOMAXPROCS, and returns once all are open.
+func (d *Decrypter) TransformBatch(ctx context.Context, ms []*client.Message) error {
 	sc := d.getScratch()
 	defer d.putScratch(sc)
-	c := CellContext{Table: t.table, Tenant: p.tenant}
-	if err == nil && !t.spec.UnboundRows {
-		if len(t.spec.RowKey) == 1 {
-			sc.rowKey = append(sc.rowKey, p.rowKey)
-		} else {
-			for i := range t.spec.RowKey {
-				sc.rowKey = append(sc.rowKey, rowKeyValue(p.rowKey, i))
-			}
-		}
-		c.RowKey = sc.rowKey
+	for _, m := range ms {
+		d.collect(sc, m)
 	}
-	sc.collect(t, &c, err, m.Value)
-	sc.collect(t, &c, err, m.OldValue)
-	if failed := d.openCells(ctx, sc, &c); failed {
+	if failed := d.openAll(ctx, sc); failed {
 		if cerr := ctx.Err(); cerr != nil {
 			return cerr
 		}

@@ -2,33 +2,48 @@ package keysync
 
 import (
 	"context"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/shapeseal/shapeseal/client"
 )
 
-// A rowScratch holds what opening the cells of one message needs, reused
-// from message to message, so that the only allocations of a message are
+// A batchScratch holds what opening the cells of a batch of messages needs,
+// reused from batch to batch, so that the only allocations of a message are
 // its plaintext and the interface values that hold its parts.
 //
-// Opening a message takes two passes over its cells. collect finds them
-// (replacing at once the values that cannot be cells by a *CellError) and
-// adds up the lengths of their plaintexts, which a cell's length gives;
-// openCells then allocates the message's plaintext once, at its exact
-// size, and opens every cell straight into it, decoding each in buf. So
-// no plaintext is ever written anywhere but in the memory that publish
-// hands out as strings, and buf, which holds only decoded ciphertext and
-// associated data, need not be cleared.
-type rowScratch struct {
-	buf    []byte        // decoded cells and their associated data
-	rowKey []string      // the message's row-key values
-	cells  []pendingCell // the message's cells, in the order opened
-	size   int           // the length of all their plaintexts
-	pt     []byte        // the plaintexts, once openCells has allocated them
+// Opening a batch takes three steps. collect, one message after the other,
+// finds each message's place and cells (replacing at once the values that
+// cannot be cells by a *CellError) and adds up the lengths of their
+// plaintexts, which a cell's length gives. openAll then opens the cells,
+// the messages shared among goroutines when there are enough of them: for
+// each message it allocates the plaintext once, at its exact size, and
+// opens every cell straight into it, decoding each in its goroutine's buf.
+// publish, last, puts the plaintexts in the rows. So no plaintext is ever
+// written anywhere but in the memory that publish hands out as strings,
+// and the bufs, which hold only decoded ciphertext and associated data,
+// need not be cleared.
+type batchScratch struct {
+	rowKeys []string      // the row-key values of the messages
+	groups  []cellGroup   // the messages with cells, in order
+	cells   []pendingCell // their cells, in order
+	bufs    [][]byte      // decoded cells and their associated data, one per goroutine
+}
+
+// A cellGroup is the cells of one message: cells[start:end], bound to c.
+type cellGroup struct {
+	c            CellContext // RowKey is set once the batch is collected
+	keyed        bool        // c.RowKey is rowKeys[keyLo:keyHi]
+	keyLo, keyHi int
+	start, end   int
+	size         int    // the length of all their plaintexts
+	pt           []byte // the plaintexts, once opened; nil once published
 }
 
 // A pendingCell is a cell of a row; once opened, its plaintext is
-// pt[off:end].
+// pt[off:end] of its group.
 type pendingCell struct {
 	row      client.Row
 	col      string
@@ -37,37 +52,77 @@ type pendingCell struct {
 	off, end int
 }
 
+// cellsPerWorker is the fewest cells a batch gives each goroutine that
+// opens them: fewer are opened faster by one than by starting another.
+const cellsPerWorker = 32
+
 // getScratch takes the decrypter's scratch, or makes one if another
-// message holds it.
-func (d *Decrypter) getScratch() *rowScratch {
+// batch holds it.
+func (d *Decrypter) getScratch() *batchScratch {
 	if sc := d.scratch.Swap(nil); sc != nil {
 		return sc
 	}
-	return new(rowScratch)
+	return new(batchScratch)
 }
 
 // putScratch clears sc, so that it holds neither plaintext nor references
-// to the message, and keeps it for the next message unless it grew large.
-func (d *Decrypter) putScratch(sc *rowScratch) {
-	if sc.pt != nil {
-		// openCells ran but publish did not (the context ended): wipe
-		// what opened.
-		clear(sc.pt[:cap(sc.pt)])
+// to the messages, and keeps it for the next batch unless it grew large.
+func (d *Decrypter) putScratch(sc *batchScratch) {
+	for i := range sc.groups {
+		if pt := sc.groups[i].pt; pt != nil {
+			// openAll ran but publish did not (the context ended): wipe
+			// what opened.
+			clear(pt[:cap(pt)])
+		}
 	}
-	clear(sc.rowKey)
+	clear(sc.rowKeys)
+	clear(sc.groups)
 	clear(sc.cells)
-	sc.rowKey, sc.cells, sc.size, sc.pt = sc.rowKey[:0], sc.cells[:0], 0, nil
+	sc.rowKeys, sc.groups, sc.cells = sc.rowKeys[:0], sc.groups[:0], sc.cells[:0]
 	const maxKept = 64 << 10
-	if cap(sc.buf) <= maxKept {
-		d.scratch.Store(sc)
+	for _, b := range sc.bufs {
+		if cap(b) > maxKept {
+			return
+		}
+	}
+	d.scratch.Store(sc)
+}
+
+// collect notes the cells of a message for openAll, bound to the place of
+// its row (see [Decrypter.place]).
+func (d *Decrypter) collect(sc *batchScratch, m *client.Message) {
+	if !m.IsChange() {
+		return
+	}
+	t := d.table(m)
+	if t == nil {
+		return
+	}
+	p, err := d.place(m, &t.spec)
+	g := cellGroup{c: CellContext{Table: t.table, Tenant: p.tenant}, start: len(sc.cells)}
+	if err == nil && !t.spec.UnboundRows {
+		g.keyed, g.keyLo = true, len(sc.rowKeys)
+		if len(t.spec.RowKey) == 1 {
+			sc.rowKeys = append(sc.rowKeys, p.rowKey)
+		} else {
+			for i := range t.spec.RowKey {
+				sc.rowKeys = append(sc.rowKeys, rowKeyValue(p.rowKey, i))
+			}
+		}
+		g.keyHi = len(sc.rowKeys)
+	}
+	sc.collectRow(t, &g, err, m.Value)
+	sc.collectRow(t, &g, err, m.OldValue)
+	if g.end = len(sc.cells); g.end > g.start {
+		sc.groups = append(sc.groups, g)
 	}
 }
 
-// collect notes the cells of row, bound to c (with placeErr, if not nil,
-// the reason the row has no place), for openCells. Values that cannot be
-// opened, because the row has no place or because they are not text, are
-// replaced at once by a *CellError. NULL stays NULL.
-func (sc *rowScratch) collect(t *decTable, c *CellContext, placeErr error, row client.Row) {
+// collectRow notes the cells of row in g (with placeErr, if not nil, the
+// reason the row has no place). Values that cannot be opened, because the
+// row has no place or because they are not text, are replaced at once by
+// a *CellError. NULL stays NULL.
+func (sc *batchScratch) collectRow(t *decTable, g *cellGroup, placeErr error, row client.Row) {
 	for _, col := range t.spec.Columns {
 		val, ok := row[col]
 		if !ok || val == nil {
@@ -79,57 +134,102 @@ func (sc *rowScratch) collect(t *decTable, c *CellContext, placeErr error, row c
 		}
 		cell, ok := val.(string)
 		if !ok {
-			row[col] = &CellError{Column: col, Err: &OpenError{Table: t.table, Column: col, Tenant: c.Tenant,
+			row[col] = &CellError{Column: col, Err: &OpenError{Table: t.table, Column: col, Tenant: g.c.Tenant,
 				Err: detail(ErrNotEncrypted, "value is %T, not text", val)}}
 			continue
 		}
 		sc.cells = append(sc.cells, pendingCell{row: row, col: col, cell: cell})
-		sc.size += plaintextLen(cell)
+		g.size += plaintextLen(cell)
 	}
 }
 
-// openCells opens the collected cells, bound to c, through the tenant's
-// view of the keyring, into one allocation of plaintext. Cells that do not
-// open are replaced at once by a *CellError; the others replace their
-// cells at publish. It reports whether a cell failed to open.
-//
-// The place c is checked once for all the cells (NewDecrypter checked the
-// table and column names, with the table spec): if it is invalid, every
-// cell is opened with the full check, which then reports it, as [Open]
-// would.
-func (d *Decrypter) openCells(ctx context.Context, sc *rowScratch, c *CellContext) (failed bool) {
-	if len(sc.cells) == 0 {
-		return false
+// openAll opens the collected cells through the keyring, sharing the
+// messages among up to GOMAXPROCS goroutines (this one among them) when
+// each gets cellsPerWorker cells or more. It reports whether a cell failed
+// to open.
+func (d *Decrypter) openAll(ctx context.Context, sc *batchScratch) (failed bool) {
+	for i := range sc.groups {
+		if g := &sc.groups[i]; g.keyed {
+			g.c.RowKey = sc.rowKeys[g.keyLo:g.keyHi]
+		}
 	}
-	v := d.ring.view(c.Tenant)
-	checked := c.validatePlace() == nil
-	sc.pt = make([]byte, 0, sc.size)
-	for i := range sc.cells {
-		p := &sc.cells[i]
-		c.Column = p.col
-		out, buf, err := v.openTo(ctx, sc.pt, sc.buf, c, p.cell, checked)
-		sc.buf = buf
-		if err != nil {
-			p.row[p.col] = &CellError{Column: p.col, Err: err}
-			failed = true
+	workers := max(1, min(runtime.GOMAXPROCS(0), len(sc.cells)/cellsPerWorker, len(sc.groups)))
+	for len(sc.bufs) < workers {
+		sc.bufs = append(sc.bufs, nil)
+	}
+	if workers == 1 {
+		return d.openGroups(ctx, sc, sc.groups, &sc.bufs[0])
+	}
+	// Contiguous runs of messages, of about as many cells each: the first
+	// ones for new goroutines, the last for this one.
+	var wg sync.WaitGroup
+	var anyFailed atomic.Bool
+	lo, w := 0, 1
+	for i := 0; i+1 < len(sc.groups) && w < workers; i++ {
+		if sc.groups[i].end < w*len(sc.cells)/workers {
 			continue
 		}
-		p.ok, p.off, p.end = true, len(sc.pt), len(out)
-		sc.pt = out
+		groups, buf := sc.groups[lo:i+1], &sc.bufs[w]
+		wg.Go(func() {
+			if d.openGroups(ctx, sc, groups, buf) {
+				anyFailed.Store(true)
+			}
+		})
+		lo, w = i+1, w+1
+	}
+	failed = d.openGroups(ctx, sc, sc.groups[lo:], &sc.bufs[0])
+	wg.Wait()
+	return failed || anyFailed.Load()
+}
+
+// openGroups opens the cells of groups, each group's through the tenant's
+// view of the keyring into one allocation of plaintext, decoding them in
+// *buf. Cells that do not open are replaced at once by a *CellError; the
+// others replace their cells at publish. It reports whether a cell failed
+// to open.
+//
+// The place of a group is checked once for all its cells (NewDecrypter
+// checked the table and column names, with the table spec): if it is
+// invalid, every cell is opened with the full check, which then reports
+// it, as [Open] would.
+func (d *Decrypter) openGroups(ctx context.Context, sc *batchScratch, groups []cellGroup, buf *[]byte) (failed bool) {
+	for gi := range groups {
+		g := &groups[gi]
+		v := d.ring.view(g.c.Tenant)
+		checked := g.c.validatePlace() == nil
+		c := g.c
+		pt := make([]byte, 0, g.size)
+		for i := g.start; i < g.end; i++ {
+			p := &sc.cells[i]
+			c.Column = p.col
+			out, b, err := v.openTo(ctx, pt, *buf, &c, p.cell, checked)
+			*buf = b
+			if err != nil {
+				p.row[p.col] = &CellError{Column: p.col, Err: err}
+				failed = true
+				continue
+			}
+			p.ok, p.off, p.end = true, len(pt), len(out)
+			pt = out
+		}
+		g.pt = pt
 	}
 	return failed
 }
 
-// publish replaces the opened cells by their plaintexts: substrings of one
-// string that holds them all, the message's one allocation for plaintext.
-// The string is made from sc.pt without a copy: nothing writes to sc.pt
-// once its cells are open, and putScratch drops it.
-func (sc *rowScratch) publish() {
-	all := unsafe.String(unsafe.SliceData(sc.pt), len(sc.pt))
-	sc.pt = nil
-	for _, p := range sc.cells {
-		if p.ok {
-			p.row[p.col] = all[p.off:p.end]
+// publish replaces the opened cells by their plaintexts: for each message,
+// substrings of one string that holds them all, its one allocation for
+// plaintext. The string is made from the group's pt without a copy:
+// nothing writes to pt once its cells are open, and publish drops it.
+func (sc *batchScratch) publish() {
+	for gi := range sc.groups {
+		g := &sc.groups[gi]
+		all := unsafe.String(unsafe.SliceData(g.pt), len(g.pt))
+		g.pt = nil
+		for _, p := range sc.cells[g.start:g.end] {
+			if p.ok {
+				p.row[p.col] = all[p.off:p.end]
+			}
 		}
 	}
 }

@@ -1,6 +1,10 @@
 package keysync
 
 import (
+	"fmt"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -52,5 +56,105 @@ func TestDecrypterManyCells(t *testing.T) {
 				t.Errorf("%s: %#v, want %#v", col, got, w)
 			}
 		}
+	}
+}
+
+// TestDecrypterBatch opens a batch large enough to be shared among
+// goroutines, with rows of two tenants (one whose key the ring lacks),
+// cells that fail, NULLs, updates that take their place from an earlier
+// message of the same batch and deletes, and checks that every row ends as
+// it does when the same messages are transformed one at a time.
+func TestDecrypterBatch(t *testing.T) {
+	acme, _ := NewKeyset("acme")
+	globex, _ := NewKeyset("globex") // not in the ring
+	spec := TableSpec{Table: "items", Columns: []string{"a", "b"}, TenantColumn: "tenant_id", RowKey: []string{"org", "id"}}
+	ring := staticRing(t, acme)
+	messages := func() []*client.Message {
+		var ms []*client.Message
+		for i := range 300 {
+			id := strconv.Itoa(i)
+			ks, tenant := acme, "acme"
+			if i%7 == 3 {
+				ks, tenant = globex, "globex"
+			}
+			seal := func(col, pt string) string {
+				cell, err := Seal(ks, CellContext{Table: "public.items", Column: col, Tenant: tenant, RowKey: []string{"o", id}}, []byte(pt))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return cell
+			}
+			key := `"public"."items"/"o"/"` + id + `"`
+			h := client.Headers{Operation: client.Insert, Relation: []string{"public", "items"}}
+			v := client.Row{"org": "o", "id": id, "tenant_id": tenant, "a": seal("a", "a"+id), "b": nil}
+			switch i % 5 {
+			case 1:
+				v["b"] = seal("a", "b"+id) // sealed for another column: auth
+			case 2:
+				v["b"] = seal("b", strings.Repeat("b", i))
+			}
+			ms = append(ms, &client.Message{Key: key, Headers: h, Value: v})
+			if i%4 == 0 {
+				// An update without the tenant column: its place is the
+				// insert's, just before it in the batch.
+				u := client.Row{"org": "o", "id": id, "b": seal("b", "new b"+id)}
+				ms = append(ms, &client.Message{Key: key, Headers: client.Headers{Operation: client.Update, Relation: h.Relation}, Value: u})
+			}
+			if i%9 == 0 {
+				ms = append(ms, &client.Message{Key: key, Headers: client.Headers{Operation: client.Delete, Relation: h.Relation},
+					Value: client.Row{"org": "o", "id": id}})
+			}
+		}
+		return ms
+	}
+	show := func(ms []*client.Message) []string {
+		var out []string
+		for _, m := range ms {
+			for _, col := range []string{"a", "b"} {
+				v := m.Value[col]
+				if e, ok := v.(*CellError); ok {
+					v = "error " + e.Code()
+				}
+				out = append(out, fmt.Sprintf("%s %s %s: %v", m.Key, m.Headers.Operation, col, v))
+			}
+		}
+		return out
+	}
+
+	one, err := NewDecrypter(ring, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := messages()
+	for _, m := range want {
+		if err := one.TransformContext(t.Context(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch, _ := NewDecrypter(ring, spec)
+	got := messages()
+	for i := 0; i < len(got); i += 128 {
+		if err := batch.TransformBatch(t.Context(), got[i:min(i+128, len(got))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, g := show(want), show(got)
+	if !slices.Equal(w, g) {
+		for i := range w {
+			if w[i] != g[i] {
+				t.Fatalf("line %d: one at a time %q, in batches %q", i, w[i], g[i])
+			}
+		}
+	}
+	// What the test is about happened: plaintext, each kind of failure,
+	// and updates that took their place from the batch.
+	for _, s := range []string{`"public"."items"/"o"/"8" update b: new b8`, `"public"."items"/"o"/"3" insert a: error no_key`,
+		`"public"."items"/"o"/"1" insert b: error auth`, `"public"."items"/"o"/"2" insert b: bb`, `"public"."items"/"o"/"0" insert b: <nil>`} {
+		if !slices.Contains(g, s) {
+			t.Errorf("no %q", s)
+		}
+	}
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Log("GOMAXPROCS is 1: the batches were opened by one goroutine")
 	}
 }

@@ -85,8 +85,9 @@
 // fails with an *[OpenError] wrapping [ErrNoKey].
 //
 // A [Decrypter] turns a keyring and [TableSpec]s into a client
-// TransformContext: cells become plaintext strings, or *[CellError] values
-// (JSON {"error": code, "message": text}) for cells that do not open.
+// TransformBatch (or TransformContext): cells become plaintext strings, or
+// *[CellError] values (JSON {"error": code, "message": text}) for cells
+// that do not open. A batch's cells are opened on up to GOMAXPROCS cores.
 //
 //	floor, _ := keysync.OpenFileFloor(keysync.DefaultFloorPath(identityFile))
 //	ring, _ := keysync.NewKeyring(keysync.KeyringOptions{
@@ -98,7 +99,7 @@
 //	})
 //	go ring.Run(ctx)
 //	dec, _ := keysync.NewDecrypter(ring, spec)
-//	stream, _ := client.New(client.Options{URL: ..., TransformContext: dec.TransformContext})
+//	stream, _ := client.New(client.Options{URL: ..., TransformBatch: dec.TransformBatch})
 //	shape := client.NewShape(keysync.WithDecrypter(stream, dec)) // forgets rows at a must-refetch
 //
 // [Follow] does all of that in one call, through the proxy, and decodes

@@ -60,8 +60,7 @@ type FollowOptions struct {
 
 	// Stream, if set, is the starting point of the data stream's options
 	// (Params, Header, Backoff, Offset and Handle to resume, ...). Its
-	// URL, TokenSource, Live, Transform and TransformContext are set by
-	// Follow.
+	// URL, TokenSource, Live and transforms are set by Follow.
 	Stream client.Options
 
 	// HTTPClient makes every request (nil: http.DefaultClient); Logger
@@ -101,7 +100,7 @@ type Followed[T any] struct {
 // the tags and conversions, and [Plaintext] for encrypted columns). It
 // wires what examples/service used to wire by hand: a [Keyring] following
 // the key and log shapes, verified from the pinned roots, with a floor; a
-// [Decrypter] for the tables as the data stream's TransformContext, so
+// [Decrypter] for the tables as the data stream's TransformBatch, so
 // that a cell waits for its key on the stream's context; and a
 // client.TypedShape over the stream.
 //
@@ -170,7 +169,7 @@ func Follow[T any](ctx context.Context, o FollowOptions) (*Followed[T], error) {
 	}
 	so := o.Stream
 	so.URL, so.TokenSource, so.Live = shapeURL, o.Tokens, true
-	so.Transform, so.TransformContext = nil, dec.TransformContext
+	so.Transform, so.TransformContext, so.TransformBatch = nil, nil, dec.TransformBatch
 	so.HTTPClient = cmp.Or(so.HTTPClient, o.HTTPClient)
 	so.Logger = cmp.Or(so.Logger, o.Logger)
 	stream, err := client.New(so)

@@ -143,7 +143,7 @@ func (e *tailEnv) tail(b *testing.B, decrypt bool, each func(client.Row)) (rows,
 		if err != nil {
 			b.Fatal(err)
 		}
-		opts.Transform = dec.Transform
+		opts.TransformBatch = dec.TransformBatch
 	}
 	s, err := client.New(opts)
 	if err != nil {
@@ -249,7 +249,7 @@ func (e *tailEnv) verify(b *testing.B) {
 // row, about 30 B and 250 B of plaintext) against a plain tail of the same
 // shape, over real Postgres and electrictest: a ShapeStream from offset -1
 // to the first up-to-date, reading every change, with the Decrypter's
-// Transform (a keyring following the tenant-key shape) or without one.
+// TransformBatch (a keyring following the tenant-key shape) or without one.
 // The shape's snapshot is taken before timing, so every tail reads the
 // server's log; the server runs in this process, so its time and
 // allocations are counted too.
