@@ -18,6 +18,15 @@ func cpuClock() time.Duration {
 	return time.Duration(ts.Nano())
 }
 
+// processClock returns the CPU time of the process, all its threads.
+func processClock() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_PROCESS_CPUTIME_ID, &ts); err != nil {
+		return time.Duration(time.Now().UnixNano())
+	}
+	return time.Duration(ts.Nano())
+}
+
 func lockThread() func() {
 	runtime.LockOSThread()
 	return runtime.UnlockOSThread

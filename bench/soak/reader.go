@@ -112,7 +112,10 @@ func (r *reader) start(ctx context.Context, st *stack, w *world) error {
 		}
 	} else {
 		o := opts("items")
-		o.Live, o.LiveSSE, o.TransformContext = true, r.mode == "sse", transform("items")
+		o.Live, o.LiveSSE = true, r.mode == "sse"
+		if r.u.role != "revokee" {
+			o.TransformBatch = decs["items"].TransformBatch
+		}
 		s, err := client.New(o)
 		if err != nil {
 			return err
