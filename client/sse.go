@@ -200,36 +200,8 @@ func (s *ShapeStream) readSSE(ctx context.Context) (Message, bool, error) {
 			return Message{}, false, err
 		}
 		if m.IsUpToDate() {
-			r.sawUpToDate = true
-			newOffset := r.reqOffset
-			if r.hasLastPos {
-				newOffset = strconv.FormatUint(r.lastPos.lsn, 10) + "_" + strconv.FormatInt(r.lastPos.op, 10)
-			}
-			remaining := max(r.skip-r.seen, 0)
-			r.offset = newOffset
-			r.committed = false
-			s.commit(r)
-			// The next batch continues from the new offset.
-			prevOffset := r.reqOffset
-			r.reqOffset = newOffset
-			r.hasLastPos = false
-			r.seen = r.afterPos
-			r.skip = r.afterPos + remaining
-			r.committed = r.skip == 0
-			if remaining > 0 {
-				// A replayed up-to-date: the consumer already has
-				// messages of the batch after it, from an interrupted
-				// connection, and gets the up-to-date at its end.
+			if !s.sseUpToDate(r) {
 				continue
-			}
-			s.mu.Lock()
-			was := s.upToDate
-			s.upToDate = true
-			s.mu.Unlock()
-			if !was || newOffset != prevOffset {
-				s.loop.progress()
-			} else {
-				s.noProgress("an up-to-date without new messages", r.url, prevOffset)
 			}
 			return m, true, nil
 		}
@@ -276,4 +248,41 @@ func (s *ShapeStream) readSSE(ctx context.Context) (Message, bool, error) {
 		}
 		return m, true, nil
 	}
+}
+
+// sseUpToDate commits the batch that an up-to-date of the SSE response r
+// ends (see readSSE) and reports whether to deliver the up-to-date.
+func (s *ShapeStream) sseUpToDate(r *response) bool {
+	r.sawUpToDate = true
+	newOffset := r.reqOffset
+	if r.hasLastPos {
+		newOffset = strconv.FormatUint(r.lastPos.lsn, 10) + "_" + strconv.FormatInt(r.lastPos.op, 10)
+	}
+	remaining := max(r.skip-r.seen, 0)
+	r.offset = newOffset
+	r.committed = false
+	s.commit(r)
+	// The next batch continues from the new offset.
+	prevOffset := r.reqOffset
+	r.reqOffset = newOffset
+	r.hasLastPos = false
+	r.seen = r.afterPos
+	r.skip = r.afterPos + remaining
+	r.committed = r.skip == 0
+	if remaining > 0 {
+		// A replayed up-to-date: the consumer already has
+		// messages of the batch after it, from an interrupted
+		// connection, and gets the up-to-date at its end.
+		return false
+	}
+	s.mu.Lock()
+	was := s.upToDate
+	s.upToDate = true
+	s.mu.Unlock()
+	if !was || newOffset != prevOffset {
+		s.loop.progress()
+	} else {
+		s.noProgress("an up-to-date without new messages", r.url, prevOffset)
+	}
+	return true
 }
