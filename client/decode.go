@@ -495,29 +495,7 @@ func (d *decoder) headers(p *scanner, h *Headers) error {
 		case "removed_tags":
 			h.RemovedTags, err = d.tags(p, 1)
 		case "patterns":
-			h.Patterns = h.Patterns[:0]
-			err = p.array(func() error {
-				var mp MovePattern
-				err := p.object(func(name string) error {
-					switch name {
-					case "pos":
-						v, err := p.strOrNumber()
-						if err != nil {
-							return err
-						}
-						n, err := strconv.Atoi(v)
-						mp.Pos = n
-						return err
-					case "value":
-						v, err := p.str()
-						mp.Value = v
-						return err
-					}
-					return p.skip(2)
-				})
-				h.Patterns = append(h.Patterns, mp)
-				return err
-			})
+			h.Patterns, err = p.movePatterns(h.Patterns[:0])
 		case "key_change_to":
 			h.KeyChangeTo, err = p.str()
 		case "key_change_from":
@@ -530,6 +508,34 @@ func (d *decoder) headers(p *scanner, h *Headers) error {
 		}
 		return nil
 	})
+}
+
+// movePatterns appends to dst the patterns of a move-out event's
+// headers (an array of {"pos", "value"} objects).
+func (p *scanner) movePatterns(dst []MovePattern) ([]MovePattern, error) {
+	err := p.array(func() error {
+		var mp MovePattern
+		err := p.object(func(name string) error {
+			switch name {
+			case "pos":
+				v, err := p.strOrNumber()
+				if err != nil {
+					return err
+				}
+				n, err := strconv.Atoi(v)
+				mp.Pos = n
+				return err
+			case "value":
+				v, err := p.str()
+				mp.Value = v
+				return err
+			}
+			return p.skip(2)
+		})
+		dst = append(dst, mp)
+		return err
+	})
+	return dst, err
 }
 
 // tags reads a list of tags (or null): nil when empty, and otherwise the
