@@ -70,41 +70,11 @@ func DeleteShape(ctx context.Context, opts DeleteOptions) error {
 	if opts.Table == "" {
 		return errors.New("client: DeleteOptions.Table is required")
 	}
-	var secrets []string
-	if opts.Secret != "" {
-		secrets = append(secrets, opts.Secret)
-	}
-	base, err := url.Parse(opts.URL)
+	u, secrets, err := deleteURL(opts)
 	if err != nil {
-		// The parse error quotes the URL, which may hold a secret.
-		return fmt.Errorf("client: DeleteOptions.URL: %s", scrubSecrets(unwrapURLError(err).Error(), secrets))
+		return err
 	}
-	if base.Scheme != "http" && base.Scheme != "https" {
-		return errors.New("client: DeleteOptions.URL is not an http(s) URL")
-	}
-	q := base.Query()
-	for _, k := range []string{"secret", "api_secret"} {
-		for _, v := range q[k] {
-			if v != "" {
-				secrets = append(secrets, v)
-			}
-		}
-	}
-	if p, ok := base.User.Password(); ok && p != "" {
-		secrets = append(secrets, p)
-	}
-	q.Set("table", opts.Table)
-	if opts.Handle != "" {
-		q.Set("handle", opts.Handle)
-	}
-	if opts.Secret != "" {
-		// Electric 1.x reads secret, falling back to the legacy api_secret.
-		q.Del("api_secret")
-		q.Set("secret", opts.Secret)
-	}
-	u := *base
-	u.RawQuery = q.Encode()
-	redacted := redactURL(&u)
+	redacted := redactURL(u)
 
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u.String(), nil)
 	if err != nil {
@@ -132,6 +102,53 @@ func DeleteShape(ctx context.Context, opts DeleteOptions) error {
 		resp.Body.Close()
 		return nil
 	}
+	return scrubbedHTTPError(resp, redacted, secrets)
+}
+
+// deleteURL returns the URL of DeleteShape's request, and the secrets to
+// keep out of errors: opts.Secret, and any secret, api_secret or password
+// that opts.URL holds.
+func deleteURL(opts DeleteOptions) (*url.URL, []string, error) {
+	var secrets []string
+	if opts.Secret != "" {
+		secrets = append(secrets, opts.Secret)
+	}
+	base, err := url.Parse(opts.URL)
+	if err != nil {
+		// The parse error quotes the URL, which may hold a secret.
+		return nil, nil, fmt.Errorf("client: DeleteOptions.URL: %s", scrubSecrets(unwrapURLError(err).Error(), secrets))
+	}
+	if base.Scheme != "http" && base.Scheme != "https" {
+		return nil, nil, errors.New("client: DeleteOptions.URL is not an http(s) URL")
+	}
+	q := base.Query()
+	for _, k := range []string{"secret", "api_secret"} {
+		for _, v := range q[k] {
+			if v != "" {
+				secrets = append(secrets, v)
+			}
+		}
+	}
+	if p, ok := base.User.Password(); ok && p != "" {
+		secrets = append(secrets, p)
+	}
+	q.Set("table", opts.Table)
+	if opts.Handle != "" {
+		q.Set("handle", opts.Handle)
+	}
+	if opts.Secret != "" {
+		// Electric 1.x reads secret, falling back to the legacy api_secret.
+		q.Del("api_secret")
+		q.Set("secret", opts.Secret)
+	}
+	u := *base
+	u.RawQuery = q.Encode()
+	return &u, secrets, nil
+}
+
+// scrubbedHTTPError reads the error response resp into an *HTTPError whose
+// Body and Header have the secrets removed.
+func scrubbedHTTPError(resp *http.Response, redacted string, secrets []string) *HTTPError {
 	body := readErrorBody(resp)
 	if len(secrets) > 0 {
 		body = []byte(scrubSecrets(string(body), secrets))
