@@ -117,41 +117,13 @@ func Follow[T any](ctx context.Context, o FollowOptions) (*Followed[T], error) {
 	if len(o.Tables) == 0 {
 		return nil, errors.New("keysync: Follow needs the encrypted tables' specs (FollowOptions.Tables)")
 	}
-	base := strings.TrimSuffix(o.ProxyURL, "/")
-	shapeURL := o.ShapeURL
-	if shapeURL == "" {
-		if o.Shape == "" {
-			return nil, errors.New("keysync: Follow needs FollowOptions.Shape or ShapeURL")
-		}
-		shapeURL = base + "/v1/shapes/" + url.PathEscape(o.Shape)
+	shapeURL, keysURL, logURL, err := o.urls()
+	if err != nil {
+		return nil, err
 	}
-	keysURL := cmp.Or(o.KeysURL, base+"/v1/shapes/keys")
-	logURL := o.LogURL
-	if logURL == "" {
-		var err error
-		if logURL, err = LogURLFor(keysURL); err != nil {
-			return nil, err
-		}
-	}
-	identity := o.Identity
-	if identity == nil {
-		if o.IdentityFile == "" {
-			return nil, errors.New("keysync: Follow needs FollowOptions.IdentityFile or Identity")
-		}
-		var err error
-		if identity, err = LoadIdentityFile(o.IdentityFile); err != nil {
-			return nil, err
-		}
-	}
-	floor := o.Floor
-	if floor == nil {
-		if o.IdentityFile == "" {
-			return nil, errors.New("keysync: Follow needs FollowOptions.Floor when the identity is not a file")
-		}
-		var err error
-		if floor, err = OpenFileFloor(DefaultFloorPath(o.IdentityFile)); err != nil {
-			return nil, err
-		}
+	identity, floor, err := o.device()
+	if err != nil {
+		return nil, err
 	}
 	shared := client.Options{TokenSource: o.Tokens, HTTPClient: o.HTTPClient, Logger: o.Logger}
 	keys, logs := shared, shared
@@ -178,14 +150,7 @@ func Follow[T any](ctx context.Context, o FollowOptions) (*Followed[T], error) {
 	}
 	onRow := o.OnRowError
 	if onRow == nil {
-		log := cmp.Or(o.Logger, slog.New(slog.DiscardHandler))
-		onRow = func(key string, err error) error {
-			if _, ok := errors.AsType[*CellError](err); ok {
-				log.Warn("keysync: row left out: a cell did not open", "key", key, "err", err)
-				return nil
-			}
-			return err
-		}
+		onRow = leaveOutUnopened(cmp.Or(o.Logger, slog.New(slog.DiscardHandler)))
 	}
 	shape, err := client.NewTypedShape[T](WithDecrypter(stream, dec), client.TypedOptions{OnRowError: onRow})
 	if err != nil {
@@ -194,6 +159,73 @@ func Follow[T any](ctx context.Context, o FollowOptions) (*Followed[T], error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	f := &Followed[T]{shape: shape, ring: ring, stream: stream, cancel: cancel, done: make(chan struct{})}
+	f.start(ctx, shapeURL)
+	return f, nil
+}
+
+// urls returns the data, key and log shapes' URLs that o names.
+func (o *FollowOptions) urls() (shapeURL, keysURL, logURL string, err error) {
+	base := strings.TrimSuffix(o.ProxyURL, "/")
+	shapeURL = o.ShapeURL
+	if shapeURL == "" {
+		if o.Shape == "" {
+			return "", "", "", errors.New("keysync: Follow needs FollowOptions.Shape or ShapeURL")
+		}
+		shapeURL = base + "/v1/shapes/" + url.PathEscape(o.Shape)
+	}
+	keysURL = cmp.Or(o.KeysURL, base+"/v1/shapes/keys")
+	logURL = o.LogURL
+	if logURL == "" {
+		if logURL, err = LogURLFor(keysURL); err != nil {
+			return "", "", "", err
+		}
+	}
+	return shapeURL, keysURL, logURL, nil
+}
+
+// device returns the device's identity and floor: o's, or loaded from
+// (next to) o.IdentityFile.
+func (o *FollowOptions) device() (age.Identity, Floor, error) {
+	identity := o.Identity
+	if identity == nil {
+		if o.IdentityFile == "" {
+			return nil, nil, errors.New("keysync: Follow needs FollowOptions.IdentityFile or Identity")
+		}
+		var err error
+		if identity, err = LoadIdentityFile(o.IdentityFile); err != nil {
+			return nil, nil, err
+		}
+	}
+	floor := o.Floor
+	if floor == nil {
+		if o.IdentityFile == "" {
+			return nil, nil, errors.New("keysync: Follow needs FollowOptions.Floor when the identity is not a file")
+		}
+		var err error
+		if floor, err = OpenFileFloor(DefaultFloorPath(o.IdentityFile)); err != nil {
+			return nil, nil, err
+		}
+	}
+	return identity, floor, nil
+}
+
+// leaveOutUnopened is the default FollowOptions.OnRowError: it leaves out
+// a row with a cell that did not open, logging it, and stops on any other
+// error.
+func leaveOutUnopened(log *slog.Logger) func(key string, err error) error {
+	return func(key string, err error) error {
+		if _, ok := errors.AsType[*CellError](err); ok {
+			log.Warn("keysync: row left out: a cell did not open", "key", key, "err", err)
+			return nil
+		}
+		return err
+	}
+}
+
+// start follows the key and log shapes and the data shape (at shapeURL)
+// in the background on ctx, which f.cancel ends: the first part to fail
+// ends the others, and f.done is closed once all have stopped.
+func (f *Followed[T]) start(ctx context.Context, shapeURL string) {
 	var wg sync.WaitGroup
 	var errMu sync.Mutex
 	fail := func(part string, err error) {
@@ -204,25 +236,24 @@ func Follow[T any](ctx context.Context, o FollowOptions) (*Followed[T], error) {
 			}
 			errMu.Unlock()
 		}
-		cancel()
+		f.cancel()
 	}
-	wg.Go(func() { fail("the key and log shapes", ring.Run(ctx)) })
+	wg.Go(func() { fail("the key and log shapes", f.ring.Run(ctx)) })
 	wg.Go(func() {
 		// Waiting for the keyring first spares the first rows a wait for
 		// their keys; the decrypter would wait for them anyway. If it
 		// fails, ctx ended or the keyring stopped (its part says why, and
 		// ends ctx): Run then returns at once, and ends Changes.
-		if ring.Ready(ctx) != nil {
-			cancel()
+		if f.ring.Ready(ctx) != nil {
+			f.cancel()
 		}
-		fail(shapeURL, shape.Run(ctx))
+		fail(shapeURL, f.shape.Run(ctx))
 	})
 	go func() {
 		wg.Wait()
-		stream.Close() // no Next runs any more
+		f.stream.Close() // no Next runs any more
 		close(f.done)
 	}()
-	return f, nil
 }
 
 // View returns the current view: the rows as of the last up-to-date.
