@@ -329,14 +329,16 @@ func (d *Decrypter) TransformContext(ctx context.Context, m *client.Message) err
 }
 
 // TransformBatch is TransformContext for a batch of messages, in order: it
-// is a client.Options.TransformBatch. It opens the cells of a large batch
-// in several goroutines, up to GOMAXPROCS, and returns once all are open.
+// is a client.Options.TransformBatch, the fastest way to decrypt a stream,
+// since what a message costs besides its crypto is paid once a batch.
 func (d *Decrypter) TransformBatch(ctx context.Context, ms []*client.Message) error {
 	sc := d.getScratch()
 	defer d.putScratch(sc)
+	d.mu.Lock()
 	for _, m := range ms {
 		d.collect(sc, m)
 	}
+	d.mu.Unlock()
 	if failed := d.openAll(ctx, sc); failed {
 		if cerr := ctx.Err(); cerr != nil {
 			return cerr
@@ -350,7 +352,8 @@ func (d *Decrypter) TransformBatch(ctx context.Context, ms []*client.Message) er
 // then the old value, then what an earlier message of the row said. It
 // records the place for the row's later messages, and forgets it at a
 // delete. The error, if not nil, is the reason the row has no place (it
-// wraps ErrInvalidContext): every cell of the message fails with it.
+// wraps ErrInvalidContext): every cell of the message fails with it. d.mu
+// is held.
 func (d *Decrypter) place(m *client.Message, s *TableSpec) (place, error) {
 	// What is known of the row is looked up only for a message that lacks
 	// part of its place, so an insert costs one write, not a lookup too.
@@ -358,15 +361,11 @@ func (d *Decrypter) place(m *client.Message, s *TableSpec) (place, error) {
 	// needs no place: it only ends the row's.
 	p, missing, err := placeOf(m, s, nil)
 	if missing && !(m.Headers.Operation == client.Delete && !hasCells(m, s)) {
-		d.mu.Lock()
 		d.index()
-		known, ok := d.places[m.Key]
-		d.mu.Unlock()
-		if ok {
+		if known, ok := d.places[m.Key]; ok {
 			p, _, err = placeOf(m, s, &known)
 		}
 	}
-	d.mu.Lock()
 	if m.Headers.Operation == client.Delete {
 		d.record(m.Key, place{}, true)
 	} else if err == nil {
@@ -379,7 +378,6 @@ func (d *Decrypter) place(m *client.Message, s *TableSpec) (place, error) {
 		}
 		d.record(m.Key, p, false)
 	}
-	d.mu.Unlock()
 	return p, err
 }
 

@@ -197,6 +197,7 @@ func (e *tailEnv) openFloor(b *testing.B) time.Duration {
 			cells = append(cells, cell{c, text})
 		}
 	}
+	defer lockThread()() // for cpuClock
 	var buf []byte
 	c0 := cpuClock()
 	for _, c := range cells {
@@ -284,7 +285,6 @@ func BenchmarkTail(b *testing.B) {
 		})
 	}
 	b.Run("ratio", func(b *testing.B) {
-		defer lockThread()()
 		var wall, cpu [2]time.Duration
 		var open time.Duration
 		var allocs [2]uint64
@@ -321,6 +321,8 @@ func BenchmarkTail(b *testing.B) {
 		b.ReportMetric(float64(allocs[1])/n, "decrypt-allocs/row")
 		b.ReportMetric(float64(wall[1])/float64(wall[0]), "x-plain")
 		b.ReportMetric(float64(cpu[1])/float64(cpu[0]), "x-plain-cpu")
+		b.ReportMetric(float64(cpu[0])/float64(wall[0]), "plain-cores")
+		b.ReportMetric(float64(cpu[1])/float64(wall[1]), "decrypt-cores")
 		b.ReportMetric(float64(open)/float64(cpu[1]-cpu[0]), "crypto-share")
 	})
 }
