@@ -187,16 +187,42 @@ func (d *Decrypter) openGroups(ctx context.Context, sc *batchScratch, groups []c
 // publish replaces the opened cells by their plaintexts: for each message,
 // substrings of one string that holds them all, its one allocation for
 // plaintext. The string is made from the group's pt without a copy:
-// nothing writes to pt once its cells are open, and publish drops it.
+// nothing writes to pt once its cells are open, and publish drops it. The
+// values that hold the substrings point into one array of strings per
+// message (see boxStrings).
 func (sc *batchScratch) publish() {
 	for gi := range sc.groups {
 		g := &sc.groups[gi]
 		all := unsafe.String(unsafe.SliceData(g.pt), len(g.pt))
 		g.pt = nil
-		for _, p := range sc.cells[g.start:g.end] {
+		cells := sc.cells[g.start:g.end]
+		strs := make([]string, len(cells))
+		for i, p := range cells {
 			if p.ok {
-				p.row[p.col] = all[p.off:p.end]
+				strs[i] = all[p.off:p.end]
+				p.row[p.col] = boxString(&strs[i])
 			}
 		}
 	}
 }
+
+// boxString returns the interface value holding the string *p, pointing at
+// *p rather than at a copy. Converting a string to an interface copies its
+// header into an allocation of its own: one per cell, where publish makes
+// one per message for all of its cells' headers. *p must never change
+// (publish makes a new array for each message and writes each element
+// once, before boxing it). An interface value is a type word and a data
+// word, and for a string the data word points at its header: the layout
+// the runtime has used since Go 1.4, and which a test checks.
+func boxString(p *string) (v any) {
+	e := (*eface)(unsafe.Pointer(&v))
+	e.typ, e.data = stringType, unsafe.Pointer(p)
+	return v
+}
+
+type eface struct{ typ, data unsafe.Pointer }
+
+var stringType = func() unsafe.Pointer {
+	var v any = ""
+	return (*eface)(unsafe.Pointer(&v)).typ
+}()

@@ -158,3 +158,35 @@ func TestDecrypterBatch(t *testing.T) {
 		t.Log("GOMAXPROCS is 1: the batches were opened by one goroutine")
 	}
 }
+
+// boxString's value is a string like any other: equal to the converted
+// string, switched on, compared and printed as one, and keeping its
+// header's array alive for the collector.
+func TestBoxString(t *testing.T) {
+	strs := make([]string, 2)
+	strs[0], strs[1] = "first", strings.Repeat("x", 100)
+	a, b := boxString(&strs[0]), boxString(&strs[1])
+	strs = nil
+	runtime.GC()
+	if a != any("first") || b != any(strings.Repeat("x", 100)) {
+		t.Fatalf("boxed %#v, %#v", a, b)
+	}
+	if s, ok := a.(string); !ok || s != "first" {
+		t.Fatalf("a.(string) = %q, %v", s, ok)
+	}
+	switch v := b.(type) {
+	case string:
+		if len(v) != 100 {
+			t.Fatal(len(v))
+		}
+	default:
+		t.Fatalf("b is %T", b)
+	}
+	if fmt.Sprint(a) != "first" || fmt.Sprintf("%T", a) != "string" {
+		t.Fatal(fmt.Sprint(a))
+	}
+	m := map[any]int{"first": 1}
+	if m[a] != 1 {
+		t.Fatal("not a map key equal to the string")
+	}
+}
