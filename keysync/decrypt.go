@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"iter"
 	"slices"
 	"strconv"
@@ -84,35 +85,12 @@ type Decrypter struct {
 
 	lastRel atomic.Pointer[relCache]
 	scratch atomic.Pointer[batchScratch] // one batch's scratch, kept for the next
+	seed    maphash.Seed                 // for the hashes of row keys
 
-	mu     sync.Mutex
-	places map[string]place // by message key, for updates that omit them; nil until needed
-	log    placeLog         // the places recorded while places is nil
-	tenant string           // the tenant of the place recorded last
+	mu      sync.Mutex        // guards the tables' rows and the fields below
+	tenant  string            // the tenant of the place recorded last
+	tenants map[string]string // tenant ids, one copy of each
 }
-
-// A placeLog is where the places of rows are recorded, in order, until a
-// message needs one looked up: appending to it costs far less than
-// inserting into a map that grows with the shape, and most shapes' rows
-// (inserts, replica=full updates, updates that keep the tenant column)
-// never need a lookup. The first lookup, or a log grown to maxPlaceLog
-// entries, replays it into the map, which is used from then on. The log
-// is chunked, so that growing it copies nothing.
-type placeLog struct {
-	chunks [][]placeRec
-	n      int
-}
-
-type placeRec struct {
-	key string
-	p   place
-	del bool
-}
-
-const (
-	placeChunk  = 4096
-	maxPlaceLog = 1 << 18
-)
 
 // relation is a message's relation header: schema and table.
 type relation struct{ schema, table string }
@@ -120,16 +98,17 @@ type relation struct{ schema, table string }
 // decTable is a table spec with what the decrypter derives from it once,
 // rather than once per cell.
 type decTable struct {
-	spec  TableSpec
-	table string // spec.QualifiedTable()
+	spec   TableSpec
+	table  string    // spec.QualifiedTable()
+	rows   rowPlaces // guarded by Decrypter.mu, as is tenant
+	tenant string    // the tenant of the first row seen: see rowPlaces
 }
 
 // place is what a row's cells are bound to besides their column: the text
 // of the tenant and of the row-key columns. The decrypter keeps one per row
 // it has seen, so a place is kept small: the row key is one string, the
 // values joined with NUL bytes (which Postgres text never holds), and so
-// for a row key of one column (the usual case) it is that column's value,
-// and recording the place allocates nothing.
+// for a row key of one column (the usual case) it is that column's value.
 type place struct {
 	tenant string
 	rowKey string
@@ -150,7 +129,7 @@ func NewDecrypter(ring *Keyring, specs ...TableSpec) (*Decrypter, error) {
 	if ring == nil {
 		return nil, errors.New("keysync: decrypter needs a keyring")
 	}
-	d := &Decrypter{ring: ring, tables: map[relation]*decTable{}}
+	d := &Decrypter{ring: ring, tables: map[relation]*decTable{}, seed: maphash.MakeSeed()}
 	for _, s := range specs {
 		if err := s.Validate(); err != nil {
 			return nil, err
@@ -219,23 +198,20 @@ func (d *Decrypter) Transform(m *client.Message) error {
 // remembered for as long as the decrypter lives. Read a stream through
 // [WithDecrypter], as [Follow] does, rather than call Forget: it forgets
 // the rows of that stream's table only, when it must refetch.
-func (d *Decrypter) Forget() { d.forget("") }
-
-// forget drops the places of the rows whose keys start with prefix (all
-// of them for "").
-func (d *Decrypter) forget(prefix string) {
+func (d *Decrypter) Forget() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if prefix == "" {
-		d.places, d.log, d.tenant = nil, placeLog{}, ""
-		return
+	for _, t := range d.tables {
+		t.rows, t.tenant = rowPlaces{}, ""
 	}
-	d.index()
-	for k := range d.places {
-		if strings.HasPrefix(k, prefix) {
-			delete(d.places, k)
-		}
-	}
+	d.tenant, d.tenants = "", nil
+}
+
+// forgetTable drops the places of t's rows.
+func (d *Decrypter) forgetTable(t *decTable) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t.rows, t.tenant = rowPlaces{}, ""
 }
 
 // WithDecrypter returns stream with a decrypter's memory of rows tied to
@@ -249,17 +225,17 @@ func WithDecrypter(stream client.Stream, d *Decrypter) client.Stream {
 
 type forgetting struct {
 	client.Stream
-	d      *Decrypter
-	prefix string // the table part of the stream's keys, `"public"."items"/`, once a change showed it
+	d *Decrypter
+	t *decTable // the stream's table, once a change showed it
 }
 
 // see forgets at a must-refetch, and learns the table from a change.
 func (f *forgetting) see(m client.Message) {
 	switch {
-	case m.IsChange() && f.prefix == "":
-		f.prefix = keyTable(m.Key)
-	case m.IsMustRefetch() && f.prefix != "":
-		f.d.forget(f.prefix)
+	case m.IsChange() && f.t == nil:
+		f.t = f.d.table(&m)
+	case m.IsMustRefetch() && f.t != nil:
+		f.d.forgetTable(f.t)
 	}
 }
 
@@ -286,34 +262,6 @@ func (f *forgetting) Messages(ctx context.Context) iter.Seq2[client.Message, err
 
 // Unwrap returns the stream f reads, for client's own look at it.
 func (f *forgetting) Unwrap() client.Stream { return f.Stream }
-
-// keyTable returns the table part of an Electric row key, the quoted
-// schema and table and the slash, `"public"."items"/` of
-// `"public"."items"/"42"` (a quote in a name is doubled); "" if key does
-// not start so.
-func keyTable(key string) string {
-	i := 0
-	for _, end := range []byte{'.', '/'} {
-		if i >= len(key) || key[i] != '"' {
-			return ""
-		}
-		for i++; ; i++ {
-			j := strings.IndexByte(key[i:], '"')
-			if j < 0 {
-				return ""
-			}
-			i += j + 1
-			if i >= len(key) || key[i] != '"' {
-				break // the closing quote; a doubled one is part of the name
-			}
-		}
-		if i >= len(key) || key[i] != end {
-			return ""
-		}
-		i++
-	}
-	return key[:i]
-}
 
 // TransformContext is Transform with a context that bounds the wait for
 // keys: it is a client.Options.TransformContext (and a
@@ -354,32 +302,59 @@ func (d *Decrypter) TransformBatch(ctx context.Context, ms []*client.Message) er
 // delete. The error, if not nil, is the reason the row has no place (it
 // wraps ErrInvalidContext): every cell of the message fails with it. d.mu
 // is held.
-func (d *Decrypter) place(m *client.Message, s *TableSpec) (place, error) {
+func (d *Decrypter) place(m *client.Message, t *decTable) (place, error) {
 	// What is known of the row is looked up only for a message that lacks
 	// part of its place, so an insert costs one write, not a lookup too.
 	// A delete without cells (replica=default sends the primary key only)
 	// needs no place: it only ends the row's.
+	s := &t.spec
+	key := maphash.String(d.seed, m.Key)
 	p, missing, err := placeOf(m, s, nil)
 	if missing && !(m.Headers.Operation == client.Delete && !hasCells(m, s)) {
-		d.index()
-		if known, ok := d.places[m.Key]; ok {
+		if known, ok := t.rows.lookup(key, m.Key, t); ok {
 			p, _, err = placeOf(m, s, &known)
 		}
 	}
-	if m.Headers.Operation == client.Delete {
-		d.record(m.Key, place{}, true)
-	} else if err == nil {
-		// The rows of a shape share a few tenants: keep one copy of each
-		// tenant's id rather than the copy every message brings.
-		if p.tenant == d.tenant {
-			p.tenant = d.tenant
-		} else {
-			d.tenant = p.tenant
+	switch {
+	case m.Headers.Operation == client.Delete:
+		t.rows.record(key, deletedRow)
+	case err == nil:
+		p.tenant = d.intern(p.tenant)
+		if t.tenant == "" {
+			t.tenant = p.tenant
 		}
-		d.record(m.Key, p, false)
+		if p.tenant == t.tenant && (s.UnboundRows || keyHolds(m.Key, p.rowKey, len(s.RowKey))) {
+			t.rows.record(key, toldAgain)
+		} else {
+			t.rows.record(key, t.rows.keep(place{p.tenant, strings.Clone(p.rowKey)}))
+		}
 	}
 	return p, err
 }
+
+// intern returns the decrypter's copy of a tenant id: the rows of a shape
+// share a few tenants, and a remembered place holds a copy, not the
+// message's memory. d.mu is held.
+func (d *Decrypter) intern(tenant string) string {
+	if tenant == d.tenant {
+		return d.tenant
+	}
+	v, ok := d.tenants[tenant]
+	if !ok {
+		v = strings.Clone(tenant)
+		if d.tenants == nil {
+			d.tenants = map[string]string{}
+		}
+		if len(d.tenants) < maxTenants {
+			d.tenants[v] = v
+		}
+	}
+	d.tenant = v
+	return v
+}
+
+// maxTenants bounds the tenant ids a decrypter keeps one copy of.
+const maxTenants = 1024
 
 // placeOf reads the place of a message's row: each column from the value,
 // then the old value, then known (if not nil). missing reports a column
@@ -445,51 +420,6 @@ func valueText(v any, col string) (string, error) {
 		return strconv.Itoa(v), nil
 	}
 	return "", detail(ErrInvalidContext, "column %q is %T, want its text", col, v)
-}
-
-// record notes the place of the row key (or that it was deleted); d.mu is
-// held.
-func (d *Decrypter) record(key string, p place, del bool) {
-	if d.places != nil {
-		if del {
-			delete(d.places, key)
-		} else {
-			d.places[key] = p
-		}
-		return
-	}
-	l := &d.log
-	c := l.n / placeChunk
-	if c == len(l.chunks) {
-		n := placeChunk
-		if c == 0 {
-			n = 64 // grows: most decrypters see few rows, or need the index soon
-		}
-		l.chunks = append(l.chunks, make([]placeRec, 0, n))
-	}
-	l.chunks[c] = append(l.chunks[c], placeRec{key, p, del})
-	l.n++
-	if l.n >= maxPlaceLog {
-		d.index()
-	}
-}
-
-// index makes d.places hold the places recorded so far; d.mu is held.
-func (d *Decrypter) index() {
-	if d.places != nil {
-		return
-	}
-	d.places = make(map[string]place, d.log.n)
-	for _, c := range d.log.chunks {
-		for _, r := range c {
-			if r.del {
-				delete(d.places, r.key)
-			} else {
-				d.places[r.key] = r.p
-			}
-		}
-	}
-	d.log = placeLog{}
 }
 
 // hasCells reports whether m has a value, not NULL, in an encrypted column.

@@ -87,7 +87,7 @@ func (d *Decrypter) collect(sc *batchScratch, m *client.Message) {
 	if t == nil {
 		return
 	}
-	p, err := d.place(m, &t.spec)
+	p, err := d.place(m, t)
 	g := cellGroup{c: CellContext{Table: t.table, Tenant: p.tenant}, start: len(sc.cells)}
 	if err == nil && !t.spec.UnboundRows {
 		g.keyed, g.keyLo = true, len(sc.rowKeys)

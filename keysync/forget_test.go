@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"strings"
 	"testing"
 
 	"github.com/shapeseal/shapeseal/client"
@@ -51,8 +52,12 @@ func (s *sliceStream) Schema() client.Schema { return nil }
 func (d *Decrypter) remembered() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.index()
-	return len(d.places)
+	n := 0
+	for _, t := range d.tables {
+		t.rows.index()
+		n += len(t.rows.rows)
+	}
+	return n
 }
 
 // TestDecrypterForgetsAtRefetch: rows that leave a shape without a delete
@@ -108,7 +113,6 @@ func TestDecrypterForgetsAtRefetch(t *testing.T) {
 		t.Errorf("after Forget: %d rows remembered", got)
 	}
 }
-
 func TestKeyTable(t *testing.T) {
 	for key, want := range map[string]string{
 		`"public"."items"/"42"`: `"public"."items"/`,
@@ -123,6 +127,47 @@ func TestKeyTable(t *testing.T) {
 	} {
 		if got := keyTable(key); got != want {
 			t.Errorf("keyTable(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
+
+// keyHolds and keyRowKey read the row key of an Electric key, as Electric
+// escapes it, and agree with each other.
+func TestKeyRowKey(t *testing.T) {
+	for _, c := range []struct {
+		key    string
+		n      int
+		rowKey string
+		ok     bool
+	}{
+		{`"public"."items"/"42"`, 1, "42", true},
+		{`"public"."items"/"acme"/"42"`, 2, "acme\x0042", true},
+		{`"public"."items"/"a//b"`, 1, "a/b", true},
+		{`"public"."items"/"a"//"b"`, 1, `a"/"b`, true},
+		{`"public"."items"/"say ""hi"""`, 1, `say ""hi""`, true},
+		{`"public"."items"/""`, 1, "", true},
+		{`"public"."items"/"42"`, 2, "", false},
+		{`"public"."items"/"1"/"2"`, 1, "", false},
+		{`"public"."items"/_`, 1, "", false},
+		{`"public"."items"/"a/b"`, 1, "", false},
+		{`items/42`, 1, "", false},
+	} {
+		got, ok := keyRowKey(c.key, c.n)
+		if got != c.rowKey || ok != c.ok {
+			t.Errorf("keyRowKey(%q, %d) = %q, %v; want %q, %v", c.key, c.n, got, ok, c.rowKey, c.ok)
+		}
+		if ok && !keyHolds(c.key, got, c.n) {
+			t.Errorf("keyHolds(%q, %q, %d) = false", c.key, got, c.n)
+		}
+	}
+	for _, c := range []struct{ key, rowKey string }{
+		{`"public"."items"/"42"`, "4"},
+		{`"public"."items"/"42"`, "42\x00"},
+		{`"public"."items"/"a/b"`, "a/b"},
+		{`"public"."items"/"1"/"2"`, "1"},
+	} {
+		if keyHolds(c.key, c.rowKey, strings.Count(c.rowKey, "\x00")+1) {
+			t.Errorf("keyHolds(%q, %q) = true", c.key, c.rowKey)
 		}
 	}
 }

@@ -265,8 +265,8 @@ func (e *tailEnv) verify(b *testing.B) {
 //     same cells without a stream (openFloor: the cell crypto, which no
 //     decrypting tail can avoid) over the gap in CPU time between the two
 //     tails: the rest of the gap is what a decrypting tail costs beyond
-//     its crypto. x-plain can be below x-plain-cpu because the decrypter
-//     opens the cells of a batch on the machine's other cores.
+//     its crypto. plain-cores and decrypt-cores are each tail's CPU time
+//     over its wall time: the cores it kept busy.
 func BenchmarkTail(b *testing.B) {
 	e := newTailEnv(b)
 	e.verify(b) // also takes the shape's snapshot
