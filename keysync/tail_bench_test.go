@@ -137,12 +137,25 @@ func newTailEnv(b *testing.B) *tailEnv {
 // values that are not strings (cells that did not open). If each is not
 // nil, it is called with every change's value.
 func (e *tailEnv) tail(b *testing.B, decrypt bool, each func(client.Row)) (rows, bad int) {
-	opts := client.Options{URL: e.shapeURL, Params: client.Params{Table: "items"}}
+	var dec *Decrypter
 	if decrypt {
-		dec, err := NewDecrypter(e.ring, tailSpec)
-		if err != nil {
-			b.Fatal(err)
-		}
+		dec = e.decrypter(b)
+	}
+	return e.tailWith(b, dec, each)
+}
+
+func (e *tailEnv) decrypter(b *testing.B) *Decrypter {
+	dec, err := NewDecrypter(e.ring, tailSpec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return dec
+}
+
+// tailWith is tail through dec, or without a decrypter if dec is nil.
+func (e *tailEnv) tailWith(b *testing.B, dec *Decrypter, each func(client.Row)) (rows, bad int) {
+	opts := client.Options{URL: e.shapeURL, Params: client.Params{Table: "items"}}
+	if dec != nil {
 		opts.TransformBatch = dec.TransformBatch
 	}
 	s, err := client.New(opts)
@@ -209,6 +222,22 @@ func (e *tailEnv) openFloor(b *testing.B) time.Duration {
 	return cpuClock() - c0
 }
 
+// retained returns the bytes per row of the heap that a decrypter holds
+// after a decrypting tail: what it remembers of the rows.
+func (e *tailEnv) retained(b *testing.B) float64 {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	h0 := ms.HeapAlloc
+	dec := e.decrypter(b)
+	rows, bad := e.tailWith(b, dec, nil)
+	e.check(b, rows, bad)
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	runtime.KeepAlive(dec)
+	return (float64(ms.HeapAlloc) - float64(h0)) / tailRows
+}
+
 // check fails unless a tail read every row once and every cell was text.
 func (e *tailEnv) check(b *testing.B, rows, bad int) {
 	if rows != tailRows || bad != 0 {
@@ -266,7 +295,9 @@ func (e *tailEnv) verify(b *testing.B) {
 //     decrypting tail can avoid) over the gap in CPU time between the two
 //     tails: the rest of the gap is what a decrypting tail costs beyond
 //     its crypto. plain-cores and decrypt-cores are each tail's CPU time
-//     over its wall time: the cores it kept busy.
+//     over its wall time: the cores it kept busy. retained-B/row is the
+//     heap a decrypter holds after a decrypting tail, per row (measured
+//     apart): what it remembers of the rows it has seen.
 func BenchmarkTail(b *testing.B) {
 	e := newTailEnv(b)
 	e.verify(b) // also takes the shape's snapshot
@@ -287,6 +318,7 @@ func BenchmarkTail(b *testing.B) {
 	b.Run("ratio", func(b *testing.B) {
 		var wall, cpu [2]time.Duration
 		var open time.Duration
+		var retained float64
 		var allocs [2]uint64
 		var ms runtime.MemStats
 		i := 0
@@ -309,6 +341,7 @@ func BenchmarkTail(b *testing.B) {
 			}
 			b.StopTimer()
 			open += e.openFloor(b)
+			retained += e.retained(b)
 			runtime.GC() // the sealed cells are garbage: not the next tail's to collect
 			b.StartTimer()
 			i++
@@ -324,6 +357,7 @@ func BenchmarkTail(b *testing.B) {
 		b.ReportMetric(float64(cpu[0])/float64(wall[0]), "plain-cores")
 		b.ReportMetric(float64(cpu[1])/float64(wall[1]), "decrypt-cores")
 		b.ReportMetric(float64(open)/float64(cpu[1]-cpu[0]), "crypto-share")
+		b.ReportMetric(retained/float64(b.N), "retained-B/row")
 	})
 }
 
