@@ -131,7 +131,7 @@ func tail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer dec.close()
-		opts.Transform = func(m *client.Message) error { return dec.dec.TransformContext(ctx, m) }
+		opts.TransformBatch = dec.dec.TransformBatch
 	}
 
 	s, err := client.New(opts)
