@@ -156,6 +156,7 @@
 // [*AuthError], [*MissingHeadersError], [*ParseError], [*StaleResponseError],
 // [*FastLoopError], [*TransformError], [*FieldError]. A blocking Transform
 // should be a TransformContext, which waits on the context of the Next
-// that reads the message. Query parameters named secret, api_secret, token and the
+// that reads the message, or a TransformBatch, which takes the changes a
+// response has already buffered at once. Query parameters named secret, api_secret, token and the
 // like are redacted from URLs in errors and logs; tokens are never logged.
 package client
