@@ -21,7 +21,8 @@ import (
 	"github.com/shapeseal/shapeseal/keysync/chain"
 )
 
-// Helpers of attack_test.go: a tenant "acme" on a fresh database, driven
+// Helpers of the attack tests (attack_test.go, attack_keyset_test.go,
+// attack_rollback_test.go): a tenant "acme" on a fresh database, driven
 // through the real commands (in-process, as keys_test.go does), and the
 // operator's view of the tables.
 
