@@ -2,15 +2,10 @@ package keysync
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,11 +14,13 @@ import (
 )
 
 // The keyring's tests run on trustEnv (trustenv_test.go, with the methods
-// of keyring_trust_test.go): every row a ring adopts is backed by the
+// of keyring_env_test.go): every row a ring adopts is backed by the
 // tenant's log, written by the env's Admin with the pinned root key. The
 // attacks on the ring from the database — forged, swapped, replayed,
 // planted and rolled-back rows and logs — are in keyring_trust_test.go;
-// here are the ring's live behaviours and the refusal of malformed rows.
+// here (and in keyring_regrant_test.go, keyring_serving_test.go and
+// floor_test.go) are the ring's live behaviours and the refusal of
+// malformed rows.
 
 func next(t *testing.T, ch <-chan client.Row, within time.Duration) client.Row {
 	t.Helper()
@@ -323,119 +320,6 @@ func TestNewKeyringOptions(t *testing.T) {
 	}
 }
 
-// TestFileFloor: a floor is what keeps a restarted device from being
-// rolled back (the attacks are in TestKeyringRollback and TestKeyringFork);
-// here, the floor file itself.
-func TestFileFloor(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "floor.json")
-	f, err := OpenFileFloor(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, err := f.Mark("acme"); err != nil || m != (FloorMark{}) {
-		t.Fatalf("empty floor: %+v, %v", m, err)
-	}
-	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("the file exists before the first raise: %v", err)
-	}
-	h5, h9 := sha256.Sum256([]byte("entry 5")), sha256.Sum256([]byte("entry 9"))
-	acme := FloorMark{Seq: 5, Head: h5, Generation: 3}
-	for _, m := range []FloorMark{
-		acme,
-		{Seq: 4, Generation: 9},                   // shorter: no change
-		{Seq: 5, Head: h5, Generation: 2},         // same entry, lower generation: no change
-		{Seq: 5, Head: h9, Generation: 3},         // not further: no change
-		{Seq: 0, Head: [32]byte{}, Generation: 0}, // nothing: no change
-	} {
-		if err := f.Raise("acme", m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Raise("globex", FloorMark{Seq: 1, Head: h9, Generation: 1}); err != nil {
-		t.Fatal(err)
-	}
-	g, err := OpenFileFloor(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, _ := g.Mark("acme"); m != acme {
-		t.Fatalf("reopened floor: acme %+v, want %+v", m, acme)
-	}
-	if m, _ := g.Mark("globex"); m != (FloorMark{Seq: 1, Head: h9, Generation: 1}) {
-		t.Fatalf("reopened floor: globex %+v", m)
-	}
-	// Further: a longer log, or the same one with a newer generation.
-	for _, m := range []FloorMark{{Seq: 5, Head: h5, Generation: 4}, {Seq: 9, Head: h9, Generation: 4}} {
-		if err := g.Raise("acme", m); err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := g.Mark("acme"); got != m {
-			t.Fatalf("after raising to %+v: %+v", m, got)
-		}
-	}
-	fi, err := os.Stat(path)
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("floor file mode %v, %v", fi.Mode(), err)
-	}
-
-	// Forget drops one tenant, in the file too.
-	if err := g.Forget("acme"); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Forget("initech"); err != nil {
-		t.Fatal(err)
-	}
-	h, err := OpenFileFloor(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, _ := h.Mark("acme"); m != (FloorMark{}) {
-		t.Fatalf("forgotten acme: %+v", m)
-	}
-	if m, _ := h.Mark("globex"); m.Seq != 1 {
-		t.Fatalf("globex after forgetting acme: %+v", m)
-	}
-
-	os.Chmod(path, 0o666)
-	if _, err := OpenFileFloor(path); !errors.Is(err, ErrInsecureFile) {
-		t.Fatalf("a floor file others can write: %v", err)
-	}
-	for name, content := range map[string]string{
-		"bad.json":  "not json",
-		"head.json": `{"acme": {"seq": 1, "head": "abcd", "generation": 1}}`,
-		"type.json": `{"acme": "three"}`,
-	} {
-		os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600)
-		if _, err := OpenFileFloor(filepath.Join(dir, name)); err == nil {
-			t.Errorf("%s: a malformed floor file was accepted", name)
-		}
-	}
-	// A floor file of an older shapeseal holds generations only.
-	old := filepath.Join(dir, "old.json")
-	os.WriteFile(old, []byte(`{"acme": 3}`), 0o600)
-	o, err := OpenFileFloor(old)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, _ := o.Mark("acme"); m != (FloorMark{Generation: 3}) {
-		t.Fatalf("old floor file: %+v", m)
-	}
-}
-
-func TestMemoryFloor(t *testing.T) {
-	f := NewMemoryFloor()
-	h := sha256.Sum256([]byte("entry"))
-	f.Raise("acme", FloorMark{Seq: 3, Head: h, Generation: 2})
-	f.Raise("acme", FloorMark{Seq: 2, Generation: 5})
-	if m, _ := f.Mark("acme"); m != (FloorMark{Seq: 3, Head: h, Generation: 2}) {
-		t.Fatalf("%+v", m)
-	}
-	if m, _ := f.Mark("globex"); m != (FloorMark{}) {
-		t.Fatalf("%+v", m)
-	}
-}
-
 func TestKeyringWait(t *testing.T) {
 	acme, _ := NewKeyset("acme")
 	r := staticRing(t, acme)
@@ -580,127 +464,5 @@ func TestDecrypterPerCellErrors(t *testing.T) {
 	dec.Transform(m)
 	if m.Value["title"] != "x" {
 		t.Fatal("other table changed")
-	}
-}
-
-// count409 counts the 409 responses of a transport.
-type count409 struct {
-	mu sync.Mutex
-	n  int
-}
-
-func (c *count409) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := http.DefaultTransport.RoundTrip(req)
-	if err == nil && resp.StatusCode == http.StatusConflict {
-		c.mu.Lock()
-		c.n++
-		c.mu.Unlock()
-	}
-	return resp, err
-}
-
-func (c *count409) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n
-}
-
-// TestKeyringMustRefetch: each of the ring's shapes is invalidated in
-// turn; the ring refetches it, is rebuilt, keeps serving meanwhile, and
-// then still follows grants and revocations live.
-func TestKeyringMustRefetch(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	e := newTrustEnv(t)
-	acme := e.tenant("acme")
-	alice := e.device("alice", "phone")
-	e.grant("acme", "alice")
-
-	keyConflicts, logConflicts := &count409{}, &count409{}
-	errs := &rowErrors{}
-	opts := e.ringOptions("alice", "phone", alice, nil, errs)
-	opts.Stream.HTTPClient = &http.Client{Transport: keyConflicts}
-	opts.Log.HTTPClient = &http.Client{Transport: logConflicts}
-	opts.UserID, opts.DeviceID = "alice", "phone"
-	ring, _ := e.startRing(opts)
-	ks := ring.Keyset("acme")
-	holds(t, ring, "acme", acme)
-
-	// Readers open cells concurrently throughout, and note whether the
-	// ring ever stopped holding acme's keyset.
-	cc := CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{"1"}}
-	cell, _ := Seal(acme, cc, []byte("hi"))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var missing sync.Once
-	missed := false
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if ring.Keyset("acme") == nil {
-					missing.Do(func() { missed = true })
-				}
-				if pt, err := ring.Open(ctx, cc, cell); err != nil || string(pt) != "hi" {
-					t.Errorf("concurrent open: %q %v", pt, err)
-					return
-				}
-			}
-		})
-	}
-	stopReaders := sync.OnceFunc(func() { close(stop); wg.Wait() })
-	defer stopReaders()
-
-	// The key shape is invalidated: the ring refetches it and is rebuilt
-	// (the rows are unwrapped again, so the keyset is a new one).
-	if n, _ := e.srv.Rotate(TenantKeysTable); n == 0 {
-		t.Fatal("no key shape rotated")
-	}
-	for deadline := time.Now().Add(10 * time.Second); keyConflicts.count() == 0 || ring.Keyset("acme") == ks; {
-		if time.Now().After(deadline) {
-			t.Fatalf("no rebuild: %d conflicts", keyConflicts.count())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	holds(t, ring, "acme", acme)
-
-	// The log shape is invalidated: the ring refetches the log, verifies it
-	// again and publishes.
-	before := published(ring)
-	if n, _ := e.srv.Rotate(LogTable); n == 0 {
-		t.Fatal("no log shape rotated")
-	}
-	waitUntil(t, func() bool { return logConflicts.count() > 0 })
-	waitPublished(t, ring, before)
-	waitUntil(t, func() bool { return ring.Keyset("acme") != nil })
-	holds(t, ring, "acme", acme)
-	stopReaders()
-
-	// It still follows live: a grant, then a revocation.
-	globex := e.tenant("globex")
-	e.grant("globex", "alice")
-	holds(t, waitGenRing(t, ring, "globex", 1), "globex", globex)
-	if _, err := e.admin.Revoke(ctx, "acme", "alice"); err != nil {
-		t.Fatal(err)
-	}
-	waitGen(t, ring, "acme", 0)
-	if ring.Tenants() != 1 {
-		t.Fatalf("%d tenants", ring.Tenants())
-	}
-	// Refusals for not being a member: acme's after the revocation, and
-	// globex's key row if it came before the log entry that grants it
-	// (the two shapes are followed apart; the row is adopted once the log
-	// catches up, as waitGenRing saw).
-	for _, re := range errs.all() {
-		if re.Tenant != "acme" && re.Tenant != "globex" || !errors.Is(re, ErrNotMember) {
-			t.Errorf("row error %v", re)
-		}
-	}
-	if missed {
-		t.Error("the ring held no keyset for acme while a shape was refetched (see TestKeyringRefetchKeepsServing)")
 	}
 }
