@@ -9,7 +9,8 @@ import (
 
 // A batchScratch holds what opening the cells of a batch of messages needs,
 // reused from batch to batch, so that the only allocations of a message are
-// its plaintext and the interface values that hold its parts.
+// its plaintext and the array of string headers that the values holding
+// its parts point at (see publish).
 //
 // Opening a batch takes three steps. collect, one message after the other,
 // finds each message's place and cells (replacing at once the values that
@@ -132,8 +133,16 @@ func (sc *batchScratch) collectRow(t *decTable, g *cellGroup, placeErr error, ro
 	}
 }
 
-// openAll opens the collected cells through the keyring (see openGroups).
-// It reports whether a cell failed to open.
+// openAll opens the collected cells, each message's through the tenant's
+// view of the keyring into one allocation of plaintext, decoding them in
+// sc.buf. Cells that do not open are replaced at once by a *CellError; the
+// others replace their cells at publish. It reports whether a cell failed
+// to open.
+//
+// The place of a message is checked once for all its cells (NewDecrypter
+// checked the table and column names, with the table spec): if it is
+// invalid, every cell is opened with the full check, which then reports
+// it, as [Open] would.
 //
 // It opens them one after the other. Sharing a batch's messages among
 // goroutines was measured slower, on two cores, than opening them here
@@ -141,27 +150,11 @@ func (sc *batchScratch) collectRow(t *decTable, g *cellGroup, placeErr error, ro
 // about 40 µs of crypto, about what handing half of it to another thread
 // and waiting for it costs.
 func (d *Decrypter) openAll(ctx context.Context, sc *batchScratch) (failed bool) {
-	for i := range sc.groups {
-		if g := &sc.groups[i]; g.keyed {
+	for gi := range sc.groups {
+		g := &sc.groups[gi]
+		if g.keyed {
 			g.c.RowKey = sc.rowKeys[g.keyLo:g.keyHi]
 		}
-	}
-	return d.openGroups(ctx, sc, sc.groups)
-}
-
-// openGroups opens the cells of groups, each group's through the tenant's
-// view of the keyring into one allocation of plaintext, decoding them in
-// sc.buf. Cells that do not open are replaced at once by a *CellError; the
-// others replace their cells at publish. It reports whether a cell failed
-// to open.
-//
-// The place of a group is checked once for all its cells (NewDecrypter
-// checked the table and column names, with the table spec): if it is
-// invalid, every cell is opened with the full check, which then reports
-// it, as [Open] would.
-func (d *Decrypter) openGroups(ctx context.Context, sc *batchScratch, groups []cellGroup) (failed bool) {
-	for gi := range groups {
-		g := &groups[gi]
 		v := d.ring.view(g.c.Tenant)
 		checked := g.c.validatePlace() == nil
 		c := g.c
