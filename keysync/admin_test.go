@@ -46,18 +46,116 @@ func unwrapRow(t *testing.T, e *trustEnv, tenant, user, device string, id age.Id
 
 // TestAdmin runs the life of a tenant against Postgres: create, certify,
 // grant, write, rotate, revoke, reencrypt (resumable, idempotent,
-// conflict-safe) and retire; a device's keyring follows it all.
+// conflict-safe) and retire; a device's keyring follows it all. Each step
+// is a method of adminLife, run in order on the state the steps before it
+// left.
 func TestAdmin(t *testing.T) {
+	s := newAdminLife(t)
+	s.createAndGrant()
+	s.writeAndUpdate()
+	s.revokeAndRotate()
+	s.reencryptAndRetire()
+	s.reencryptAgain()
+}
+
+// adminLife is the state TestAdmin's steps share.
+type adminLife struct {
+	t    *testing.T
+	ctx  context.Context
+	e    *trustEnv
+	db   *pgxpool.Pool
+	ids  map[string]*age.HybridIdentity // user → identity of their device d1
+	ring *Keyring                       // bob's
+	spec TableSpec
+	opts WriterOptions
+	w    *Writer // inserts
+	ks3  *Keyset // the keyset of the rotation after alice's revocation
+}
+
+func newAdminLife(t *testing.T) *adminLife {
 	ctx := context.Background()
 	e := newTrustEnv(t)
-	db := e.db
 	pgtest.Exec(t, e.url, `ALTER TABLE items ADD COLUMN n int`)
+	return &adminLife{t: t, ctx: ctx, e: e, db: e.db, ids: map[string]*age.HybridIdentity{}}
+}
 
+// unwrap returns the keyset of acme wrapped for user's device d1 (nil if
+// none), checked as a device checks it.
+func (s *adminLife) unwrap(user string) *Keyset {
+	s.t.Helper()
+	return unwrapRow(s.t, s.e, "acme", user, "d1", s.ids[user])
+}
+
+func (s *adminLife) uuid(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
+
+// write inserts the rows from..to-1 of acme with s.w.
+func (s *adminLife) write(from, to int) {
+	t, ctx, db, w := s.t, s.ctx, s.db, s.w
+	t.Helper()
+	for i := from; i < to; i++ {
+		row := map[string]any{"id": strings.ToUpper(s.uuid(i)), "tenant_id": "acme", "n": i, "title": fmt.Sprintf("title %d", i)}
+		if i%3 != 0 {
+			row["body"] = "body"
+		}
+		if err := w.Write(ctx, db, row); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// check opens every cell with ks, and fails unless there are n rows; it
+// returns the key ids used.
+func (s *adminLife) check(ks *Keyset, n int) map[uint32]int {
+	t, ctx, db, spec := s.t, s.ctx, s.db, s.spec
+	t.Helper()
+	rows, err := db.Query(ctx, `SELECT id::text, tenant_id, title, body FROM items ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	used := map[uint32]int{}
+	count := 0
+	for rows.Next() {
+		var id, tenant string
+		var title, body *string
+		if err := rows.Scan(&id, &tenant, &title, &body); err != nil {
+			t.Fatal(err)
+		}
+		count++
+		row := map[string]any{"id": id, "tenant_id": tenant, "title": *title}
+		if body != nil {
+			row["body"] = *body
+		}
+		for _, c := range []*string{title, body} {
+			if c != nil {
+				k, err := CellKeyID(*c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				used[k]++
+			}
+		}
+		if err := spec.OpenRow(ks, row); err != nil {
+			t.Fatalf("row %s: %v", id, err)
+		}
+		if !strings.HasPrefix(row["title"].(string), "title ") {
+			t.Fatalf("row %s: %v", id, row)
+		}
+	}
+	if rows.Err() != nil || count != n {
+		t.Fatalf("%d rows, want %d: %v", count, n, rows.Err())
+	}
+	return used
+}
+
+// createAndGrant creates acme, certifies a device each for alice and bob
+// and grants them; bob's device starts a ring.
+func (s *adminLife) createAndGrant() {
+	t, ctx, e, db, ids := s.t, s.ctx, s.e, s.db, s.ids
 	e.tenant("acme")
 	if _, err := e.admin.CreateTenant(ctx, e.kek, "acme"); !errors.Is(err, ErrTenantExists) {
 		t.Fatalf("second create: %v", err)
 	}
-	ids := map[string]*age.HybridIdentity{}
 	for _, u := range []string{"alice", "bob"} {
 		ids[u] = e.device(u, "d1")
 	}
@@ -86,8 +184,7 @@ func TestAdmin(t *testing.T) {
 	if !slices.Equal(st.Members(), []string{"alice", "bob"}) || len(st.Devices()) != 2 {
 		t.Fatalf("members %v, devices %v", st.Members(), st.Devices())
 	}
-	unwrap := func(user string) *Keyset { t.Helper(); return unwrapRow(t, e, "acme", user, "d1", ids[user]) }
-	if unwrap("alice").Generation() != 1 {
+	if s.unwrap("alice").Generation() != 1 {
 		t.Fatal("alice's generation")
 	}
 	// The grants are signed by the root key: a device that pins another
@@ -97,92 +194,47 @@ func TestAdmin(t *testing.T) {
 	if _, err := Unwrap(ids["alice"], wrapped, "acme", []VerifyKey{mustSigner().Public()}); !errors.Is(err, ErrUntrustedKeyset) {
 		t.Fatalf("unwrap with another trusted key: %v", err)
 	}
-	ring, _ := e.ring("bob", "d1", ids["bob"], nil)
-	waitGen(t, ring, "acme", 1)
+	s.ring, _ = e.ring("bob", "d1", ids["bob"], nil)
+	waitGen(t, s.ring, "acme", 1)
+}
 
-	spec := TableSpec{Table: "items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
-	opts := WriterOptions{Roots: e.roots, KEKs: UseKEK(e.kek), Floor: NewMemoryFloor()}
+// writeAndUpdate writes ten rows, which bob and his ring open, and checks
+// that updates and upserts stay within the tenant's rows.
+func (s *adminLife) writeAndUpdate() {
+	t, ctx, e, db := s.t, s.ctx, s.e, s.db
+	s.spec = TableSpec{Table: "items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
+	s.opts = WriterOptions{Roots: e.roots, KEKs: UseKEK(e.kek), Floor: NewMemoryFloor()}
+	spec, opts := s.spec, s.opts
 	w, err := NewWriter(spec, Insert, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	uuid := func(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
-	write := func(from, to int) {
-		t.Helper()
-		for i := from; i < to; i++ {
-			row := map[string]any{"id": strings.ToUpper(uuid(i)), "tenant_id": "acme", "n": i, "title": fmt.Sprintf("title %d", i)}
-			if i%3 != 0 {
-				row["body"] = "body"
-			}
-			if err := w.Write(ctx, db, row); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	write(0, 10)
-	// Open every cell with ks; return the key ids used.
-	check := func(ks *Keyset, n int) map[uint32]int {
-		t.Helper()
-		rows, err := db.Query(ctx, `SELECT id::text, tenant_id, title, body FROM items ORDER BY id`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		used := map[uint32]int{}
-		count := 0
-		for rows.Next() {
-			var id, tenant string
-			var title, body *string
-			if err := rows.Scan(&id, &tenant, &title, &body); err != nil {
-				t.Fatal(err)
-			}
-			count++
-			row := map[string]any{"id": id, "tenant_id": tenant, "title": *title}
-			if body != nil {
-				row["body"] = *body
-			}
-			for _, c := range []*string{title, body} {
-				if c != nil {
-					k, err := CellKeyID(*c)
-					if err != nil {
-						t.Fatal(err)
-					}
-					used[k]++
-				}
-			}
-			if err := spec.OpenRow(ks, row); err != nil {
-				t.Fatalf("row %s: %v", id, err)
-			}
-			if !strings.HasPrefix(row["title"].(string), "title ") {
-				t.Fatalf("row %s: %v", id, row)
-			}
-		}
-		if rows.Err() != nil || count != n {
-			t.Fatalf("%d rows, want %d: %v", count, n, rows.Err())
-		}
-		return used
-	}
-	check(unwrap("bob"), 10)
-	check(ring.Keyset("acme"), 10)
+	s.w = w
+	s.write(0, 10)
+	s.check(s.unwrap("bob"), 10)
+	s.check(s.ring.Keyset("acme"), 10)
 
 	// Update and upsert.
 	up, _ := NewWriter(spec, Upsert, opts)
-	if err := up.Write(ctx, db, map[string]any{"id": uuid(1), "tenant_id": "acme", "title": "title upserted"}); err != nil {
+	if err := up.Write(ctx, db, map[string]any{"id": s.uuid(1), "tenant_id": "acme", "title": "title upserted"}); err != nil {
 		t.Fatal(err)
 	}
 	e.tenant("globex")
-	if err := up.Write(ctx, db, map[string]any{"id": uuid(1), "tenant_id": "globex", "title": "x"}); err == nil {
+	if err := up.Write(ctx, db, map[string]any{"id": s.uuid(1), "tenant_id": "globex", "title": "x"}); err == nil {
 		t.Error("upsert into another tenant's row")
 	}
 	upd, _ := NewWriter(spec, Update, opts)
-	if err := upd.Write(ctx, db, map[string]any{"id": uuid(99), "tenant_id": "acme", "title": "x"}); err == nil {
+	if err := upd.Write(ctx, db, map[string]any{"id": s.uuid(99), "tenant_id": "acme", "title": "x"}); err == nil {
 		t.Error("update of a missing row")
 	}
+}
 
-	// Revoke alice: her wrapped key goes, bob gets generation 2, and rows
-	// written afterwards (the writer follows the log) are not for her old
-	// keyset.
-	old := unwrap("alice")
+// revokeAndRotate revokes alice: her wrapped key goes, bob gets generation
+// 2, and rows written afterwards (the writer follows the log) are not for
+// her old keyset. Then a rotation makes generation 3.
+func (s *adminLife) revokeAndRotate() {
+	t, ctx, e, db := s.t, s.ctx, s.e, s.db
+	old := s.unwrap("alice")
 	ks2, err := e.admin.Revoke(ctx, "acme", "alice")
 	if err != nil {
 		t.Fatal(err)
@@ -190,34 +242,39 @@ func TestAdmin(t *testing.T) {
 	if _, err := e.admin.Revoke(ctx, "acme", "alice"); !errors.Is(err, ErrNotMember) {
 		t.Errorf("second revoke: %v", err)
 	}
-	if unwrap("alice") != nil || unwrap("bob").Generation() != ks2.Generation() {
+	if s.unwrap("alice") != nil || s.unwrap("bob").Generation() != ks2.Generation() {
 		t.Fatal("revoke did not re-wrap")
 	}
-	st, _ = e.admin.State(ctx, "acme")
+	st, _ := e.admin.State(ctx, "acme")
 	if revs := st.Revocations(); len(revs) != 1 || revs[0].Seq != st.Seq() || !slices.Equal(revs[0].KeyIDs, old.KeyIDs()) {
 		t.Fatalf("revocation points %+v", revs)
 	}
 	if st.IsMember("alice") || !slices.Equal(st.Members(), []string{"bob"}) {
 		t.Fatalf("members after revoke: %v", st.Members())
 	}
-	waitGen(t, ring, "acme", ks2.Generation())
-	write(10, 15)
+	waitGen(t, s.ring, "acme", ks2.Generation())
+	s.write(10, 15)
 	var cell string
-	db.QueryRow(ctx, `SELECT title FROM items WHERE id = $1`, uuid(12)).Scan(&cell)
-	if _, err := Open(old, CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{uuid(12)}}, cell); !errors.Is(err, ErrNoKey) {
+	db.QueryRow(ctx, `SELECT title FROM items WHERE id = $1`, s.uuid(12)).Scan(&cell)
+	if _, err := Open(old, CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{s.uuid(12)}}, cell); !errors.Is(err, ErrNoKey) {
 		t.Fatalf("revoked keyset opened a new cell: %v", err)
 	}
 	ks3, err := e.admin.Rotate(ctx, "acme")
 	if err != nil || ks3.Generation() != 3 {
 		t.Fatal(ks3, err)
 	}
-	if used := check(unwrap("bob"), 15); len(used) != 2 {
+	s.ks3 = ks3
+	if used := s.check(s.unwrap("bob"), 15); len(used) != 2 {
 		t.Fatalf("keys in use before reencrypt: %v", used)
 	}
+}
 
-	// Reencrypt in batches of 4, interrupted after the first batch, then
-	// resumed from where it stopped. Every row was written honestly, before
-	// the revocation or with the new keys: nothing is suspect.
+// reencryptAndRetire reencrypts in batches of 4, interrupted after the
+// first batch, then resumed from where it stopped, and retires the old
+// keys. Every row was written honestly, before the revocation or with the
+// new keys: nothing is suspect.
+func (s *adminLife) reencryptAndRetire() {
+	t, ctx, e, spec, ks3 := s.t, s.ctx, s.e, s.spec, s.ks3
 	cctx, cancel := context.WithCancel(ctx)
 	var last []string
 	res, err := e.admin.Reencrypt(cctx, spec, "acme", ReencryptOptions{BatchSize: 4, Progress: func(p ReencryptProgress) {
@@ -227,7 +284,7 @@ func TestAdmin(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || res.Rows != 4 || res.Rewritten != 6 {
 		t.Fatalf("interrupted run: %+v, %v", res, err)
 	}
-	if len(last) != 1 || last[0] != uuid(3) {
+	if len(last) != 1 || last[0] != s.uuid(3) {
 		t.Fatalf("progress %v", last)
 	}
 	if _, err := e.admin.Reencrypt(ctx, spec, "acme", ReencryptOptions{After: []string{"a", "b"}}); err == nil {
@@ -244,19 +301,24 @@ func TestAdmin(t *testing.T) {
 	if len(res.Retired) != 2 || res.RetiredGeneration != 4 {
 		t.Fatalf("retire: %+v", res)
 	}
-	bob := unwrap("bob")
-	if used := check(bob, 15); len(used) != 1 || used[bob.PrimaryKeyID()] == 0 {
+	bob := s.unwrap("bob")
+	if used := s.check(bob, 15); len(used) != 1 || used[bob.PrimaryKeyID()] == 0 {
 		t.Fatalf("keys in use after reencrypt: %v", used)
 	}
 	if len(bob.KeyIDs()) != 1 || bob.Generation() != 4 {
 		t.Fatalf("bob's keyset after retire: %v", bob)
 	}
-	waitGen(t, ring, "acme", 4)
-	check(ring.Keyset("acme"), 15)
-	// Idempotent: nothing left to do, and no new log entry.
+	waitGen(t, s.ring, "acme", 4)
+	s.check(s.ring.Keyset("acme"), 15)
+}
+
+// reencryptAgain: a reencrypt is idempotent — nothing left to do, and no
+// new log entry — and the log holds what the life made.
+func (s *adminLife) reencryptAgain() {
+	t, ctx, e, db, spec := s.t, s.ctx, s.e, s.db, s.spec
 	before := snapshot(t, db)
-	st, _ = e.admin.State(ctx, "acme")
-	res, err = e.admin.Reencrypt(ctx, spec, "acme", ReencryptOptions{BatchSize: 4, Retire: true})
+	st, _ := e.admin.State(ctx, "acme")
+	res, err := e.admin.Reencrypt(ctx, spec, "acme", ReencryptOptions{BatchSize: 4, Retire: true})
 	if err != nil || res.Rewritten != 0 || res.Rows != 15 || len(res.Retired) != 0 {
 		t.Fatal(res, err)
 	}
