@@ -66,52 +66,84 @@ func wantHTTPError(t *testing.T, err error, status int) *HTTPError {
 }
 
 func TestDeleteShape(t *testing.T) {
+	s := newDeleteRun(t)
+	s.followUpdate()
+	s.failedDeletes()
+	s.deleteByHandle()
+	s.resumeAtOldHandle()
+	s.freshSnapshot()
+	s.deleteCurrent()
+}
+
+// deleteRun is the state TestDeleteShape's steps share, in order.
+type deleteRun struct {
+	t        *testing.T
+	e        *env
+	shapeURL string // the shape endpoint, with the secret
+	hc       *http.Client
+
+	oldHandle, oldOffset string // of the shape before the delete
+	newHandle            string // of the shape after it
+}
+
+func newDeleteRun(t *testing.T) *deleteRun {
 	e := newEnv(t, electrictest.Options{Secret: deleteSecret, AllowDelete: true, LongPollTimeout: 300 * time.Millisecond})
 	e.exec(fmt.Sprintf(itemsDDL, "items"))
 	e.exec(`INSERT INTO items (id, title) SELECT i, 'old ciphertext ' || i FROM generate_series(1, 5) i`)
-	shapeURL := e.url + "?secret=" + url.QueryEscape(deleteSecret)
-	hc := testClient()
+	return &deleteRun{t: t, e: e, shapeURL: e.url + "?secret=" + url.QueryEscape(deleteSecret), hc: testClient()}
+}
 
-	// A reader syncs the shape, then follows an update into its log.
-	s, err := New(Options{URL: shapeURL, Params: Params{Table: "items"}, Live: true, HTTPClient: hc, Backoff: fastBackoff()})
+// fresh reads the shape from offset -1 to up-to-date.
+func (s *deleteRun) fresh() (*ShapeStream, []Message) {
+	t := s.t
+	t.Helper()
+	st, err := New(Options{URL: s.shapeURL, Params: Params{Table: "items"}, HTTPClient: s.hc})
 	if err != nil {
 		t.Fatal(err)
 	}
-	readToUpToDate(t, s)
-	oldHandle := s.Handle()
-	e.exec(`UPDATE items SET title = 'new ciphertext' WHERE id = 1`)
+	return st, readToUpToDate(t, st)
+}
+
+func countOps(ms []Message, op Operation) (n int) {
+	for _, m := range ms {
+		if m.Headers.Operation == op {
+			n++
+		}
+	}
+	return n
+}
+
+// followUpdate: a reader syncs the shape, then follows an update into its
+// log; before the delete, a new reader replays the old log: the snapshot,
+// then the update.
+func (s *deleteRun) followUpdate() {
+	t := s.t
+	st, err := New(Options{URL: s.shapeURL, Params: Params{Table: "items"}, Live: true, HTTPClient: s.hc, Backoff: fastBackoff()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readToUpToDate(t, st)
+	s.oldHandle = st.Handle()
+	s.e.exec(`UPDATE items SET title = 'new ciphertext' WHERE id = 1`)
 	for sawUpdate := false; !sawUpdate; {
-		for _, m := range readToUpToDate(t, s) {
+		for _, m := range readToUpToDate(t, st) {
 			sawUpdate = sawUpdate || m.Headers.Operation == Update
 		}
 	}
-	oldOffset := s.Offset()
-	s.Close()
+	s.oldOffset = st.Offset()
+	st.Close()
 
-	// Before the delete, a new reader replays the old log: the snapshot,
-	// then the update.
-	fresh := func() (*ShapeStream, []Message) {
-		t.Helper()
-		s, err := New(Options{URL: shapeURL, Params: Params{Table: "items"}, HTTPClient: hc})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s, readToUpToDate(t, s)
+	s2, ms := s.fresh()
+	if s2.Handle() != s.oldHandle || countOps(ms, Update) != 1 {
+		t.Fatalf("before the delete: handle %s (want %s), %d updates (want 1)", s2.Handle(), s.oldHandle, countOps(ms, Update))
 	}
-	countOps := func(ms []Message, op Operation) (n int) {
-		for _, m := range ms {
-			if m.Headers.Operation == op {
-				n++
-			}
-		}
-		return n
-	}
-	s2, ms := fresh()
-	if s2.Handle() != oldHandle || countOps(ms, Update) != 1 {
-		t.Fatalf("before the delete: handle %s (want %s), %d updates (want 1)", s2.Handle(), oldHandle, countOps(ms, Update))
-	}
+}
 
-	t.Run("wrong secret", func(t *testing.T) {
+// failedDeletes: a wrong secret and bad params are refused, and drop
+// nothing.
+func (s *deleteRun) failedDeletes() {
+	e, hc, oldHandle := s.e, s.hc, s.oldHandle
+	s.t.Run("wrong secret", func(t *testing.T) {
 		const wrong = "wr0ng-s3cret/value"
 		err := DeleteShape(t.Context(), DeleteOptions{URL: e.url, Table: "items", Secret: wrong, HTTPClient: hc})
 		he := wantHTTPError(t, err, http.StatusUnauthorized)
@@ -128,7 +160,7 @@ func TestDeleteShape(t *testing.T) {
 		wantHTTPError(t, err, http.StatusUnauthorized)
 	})
 
-	t.Run("bad params", func(t *testing.T) {
+	s.t.Run("bad params", func(t *testing.T) {
 		err := DeleteShape(t.Context(), DeleteOptions{URL: e.url, Table: "a.b.c", Secret: deleteSecret, HTTPClient: hc})
 		wantHTTPError(t, err, http.StatusBadRequest)
 		checkNoSecret(t, err, deleteSecret)
@@ -141,18 +173,21 @@ func TestDeleteShape(t *testing.T) {
 		checkNoSecret(t, err, deleteSecret)
 	})
 	// Nothing above dropped the shape.
-	if s3, _ := fresh(); s3.Handle() != oldHandle {
-		t.Fatalf("shape rotated by failed deletes: handle %s, want %s", s3.Handle(), oldHandle)
+	if s3, _ := s.fresh(); s3.Handle() != oldHandle {
+		s.t.Fatalf("shape rotated by failed deletes: handle %s, want %s", s3.Handle(), oldHandle)
 	}
+}
 
-	if err := DeleteShape(t.Context(), DeleteOptions{URL: e.url, Table: "items", Handle: oldHandle, Secret: deleteSecret, HTTPClient: hc}); err != nil {
+// deleteByHandle deletes the shape by its handle: the old handle is gone,
+// a 409 must-refetch (or a fresh snapshot under a new handle).
+func (s *deleteRun) deleteByHandle() {
+	t, hc := s.t, s.hc
+	if err := DeleteShape(t.Context(), DeleteOptions{URL: s.e.url, Table: "items", Handle: s.oldHandle, Secret: deleteSecret, HTTPClient: hc}); err != nil {
 		t.Fatalf("DeleteShape: %v", err)
 	}
 
-	// The old handle is gone: a 409 must-refetch (or a fresh snapshot under
-	// a new handle).
-	q := url.Values{"table": {"items"}, "offset": {oldOffset}, "handle": {oldHandle}, "secret": {deleteSecret}}
-	resp, err := hc.Get(e.url + "?" + q.Encode())
+	q := url.Values{"table": {"items"}, "offset": {s.oldOffset}, "handle": {s.oldHandle}, "secret": {deleteSecret}}
+	resp, err := hc.Get(s.e.url + "?" + q.Encode())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,18 +195,21 @@ func TestDeleteShape(t *testing.T) {
 	resp.Body.Close()
 	switch nh := resp.Header.Get("electric-handle"); {
 	case resp.StatusCode == http.StatusConflict && strings.Contains(string(body), `"must-refetch"`):
-	case resp.StatusCode == http.StatusOK && nh != "" && nh != oldHandle:
+	case resp.StatusCode == http.StatusOK && nh != "" && nh != s.oldHandle:
 	default:
 		t.Fatalf("old handle after the delete: %d, handle %q: %s", resp.StatusCode, nh, body)
 	}
+}
 
-	// A reader resuming at the old handle is told to refetch and gets the
-	// new snapshot, with the update folded in.
-	s4, err := New(Options{URL: shapeURL, Params: Params{Table: "items"}, Offset: oldOffset, Handle: oldHandle, HTTPClient: hc})
+// resumeAtOldHandle: a reader resuming at the old handle is told to
+// refetch and gets the new snapshot, with the update folded in.
+func (s *deleteRun) resumeAtOldHandle() {
+	t := s.t
+	s4, err := New(Options{URL: s.shapeURL, Params: Params{Table: "items"}, Offset: s.oldOffset, Handle: s.oldHandle, HTTPClient: s.hc})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ms = readToUpToDate(t, s4)
+	ms := readToUpToDate(t, s4)
 	if !ms[0].IsMustRefetch() {
 		t.Errorf("resumed reader: first message %s, want must-refetch", ms[0].Raw())
 	}
@@ -179,16 +217,20 @@ func TestDeleteShape(t *testing.T) {
 	for _, m := range ms {
 		sh.Apply(m)
 	}
-	if d := diffRows(sh.Rows(), e.tableRows("items")); d != "" {
+	if d := diffRows(sh.Rows(), s.e.tableRows("items")); d != "" {
 		t.Errorf("resumed reader: %s", d)
 	}
+}
 
-	// A reader from offset -1 gets the fresh snapshot: the new value is an
-	// insert of the snapshot, not an update replayed from the old log.
-	s5, ms := fresh()
-	newHandle := s5.Handle()
-	if newHandle == oldHandle {
-		t.Fatalf("handle %s after the delete", newHandle)
+// freshSnapshot: a reader from offset -1 gets the fresh snapshot: the new
+// value is an insert of the snapshot, not an update replayed from the old
+// log.
+func (s *deleteRun) freshSnapshot() {
+	t := s.t
+	s5, ms := s.fresh()
+	s.newHandle = s5.Handle()
+	if s.newHandle == s.oldHandle {
+		t.Fatalf("handle %s after the delete", s.newHandle)
 	}
 	if n := countOps(ms, Update); n != 0 {
 		t.Errorf("%d updates in the fresh snapshot", n)
@@ -201,20 +243,23 @@ func TestDeleteShape(t *testing.T) {
 			t.Errorf("row 1 in the fresh snapshot: %v", m.Value)
 		}
 	}
+}
 
-	// Without Handle, the table's current shape is dropped; then there is
-	// none left to drop.
-	if err := DeleteShape(t.Context(), DeleteOptions{URL: shapeURL, Table: "items", HTTPClient: hc}); err != nil {
+// deleteCurrent: without Handle, the table's current shape is dropped;
+// then there is none left to drop.
+func (s *deleteRun) deleteCurrent() {
+	t, hc := s.t, s.hc
+	if err := DeleteShape(t.Context(), DeleteOptions{URL: s.shapeURL, Table: "items", HTTPClient: hc}); err != nil {
 		t.Fatalf("DeleteShape with the secret in the URL: %v", err)
 	}
-	err = DeleteShape(t.Context(), DeleteOptions{URL: e.url, Table: "items", Secret: deleteSecret, HTTPClient: hc})
+	err := DeleteShape(t.Context(), DeleteOptions{URL: s.e.url, Table: "items", Secret: deleteSecret, HTTPClient: hc})
 	he := wantHTTPError(t, err, http.StatusNotFound)
 	if !strings.Contains(string(he.Body), "No existing shape found") {
 		t.Errorf("body %q", he.Body)
 	}
 	checkNoSecret(t, err, deleteSecret)
-	if s6, _ := fresh(); s6.Handle() == newHandle {
-		t.Errorf("handle %s survived the second delete", newHandle)
+	if s6, _ := s.fresh(); s6.Handle() == s.newHandle {
+		t.Errorf("handle %s survived the second delete", s.newHandle)
 	}
 }
 
