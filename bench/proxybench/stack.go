@@ -302,4 +302,10 @@ func startProc(ctx context.Context, cmd *exec.Cmd, env []string, stderr io.Write
 	return &proc{Proc: p, url: p.Ready["proxy_url"]}, nil
 }
 
-func (p *proc) stop() { p.Stop() }
+// stop stops p, if it started: a failed restart leaves a nil proc for the
+// stack's cleanup.
+func (p *proc) stop() {
+	if p != nil {
+		p.Stop()
+	}
+}
