@@ -5,8 +5,8 @@ package electrictest_test
 // keys, schemas and quoted identifiers.
 
 import (
-	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -509,7 +509,7 @@ func TestKeysAndIdentifiers(t *testing.T) {
 	}
 	r := e.shape("table", `"we.ird/name"`, "offset", "-1")
 	ks := keys(r)
-	slicesSort(ks)
+	slices.Sort(ks)
 	eqKeys(ks, `"public"."we..ird//name"/""`, `"public"."we..ird//name"/"////"`, `"public"."we..ird//name"/"a//b.c"`, `"public"."we..ird//name"/"x"y"`)
 	if rel := r.msgs(t)[0].headers()["relation"]; mustMarshal(rel) != `["public","we.ird/name"]` {
 		t.Errorf("relation %v", rel)
@@ -518,7 +518,7 @@ func TestKeysAndIdentifiers(t *testing.T) {
 
 	r = e.shape("table", `"Other"."Items"`, "offset", "-1")
 	ks = keys(r)
-	slicesSort(ks)
+	slices.Sort(ks)
 	eqKeys(ks, `"Other"."Items"/"x//y"/"1"`, `"Other"."Items"/"z"/"2"`)
 	mustJSON(t, r.header.Get("electric-schema"), `{"Id":{"type":"int4","pk_index":1,"not_null":true},"Sub":{"type":"text","pk_index":0,"not_null":true},"Title":{"type":"text"}}`)
 	if rel := r.msgs(t)[0].headers()["relation"]; mustMarshal(rel) != `["Other","Items"]` {
@@ -544,7 +544,7 @@ func TestKeysAndIdentifiers(t *testing.T) {
 	// A PK-less table: every column is part of the key, in table order
 	// (Electric's Inspector.get_pk_cols), NULL as _.
 	ks = keys(e.shape("table", "nopk", "offset", "-1"))
-	slicesSort(ks)
+	slices.Sort(ks)
 	eqKeys(ks, `"public"."nopk"/"x"/"1"`, `"public"."nopk"/_/"2"`)
 	p := e.follow("table", "nopk")
 	e.exec(`DELETE FROM nopk WHERE a = 2`)
@@ -559,13 +559,3 @@ func TestKeysAndIdentifiers(t *testing.T) {
 		t.Errorf("PK-less update: %v", gotAll)
 	}
 }
-
-func slicesSort(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
-}
-
-var _ = json.Marshal
