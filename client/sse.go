@@ -212,34 +212,20 @@ func (s *ShapeStream) readSSE(ctx context.Context) (Message, bool, error) {
 			return Message{}, false, nil
 		}
 		r.committed = false
-		r.seen++
-		prevPos, prevHasPos := r.skipPos, r.hasPos
 		prevLast, prevHasLast, prevAfter := r.lastPos, r.hasLastPos, r.afterPos
-		p, hasP := m.position()
-		if hasP {
+		if p, ok := m.position(); ok {
 			r.lastPos, r.hasLastPos, r.afterPos = p, true, 0
 		} else {
 			r.afterPos++
 		}
-		if r.seen <= r.skip {
-			// Delivered by an interrupted connection (see read).
-			if !hasP || r.hasPos && !p.after(r.skipPos) {
-				continue
-			}
-			r.skip = 0
-		}
-		if hasP {
-			r.skipPos, r.hasPos = p, true
-			if !s.hasFurthest || p.after(s.furthest) {
-				s.furthest, s.hasFurthest = p, true
-				s.loop.progress()
-			}
+		before := r.readMark()
+		if !s.admit(r, &m) {
+			continue // delivered by an interrupted connection (see read)
 		}
 		if m.IsChange() && s.xform != nil {
 			if err := s.tm.apply(ctx, s.xform, &m); err != nil {
 				if cerr := ctx.Err(); cerr != nil {
-					r.seen--
-					r.skipPos, r.hasPos = prevPos, prevHasPos
+					r.unread(before)
 					r.lastPos, r.hasLastPos, r.afterPos = prevLast, prevHasLast, prevAfter
 					return Message{}, false, cerr
 				}
