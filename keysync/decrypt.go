@@ -88,7 +88,7 @@ type Decrypter struct {
 	seed    maphash.Seed                 // for the hashes of row keys
 
 	mu      sync.Mutex        // guards the tables' rows and the fields below
-	tenant  string            // the tenant of the place recorded last
+	tenant  string            // the tenant interned last
 	tenants map[string]string // tenant ids, one copy of each
 }
 
@@ -105,10 +105,11 @@ type decTable struct {
 }
 
 // place is what a row's cells are bound to besides their column: the text
-// of the tenant and of the row-key columns. The decrypter keeps one per row
-// it has seen, so a place is kept small: the row key is one string, the
-// values joined with NUL bytes (which Postgres text never holds), and so
-// for a row key of one column (the usual case) it is that column's value.
+// of the tenant and of the row-key columns. The decrypter keeps those its
+// rows' later messages cannot tell again (see rowPlaces), so a place is
+// kept small: the row key is one string, the values joined with NUL bytes
+// (which Postgres text never holds), and so for a row key of one column
+// (the usual case) it is that column's value.
 type place struct {
 	tenant string
 	rowKey string
@@ -191,8 +192,9 @@ func (d *Decrypter) Transform(m *client.Message) error {
 	return d.TransformContext(context.Background(), m)
 }
 
-// Forget drops what the decrypter remembers of rows: the tenant and row
-// key of each row it has seen, kept for the updates that omit them. A row
+// Forget drops what the decrypter remembers of rows: that it has seen each
+// one, and the places some of them need kept for the updates that omit
+// them (see rowPlaces: a few bytes a row). A row
 // that leaves the shape without a delete — every row, when the stream must
 // refetch (after a TRUNCATE, a shape rotated or evicted) — is otherwise
 // remembered for as long as the decrypter lives. Read a stream through

@@ -167,26 +167,8 @@ func (e *trustEnv) items(r *Keyring) <-chan client.Row {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	s, err := client.New(client.Options{URL: e.srv.URL + "/v1/shape", Params: client.Params{Table: "items"}, Live: true, Transform: dec.Transform})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	out := make(chan client.Row, 100)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for m, err := range s.Messages(ctx) {
-			if err != nil {
-				return
-			}
-			if m.IsChange() {
-				out <- m.Value
-			}
-		}
-	}()
-	e.t.Cleanup(func() { cancel(); <-done; s.Close() })
-	return out
+	return followShape(e, client.Options{URL: e.srv.URL + "/v1/shape", Params: client.Params{Table: "items"}, Transform: dec.Transform},
+		func(m client.Message) client.Row { return m.Value })
 }
 
 // published returns the ring's current published version, for
@@ -256,13 +238,20 @@ func (e *trustEnv) adminReports() []error {
 // follow follows a shape live with opts and sends its change messages.
 func (e *trustEnv) follow(opts client.Options) <-chan client.Message {
 	e.t.Helper()
+	return followShape(e, opts, func(m client.Message) client.Message { return m })
+}
+
+// followShape follows a shape live with opts and sends what of each change
+// message it wants, until the test ends.
+func followShape[T any](e *trustEnv, opts client.Options, want func(client.Message) T) <-chan T {
+	e.t.Helper()
 	opts.Live = true
 	s, err := client.New(opts)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	out := make(chan client.Message, 100)
+	out := make(chan T, 100)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -271,7 +260,7 @@ func (e *trustEnv) follow(opts client.Options) <-chan client.Message {
 				return
 			}
 			if m.IsChange() {
-				out <- m
+				out <- want(m)
 			}
 		}
 	}()
