@@ -102,45 +102,36 @@ func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
+// schedule is one run of runSchedule: its table, the connection that
+// writes it, its random source and the ids the table holds.
+type schedule struct {
+	t       *testing.T
+	e       *env
+	ap      *authProxy
+	i       int
+	rng     *rand.Rand
+	faultMu *sync.Mutex
+	table   string
+	conn    *pgx.Conn
+	ids     map[int]bool
+	nextID  int
+}
+
 func runSchedule(t *testing.T, e *env, ap *authProxy, url string, hc *http.Client, i int, rng *rand.Rand, faultMu *sync.Mutex) {
 	start := time.Now()
-	table := "prop" + strconv.Itoa(i)
+	sc := &schedule{t: t, e: e, ap: ap, i: i, rng: rng, faultMu: faultMu,
+		table: "prop" + strconv.Itoa(i), ids: map[int]bool{}, nextID: 1}
 	conn, err := pgx.Connect(context.Background(), e.db)
 	if err != nil {
 		t.Error(err)
 		return
 	}
 	defer conn.Close(context.Background())
-	exec := func(sql string) bool {
-		if _, err := conn.Exec(context.Background(), sql); err != nil {
-			t.Errorf("schedule %d: %s: %v", i, sql, err)
-			return false
-		}
-		return true
-	}
-	if !exec(fmt.Sprintf(itemsDDL, table)) {
+	sc.conn = conn
+	if !sc.seed() {
 		return
 	}
-	nextID := 1
-	ids := map[int]bool{}
-	if k := rng.IntN(40); k > 0 {
-		exec(fmt.Sprintf(`INSERT INTO %s (id, title, n) SELECT g, 'init ' || g, g FROM generate_series(1, %d) g`, table, k))
-		for j := 1; j <= k; j++ {
-			ids[j] = true
-		}
-		nextID = k + 1
-	}
-	replica := ""
-	if rng.IntN(2) == 0 {
-		replica = "full"
-	}
-	s, err := New(Options{
-		URL: url, Params: Params{Table: table, Replica: replica}, Live: true,
-		LiveSSE:     i%3 == 0, // a third of the schedules follow the shape with SSE
-		TokenSource: NewSharedTokenSource(ap.mintFor(table)), HTTPClient: hc,
-		Logger:  slog.New(countingHandler{}),
-		Backoff: Backoff{Initial: time.Millisecond, Max: 10 * time.Millisecond, MaxRetryAfter: 10 * time.Millisecond},
-	})
+	s, err := sc.stream(url, hc)
 	if err != nil {
 		t.Error(err)
 		return
@@ -151,65 +142,14 @@ func runSchedule(t *testing.T, e *env, ap *authProxy, url string, hc *http.Clien
 	errc := make(chan error, 1)
 	go func() { errc <- consumeChecked(ctx, s, sh) }()
 
-	randomID := func() (int, bool) {
-		if len(ids) == 0 {
-			return 0, false
-		}
-		k := rng.IntN(len(ids))
-		for id := range ids {
-			if k == 0 {
-				return id, true
-			}
-			k--
-		}
-		return 0, false
-	}
 	ops := 3 + rng.IntN(10)
 	for range ops {
 		// A transaction of 1–3 writes.
-		stmts := "BEGIN;"
-		for range 1 + rng.IntN(3) {
-			switch r := rng.IntN(10); {
-			case r < 4 || len(ids) == 0:
-				stmts += fmt.Sprintf(`INSERT INTO %s (id, title, flag) VALUES (%d, 'v%d', %v);`, table, nextID, rng.IntN(100), rng.IntN(2) == 0)
-				ids[nextID] = true
-				nextID++
-			case r < 7:
-				id, _ := randomID()
-				stmts += fmt.Sprintf(`UPDATE %s SET title = 'u%d', n = %d WHERE id = %d;`, table, rng.IntN(100), rng.IntN(5), id)
-			case r < 9:
-				id, _ := randomID()
-				stmts += fmt.Sprintf(`DELETE FROM %s WHERE id = %d;`, table, id)
-				delete(ids, id)
-			default:
-				id, _ := randomID()
-				stmts += fmt.Sprintf(`UPDATE %s SET id = %d WHERE id = %d;`, table, nextID, id)
-				delete(ids, id)
-				ids[nextID] = true
-				nextID++
-			}
-		}
-		if !exec(stmts + "COMMIT") {
+		if !sc.exec(sc.transaction() + "COMMIT") {
 			return
 		}
 		// A fault, sometimes.
-		switch r := rng.IntN(12); r {
-		case 0:
-			e.srv.Rotate(table)
-		case 1, 2:
-			faultMu.Lock()
-			e.srv.FailNext(1+rng.IntN(3), []int{500, 502, 503, 429}[rng.IntN(4)], 0)
-			faultMu.Unlock()
-		case 3, 4:
-			faultMu.Lock()
-			e.srv.CutNext(1, rng.IntN(800))
-			faultMu.Unlock()
-		case 5:
-			// Tokens of this schedule expire, once the last refreshed one
-			// was used: a token refused right after its refresh is an
-			// AuthError by design.
-			ap.expireIfUsed(table)
-		}
+		sc.fault()
 		if rng.IntN(3) == 0 {
 			time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
 		}
@@ -221,8 +161,119 @@ func runSchedule(t *testing.T, e *env, ap *authProxy, url string, hc *http.Clien
 			t.Logf("schedule %d: writes %v, converge %v", i, writesDone.Sub(start), time.Since(writesDone))
 		}
 	}()
+	sc.converge(sh, errc)
+}
+
+func (sc *schedule) exec(sql string) bool {
+	if _, err := sc.conn.Exec(context.Background(), sql); err != nil {
+		sc.t.Errorf("schedule %d: %s: %v", sc.i, sql, err)
+		return false
+	}
+	return true
+}
+
+// seed creates the schedule's table and fills it with up to 39 rows; it
+// reports whether the table was created.
+func (sc *schedule) seed() bool {
+	if !sc.exec(fmt.Sprintf(itemsDDL, sc.table)) {
+		return false
+	}
+	if k := sc.rng.IntN(40); k > 0 {
+		sc.exec(fmt.Sprintf(`INSERT INTO %s (id, title, n) SELECT g, 'init ' || g, g FROM generate_series(1, %d) g`, sc.table, k))
+		for j := 1; j <= k; j++ {
+			sc.ids[j] = true
+		}
+		sc.nextID = k + 1
+	}
+	return true
+}
+
+// stream opens the schedule's live stream, with a random replica mode.
+func (sc *schedule) stream(url string, hc *http.Client) (*ShapeStream, error) {
+	replica := ""
+	if sc.rng.IntN(2) == 0 {
+		replica = "full"
+	}
+	return New(Options{
+		URL: url, Params: Params{Table: sc.table, Replica: replica}, Live: true,
+		LiveSSE:     sc.i%3 == 0, // a third of the schedules follow the shape with SSE
+		TokenSource: NewSharedTokenSource(sc.ap.mintFor(sc.table)), HTTPClient: hc,
+		Logger:  slog.New(countingHandler{}),
+		Backoff: Backoff{Initial: time.Millisecond, Max: 10 * time.Millisecond, MaxRetryAfter: 10 * time.Millisecond},
+	})
+}
+
+func (sc *schedule) randomID() (int, bool) {
+	if len(sc.ids) == 0 {
+		return 0, false
+	}
+	k := sc.rng.IntN(len(sc.ids))
+	for id := range sc.ids {
+		if k == 0 {
+			return id, true
+		}
+		k--
+	}
+	return 0, false
+}
+
+// transaction returns "BEGIN;" and 1–3 random writes, keeping ids up to
+// date; the caller adds the COMMIT.
+func (sc *schedule) transaction() string {
+	rng, table := sc.rng, sc.table
+	stmts := "BEGIN;"
+	for range 1 + rng.IntN(3) {
+		switch r := rng.IntN(10); {
+		case r < 4 || len(sc.ids) == 0:
+			stmts += fmt.Sprintf(`INSERT INTO %s (id, title, flag) VALUES (%d, 'v%d', %v);`, table, sc.nextID, rng.IntN(100), rng.IntN(2) == 0)
+			sc.ids[sc.nextID] = true
+			sc.nextID++
+		case r < 7:
+			id, _ := sc.randomID()
+			stmts += fmt.Sprintf(`UPDATE %s SET title = 'u%d', n = %d WHERE id = %d;`, table, rng.IntN(100), rng.IntN(5), id)
+		case r < 9:
+			id, _ := sc.randomID()
+			stmts += fmt.Sprintf(`DELETE FROM %s WHERE id = %d;`, table, id)
+			delete(sc.ids, id)
+		default:
+			id, _ := sc.randomID()
+			stmts += fmt.Sprintf(`UPDATE %s SET id = %d WHERE id = %d;`, table, sc.nextID, id)
+			delete(sc.ids, id)
+			sc.ids[sc.nextID] = true
+			sc.nextID++
+		}
+	}
+	return stmts
+}
+
+// fault injects a random fault, or none (half the time).
+func (sc *schedule) fault() {
+	rng, e := sc.rng, sc.e
+	switch r := rng.IntN(12); r {
+	case 0:
+		e.srv.Rotate(sc.table)
+	case 1, 2:
+		sc.faultMu.Lock()
+		e.srv.FailNext(1+rng.IntN(3), []int{500, 502, 503, 429}[rng.IntN(4)], 0)
+		sc.faultMu.Unlock()
+	case 3, 4:
+		sc.faultMu.Lock()
+		e.srv.CutNext(1, rng.IntN(800))
+		sc.faultMu.Unlock()
+	case 5:
+		// Tokens of this schedule expire, once the last refreshed one
+		// was used: a token refused right after its refresh is an
+		// AuthError by design.
+		sc.ap.expireIfUsed(sc.table)
+	}
+}
+
+// converge waits until sh equals the table and is up to date, failing if
+// the stream ends or 15 seconds pass first.
+func (sc *schedule) converge(sh *Shape, errc <-chan error) {
+	t, i, table, ap := sc.t, sc.i, sc.table, sc.ap
 	deadline := time.Now().Add(15 * time.Second)
-	want := e.tableRows(table)
+	want := sc.e.tableRows(table)
 	for {
 		select {
 		case err := <-errc:

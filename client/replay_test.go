@@ -221,9 +221,32 @@ func runReplay(t *testing.T, r *replay) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sh := NewShape(nil)
-	var got []string
-	var commits []int
+	res := consumeReplay(t, s, rs)
+
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for _, p := range rs.problems {
+		t.Error(p)
+	}
+	if rs.ex < len(r.Exchanges) && r.Exchanges[rs.ex].Repeat >= 0 {
+		t.Errorf("stream stopped at exchange %d (%s) of %d", rs.ex, r.Exchanges[rs.ex].Note, len(r.Exchanges))
+	}
+	checkReplayError(t, r, res.err, srv.URL)
+	checkReplayResult(t, r, rs, s, res)
+}
+
+// replayResult is what a replayed stream delivered.
+type replayResult struct {
+	got     []string // the messages' tokens
+	commits []int    // the shape's rows after each commit
+	sh      *Shape
+	err     error // how the stream ended: nil at io.EOF or the replay's end
+}
+
+// consumeReplay applies s to a Shape until the stream fails or rs has
+// served its last exchange.
+func consumeReplay(t *testing.T, s *ShapeStream, rs *replayServer) replayResult {
+	res := replayResult{sh: NewShape(nil)}
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	errc := make(chan error, 1)
@@ -234,9 +257,9 @@ func runReplay(t *testing.T, r *replay) {
 				errc <- err
 				return
 			}
-			got = append(got, token(m))
-			if sh.Apply(m) {
-				commits = append(commits, sh.Len())
+			res.got = append(res.got, token(m))
+			if res.sh.Apply(m) {
+				res.commits = append(res.commits, res.sh.Len())
 			}
 		}
 	}()
@@ -252,15 +275,13 @@ func runReplay(t *testing.T, r *replay) {
 	if serr == io.EOF {
 		serr = nil
 	}
+	res.err = serr
+	return res
+}
 
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	for _, p := range rs.problems {
-		t.Error(p)
-	}
-	if rs.ex < len(r.Exchanges) && r.Exchanges[rs.ex].Repeat >= 0 {
-		t.Errorf("stream stopped at exchange %d (%s) of %d", rs.ex, r.Exchanges[rs.ex].Note, len(r.Exchanges))
-	}
+// checkReplayError checks how the stream ended against r.Expect.Error.
+func checkReplayError(t *testing.T, r *replay, serr error, srvURL string) {
+	t.Helper()
 	e := r.Expect
 	switch e.Error {
 	case "":
@@ -269,7 +290,7 @@ func runReplay(t *testing.T, r *replay) {
 		}
 	case "FastLoopError":
 		var fe *FastLoopError
-		if !errors.As(serr, &fe) || !errors.Is(serr, ErrFastLoop) || !strings.HasPrefix(fe.URL, srv.URL) {
+		if !errors.As(serr, &fe) || !errors.Is(serr, ErrFastLoop) || !strings.HasPrefix(fe.URL, srvURL) {
 			t.Errorf("stream error %v, want a FastLoopError", serr)
 		}
 	case "StaleResponseError":
@@ -282,8 +303,15 @@ func runReplay(t *testing.T, r *replay) {
 	if serr != nil {
 		t.Logf("stream error: %v", serr)
 	}
-	if !slices.Equal(got, e.Messages) {
-		t.Errorf("messages %v\n                want %v", got, e.Messages)
+}
+
+// checkReplayResult checks what the stream delivered, and where it ended,
+// against r.Expect. The caller holds rs.mu.
+func checkReplayResult(t *testing.T, r *replay, rs *replayServer, s *ShapeStream, res replayResult) {
+	t.Helper()
+	e := r.Expect
+	if !slices.Equal(res.got, e.Messages) {
+		t.Errorf("messages %v\n                want %v", res.got, e.Messages)
 	}
 	if e.Requests != 0 && len(rs.requests) != e.Requests {
 		t.Errorf("%d requests, want %d", len(rs.requests), e.Requests)
@@ -294,12 +322,12 @@ func runReplay(t *testing.T, r *replay) {
 	if e.Offset != "" && s.Offset() != e.Offset {
 		t.Errorf("offset %q, want %q", s.Offset(), e.Offset)
 	}
-	if e.Commits != nil && !slices.Equal(commits, e.Commits) {
-		t.Errorf("rows after each commit %v, want %v", commits, e.Commits)
+	if e.Commits != nil && !slices.Equal(res.commits, e.Commits) {
+		t.Errorf("rows after each commit %v, want %v", res.commits, e.Commits)
 	}
 	if e.Rows != nil {
 		rows := map[string]map[string]string{}
-		for k, row := range sh.Rows() {
+		for k, row := range res.sh.Rows() {
 			rows[k] = stringify(row)
 		}
 		if !maps.EqualFunc(rows, e.Rows, maps.Equal) {
