@@ -32,13 +32,9 @@ func TestAttackAnonymousShapeNames(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
 	forged := sign(t, "HS256", "hs", otherHMAC, claimsFor("alice", nil))
-	type probe struct {
-		method, query, auth, body string
-		hdr                       map[string]string
-	}
 	preflight := map[string]string{"Origin": "https://app.test", "Access-Control-Request-Method": "GET",
 		"Access-Control-Request-Headers": "authorization"}
-	probes := []probe{
+	probes := []anonProbe{
 		{method: "OPTIONS"},
 		{method: "OPTIONS", hdr: preflight},
 		{method: "OPTIONS", query: "offset=-1", hdr: preflight},
@@ -54,51 +50,8 @@ func TestAttackAnonymousShapeNames(t *testing.T) {
 		{method: "DELETE", query: "offset=-1"},
 		{method: "GET", query: "offset=-1", hdr: map[string]string{"Origin": "https://app.test"}},
 	}
-	answer := func(p probe, name string) string {
-		t.Helper()
-		var body *strings.Reader
-		if p.body != "" {
-			body = strings.NewReader(p.body)
-		}
-		u := e.url + "/v1/shapes/" + name
-		if p.query != "" {
-			u += "?" + p.query
-		}
-		var req *http.Request
-		if body != nil {
-			req, _ = http.NewRequest(p.method, u, body)
-		} else {
-			req, _ = http.NewRequest(p.method, u, nil)
-		}
-		if p.auth != "" {
-			req.Header.Set("Authorization", p.auth)
-		}
-		for k, v := range p.hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b := readBody(t, resp)
-		resp.Header.Del("X-Request-Id")
-		resp.Header.Del("Date")
-		keys := slices.Sorted(func(yield func(string) bool) {
-			for k := range resp.Header {
-				if !yield(k) {
-					return
-				}
-			}
-		})
-		var out strings.Builder
-		out.WriteString(resp.Status + "\n")
-		for _, k := range keys {
-			out.WriteString(k + ": " + strings.Join(resp.Header[k], ", ") + "\n")
-		}
-		return out.String() + "\n" + b
-	}
 	for _, p := range probes {
-		known, unknown := answer(p, "items"), answer(p, "nope")
+		known, unknown := anonAnswer(t, e, p, "items"), anonAnswer(t, e, p, "nope")
 		if known != unknown {
 			t.Errorf("%s %v: a configured shape answers\n%s\nand an unknown one\n%s", p.method, p, known, unknown)
 		}
@@ -126,6 +79,59 @@ func TestAttackAnonymousShapeNames(t *testing.T) {
 	if page := e.metricsText(t); !strings.Contains(page, `shapeseal_proxy_requests_total{shape="news",status="200"} 1`) {
 		t.Errorf("an authenticated request is not labelled with its shape:\n%s", page)
 	}
+}
+
+// anonProbe is one request of TestAttackAnonymousShapeNames: a method,
+// query, Authorization header, body and other headers.
+type anonProbe struct {
+	method, query, auth, body string
+	hdr                       map[string]string
+}
+
+// anonAnswer sends p to the shape name and returns the answer as text:
+// status, headers but the request id and date, sorted, and body.
+func anonAnswer(t *testing.T, e *env, p anonProbe, name string) string {
+	t.Helper()
+	var body *strings.Reader
+	if p.body != "" {
+		body = strings.NewReader(p.body)
+	}
+	u := e.url + "/v1/shapes/" + name
+	if p.query != "" {
+		u += "?" + p.query
+	}
+	var req *http.Request
+	if body != nil {
+		req, _ = http.NewRequest(p.method, u, body)
+	} else {
+		req, _ = http.NewRequest(p.method, u, nil)
+	}
+	if p.auth != "" {
+		req.Header.Set("Authorization", p.auth)
+	}
+	for k, v := range p.hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := readBody(t, resp)
+	resp.Header.Del("X-Request-Id")
+	resp.Header.Del("Date")
+	keys := slices.Sorted(func(yield func(string) bool) {
+		for k := range resp.Header {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	var out strings.Builder
+	out.WriteString(resp.Status + "\n")
+	for _, k := range keys {
+		out.WriteString(k + ": " + strings.Join(resp.Header[k], ", ") + "\n")
+	}
+	return out.String() + "\n" + b
 }
 
 // TestAttackMetricsOwnListener: with MetricsListen, /metrics is gone from

@@ -45,6 +45,58 @@ CREATE TABLE public_news (id int PRIMARY KEY, body text);`, func(c *Config) { c.
 	// An Admin with a root key creates the tenants, certifies the devices
 	// and grants: every grant is a signed entry of the tenant's log.
 	ctx := context.Background()
+	k := newProxyAdmin(t, e, "acme", "globex")
+	alice, _ := keysync.GenerateIdentity()
+	alicePhone, _ := keysync.GenerateIdentity()
+	bob, _ := keysync.GenerateIdentity()
+	k.certify(ctx, "alice", "laptop", alice)
+	k.certify(ctx, "alice", "phone", alicePhone) // same user, other device: its key row is filtered out
+	k.certify(ctx, "bob", "pc", bob)
+	k.grant(ctx, "acme", "alice") // wraps to alice's laptop and phone
+	k.grant(ctx, "globex", "bob") // another user
+
+	aliceToken := client.StaticToken(token(t, "alice", map[string]any{"device_id": "laptop", "tenant_ids": []string{"acme", "globex"}}))
+	ring, refused, stop := k.startRing(aliceToken, alice)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := ring.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ring.Keyset("acme") == nil || ring.Tenants() != 1 {
+		t.Fatalf("keyring holds %d tenants", ring.Tenants())
+	}
+	// A live grant arrives through the proxy: globex's key row on the key
+	// shape, and on the log shape globex's entry that adds alice.
+	k.grant(ctx, "globex", "alice")
+	if _, err := ring.Wait(ctx, "globex", func(ks *keysync.Keyset) bool { return ks != nil }); err != nil {
+		t.Fatalf("live grant not received: %v", err)
+	}
+	for _, r := range refused() {
+		// The two shapes are separate streams, so globex's key row may
+		// arrive before its log does: that is reported, not adopted. Any
+		// other refusal means a row or log reached the ring that should not.
+		if r.Key != "" || r.Tenant != "globex" || !errors.Is(r, chain.ErrNoLog) && !errors.Is(r, keysync.ErrNotMember) {
+			t.Errorf("refused (another device's key, or a log that does not verify, reached the ring): %v", r)
+		}
+	}
+	k.checkBobLog(ctx)
+}
+
+// proxyAdmin is an Admin with a root key over the proxy env's database,
+// which writes the tenants' logs and keys for TestKeyringThroughProxy.
+type proxyAdmin struct {
+	t     *testing.T
+	e     *env
+	admin *keysync.Admin
+	roots []keysync.VerifyKey
+}
+
+// newProxyAdmin connects to e's database, makes a KEK and a root key, and
+// creates the tenants.
+func newProxyAdmin(t *testing.T, e *env, tenants ...string) *proxyAdmin {
+	t.Helper()
+	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, e.db)
 	if err != nil {
 		t.Fatal(err)
@@ -60,46 +112,51 @@ CREATE TABLE public_news (id int PRIMARY KEY, body text);`, func(c *Config) { c.
 	}
 	roots := []keysync.VerifyKey{root.Public()}
 	admin := &keysync.Admin{DB: pool, Roots: roots, Key: root, KEKs: keysync.UseKEK(kek)}
-	for _, tenant := range []string{"acme", "globex"} {
+	for _, tenant := range tenants {
 		if _, err := admin.CreateTenant(ctx, kek, tenant); err != nil {
 			t.Fatal(err)
 		}
 	}
-	alice, _ := keysync.GenerateIdentity()
-	alicePhone, _ := keysync.GenerateIdentity()
-	bob, _ := keysync.GenerateIdentity()
-	certify := func(user, device string, id age.Identity) {
-		rcpt, err := keysync.RecipientOf(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := admin.CertifyDevice(ctx, user, device, rcpt); err != nil {
-			t.Fatal(err)
-		}
-	}
-	certify("alice", "laptop", alice)
-	certify("alice", "phone", alicePhone) // same user, other device: its key row is filtered out
-	certify("bob", "pc", bob)
-	grant := func(tenant, user string) {
-		if _, err := admin.Grant(ctx, tenant, user); err != nil {
-			t.Fatal(err)
-		}
-	}
-	grant("acme", "alice") // wraps to alice's laptop and phone
-	grant("globex", "bob") // another user
+	return &proxyAdmin{t: t, e: e, admin: admin, roots: roots}
+}
 
+// certify certifies id as the user's device.
+func (k *proxyAdmin) certify(ctx context.Context, user, device string, id age.Identity) {
+	k.t.Helper()
+	rcpt, err := keysync.RecipientOf(id)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	if err := k.admin.CertifyDevice(ctx, user, device, rcpt); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// grant adds the user to the tenant.
+func (k *proxyAdmin) grant(ctx context.Context, tenant, user string) {
+	k.t.Helper()
+	if _, err := k.admin.Grant(ctx, tenant, user); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// startRing runs a live Keyring for id following the key and log shapes
+// through the proxy with tok. refused returns the key rows it refused so
+// far; stop closes it and checks Run's error.
+func (k *proxyAdmin) startRing(tok client.TokenSource, id age.Identity) (ring *keysync.Keyring, refused func() []*keysync.KeyRowError, stop func()) {
+	t := k.t
+	t.Helper()
 	var mu sync.Mutex
-	var refused []*keysync.KeyRowError
-	aliceToken := client.StaticToken(token(t, "alice", map[string]any{"device_id": "laptop", "tenant_ids": []string{"acme", "globex"}}))
+	var rows []*keysync.KeyRowError
 	ring, err := keysync.NewKeyring(keysync.KeyringOptions{
-		Stream:   client.Options{URL: e.url + "/v1/shapes/keys", Live: true, TokenSource: aliceToken},
-		Log:      client.Options{URL: e.url + "/v1/shapes/log", Live: true, TokenSource: aliceToken},
-		Identity: alice,
-		Roots:    roots,
+		Stream:   client.Options{URL: k.e.url + "/v1/shapes/keys", Live: true, TokenSource: tok},
+		Log:      client.Options{URL: k.e.url + "/v1/shapes/log", Live: true, TokenSource: tok},
+		Identity: id,
+		Roots:    k.roots,
 		Floor:    keysync.NewMemoryFloor(),
 		OnRowError: func(e *keysync.KeyRowError) {
 			mu.Lock()
-			refused = append(refused, e)
+			rows = append(rows, e)
 			mu.Unlock()
 		},
 	})
@@ -108,42 +165,29 @@ CREATE TABLE public_news (id int PRIMARY KEY, body text);`, func(c *Config) { c.
 	}
 	done := make(chan error, 1)
 	go func() { done <- ring.Run(context.Background()) }()
-	defer func() {
+	refused = func() []*keysync.KeyRowError {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(rows)
+	}
+	stop = func() {
 		ring.Close()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-	}()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	if err := ring.Ready(ctx); err != nil {
-		t.Fatal(err)
 	}
-	if ring.Keyset("acme") == nil || ring.Tenants() != 1 {
-		t.Fatalf("keyring holds %d tenants", ring.Tenants())
-	}
-	// A live grant arrives through the proxy: globex's key row on the key
-	// shape, and on the log shape globex's entry that adds alice.
-	grant("globex", "alice")
-	if _, err := ring.Wait(ctx, "globex", func(ks *keysync.Keyset) bool { return ks != nil }); err != nil {
-		t.Fatalf("live grant not received: %v", err)
-	}
-	mu.Lock()
-	for _, r := range refused {
-		// The two shapes are separate streams, so globex's key row may
-		// arrive before its log does: that is reported, not adopted. Any
-		// other refusal means a row or log reached the ring that should not.
-		if r.Key != "" || r.Tenant != "globex" || !errors.Is(r, chain.ErrNoLog) && !errors.Is(r, keysync.ErrNotMember) {
-			t.Errorf("refused (another device's key, or a log that does not verify, reached the ring): %v", r)
-		}
-	}
-	mu.Unlock()
+	return ring, refused, stop
+}
 
-	// Bob's token lists globex: he reads globex's log, every entry of it,
-	// and nothing of acme's. The rule's where is pinned to the token's
-	// tenants.
+// checkBobLog: bob's token lists globex: he reads globex's log, every
+// entry of it, and nothing of acme's. The rule's where is pinned to the
+// token's tenants. Nor can he widen the rule: a where or a parameter of
+// his own is refused, never forwarded.
+func (k *proxyAdmin) checkBobLog(ctx context.Context) {
+	t, e := k.t, k.e
+	t.Helper()
 	bobToken := token(t, "bob", map[string]any{"device_id": "pc", "tenant_ids": []string{"globex"}})
-	globex, err := admin.State(ctx, "globex")
+	globex, err := k.admin.State(ctx, "globex")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,8 +199,6 @@ CREATE TABLE public_news (id int PRIMARY KEY, body text);`, func(c *Config) { c.
 	if !slices.Equal(got, want) {
 		t.Errorf("bob reads the log entries %v, want %v (globex's only)", got, want)
 	}
-	// Nor can he widen the rule: a where or a parameter of his own is
-	// refused, never forwarded.
 	for _, q := range []string{"&params[1]={acme}", "&params%5B1%5D={acme}", "&where=true", "&table=shapeseal_log"} {
 		resp := e.do("GET", e.url+"/v1/shapes/log?offset=-1"+q, bobToken, nil)
 		if body := readBody(t, resp); resp.StatusCode != 400 {

@@ -107,37 +107,8 @@ func benchShapes(b *testing.B, mode string) {
 			}
 		}
 	}
-	var conn *client.WSConn
-	switch mode {
-	case "ws":
-		var err error
-		conn, err = client.DialWS(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/v1/ws", &client.WSOptions{TokenSource: client.StaticToken(tok)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := range shapes {
-			s, err := conn.Stream(ctx, fmt.Sprint("n", i), client.WSStreamOptions{Live: true})
-			if err != nil {
-				b.Fatal(err)
-			}
-			wg.Add(1)
-			go follow(s.Next)
-		}
-	case "http":
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.MaxIdleConnsPerHost = 2 * shapes
-		hc := &http.Client{Transport: tr}
-		defer tr.CloseIdleConnections()
-		for i := range shapes {
-			s, err := client.New(client.Options{URL: srv.URL + "/v1/shapes/n" + fmt.Sprint(i), TokenSource: client.StaticToken(tok),
-				Live: true, HTTPClient: hc})
-			if err != nil {
-				b.Fatal(err)
-			}
-			wg.Add(1)
-			go follow(s.Next)
-		}
-	}
+	conn, closeIdle := benchSubscribe(b, ctx, mode, srv.URL, tok, shapes, &wg, follow)
+	defer closeIdle()
 	for range shapes {
 		<-ready
 	}
@@ -164,8 +135,54 @@ func benchShapes(b *testing.B, mode string) {
 	}
 	srv.CloseClientConnections()
 	wg.Wait()
-	// The bench's own rules are not those checkUpstream knows: forget
-	// their requests once none is in flight.
+	benchForgetUpstream(e)
+}
+
+// benchSubscribe subscribes with tok to the n shapes n0, n1, … of the
+// server at url, over one WebSocket (mode "ws") or one long poll each
+// (mode "http"), and follows each in a goroutine counted in wg. It
+// returns the WebSocket, if any, and a func that closes the idle HTTP
+// connections.
+func benchSubscribe(b *testing.B, ctx context.Context, mode, url, tok string, n int, wg *sync.WaitGroup,
+	follow func(next func(context.Context) (client.Message, error))) (conn *client.WSConn, closeIdle func()) {
+	closeIdle = func() {}
+	switch mode {
+	case "ws":
+		var err error
+		conn, err = client.DialWS(ctx, "ws"+strings.TrimPrefix(url, "http")+"/v1/ws", &client.WSOptions{TokenSource: client.StaticToken(tok)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := range n {
+			s, err := conn.Stream(ctx, fmt.Sprint("n", i), client.WSStreamOptions{Live: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			wg.Add(1)
+			go follow(s.Next)
+		}
+	case "http":
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = 2 * n
+		hc := &http.Client{Transport: tr}
+		closeIdle = tr.CloseIdleConnections
+		for i := range n {
+			s, err := client.New(client.Options{URL: url + "/v1/shapes/n" + fmt.Sprint(i), TokenSource: client.StaticToken(tok),
+				Live: true, HTTPClient: hc})
+			if err != nil {
+				closeIdle()
+				b.Fatal(err)
+			}
+			wg.Add(1)
+			go follow(s.Next)
+		}
+	}
+	return conn, closeIdle
+}
+
+// benchForgetUpstream: the bench's own rules are not those checkUpstream
+// knows: forget their requests once none is in flight.
+func benchForgetUpstream(e *env) {
 	for i := 0; i < 100 && e.p.metrics.liveNow.Load() != 0; i++ {
 		time.Sleep(50 * time.Millisecond)
 	}

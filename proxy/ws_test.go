@@ -58,27 +58,64 @@ func TestWSMultiplex(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	streams := map[string]*client.WSStream{}
-	rows := map[string]map[string]client.Row{}
+	m := &wsMux{t: t, ctx: ctx, e: e, conn: conn, streams: map[string]*client.WSStream{}, rows: map[string]map[string]client.Row{}}
 	for _, name := range []string{"items", "news", "mine", "keys"} {
 		s, err := conn.Stream(ctx, name, client.WSStreamOptions{Live: true})
 		if err != nil {
 			t.Fatal(err)
 		}
-		streams[name], rows[name] = s, map[string]client.Row{}
+		m.streams[name], m.rows[name] = s, map[string]client.Row{}
 	}
-	for name, s := range streams {
-		syncWS(t, ctx, s, rows[name])
+	for name, s := range m.streams {
+		syncWS(t, ctx, s, m.rows[name])
 	}
-	keys := func(m map[string]client.Row) []string {
-		var out []string
-		for k := range m {
-			out = append(out, k)
-		}
-		return out
+	m.checkSynced()
+
+	// Live changes: only the acme row reaches items.
+	pgtest.Exec(t, e.db, `INSERT INTO items VALUES (10,'globex','alice','g10','n'),(11,'acme','zed','a11','n')`)
+	waitRow(t, ctx, m.streams["items"], m.rows["items"], `"public"."items"/"11"`)
+	if m.rows["items"][`"public"."items"/"10"`] != nil {
+		t.Error("a globex row reached an acme token")
 	}
+	waitRow(t, ctx, m.streams["mine"], m.rows["mine"], `"public"."items"/"10"`)
+
+	m.rotate()
+	m.checkColumns()
+	m.checkRawColumns()
+	var we *client.WSError
+	unknown, _ := conn.Stream(ctx, "nope", client.WSStreamOptions{})
+	if _, err := unknown.Next(ctx); !errors.As(err, &we) || we.Status != 404 {
+		t.Errorf("unknown shape: %v", err)
+	}
+}
+
+// wsMux is TestWSMultiplex's connection, its live streams by shape name
+// and the rows each has synced.
+type wsMux struct {
+	t       *testing.T
+	ctx     context.Context
+	e       *env
+	conn    *client.WSConn
+	streams map[string]*client.WSStream
+	rows    map[string]map[string]client.Row
+}
+
+// rowKeys returns the keys of m, for messages.
+func rowKeys(m map[string]client.Row) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// checkSynced checks the rows each shape synced: alice's acme items
+// without the note, the news, her own items and her own keys only.
+func (m *wsMux) checkSynced() {
+	t, rows := m.t, m.rows
+	t.Helper()
 	if len(rows["items"]) != 2 || rows["items"][`"public"."items"/"1"`] == nil || rows["items"][`"public"."items"/"2"`] == nil {
-		t.Errorf("items: %v", keys(rows["items"]))
+		t.Errorf("items: %v", rowKeys(rows["items"]))
 	}
 	for _, r := range rows["items"] {
 		if _, ok := r["note"]; ok || r["tenant_id"] != "acme" {
@@ -86,48 +123,50 @@ func TestWSMultiplex(t *testing.T) {
 		}
 	}
 	if len(rows["news"]) != 1 || len(rows["mine"]) != 1 || rows["mine"][`"public"."items"/"1"`] == nil {
-		t.Errorf("news %v, mine %v", keys(rows["news"]), keys(rows["mine"]))
+		t.Errorf("news %v, mine %v", rowKeys(rows["news"]), rowKeys(rows["mine"]))
 	}
 	if len(rows["keys"]) != 2 {
-		t.Errorf("keys: %v", keys(rows["keys"]))
+		t.Errorf("keys: %v", rowKeys(rows["keys"]))
 	}
 	for _, r := range rows["keys"] {
 		if r["user_id"] != "alice" {
 			t.Errorf("another user's key: %v", r)
 		}
 	}
+}
 
-	// Live changes: only the acme row reaches items.
-	pgtest.Exec(t, e.db, `INSERT INTO items VALUES (10,'globex','alice','g10','n'),(11,'acme','zed','a11','n')`)
-	waitRow(t, ctx, streams["items"], rows["items"], `"public"."items"/"11"`)
-	if rows["items"][`"public"."items"/"10"`] != nil {
-		t.Error("a globex row reached an acme token")
-	}
-	waitRow(t, ctx, streams["mine"], rows["mine"], `"public"."items"/"10"`)
-
-	// A rotation: must-refetch, then the same rows again.
-	old := streams["items"].Handle()
-	if n, err := e.up.Rotate("items"); err != nil || n == 0 {
+// rotate: a rotation of items gives must-refetch, then the same rows
+// again under a new handle.
+func (m *wsMux) rotate() {
+	t, ctx, items, rows := m.t, m.ctx, m.streams["items"], m.rows["items"]
+	t.Helper()
+	old := items.Handle()
+	if n, err := m.e.up.Rotate("items"); err != nil || n == 0 {
 		t.Fatalf("Rotate: %d %v", n, err)
 	}
 	sawRefetch := false
 	for !sawRefetch {
-		m, err := streams["items"].Next(ctx)
+		msg, err := items.Next(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m.IsMustRefetch() {
+		if msg.IsMustRefetch() {
 			sawRefetch = true
-			clear(rows["items"])
+			clear(rows)
 		}
 	}
-	syncWS(t, ctx, streams["items"], rows["items"])
-	if len(rows["items"]) != 3 || streams["items"].Handle() == old {
-		t.Errorf("after rotation: %v, handle %q (old %q)", keys(rows["items"]), streams["items"].Handle(), old)
+	syncWS(t, ctx, items, rows)
+	if len(rows) != 3 || items.Handle() == old {
+		t.Errorf("after rotation: %v, handle %q (old %q)", rowKeys(rows), items.Handle(), old)
 	}
+}
 
-	// A shape the token may not read is refused on the same connection.
-	bad, err := conn.Stream(ctx, "items", client.WSStreamOptions{Columns: []string{"note"}})
+// checkColumns: a shape the token may not read is refused on the same
+// connection; a narrower one is served.
+func (m *wsMux) checkColumns() {
+	t, ctx := m.t, m.ctx
+	t.Helper()
+	bad, err := m.conn.Stream(ctx, "items", client.WSStreamOptions{Columns: []string{"note"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +174,7 @@ func TestWSMultiplex(t *testing.T) {
 	if _, err := bad.Next(ctx); !errors.As(err, &we) || we.Status != 400 {
 		t.Errorf("columns outside the rule: %v", err)
 	}
-	narrow, _ := conn.Stream(ctx, "items", client.WSStreamOptions{Columns: []string{"id", "title"}})
+	narrow, _ := m.conn.Stream(ctx, "items", client.WSStreamOptions{Columns: []string{"id", "title"}})
 	narrowRows := map[string]client.Row{}
 	syncWS(t, ctx, narrow, narrowRows)
 	for _, r := range narrowRows {
@@ -143,8 +182,14 @@ func TestWSMultiplex(t *testing.T) {
 			t.Errorf("narrowed row %v", r)
 		}
 	}
-	// Raw frames: an empty or foreign columns list never widens the rule.
-	raw := rawWS(t, ctx, e)
+}
+
+// checkRawColumns: in raw frames, an empty or foreign columns list never
+// widens the rule.
+func (m *wsMux) checkRawColumns() {
+	t, ctx := m.t, m.ctx
+	t.Helper()
+	raw := rawWS(t, ctx, m.e)
 	defer raw.CloseNow()
 	writeWS(t, ctx, raw, map[string]any{"type": "auth", "token": token(t, "alice", nil)})
 	for i, cols := range [][]string{{}, {"note"}, {`"Note"`}, {"id", "note"}, {""}} {
@@ -164,10 +209,6 @@ func TestWSMultiplex(t *testing.T) {
 		default:
 			t.Fatalf("columns outside the rule got %s", b)
 		}
-	}
-	unknown, _ := conn.Stream(ctx, "nope", client.WSStreamOptions{})
-	if _, err := unknown.Next(ctx); !errors.As(err, &we) || we.Status != 404 {
-		t.Errorf("unknown shape: %v", err)
 	}
 }
 
