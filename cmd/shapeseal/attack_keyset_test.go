@@ -56,52 +56,7 @@ func TestAttackKeysetRows(t *testing.T) {
 		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_keysets (tenant_id, generation, kek_uri, encrypted_keyset) VALUES ('acme', 2, $1, $2)`, e.kek, saved)
 	})
 
-	t.Run("rogue newer keyset row under another KEK", func(t *testing.T) {
-		// The operator's KEK (a local file: a writer that opened any KEK a
-		// row names could open it) and a keyset of its making at
-		// generation 3; the genuine row's kek_uri is pointed at it too.
-		evilPath := filepath.Join(e.dir, "evil-kek.json")
-		evilKEK, err := keysync.GenerateLocalKEK(evilPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rogue, err := keysync.NewKeyset("acme")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rogue.Generation() < 3 {
-			if rogue, err = rogue.Rotate(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		enc, err := keysync.EncryptKeyset(rogue, evilKEK)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_keysets (tenant_id, generation, kek_uri, encrypted_keyset) VALUES ('acme', 3, $1, $2)`, evilKEK.URI(), enc)
-		pgtest.Exec(t, e.url, `UPDATE shapeseal_keysets SET kek_uri = $1 WHERE tenant_id = 'acme' AND generation = 2`, evilKEK.URI())
-
-		// write without --kek seals with the log's generation 2.
-		id := e.mustWrite("sealed with the log's keyset")
-		primary := e.state().Keyset().Primary
-		if k := e.cellKey(id); k != primary || rogue.HasKey(k) {
-			t.Fatalf("attack not refused: write sealed with key %08x; the log's primary is %08x", k, primary)
-		}
-		if r := e.tail(alice, "alice", "d1"); r.title(id) != "sealed with the log's keyset" {
-			t.Fatalf("alice cannot open the row write sealed: %v\n%s", r.rows[id], r.errOut)
-		}
-		// The next rotation deletes the rogue row, says so, and stores its
-		// own generation 3.
-		out, errOut := e.as(e.adminFile, runRotate, "--tenant", "acme")
-		if !strings.Contains(out, "generation 3") || !strings.Contains(errOut, "shapeseal: ignored: ") ||
-			!strings.Contains(errOut, "deleted 1 keyset rows above the log's generation 2") {
-			t.Errorf("rotate over the rogue row:\n%s\n%s", out, errOut)
-		}
-		id = e.mustWrite("sealed with generation 3")
-		if k := e.cellKey(id); k != e.state().Keyset().Primary || rogue.HasKey(k) {
-			t.Errorf("attack not refused: write sealed with key %08x after the rotation", k)
-		}
-	})
+	t.Run("rogue newer keyset row under another KEK", func(t *testing.T) { rogueKeysetRowIgnored(t, e, alice) })
 
 	t.Run("write --kek other than the log's", func(t *testing.T) {
 		other := filepath.Join(e.dir, "other-kek.json")
@@ -122,26 +77,79 @@ func TestAttackKeysetRows(t *testing.T) {
 		}
 	})
 
-	t.Run("hcvault host other than VAULT_ADDR", func(t *testing.T) {
-		// No Vault runs: the host is refused before Vault is asked.
-		t.Setenv("VAULT_ADDR", "https://vault.internal:8200")
-		t.Setenv("VAULT_TOKEN", "not-a-token")
-		t.Setenv("VAULT_AGENT_ADDR", "")
-		const evil = "hcvault://vault.attacker.example:8200/transit/keys/acme"
-		var hm *vaultkek.HostMismatchError
-		if _, _, err := e.write("to the attacker's Vault?", "--kek", evil); !errors.As(err, &hm) || hm.URIHost != "vault.attacker.example:8200" {
-			t.Errorf("attack not refused: write --kek %s: %v", evil, err)
+	t.Run("hcvault host other than VAULT_ADDR", func(t *testing.T) { vaultHostRefused(t, e) })
+}
+
+// rogueKeysetRowIgnored: a keyset row above the log's generation, under
+// a KEK of the operator's, is neither sealed with nor kept by a rotation.
+func rogueKeysetRowIgnored(t *testing.T, e *attackEnv, alice string) {
+	// The operator's KEK (a local file: a writer that opened any KEK a
+	// row names could open it) and a keyset of its making at
+	// generation 3; the genuine row's kek_uri is pointed at it too.
+	evilPath := filepath.Join(e.dir, "evil-kek.json")
+	evilKEK, err := keysync.GenerateLocalKEK(evilPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue, err := keysync.NewKeyset("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rogue.Generation() < 3 {
+		if rogue, err = rogue.Rotate(); err != nil {
+			t.Fatal(err)
 		}
-		if _, _, err := e.run(runTenant, e.withDB("create", "--tenant", "initech", "--kek", evil, "--key", e.rootFile)...); !errors.As(err, &hm) {
-			t.Errorf("attack not refused: tenant create --kek %s: %v", evil, err)
-		}
-		if _, _, err := e.run(runRotate, e.withDB("--tenant", "acme", "--key", e.adminFile, "--kek", evil)...); !errors.As(err, &hm) {
-			t.Errorf("attack not refused: rotate --kek %s: %v", evil, err)
-		}
-		if n := e.count(`SELECT * FROM shapeseal_log WHERE tenant_id = 'initech'`); n != 0 {
-			t.Errorf("initech has %d log entries", n)
-		}
-	})
+	}
+	enc, err := keysync.EncryptKeyset(rogue, evilKEK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_keysets (tenant_id, generation, kek_uri, encrypted_keyset) VALUES ('acme', 3, $1, $2)`, evilKEK.URI(), enc)
+	pgtest.Exec(t, e.url, `UPDATE shapeseal_keysets SET kek_uri = $1 WHERE tenant_id = 'acme' AND generation = 2`, evilKEK.URI())
+
+	// write without --kek seals with the log's generation 2.
+	id := e.mustWrite("sealed with the log's keyset")
+	primary := e.state().Keyset().Primary
+	if k := e.cellKey(id); k != primary || rogue.HasKey(k) {
+		t.Fatalf("attack not refused: write sealed with key %08x; the log's primary is %08x", k, primary)
+	}
+	if r := e.tail(alice, "alice", "d1"); r.title(id) != "sealed with the log's keyset" {
+		t.Fatalf("alice cannot open the row write sealed: %v\n%s", r.rows[id], r.errOut)
+	}
+	// The next rotation deletes the rogue row, says so, and stores its
+	// own generation 3.
+	out, errOut := e.as(e.adminFile, runRotate, "--tenant", "acme")
+	if !strings.Contains(out, "generation 3") || !strings.Contains(errOut, "shapeseal: ignored: ") ||
+		!strings.Contains(errOut, "deleted 1 keyset rows above the log's generation 2") {
+		t.Errorf("rotate over the rogue row:\n%s\n%s", out, errOut)
+	}
+	id = e.mustWrite("sealed with generation 3")
+	if k := e.cellKey(id); k != e.state().Keyset().Primary || rogue.HasKey(k) {
+		t.Errorf("attack not refused: write sealed with key %08x after the rotation", k)
+	}
+}
+
+// vaultHostRefused: an hcvault:// KEK on a host other than VAULT_ADDR is
+// refused by write, tenant create and rotate.
+func vaultHostRefused(t *testing.T, e *attackEnv) {
+	// No Vault runs: the host is refused before Vault is asked.
+	t.Setenv("VAULT_ADDR", "https://vault.internal:8200")
+	t.Setenv("VAULT_TOKEN", "not-a-token")
+	t.Setenv("VAULT_AGENT_ADDR", "")
+	const evil = "hcvault://vault.attacker.example:8200/transit/keys/acme"
+	var hm *vaultkek.HostMismatchError
+	if _, _, err := e.write("to the attacker's Vault?", "--kek", evil); !errors.As(err, &hm) || hm.URIHost != "vault.attacker.example:8200" {
+		t.Errorf("attack not refused: write --kek %s: %v", evil, err)
+	}
+	if _, _, err := e.run(runTenant, e.withDB("create", "--tenant", "initech", "--kek", evil, "--key", e.rootFile)...); !errors.As(err, &hm) {
+		t.Errorf("attack not refused: tenant create --kek %s: %v", evil, err)
+	}
+	if _, _, err := e.run(runRotate, e.withDB("--tenant", "acme", "--key", e.adminFile, "--kek", evil)...); !errors.As(err, &hm) {
+		t.Errorf("attack not refused: rotate --kek %s: %v", evil, err)
+	}
+	if n := e.count(`SELECT * FROM shapeseal_log WHERE tenant_id = 'initech'`); n != 0 {
+		t.Errorf("initech has %d log entries", n)
+	}
 }
 
 // TestAttackKEKOnly: the KEK (which writers hold) decrypts keysets, but
@@ -154,9 +162,46 @@ func TestAttackKEKOnly(t *testing.T) {
 	e.grant("alice")
 	id1 := e.mustWrite("acme secret")
 	mallory, malloryRcpt := e.identity("mallory")
-	seq := e.state().Seq()
 
 	// No signing key, only the KEK: every administration command refuses.
+	kekOnlyCommandsRefused(t, e, malloryRcpt)
+
+	// A writer's KEK decrypts the keyset the log names. It "certifies"
+	// mallory's device with a key of its own, wraps the keyset to it, and
+	// signs a log entry adding mallory.
+	own := plantStolenKeyset(t, e, malloryRcpt)
+
+	// Its device's keyring does not adopt it: the log does not list it.
+	r := e.tail(mallory, "mallory", "laptop")
+	r.noPlaintext(t, "mallory", "acme secret")
+	if r.cellError(id1) != "no_key" || !strings.Contains(r.errOut, "refused") || !strings.Contains(r.errOut, "does not list this device") {
+		t.Errorf("mallory's tail: %v\n%s", r.rows, r.errOut)
+	}
+	// An ordinary grant of mallory does not take the certificate.
+	_, errOut, err := e.refused(runGrant, e.withDB("--tenant", "acme", "--user", "mallory", "--key", e.adminFile)...)
+	if !errors.Is(err, keysync.ErrNoDevices) || !strings.Contains(errOut, `shapeseal: ignored: keysync: device "laptop" of "mallory" ignored`) {
+		t.Errorf("grant of mallory: %v\n%s", err, errOut)
+	}
+
+	// A log entry it signs is refused by every verifier: tail (mallory
+	// gets nothing) and the admin commands.
+	forgedEntryRefused(t, e, own, mallory, malloryRcpt, id1)
+	e.nothingOpensFor(mallory)
+	if r := e.tail(alice, "alice", "d1"); r.title(id1) != "acme secret" {
+		t.Errorf("alice: %v\n%s", r.rows, r.errOut)
+	}
+
+	// There is no signer in the database: init made only these tables,
+	// and no row of them holds a signing key.
+	noSigningKeyStored(t, e)
+}
+
+// kekOnlyCommandsRefused checks that, holding the KEK but no signing key,
+// no administration command (nor write, without a pinned root) changes
+// acme's log or adds mallory's device.
+func kekOnlyCommandsRefused(t *testing.T, e *attackEnv, malloryRcpt string) {
+	t.Helper()
+	seq := e.state().Seq()
 	for _, args := range [][]string{
 		{"grant", "--tenant", "acme", "--user", "mallory", "--kek", e.kek},
 		{"rotate", "--tenant", "acme", "--kek", e.kek},
@@ -183,10 +228,13 @@ func TestAttackKEKOnly(t *testing.T) {
 	if n := e.count(`SELECT * FROM shapeseal_devices WHERE user_id = 'mallory'`); n != 0 {
 		t.Fatal("device add without a key stored a device")
 	}
+}
 
-	// A writer's KEK decrypts the keyset the log names. It "certifies"
-	// mallory's device with a key of its own, wraps the keyset to it, and
-	// signs a log entry adding mallory.
+// plantStolenKeyset decrypts acme's keyset with the writer's KEK, and
+// stores mallory's device, a certificate of it signed by a key of mallory's
+// own, and the keyset wrapped to it. It returns that key.
+func plantStolenKeyset(t *testing.T, e *attackEnv, malloryRcpt string) *chain.PrivateKey {
+	t.Helper()
 	kek, err := keysync.OpenKEK(e.kek)
 	if err != nil {
 		t.Fatal(err)
@@ -214,21 +262,13 @@ func TestAttackKEKOnly(t *testing.T) {
 	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ('mallory', 'laptop', $1)`, malloryRcpt)
 	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_device_certs (user_id, device_id, signer, cert) VALUES ('mallory', 'laptop', $1, $2)`, own.Public().String(), cert.Bytes())
 	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_tenant_keys (tenant_id, user_id, device_id, generation, wrapped) VALUES ('acme', 'mallory', 'laptop', 1, $1)`, w)
+	return own
+}
 
-	// Its device's keyring does not adopt it: the log does not list it.
-	r := e.tail(mallory, "mallory", "laptop")
-	r.noPlaintext(t, "mallory", "acme secret")
-	if r.cellError(id1) != "no_key" || !strings.Contains(r.errOut, "refused") || !strings.Contains(r.errOut, "does not list this device") {
-		t.Errorf("mallory's tail: %v\n%s", r.rows, r.errOut)
-	}
-	// An ordinary grant of mallory does not take the certificate.
-	_, errOut, err := e.refused(runGrant, e.withDB("--tenant", "acme", "--user", "mallory", "--key", e.adminFile)...)
-	if !errors.Is(err, keysync.ErrNoDevices) || !strings.Contains(errOut, `shapeseal: ignored: keysync: device "laptop" of "mallory" ignored`) {
-		t.Errorf("grant of mallory: %v\n%s", err, errOut)
-	}
-
-	// A log entry it signs is refused by every verifier: tail (mallory
-	// gets nothing) and the admin commands.
+// forgedEntryRefused appends to acme's log an entry adding mallory, signed
+// by own, checks that tail and the admin commands refuse it, and deletes it.
+func forgedEntryRefused(t *testing.T, e *attackEnv, own *chain.PrivateKey, mallory, malloryRcpt, id1 string) {
+	t.Helper()
 	st := e.state()
 	entry, err := chain.Sign(e.ctx, chain.Entry{Tenant: "acme", Seq: st.Seq() + 1, Prev: st.Head(), Ops: []chain.Op{
 		{Type: chain.OpMemberAdd, User: "mallory"},
@@ -238,7 +278,7 @@ func TestAttackKEKOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_log (tenant_id, seq, entry) VALUES ('acme', $1, $2)`, int64(entry.Seq), entry.Bytes())
-	r = e.tail(mallory, "mallory", "laptop", "--no-floor")
+	r := e.tail(mallory, "mallory", "laptop", "--no-floor")
 	r.noPlaintext(t, "mallory with a forged log entry", "acme secret")
 	if r.cellError(id1) != "no_key" || !strings.Contains(r.errOut, "not authorized") {
 		t.Errorf("mallory's tail with a forged log entry: %v\n%s", r.rows, r.errOut)
@@ -250,13 +290,12 @@ func TestAttackKEKOnly(t *testing.T) {
 		t.Errorf("rotate with a forged entry: %v", err)
 	}
 	pgtest.Exec(t, e.url, `DELETE FROM shapeseal_log WHERE tenant_id = 'acme' AND seq = $1`, int64(entry.Seq))
-	e.nothingOpensFor(mallory)
-	if r := e.tail(alice, "alice", "d1"); r.title(id1) != "acme secret" {
-		t.Errorf("alice: %v\n%s", r.rows, r.errOut)
-	}
+}
 
-	// There is no signer in the database: init made only these tables,
-	// and no row of them holds a signing key.
+// noSigningKeyStored checks that init made only shapeseal's five tables
+// and that no row of them holds the root's or the admin's signing key.
+func noSigningKeyStored(t *testing.T, e *attackEnv) {
+	t.Helper()
 	var tables []string
 	rows, err := e.db.Query(e.ctx, `SELECT table_name::text FROM information_schema.tables WHERE table_name LIKE 'shapeseal%' ORDER BY 1`)
 	if err == nil {

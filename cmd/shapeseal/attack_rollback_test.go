@@ -66,55 +66,60 @@ func TestAttackRollback(t *testing.T) {
 		}
 	})
 
-	t.Run("tenant deleted and created again", func(t *testing.T) {
-		// A new acme, as long as the old one, made by the root (a
-		// compromised root, or an operator fooled into it): another log.
-		pgtest.Exec(t, e.url, `DELETE FROM items; DELETE FROM shapeseal_log; DELETE FROM shapeseal_keysets; DELETE FROM shapeseal_tenant_keys`)
-		e.forget("items", "shapeseal_log", "shapeseal_tenant_keys")
-		// The administrators saw the old acme: creating it again is a
-		// decision they make with floor forget, not something a deleted
-		// log makes them do.
-		_, _, err := e.refused(runTenant, e.withDB("create", "--tenant", "acme", "--kek", e.kek, "--admin", e.admin, "--key", e.rootFile)...)
-		adminFloor, _ := defaultFloor("", "SHAPESEAL_ADMIN_FLOOR", "admin", e.url)
-		if !errors.Is(err, chain.ErrRollback) || !strings.Contains(err.Error(), "shapeseal floor forget --floor "+adminFloor+" --tenant acme") {
-			t.Errorf("tenant create over a tenant the administrator saw: %v", err)
-		}
-		e.ok(runFloor, "forget", "--floor", adminFloor, "--tenant", "acme")
-		e.as(e.rootFile, runTenant, "create", "--tenant", "acme", "--kek", e.kek, "--admin", e.admin)
-		e.grant("alice")
-		e.grant("bob")
-		e.as(e.adminFile, runRotate, "--tenant", "acme")
-		if st := e.state(); st.Seq() != 4 {
-			t.Fatalf("the new log has %d entries", st.Seq())
-		}
+	t.Run("tenant deleted and created again", func(t *testing.T) { tenantRecreatedRefused(t, e, alice, aliceFloor) })
+}
 
-		// The writer refuses it as a fork.
-		_, _, err = e.write("into the new tenant?")
-		if !errors.Is(err, chain.ErrFork) || !strings.Contains(err.Error(), "shapeseal floor forget --floor "+e.writerFloor+" --tenant acme") {
-			t.Errorf("attack not refused: write to a tenant created again: %v", err)
-		}
-		if n := e.count(`SELECT * FROM items`); n != 0 {
-			t.Errorf("%d rows written", n)
-		}
-		// Forgotten by the writer (as after checking out of band), a row
-		// of the new tenant: alice's tail refuses the new log too.
-		if out, _ := e.ok(runFloor, "forget", "--floor", e.writerFloor, "--tenant", "acme"); !strings.Contains(out, "forgot tenant acme (seen up to entry 4, generation 2)") {
-			t.Errorf("floor forget: %s", out)
-		}
-		id := e.mustWrite("the new acme")
-		r := e.tail(alice, "alice", "d1")
-		r.noPlaintext(t, "alice before floor forget", "the new acme")
-		if r.cellError(id) != "no_key" || !strings.Contains(r.errOut, "log forked") ||
-			!strings.Contains(r.errOut, "shapeseal floor forget --floor "+aliceFloor+" --tenant acme") {
-			t.Errorf("alice's tail on a tenant created again: %v\n%s", r.rows, r.errOut)
-		}
+// tenantRecreatedRefused: acme deleted and created again by the root is
+// refused, as a rollback by tenant create and as a fork by write and by
+// alice's tail, until each forgets its floor.
+func tenantRecreatedRefused(t *testing.T, e *attackEnv, alice, aliceFloor string) {
+	// A new acme, as long as the old one, made by the root (a
+	// compromised root, or an operator fooled into it): another log.
+	pgtest.Exec(t, e.url, `DELETE FROM items; DELETE FROM shapeseal_log; DELETE FROM shapeseal_keysets; DELETE FROM shapeseal_tenant_keys`)
+	e.forget("items", "shapeseal_log", "shapeseal_tenant_keys")
+	// The administrators saw the old acme: creating it again is a
+	// decision they make with floor forget, not something a deleted
+	// log makes them do.
+	_, _, err := e.refused(runTenant, e.withDB("create", "--tenant", "acme", "--kek", e.kek, "--admin", e.admin, "--key", e.rootFile)...)
+	adminFloor, _ := defaultFloor("", "SHAPESEAL_ADMIN_FLOOR", "admin", e.url)
+	if !errors.Is(err, chain.ErrRollback) || !strings.Contains(err.Error(), "shapeseal floor forget --floor "+adminFloor+" --tenant acme") {
+		t.Errorf("tenant create over a tenant the administrator saw: %v", err)
+	}
+	e.ok(runFloor, "forget", "--floor", adminFloor, "--tenant", "acme")
+	e.as(e.rootFile, runTenant, "create", "--tenant", "acme", "--kek", e.kek, "--admin", e.admin)
+	e.grant("alice")
+	e.grant("bob")
+	e.as(e.adminFile, runRotate, "--tenant", "acme")
+	if st := e.state(); st.Seq() != 4 {
+		t.Fatalf("the new log has %d entries", st.Seq())
+	}
 
-		// Once forgotten (checked out of band), both follow the new log.
-		e.ok(runFloor, "forget", "--floor", aliceFloor, "--tenant", "acme")
-		if r := e.tail(alice, "alice", "d1"); r.title(id) != "the new acme" {
-			t.Errorf("alice after floor forget: %v\n%s", r.rows, r.errOut)
-		}
-	})
+	// The writer refuses it as a fork.
+	_, _, err = e.write("into the new tenant?")
+	if !errors.Is(err, chain.ErrFork) || !strings.Contains(err.Error(), "shapeseal floor forget --floor "+e.writerFloor+" --tenant acme") {
+		t.Errorf("attack not refused: write to a tenant created again: %v", err)
+	}
+	if n := e.count(`SELECT * FROM items`); n != 0 {
+		t.Errorf("%d rows written", n)
+	}
+	// Forgotten by the writer (as after checking out of band), a row
+	// of the new tenant: alice's tail refuses the new log too.
+	if out, _ := e.ok(runFloor, "forget", "--floor", e.writerFloor, "--tenant", "acme"); !strings.Contains(out, "forgot tenant acme (seen up to entry 4, generation 2)") {
+		t.Errorf("floor forget: %s", out)
+	}
+	id := e.mustWrite("the new acme")
+	r := e.tail(alice, "alice", "d1")
+	r.noPlaintext(t, "alice before floor forget", "the new acme")
+	if r.cellError(id) != "no_key" || !strings.Contains(r.errOut, "log forked") ||
+		!strings.Contains(r.errOut, "shapeseal floor forget --floor "+aliceFloor+" --tenant acme") {
+		t.Errorf("alice's tail on a tenant created again: %v\n%s", r.rows, r.errOut)
+	}
+
+	// Once forgotten (checked out of band), both follow the new log.
+	e.ok(runFloor, "forget", "--floor", aliceFloor, "--tenant", "acme")
+	if r := e.tail(alice, "alice", "d1"); r.title(id) != "the new acme" {
+		t.Errorf("alice after floor forget: %v\n%s", r.rows, r.errOut)
+	}
 }
 
 // TestAttackAdminRollback: the admin commands must not re-sign a log cut

@@ -40,70 +40,23 @@ func TestTailMatchesTypeScriptClient(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join(interop, "follow.mjs"), "--url", shapeURL, "--table", "items", "--ignore-stdin")
-	cmd.Dir = interop
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var tsMu sync.Mutex
-	var tsLines []string
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			tsMu.Lock()
-			tsLines = append(tsLines, sc.Text())
-			tsMu.Unlock()
-		}
-	}()
+	ts, cmd := startTSFollower(t, ctx, node, interop, shapeURL)
 	defer func() { cancel(); cmd.Wait() }()
 
 	var out, errOut syncBuffer
 	done := make(chan error, 1)
 	go func() { done <- tail(ctx, []string{"--live", "--table", "items", shapeURL}, &out, &errOut) }()
 
-	messages := func(lines []string) []any {
-		var ms []any
-		for _, l := range lines {
-			if l == "" {
-				continue
-			}
-			var m map[string]any
-			if err := json.Unmarshal([]byte(l), &m); err != nil {
-				t.Fatalf("line %q: %v", l, err)
-			}
-			if _, ok := m["rows"]; ok {
-				continue // follow.mjs's materialized view
-			}
-			if h, _ := m["headers"].(map[string]any); h != nil && h["control"] == "up-to-date" {
-				continue
-			}
-			ms = append(ms, m)
-		}
-		return ms
-	}
-	tsMessages := func() []any {
-		tsMu.Lock()
-		defer tsMu.Unlock()
-		return messages(tsLines)
-	}
 	waitBoth := func(what, sub string) {
 		t.Helper()
 		deadline := time.Now().Add(15 * time.Second)
 		for {
-			tsMu.Lock()
-			ts := strings.Join(tsLines, "\n")
-			tsMu.Unlock()
-			if strings.Contains(ts, sub) && strings.Contains(strings.Join(out.lines(), "\n"), sub) {
+			tsText := ts.text()
+			if strings.Contains(tsText, sub) && strings.Contains(strings.Join(out.lines(), "\n"), sub) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("waiting for %s\nTS:\n%s\ntail:\n%s", what, ts, strings.Join(out.lines(), "\n"))
+				t.Fatalf("waiting for %s\nTS:\n%s\ntail:\n%s", what, tsText, strings.Join(out.lines(), "\n"))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -119,7 +72,7 @@ func TestTailMatchesTypeScriptClient(t *testing.T) {
 	waitBoth("insert after the rotation", `"after rotation"`)
 	time.Sleep(300 * time.Millisecond) // let both finish the refetched log
 
-	got, want := messages(out.lines()), tsMessages()
+	got, want := interopMessages(t, out.lines()), ts.messages(t)
 	if len(got) < 15 {
 		t.Errorf("only %d messages compared", len(got))
 	}
@@ -132,4 +85,72 @@ func TestTailMatchesTypeScriptClient(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("tail: %v", err)
 	}
+}
+
+// tsFollower collects the lines follow.mjs prints.
+type tsFollower struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+// startTSFollower starts follow.mjs on the shape at shapeURL; the caller
+// cancels ctx and waits for the command.
+func startTSFollower(t *testing.T, ctx context.Context, node, interop, shapeURL string) (*tsFollower, *exec.Cmd) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, node, filepath.Join(interop, "follow.mjs"), "--url", shapeURL, "--table", "items", "--ignore-stdin")
+	cmd.Dir = interop
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ts := &tsFollower{}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			ts.mu.Lock()
+			ts.lines = append(ts.lines, sc.Text())
+			ts.mu.Unlock()
+		}
+	}()
+	return ts, cmd
+}
+
+func (ts *tsFollower) text() string {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return strings.Join(ts.lines, "\n")
+}
+
+func (ts *tsFollower) messages(t *testing.T) []any {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return interopMessages(t, ts.lines)
+}
+
+// interopMessages decodes JSON lines, leaving out empty lines, up-to-date
+// controls and follow.mjs's materialized views.
+func interopMessages(t *testing.T, lines []string) []any {
+	var ms []any
+	for _, l := range lines {
+		if l == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		if _, ok := m["rows"]; ok {
+			continue // follow.mjs's materialized view
+		}
+		if h, _ := m["headers"].(map[string]any); h != nil && h["control"] == "up-to-date" {
+			continue
+		}
+		ms = append(ms, m)
+	}
+	return ms
 }
