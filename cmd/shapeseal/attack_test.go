@@ -89,26 +89,9 @@ func TestAttackPlantedDevices(t *testing.T) {
 	id1 := e.mustWrite("acme secret 1")
 	evil, evilRcpt := e.identity("evil") // the operator's own device
 
-	plant := func() {
-		t.Helper()
-		// A device for mallory, whom the log does not know, and a
-		// membership row for it (a copy of alice's wrapped key).
-		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ('mallory', 'laptop', $1)
-			ON CONFLICT DO NOTHING`, evilRcpt)
-		// A device under alice, a member, with its row too.
-		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ('alice', 'evil', $1)
-			ON CONFLICT DO NOTHING`, evilRcpt)
-		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_tenant_keys (tenant_id, user_id, device_id, generation, wrapped)
-			SELECT tenant_id, u, d, generation, wrapped FROM shapeseal_tenant_keys, (VALUES ('mallory', 'laptop'), ('alice', 'evil')) AS v(u, d)
-			WHERE tenant_id = 'acme' AND user_id = 'alice' AND device_id = 'd1'
-			ON CONFLICT DO NOTHING`)
-		// alice's real device row now names the operator's recipient.
-		pgtest.Exec(t, e.url, `UPDATE shapeseal_devices SET recipient = $1 WHERE user_id = 'alice' AND device_id = 'd1'`, evilRcpt)
-	}
-
 	// An ordinary rotation wraps only to the log's devices, and deletes
 	// (and reports) the planted rows.
-	plant()
+	plantDevices(t, e, evilRcpt)
 	out, errOut := e.as(e.adminFile, runRotate, "--tenant", "acme")
 	if !strings.Contains(out, "generation 2") {
 		t.Fatalf("rotate: %s", out)
@@ -126,33 +109,8 @@ func TestAttackPlantedDevices(t *testing.T) {
 	// Planted again, an ordinary grant of alice takes neither the device
 	// under her nor the replaced recipient, and reports both; a grant of
 	// mallory finds no certified device.
-	plant()
-	seq := e.state().Seq()
-	out, errOut = e.as(e.adminFile, runGrant, "--tenant", "acme", "--user", "alice")
-	if !strings.Contains(out, "(1 devices)") {
-		t.Errorf("grant: %s", out)
-	}
-	for _, w := range []string{`device "evil" of "alice" ignored: no certificate by a root or an admin of tenant "acme"`,
-		`device "d1" of "alice" ignored: the row's recipient is not the certified one`,
-		`deleted the wrapped key of device "evil" of "alice"`} {
-		if !strings.Contains(errOut, w) {
-			t.Errorf("grant did not report %q:\n%s", w, errOut)
-		}
-	}
-	_, errOut, err := e.refused(runGrant, e.withDB("--tenant", "acme", "--user", "mallory", "--key", e.adminFile)...)
-	if !errors.Is(err, keysync.ErrNoDevices) || !strings.Contains(errOut, `device "laptop" of "mallory" ignored`) {
-		t.Errorf("grant of mallory: %v\n%s", err, errOut)
-	}
-	st := e.state()
-	if st.Seq() != seq || !slices.Equal(st.Members(), []string{"alice"}) || len(st.Devices()) != 1 {
-		t.Fatalf("attack not refused: the log took a planted device: seq %d (was %d), members %v, devices %v", st.Seq(), seq, st.Members(), st.Devices())
-	}
-	if r, _ := st.Device("alice", "d1"); r != aliceRcpt {
-		t.Fatal("attack not refused: the log took the replaced recipient")
-	}
-	if rows := e.keyRows(); rows["alice/d1"] != 2 || rows["alice/evil"] != 0 {
-		t.Fatalf("key rows after grant: %v", rows)
-	}
+	plantDevices(t, e, evilRcpt)
+	plantedGrantRefused(t, e, aliceRcpt)
 	// What is left for the operator (mallory's row, which grant of alice
 	// does not touch; alice's rows) does not unwrap with its identity.
 	e.nothingOpensFor(evil)
@@ -176,6 +134,59 @@ func TestAttackPlantedDevices(t *testing.T) {
 		if _, ok := e.keyRows()[dev[0]+"/"+dev[1]]; ok && !strings.Contains(r.errOut, "refused") {
 			t.Errorf("%s: stderr:\n%s", who, r.errOut)
 		}
+	}
+}
+
+// plantDevices plants, as the operator, devices with evilRcpt: one for
+// mallory, whom the log does not know, one under alice, each with a copy
+// of alice's wrapped key, and evilRcpt in alice's real device row.
+func plantDevices(t *testing.T, e *attackEnv, evilRcpt string) {
+	t.Helper()
+	// A device for mallory, whom the log does not know, and a
+	// membership row for it (a copy of alice's wrapped key).
+	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ('mallory', 'laptop', $1)
+		ON CONFLICT DO NOTHING`, evilRcpt)
+	// A device under alice, a member, with its row too.
+	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ('alice', 'evil', $1)
+		ON CONFLICT DO NOTHING`, evilRcpt)
+	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_tenant_keys (tenant_id, user_id, device_id, generation, wrapped)
+		SELECT tenant_id, u, d, generation, wrapped FROM shapeseal_tenant_keys, (VALUES ('mallory', 'laptop'), ('alice', 'evil')) AS v(u, d)
+		WHERE tenant_id = 'acme' AND user_id = 'alice' AND device_id = 'd1'
+		ON CONFLICT DO NOTHING`)
+	// alice's real device row now names the operator's recipient.
+	pgtest.Exec(t, e.url, `UPDATE shapeseal_devices SET recipient = $1 WHERE user_id = 'alice' AND device_id = 'd1'`, evilRcpt)
+}
+
+// plantedGrantRefused checks that, on planted devices, a grant of alice
+// takes neither the device under her nor the replaced recipient, and
+// reports both, and that a grant of mallory finds no certified device.
+func plantedGrantRefused(t *testing.T, e *attackEnv, aliceRcpt string) {
+	t.Helper()
+	seq := e.state().Seq()
+	out, errOut := e.as(e.adminFile, runGrant, "--tenant", "acme", "--user", "alice")
+	if !strings.Contains(out, "(1 devices)") {
+		t.Errorf("grant: %s", out)
+	}
+	for _, w := range []string{`device "evil" of "alice" ignored: no certificate by a root or an admin of tenant "acme"`,
+		`device "d1" of "alice" ignored: the row's recipient is not the certified one`,
+		`deleted the wrapped key of device "evil" of "alice"`} {
+		if !strings.Contains(errOut, w) {
+			t.Errorf("grant did not report %q:\n%s", w, errOut)
+		}
+	}
+	_, errOut, err := e.refused(runGrant, e.withDB("--tenant", "acme", "--user", "mallory", "--key", e.adminFile)...)
+	if !errors.Is(err, keysync.ErrNoDevices) || !strings.Contains(errOut, `device "laptop" of "mallory" ignored`) {
+		t.Errorf("grant of mallory: %v\n%s", err, errOut)
+	}
+	st := e.state()
+	if st.Seq() != seq || !slices.Equal(st.Members(), []string{"alice"}) || len(st.Devices()) != 1 {
+		t.Fatalf("attack not refused: the log took a planted device: seq %d (was %d), members %v, devices %v", st.Seq(), seq, st.Members(), st.Devices())
+	}
+	if r, _ := st.Device("alice", "d1"); r != aliceRcpt {
+		t.Fatal("attack not refused: the log took the replaced recipient")
+	}
+	if rows := e.keyRows(); rows["alice/d1"] != 2 || rows["alice/evil"] != 0 {
+		t.Fatalf("key rows after grant: %v", rows)
 	}
 }
 

@@ -97,6 +97,64 @@ func TestCheckNoSecret(t *testing.T) {
 // TestCheckProduction: a stack as the checklist wants it passes every row.
 func TestCheckProduction(t *testing.T) {
 	t.Parallel()
+	cp := newCheckProduction(t)
+	db, role, secret, env, proxyURL := cp.db, cp.role, cp.secret, cp.env, cp.proxyURL
+
+	args := []string{"--proxy-config", cp.config, "--proxy-url", proxyURL, "--database-url", db,
+		"--electric-role", role, "--publication", "electric_publication_default", "--behind-tls"}
+	code, out, errOut := checkRun(t, env, args...)
+	t.Logf("shapeseal check:\n%s", out)
+	if code != 0 {
+		t.Errorf("exit %d, want 0", code)
+	}
+	checkProductionText(t, out, secret, env["JWT_SECRET"], errOut)
+
+	code, rows := checkJSON(t, env, args...)
+	for _, r := range rows {
+		if r.Status != "ok" || r.Detail == "" {
+			t.Errorf("--json: %+v", r)
+		}
+	}
+	if code != 0 {
+		t.Errorf("--json: exit %d", code)
+	}
+
+	// A wrong secret: Electric refuses it.
+	code, rows = checkJSON(t, env, append(args, "--electric-secret", "not-"+secret)...)
+	if r := rows["electric-secret"]; code != 1 || r.Status != "FAIL" || strings.Contains(r.Detail, secret) {
+		t.Errorf("wrong secret: exit %d, %+v", code, r)
+	}
+	// The superuser the tests connect as is no role for Electric, and plain
+	// http needs --behind-tls.
+	code, rows = checkJSON(t, env, "--proxy-url", proxyURL, "--database-url", db, "--publication", "electric_publication_default")
+	if r := rows["electric-role"]; code != 1 || r.Status != "FAIL" || !strings.Contains(r.Detail, "superuser") {
+		t.Errorf("superuser role: exit %d, %+v", code, r)
+	}
+	if r := rows["tls"]; r.Status != "skip" || !strings.Contains(r.Detail, "loopback") {
+		t.Errorf("http proxy URL on loopback: %+v", r)
+	}
+	// A role that may write the published tables.
+	writer := "electric_rw_" + checkRandHex(t)
+	pgtest.Exec(t, db, `CREATE ROLE `+writer+` NOLOGIN; GRANT SELECT, INSERT ON items TO `+writer)
+	t.Cleanup(func() { pgtest.Exec(t, db, `DROP OWNED BY `+writer+`; DROP ROLE `+writer) })
+	_, rows = checkJSON(t, env, "--database-url", db, "--electric-role", writer, "--publication", "electric_publication_default")
+	if r := rows["electric-role"]; r.Status != "FAIL" || !strings.Contains(r.Detail, "INSERT on public.items") {
+		t.Errorf("writer role: %+v", r)
+	}
+}
+
+// checkProduction is a production-like setup for check: a database with
+// shapeseal's tables, a publication and a read-only replication role for
+// Electric, an Electric with a secret, and a proxy of example.yaml.
+type checkProduction struct {
+	db, role, secret string
+	env              map[string]string
+	config           string // the proxy's configuration file
+	proxyURL         string
+}
+
+func newCheckProduction(t *testing.T) checkProduction {
+	t.Helper()
 	db := pgtest.NewDB(t)
 	pgtest.Exec(t, db, `CREATE TABLE items (id int8 PRIMARY KEY, tenant_id text NOT NULL, title text)`)
 	pgtest.Exec(t, db, keysync.Schema())
@@ -125,14 +183,13 @@ func TestCheckProduction(t *testing.T) {
 	}
 	ps := httptest.NewServer(px)
 	t.Cleanup(ps.Close)
+	return checkProduction{db: db, role: role, secret: secret, env: env, config: config, proxyURL: ps.URL}
+}
 
-	args := []string{"--proxy-config", config, "--proxy-url", ps.URL, "--database-url", db,
-		"--electric-role", role, "--publication", "electric_publication_default", "--behind-tls"}
-	code, out, errOut := checkRun(t, env, args...)
-	t.Logf("shapeseal check:\n%s", out)
-	if code != 0 {
-		t.Errorf("exit %d, want 0", code)
-	}
+// checkProductionText checks check's text output: every line ok, none
+// showing a secret, details aligned, and nothing on stderr.
+func checkProductionText(t *testing.T, out, secret, jwtSecret, errOut string) {
+	t.Helper()
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	if len(lines) != 9 {
 		t.Errorf("%d lines, want 9", len(lines))
@@ -142,7 +199,7 @@ func TestCheckProduction(t *testing.T) {
 			t.Errorf("not ok: %s", l)
 		}
 	}
-	if strings.Contains(out, secret) || strings.Contains(out, env["JWT_SECRET"]) || errOut != "" {
+	if strings.Contains(out, secret) || strings.Contains(out, jwtSecret) || errOut != "" {
 		t.Errorf("output shows a secret, or stderr %q", errOut)
 	}
 	if t.Failed() {
@@ -155,39 +212,6 @@ func TestCheckProduction(t *testing.T) {
 			t.Errorf("not aligned:\n%s", out)
 			break
 		}
-	}
-
-	code, rows := checkJSON(t, env, args...)
-	for _, r := range rows {
-		if r.Status != "ok" || r.Detail == "" {
-			t.Errorf("--json: %+v", r)
-		}
-	}
-	if code != 0 {
-		t.Errorf("--json: exit %d", code)
-	}
-
-	// A wrong secret: Electric refuses it.
-	code, rows = checkJSON(t, env, append(args, "--electric-secret", "not-"+secret)...)
-	if r := rows["electric-secret"]; code != 1 || r.Status != "FAIL" || strings.Contains(r.Detail, secret) {
-		t.Errorf("wrong secret: exit %d, %+v", code, r)
-	}
-	// The superuser the tests connect as is no role for Electric, and plain
-	// http needs --behind-tls.
-	code, rows = checkJSON(t, env, "--proxy-url", ps.URL, "--database-url", db, "--publication", "electric_publication_default")
-	if r := rows["electric-role"]; code != 1 || r.Status != "FAIL" || !strings.Contains(r.Detail, "superuser") {
-		t.Errorf("superuser role: exit %d, %+v", code, r)
-	}
-	if r := rows["tls"]; r.Status != "skip" || !strings.Contains(r.Detail, "loopback") {
-		t.Errorf("http proxy URL on loopback: %+v", r)
-	}
-	// A role that may write the published tables.
-	writer := "electric_rw_" + checkRandHex(t)
-	pgtest.Exec(t, db, `CREATE ROLE `+writer+` NOLOGIN; GRANT SELECT, INSERT ON items TO `+writer)
-	t.Cleanup(func() { pgtest.Exec(t, db, `DROP OWNED BY `+writer+`; DROP ROLE `+writer) })
-	_, rows = checkJSON(t, env, "--database-url", db, "--electric-role", writer, "--publication", "electric_publication_default")
-	if r := rows["electric-role"]; r.Status != "FAIL" || !strings.Contains(r.Detail, "INSERT on public.items") {
-		t.Errorf("writer role: %+v", r)
 	}
 }
 
