@@ -55,11 +55,7 @@ func splitFields(s string) []string {
 }
 
 func TestShapeApply(t *testing.T) {
-	type step struct {
-		msgs     []string
-		upToDate bool
-		rows     map[string]Row
-	}
+	type step = shapeApplyStep
 	tests := []struct {
 		name        string
 		changesOnly bool
@@ -119,32 +115,43 @@ func TestShapeApply(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			sh := NewShape(nil)
-			sh.changesOnly = tt.changesOnly
-			notified := 0
-			sh.Subscribe(func(s *Shape) { notified++ })
-			batches := 0
-			for i, st := range tt.steps {
-				for _, m := range script(st.msgs...) {
-					if sh.Apply(m) {
-						batches++
-					}
-				}
-				if got := sh.Rows(); !reflect.DeepEqual(got, st.rows) {
-					t.Errorf("step %d: rows %v, want %v", i, got, st.rows)
-				}
-				if sh.IsUpToDate() != st.upToDate {
-					t.Errorf("step %d: IsUpToDate %v", i, sh.IsUpToDate())
-				}
-				if sh.Len() != len(st.rows) {
-					t.Errorf("step %d: Len %d", i, sh.Len())
-				}
+		t.Run(tt.name, func(t *testing.T) { runShapeApplySteps(t, tt.changesOnly, tt.steps) })
+	}
+}
+
+// shapeApplyStep is a step of TestShapeApply: messages, and the view after them.
+type shapeApplyStep struct {
+	msgs     []string
+	upToDate bool
+	rows     map[string]Row
+}
+
+// runShapeApplySteps applies each step to a Shape, checks its view after
+// it, and at the end that it notified once per applied batch.
+func runShapeApplySteps(t *testing.T, changesOnly bool, steps []shapeApplyStep) {
+	sh := NewShape(nil)
+	sh.changesOnly = changesOnly
+	notified := 0
+	sh.Subscribe(func(s *Shape) { notified++ })
+	batches := 0
+	for i, st := range steps {
+		for _, m := range script(st.msgs...) {
+			if sh.Apply(m) {
+				batches++
 			}
-			if notified != batches {
-				t.Errorf("notified %d times for %d batches", notified, batches)
-			}
-		})
+		}
+		if got := sh.Rows(); !reflect.DeepEqual(got, st.rows) {
+			t.Errorf("step %d: rows %v, want %v", i, got, st.rows)
+		}
+		if sh.IsUpToDate() != st.upToDate {
+			t.Errorf("step %d: IsUpToDate %v", i, sh.IsUpToDate())
+		}
+		if sh.Len() != len(st.rows) {
+			t.Errorf("step %d: Len %d", i, sh.Len())
+		}
+	}
+	if notified != batches {
+		t.Errorf("notified %d times for %d batches", notified, batches)
 	}
 }
 

@@ -87,10 +87,7 @@ type tagRow struct {
 // TestShapeTags applies the same messages to a Shape and a TypedShape and
 // checks after each up-to-date that both hold the keys of the step.
 func TestShapeTags(t *testing.T) {
-	type step struct {
-		msgs []string
-		keys string // the view after them (both shapes: up-to-date last)
-	}
+	type step = tagStep
 	tests := []struct {
 		name  string
 		steps []step
@@ -144,41 +141,51 @@ func TestShapeTags(t *testing.T) {
 		}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			sh := NewShape(nil)
-			ts, err := NewTypedShape[tagRow](nil)
-			if err != nil {
+		t.Run(tt.name, func(t *testing.T) { runTagSteps(t, tt.steps) })
+	}
+}
+
+// tagStep is a step of TestShapeTags: messages, and the keys in view after them.
+type tagStep struct {
+	msgs []string
+	keys string // the view after them (both shapes: up-to-date last)
+}
+
+// runTagSteps applies each step to a Shape and a TypedShape and checks
+// the keys in both views after it.
+func runTagSteps(t *testing.T, steps []tagStep) {
+	sh := NewShape(nil)
+	ts, err := NewTypedShape[tagRow](nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, st := range steps {
+		for _, m := range tagScript(t, st.msgs...) {
+			sh.Apply(m)
+			if _, err := ts.Apply(m); err != nil {
 				t.Fatal(err)
 			}
-			for i, st := range tt.steps {
-				for _, m := range tagScript(t, st.msgs...) {
-					sh.Apply(m)
-					if _, err := ts.Apply(m); err != nil {
-						t.Fatal(err)
-					}
-				}
-				got := slices.Sorted(func(yield func(string) bool) {
-					for k := range sh.Rows() {
-						if !yield(k) {
-							return
-						}
-					}
-				})
-				if s := strings.Join(got, ","); s != st.keys {
-					t.Errorf("step %d: Shape keys %q, want %q", i, s, st.keys)
-				}
-				var tk []string
-				for k, v := range ts.All() {
-					if v.ID != k {
-						t.Errorf("step %d: typed row %s = %+v", i, k, v)
-					}
-					tk = append(tk, k)
-				}
-				if s := strings.Join(tk, ","); s != st.keys {
-					t.Errorf("step %d: TypedShape keys %q, want %q", i, s, st.keys)
+		}
+		got := slices.Sorted(func(yield func(string) bool) {
+			for k := range sh.Rows() {
+				if !yield(k) {
+					return
 				}
 			}
 		})
+		if s := strings.Join(got, ","); s != st.keys {
+			t.Errorf("step %d: Shape keys %q, want %q", i, s, st.keys)
+		}
+		var tk []string
+		for k, v := range ts.All() {
+			if v.ID != k {
+				t.Errorf("step %d: typed row %s = %+v", i, k, v)
+			}
+			tk = append(tk, k)
+		}
+		if s := strings.Join(tk, ","); s != st.keys {
+			t.Errorf("step %d: TypedShape keys %q, want %q", i, s, st.keys)
+		}
 	}
 }
 
