@@ -38,48 +38,12 @@ func TestTrustKeysetRowMissing(t *testing.T) {
 	spec := TableSpec{Table: "items", Columns: []string{"title"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
 	var saved []byte
 	e.db.QueryRow(ctx, `SELECT encrypted_keyset FROM shapeseal_keysets WHERE tenant_id = 'acme' AND generation = $1`, int64(ks2.Generation())).Scan(&saved)
-	id := 0
-	write := func() error {
-		w, err := NewWriter(spec, Insert, WriterOptions{Roots: e.roots, KEKs: UseKEK(e.kek), Floor: NewMemoryFloor()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		id++
-		return w.Write(ctx, e.db, map[string]any{"id": fmt.Sprintf("00000000-0000-4000-8000-%012d", id), "tenant_id": "acme", "title": "secret"})
-	}
-	check := func(what string, want error) {
-		t.Helper()
-		seq := mustState(t, e, "acme").Seq()
-		rows := keyRows(t, e, "acme")
-		if _, err := e.admin.Rotate(ctx, "acme"); !errors.Is(err, want) {
-			t.Fatalf("%s: rotate: %v", what, err)
-		}
-		if _, err := e.admin.Grant(ctx, "acme", "bob"); !errors.Is(err, want) {
-			t.Fatalf("%s: grant: %v", what, err)
-		}
-		if _, err := e.admin.Grant(ctx, "acme", "alice"); !errors.Is(err, want) {
-			t.Fatalf("%s: grant of alice: %v", what, err)
-		}
-		if err := write(); !errors.Is(err, want) {
-			t.Fatalf("%s: writer: %v", what, err)
-		}
-		if st := mustState(t, e, "acme"); st.Seq() != seq || st.IsMember("alice") {
-			t.Fatalf("%s: the refused operations changed the log", what)
-		}
-		if got := keyRows(t, e, "acme"); !maps.Equal(got, rows) {
-			t.Fatalf("%s: key rows %v, were %v", what, got, rows)
-		}
-		var n int
-		e.db.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&n)
-		if n != 0 {
-			t.Fatalf("%s: a row was written", what)
-		}
-	}
+	r := &keysetRowWriter{t: t, ctx: ctx, e: e, spec: spec}
 
 	// Deleted: the previous generation is still stored, and not used.
 	pgtest.Exec(t, e.url, `DELETE FROM shapeseal_keysets WHERE tenant_id = 'acme' AND generation = $1`, int64(ks2.Generation()))
-	check("deleted", ErrStateMismatch)
-	if err := write(); !errors.As(err, new(*StateError)) {
+	r.refused("deleted", ErrStateMismatch)
+	if err := r.write(); !errors.As(err, new(*StateError)) {
 		t.Fatalf("writer: %v, want a *StateError", err)
 	}
 
@@ -92,13 +56,13 @@ func TestTrustKeysetRowMissing(t *testing.T) {
 	}
 	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_keysets (tenant_id, generation, kek_uri, encrypted_keyset) VALUES ('acme', $1, $2, $3)`,
 		int64(ks2.Generation()), e.kek.URI(), enc)
-	check("replaced by another keyset", ErrStateMismatch)
+	r.refused("replaced by another keyset", ErrStateMismatch)
 
 	// Another tenant's ciphertext: does not decrypt as acme's.
 	pgtest.Exec(t, e.url, `UPDATE shapeseal_keysets SET encrypted_keyset = (SELECT encrypted_keyset FROM shapeseal_keysets
 		WHERE tenant_id = 'globex' AND generation = 1) WHERE tenant_id = 'acme' AND generation = $1`, int64(ks2.Generation()))
 	var ke *KEKError
-	if err := write(); !errors.As(err, &ke) || ke.Tenant != "acme" {
+	if err := r.write(); !errors.As(err, &ke) || ke.Tenant != "acme" {
 		t.Fatalf("writer with globex's ciphertext: %v", err)
 	}
 	if _, err := e.admin.Rotate(ctx, "acme"); !errors.As(err, &ke) {
@@ -107,13 +71,65 @@ func TestTrustKeysetRowMissing(t *testing.T) {
 
 	// Put back, everything works again, with the log's generation.
 	pgtest.Exec(t, e.url, `UPDATE shapeseal_keysets SET encrypted_keyset = $2 WHERE tenant_id = 'acme' AND generation = $1`, int64(ks2.Generation()), saved)
-	if err := write(); err != nil {
+	if err := r.write(); err != nil {
 		t.Fatal(err)
 	}
 	var cell string
 	e.db.QueryRow(ctx, `SELECT title FROM items`).Scan(&cell)
 	if k, _ := CellKeyID(cell); k != ks2.PrimaryKeyID() {
 		t.Fatalf("written with key %08x, want %08x", k, ks2.PrimaryKeyID())
+	}
+}
+
+// keysetRowWriter is TestTrustKeysetRowMissing's writes of acme's items,
+// each a new row.
+type keysetRowWriter struct {
+	t    *testing.T
+	ctx  context.Context
+	e    *trustEnv
+	spec TableSpec
+	id   int
+}
+
+// write writes a new row with a new Writer.
+func (r *keysetRowWriter) write() error {
+	w, err := NewWriter(r.spec, Insert, WriterOptions{Roots: r.e.roots, KEKs: UseKEK(r.e.kek), Floor: NewMemoryFloor()})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.id++
+	return w.Write(r.ctx, r.e.db, map[string]any{"id": fmt.Sprintf("00000000-0000-4000-8000-%012d", r.id), "tenant_id": "acme", "title": "secret"})
+}
+
+// refused checks that Rotate, Grant and a writer fail with want, and
+// change neither the log, nor the key rows, nor the items.
+func (r *keysetRowWriter) refused(what string, want error) {
+	t, ctx, e := r.t, r.ctx, r.e
+	t.Helper()
+	seq := mustState(t, e, "acme").Seq()
+	rows := keyRows(t, e, "acme")
+	if _, err := e.admin.Rotate(ctx, "acme"); !errors.Is(err, want) {
+		t.Fatalf("%s: rotate: %v", what, err)
+	}
+	if _, err := e.admin.Grant(ctx, "acme", "bob"); !errors.Is(err, want) {
+		t.Fatalf("%s: grant: %v", what, err)
+	}
+	if _, err := e.admin.Grant(ctx, "acme", "alice"); !errors.Is(err, want) {
+		t.Fatalf("%s: grant of alice: %v", what, err)
+	}
+	if err := r.write(); !errors.Is(err, want) {
+		t.Fatalf("%s: writer: %v", what, err)
+	}
+	if st := mustState(t, e, "acme"); st.Seq() != seq || st.IsMember("alice") {
+		t.Fatalf("%s: the refused operations changed the log", what)
+	}
+	if got := keyRows(t, e, "acme"); !maps.Equal(got, rows) {
+		t.Fatalf("%s: key rows %v, were %v", what, got, rows)
+	}
+	var n int
+	e.db.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&n)
+	if n != 0 {
+		t.Fatalf("%s: a row was written", what)
 	}
 }
 
@@ -147,32 +163,7 @@ func TestTrustKeysetRowInjected(t *testing.T) {
 
 	// A writer that opens any KEK a URI names (OpenKEK) could open the
 	// operator's: it is never asked to.
-	spec := TableSpec{Table: "items", Columns: []string{"title"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
-	const rowID = "00000000-0000-4000-8000-000000000001"
-	w, err := NewWriter(spec, Insert, WriterOptions{Roots: e.roots, Floor: NewMemoryFloor()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Write(ctx, e.db, map[string]any{"id": rowID, "tenant_id": "acme", "title": "secret"}); err != nil {
-		t.Fatal(err)
-	}
-	var cell string
-	e.db.QueryRow(ctx, `SELECT title FROM items WHERE id = $1`, rowID).Scan(&cell)
-	st := mustState(t, e, "acme")
-	logKS, err := LoadKeyset(ctx, e.db, st, UseKEK(e.kek))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if k, _ := CellKeyID(cell); k != st.Keyset().Primary || k != ks2.PrimaryKeyID() || injected.HasKey(k) {
-		t.Fatalf("the writer sealed with key %08x; the log's primary is %08x", k, st.Keyset().Primary)
-	}
-	place := CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{rowID}}
-	if pt, err := Open(logKS, place, cell); err != nil || string(pt) != "secret" {
-		t.Fatalf("the log's keyset does not open the cell: %q, %v", pt, err)
-	}
-	if _, err := Open(ks1, place, cell); !errors.Is(err, ErrNoKey) {
-		t.Fatalf("generation 1 opened the cell: %v", err)
-	}
+	st := checkWriterSkipsInjected(t, e, ks1, ks2, injected)
 
 	// The device holds the log's keyset.
 	if got := unwrapRow(t, e, "acme", "alice", "laptop", alice); got.Commitment() != st.Keyset().Commitment {
@@ -204,6 +195,42 @@ func TestTrustKeysetRowInjected(t *testing.T) {
 	if mustState(t, e, "acme").IsMember("alice") {
 		t.Fatal("alice is still a member")
 	}
+}
+
+// checkWriterSkipsInjected: a writer with no KEKs of its own seals with
+// the keyset the log names (ks2), never the injected one, and the log's
+// keyset opens the cell, generation 1 (ks1) does not. It returns acme's
+// state.
+func checkWriterSkipsInjected(t *testing.T, e *trustEnv, ks1, ks2, injected *Keyset) *chain.State {
+	t.Helper()
+	ctx := context.Background()
+	spec := TableSpec{Table: "items", Columns: []string{"title"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
+	const rowID = "00000000-0000-4000-8000-000000000001"
+	w, err := NewWriter(spec, Insert, WriterOptions{Roots: e.roots, Floor: NewMemoryFloor()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(ctx, e.db, map[string]any{"id": rowID, "tenant_id": "acme", "title": "secret"}); err != nil {
+		t.Fatal(err)
+	}
+	var cell string
+	e.db.QueryRow(ctx, `SELECT title FROM items WHERE id = $1`, rowID).Scan(&cell)
+	st := mustState(t, e, "acme")
+	logKS, err := LoadKeyset(ctx, e.db, st, UseKEK(e.kek))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := CellKeyID(cell); k != st.Keyset().Primary || k != ks2.PrimaryKeyID() || injected.HasKey(k) {
+		t.Fatalf("the writer sealed with key %08x; the log's primary is %08x", k, st.Keyset().Primary)
+	}
+	place := CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{rowID}}
+	if pt, err := Open(logKS, place, cell); err != nil || string(pt) != "secret" {
+		t.Fatalf("the log's keyset does not open the cell: %q, %v", pt, err)
+	}
+	if _, err := Open(ks1, place, cell); !errors.Is(err, ErrNoKey) {
+		t.Fatalf("generation 1 opened the cell: %v", err)
+	}
+	return st
 }
 
 // TestTrustWriterKEKMismatch: a writer (or admin) configured with one KEK

@@ -32,22 +32,16 @@ func TestTrustReencryptAfterRevoke(t *testing.T) {
 	e.grant("acme", "alice")
 	e.grant("acme", "bob")
 	spec := TableSpec{Table: "items", Columns: []string{"title", "body"}, TenantColumn: "tenant_id", RowKey: []string{"id"}}
-	uuid := func(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
 	w, err := NewWriter(spec, Upsert, WriterOptions{Roots: e.roots, KEKs: UseKEK(e.kek), Floor: NewMemoryFloor()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	write := func(i int) {
-		t.Helper()
-		if err := w.Write(ctx, e.db, map[string]any{"id": uuid(i), "tenant_id": "acme", "title": fmt.Sprintf("title %d", i), "body": "honest"}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	r := &revokedWriter{t: t, ctx: ctx, e: e, spec: spec, w: w}
 	for i := range 5 {
-		write(i)
+		r.write(i)
 	}
-	kept := unwrapRow(t, e, "acme", "alice", "laptop", alice) // what alice keeps
-	oldKey := kept.PrimaryKeyID()
+	r.kept = unwrapRow(t, e, "acme", "alice", "laptop", alice) // what alice keeps
+	oldKey := r.kept.PrimaryKeyID()
 
 	ks2, err := e.admin.Revoke(ctx, "acme", "alice")
 	if err != nil {
@@ -56,21 +50,81 @@ func TestTrustReencryptAfterRevoke(t *testing.T) {
 	revokedAt := mustState(t, e, "acme").Seq()
 	// Honest rows after the revocation: sealed with the new key.
 	for i := 5; i < 7; i++ {
-		write(i)
+		r.write(i)
 	}
 	// alice forges two rows with the key she kept, after the revocation.
-	forge := func(i int) {
-		t.Helper()
-		row := map[string]any{"id": uuid(i), "tenant_id": "acme", "title": "forged"}
-		if err := spec.SealRow(kept, row); err != nil {
-			t.Fatal(err)
-		}
-		pgtest.Exec(t, e.url, `INSERT INTO items (id, tenant_id, title) VALUES ($1, $2, $3)`, uuid(i), "acme", row["title"])
-	}
-	forge(10)
-	forge(11)
+	r.forge(10)
+	r.forge(11)
 
 	res, err := e.admin.Reencrypt(ctx, spec, "acme", ReencryptOptions{BatchSize: 3, Retire: true})
+	r.checkSuspects(res, err, oldKey, revokedAt)
+	// The forged cells were left as they were.
+	var cell string
+	e.db.QueryRow(ctx, `SELECT title FROM items WHERE id = $1`, reencryptUUID(10)).Scan(&cell)
+	if k, _ := CellKeyID(cell); k != oldKey {
+		t.Fatal("a suspect cell was re-sealed")
+	}
+	var inUse *KeysInUseError
+	if _, err := e.admin.RetireKeys(ctx, "acme", []TableSpec{spec}, oldKey); !errors.As(err, &inUse) {
+		t.Fatalf("retire with suspect cells: %v", err)
+	}
+	if st := mustState(t, e, "acme"); st.Keyset().Generation != ks2.Generation() {
+		t.Fatalf("retired: generation %d", st.Keyset().Generation)
+	}
+
+	// One forged row deleted: the other still holds the key in use.
+	pgtest.Exec(t, e.url, `DELETE FROM items WHERE id = $1`, reencryptUUID(10))
+	res, err = e.admin.Reencrypt(ctx, spec, "acme", ReencryptOptions{Retire: true})
+	if !errors.As(err, &inUse) || res.Suspect != 1 || res.Rewritten != 0 {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	// The other, checked and accepted, is re-sealed; the old key retires.
+	res, err = e.admin.Reencrypt(ctx, spec, "acme", ReencryptOptions{AcceptSuspect: true, Retire: true})
+	if err != nil || res.Suspect != 0 || res.Rewritten != 1 || !slices.Equal(res.Retired, []uint32{oldKey}) {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	r.checkResealed(oldKey)
+}
+
+// reencryptUUID is the id of TestTrustReencryptAfterRevoke's row i.
+func reencryptUUID(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
+
+// revokedWriter is TestTrustReencryptAfterRevoke's items table: the
+// honest writer w, and the keyset a revoked member kept to forge rows.
+type revokedWriter struct {
+	t    *testing.T
+	ctx  context.Context
+	e    *trustEnv
+	spec TableSpec
+	w    *Writer
+	kept *Keyset
+}
+
+// write writes the honest row i of acme.
+func (r *revokedWriter) write(i int) {
+	r.t.Helper()
+	if err := r.w.Write(r.ctx, r.e.db, map[string]any{"id": reencryptUUID(i), "tenant_id": "acme", "title": fmt.Sprintf("title %d", i), "body": "honest"}); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// forge inserts row i, its title sealed with the kept keyset.
+func (r *revokedWriter) forge(i int) {
+	t := r.t
+	t.Helper()
+	row := map[string]any{"id": reencryptUUID(i), "tenant_id": "acme", "title": "forged"}
+	if err := r.spec.SealRow(r.kept, row); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, r.e.url, `INSERT INTO items (id, tenant_id, title) VALUES ($1, $2, $3)`, reencryptUUID(i), "acme", row["title"])
+}
+
+// checkSuspects checks the first Reencrypt with Retire: the two forged
+// cells are suspect, a *SuspectCellError each, left alone, and keep the
+// old key in use; the honest ones are re-sealed.
+func (r *revokedWriter) checkSuspects(res *ReencryptResult, err error, oldKey uint32, revokedAt uint64) {
+	t := r.t
+	t.Helper()
 	var inUse *KeysInUseError
 	if !errors.As(err, &inUse) || !errors.Is(err, ErrKeysInUse) {
 		t.Fatalf("reencrypt and retire with suspect cells: %v", err)
@@ -92,33 +146,16 @@ func TestTrustReencryptAfterRevoke(t *testing.T) {
 		}
 		suspects = append(suspects, sc.RowKey...)
 	}
-	if !slices.Equal(suspects, []string{uuid(10), uuid(11)}) {
+	if !slices.Equal(suspects, []string{reencryptUUID(10), reencryptUUID(11)}) {
 		t.Fatalf("suspect rows %v", suspects)
 	}
-	// The forged cells were left as they were.
-	var cell string
-	e.db.QueryRow(ctx, `SELECT title FROM items WHERE id = $1`, uuid(10)).Scan(&cell)
-	if k, _ := CellKeyID(cell); k != oldKey {
-		t.Fatal("a suspect cell was re-sealed")
-	}
-	if _, err := e.admin.RetireKeys(ctx, "acme", []TableSpec{spec}, oldKey); !errors.As(err, &inUse) {
-		t.Fatalf("retire with suspect cells: %v", err)
-	}
-	if st := mustState(t, e, "acme"); st.Keyset().Generation != ks2.Generation() {
-		t.Fatalf("retired: generation %d", st.Keyset().Generation)
-	}
+}
 
-	// One forged row deleted: the other still holds the key in use.
-	pgtest.Exec(t, e.url, `DELETE FROM items WHERE id = $1`, uuid(10))
-	res, err = e.admin.Reencrypt(ctx, spec, "acme", ReencryptOptions{Retire: true})
-	if !errors.As(err, &inUse) || res.Suspect != 1 || res.Rewritten != 0 {
-		t.Fatalf("%+v, %v", res, err)
-	}
-	// The other, checked and accepted, is re-sealed; the old key retires.
-	res, err = e.admin.Reencrypt(ctx, spec, "acme", ReencryptOptions{AcceptSuspect: true, Retire: true})
-	if err != nil || res.Suspect != 0 || res.Rewritten != 1 || !slices.Equal(res.Retired, []uint32{oldKey}) {
-		t.Fatalf("%+v, %v", res, err)
-	}
+// checkResealed: once the old key is retired, every row left opens with
+// the current keyset and none with the kept one.
+func (r *revokedWriter) checkResealed(oldKey uint32) {
+	t, ctx, e := r.t, r.ctx, r.e
+	t.Helper()
 	st := mustState(t, e, "acme")
 	cur, err := LoadKeyset(ctx, e.db, st, UseKEK(e.kek))
 	if err != nil || cur.HasKey(oldKey) {
@@ -135,10 +172,10 @@ func TestTrustReencryptAfterRevoke(t *testing.T) {
 		if body != nil {
 			row["body"] = *body
 		}
-		if err := spec.OpenRow(cur, row); err != nil {
+		if err := r.spec.OpenRow(cur, row); err != nil {
 			t.Fatalf("row %s: %v", id, err)
 		}
-		if _, err := Open(kept, CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{id}}, *title); !errors.Is(err, ErrNoKey) {
+		if _, err := Open(r.kept, CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{id}}, *title); !errors.Is(err, ErrNoKey) {
 			t.Fatalf("row %s opens with the revoked keyset: %v", id, err)
 		}
 		count++

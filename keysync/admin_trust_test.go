@@ -255,37 +255,7 @@ func TestTrustForgedCertificate(t *testing.T) {
 	e.grant("acme", "alice")
 	_, evilRcpt := attackerDevice(t)
 
-	insertCert := func(user, device, rcpt string, by chain.Signer) []byte {
-		t.Helper()
-		c, err := chain.SignCert(ctx, chain.Cert{User: user, Device: device, Recipient: rcpt}, by)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ($1, $2, $3)
-			ON CONFLICT (user_id, device_id) DO UPDATE SET recipient = excluded.recipient`, user, device, rcpt)
-		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_device_certs (user_id, device_id, signer, cert) VALUES ($1, $2, $3, $4)`,
-			user, device, by.Public().String(), c.Bytes())
-		return c.Bytes()
-	}
-	// A key of the operator's own.
-	insertCert("alice", "evil", evilRcpt, mustSigner())
-	// A genuine certificate by the admin of another tenant: it counts for
-	// that tenant only.
-	_, bobRcpt := attackerDevice(t)
-	if err := e.adminWith(adminB).CertifyDevice(ctx, "bob", "phone", bobRcpt); err != nil {
-		t.Fatal(err)
-	}
-	// A certificate by the root whose signature was broken.
-	cert := insertCert("alice", "broken", evilRcpt, testSigner)
-	cert[len(cert)-1] ^= 1
-	pgtest.Exec(t, e.url, `UPDATE shapeseal_device_certs SET cert = $1 WHERE device_id = 'broken'`, cert)
-	// The laptop's genuine certificate copied to another device of alice
-	// and to another user.
-	for _, to := range [][2]string{{"alice", "copy"}, {"mallory", "laptop"}} {
-		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ($1, $2, $3)`, to[0], to[1], evilRcpt)
-		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_device_certs (user_id, device_id, signer, cert)
-			SELECT $1, $2, signer, cert FROM shapeseal_device_certs WHERE user_id = 'alice' AND device_id = 'laptop'`, to[0], to[1])
-	}
+	plantForgedCerts(t, e, adminB, evilRcpt)
 	takeReports(e)
 
 	seq := mustState(t, e, "acme").Seq()
@@ -329,6 +299,47 @@ func TestTrustForgedCertificate(t *testing.T) {
 	}
 	if r, _ := mustState(t, e, "acme").Device("alice", "laptop"); r == evilRcpt {
 		t.Fatal("another tenant's admin re-keyed a device of acme")
+	}
+}
+
+// insertCert writes, as the operator, the user's device with rcpt and a
+// certificate of it signed by by, and returns the certificate.
+func insertCert(t *testing.T, e *trustEnv, user, device, rcpt string, by chain.Signer) []byte {
+	t.Helper()
+	c, err := chain.SignCert(context.Background(), chain.Cert{User: user, Device: device, Recipient: rcpt}, by)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ($1, $2, $3)
+		ON CONFLICT (user_id, device_id) DO UPDATE SET recipient = excluded.recipient`, user, device, rcpt)
+	pgtest.Exec(t, e.url, `INSERT INTO shapeseal_device_certs (user_id, device_id, signer, cert) VALUES ($1, $2, $3, $4)`,
+		user, device, by.Public().String(), c.Bytes())
+	return c.Bytes()
+}
+
+// plantForgedCerts plants, as the operator, the forged certificates of
+// TestTrustForgedCertificate, each for a device with evilRcpt but bob's
+// phone, which globex's admin (adminB) genuinely certifies.
+func plantForgedCerts(t *testing.T, e *trustEnv, adminB chain.Signer, evilRcpt string) {
+	t.Helper()
+	// A key of the operator's own.
+	insertCert(t, e, "alice", "evil", evilRcpt, mustSigner())
+	// A genuine certificate by the admin of another tenant: it counts for
+	// that tenant only.
+	_, bobRcpt := attackerDevice(t)
+	if err := e.adminWith(adminB).CertifyDevice(context.Background(), "bob", "phone", bobRcpt); err != nil {
+		t.Fatal(err)
+	}
+	// A certificate by the root whose signature was broken.
+	cert := insertCert(t, e, "alice", "broken", evilRcpt, testSigner)
+	cert[len(cert)-1] ^= 1
+	pgtest.Exec(t, e.url, `UPDATE shapeseal_device_certs SET cert = $1 WHERE device_id = 'broken'`, cert)
+	// The laptop's genuine certificate copied to another device of alice
+	// and to another user.
+	for _, to := range [][2]string{{"alice", "copy"}, {"mallory", "laptop"}} {
+		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_devices (user_id, device_id, recipient) VALUES ($1, $2, $3)`, to[0], to[1], evilRcpt)
+		pgtest.Exec(t, e.url, `INSERT INTO shapeseal_device_certs (user_id, device_id, signer, cert)
+			SELECT $1, $2, signer, cert FROM shapeseal_device_certs WHERE user_id = 'alice' AND device_id = 'laptop'`, to[0], to[1])
 	}
 }
 

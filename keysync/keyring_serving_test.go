@@ -156,31 +156,7 @@ func TestKeyringMustRefetch(t *testing.T) {
 
 	// Readers open cells concurrently throughout, and note whether the
 	// ring ever stopped holding acme's keyset.
-	cc := CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{"1"}}
-	cell, _ := Seal(acme, cc, []byte("hi"))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var missing sync.Once
-	missed := false
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if ring.Keyset("acme") == nil {
-					missing.Do(func() { missed = true })
-				}
-				if pt, err := ring.Open(ctx, cc, cell); err != nil || string(pt) != "hi" {
-					t.Errorf("concurrent open: %q %v", pt, err)
-					return
-				}
-			}
-		})
-	}
-	stopReaders := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	stopReaders, missed := openConcurrently(t, ctx, ring, acme)
 	defer stopReaders()
 
 	// The key shape is invalidated: the ring refetches it and is rebuilt
@@ -208,7 +184,49 @@ func TestKeyringMustRefetch(t *testing.T) {
 	holds(t, ring, "acme", acme)
 	stopReaders()
 
-	// It still follows live: a grant, then a revocation.
+	checkFollowsLive(t, ctx, e, ring, errs)
+	if missed() {
+		t.Error("the ring held no keyset for acme while a shape was refetched (see TestKeyringRefetchKeepsServing)")
+	}
+}
+
+// openConcurrently starts four readers that open a cell of acme's
+// through ring until stop is called, and note whether the ring ever held
+// no keyset for acme: missed says so once stop returned.
+func openConcurrently(t *testing.T, ctx context.Context, ring *Keyring, acme *Keyset) (stop func(), missed func() bool) {
+	cc := CellContext{Table: "public.items", Column: "title", Tenant: "acme", RowKey: []string{"1"}}
+	cell, _ := Seal(acme, cc, []byte("hi"))
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var missing sync.Once
+	wasMissing := false
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if ring.Keyset("acme") == nil {
+					missing.Do(func() { wasMissing = true })
+				}
+				if pt, err := ring.Open(ctx, cc, cell); err != nil || string(pt) != "hi" {
+					t.Errorf("concurrent open: %q %v", pt, err)
+					return
+				}
+			}
+		})
+	}
+	stop = sync.OnceFunc(func() { close(done); wg.Wait() })
+	return stop, func() bool { stop(); return wasMissing }
+}
+
+// checkFollowsLive: after the refetches, alice's ring still follows
+// live: a grant, then a revocation; and it refused rows only for her not
+// being a member.
+func checkFollowsLive(t *testing.T, ctx context.Context, e *trustEnv, ring *Keyring, errs *rowErrors) {
+	t.Helper()
 	globex := e.tenant("globex")
 	e.grant("globex", "alice")
 	holds(t, waitGenRing(t, ring, "globex", 1), "globex", globex)
@@ -227,8 +245,5 @@ func TestKeyringMustRefetch(t *testing.T) {
 		if re.Tenant != "acme" && re.Tenant != "globex" || !errors.Is(re, ErrNotMember) {
 			t.Errorf("row error %v", re)
 		}
-	}
-	if missed {
-		t.Error("the ring held no keyset for acme while a shape was refetched (see TestKeyringRefetchKeepsServing)")
 	}
 }

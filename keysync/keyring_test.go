@@ -64,23 +64,65 @@ func TestKeyringGrantRotateRevoke(t *testing.T) {
 		t.Fatalf("alice holds %d tenants before her grant", ring.Tenants())
 	}
 	holds(t, bobRing, "acme", ks1)
-	rows := e.items(ring)
+	g := &grantRing{t: t, ctx: ctx, e: e, ring: ring, bobRing: bobRing, rows: e.items(ring)}
 
 	// A row written before the grant reaches her: opening waits for the key.
 	start := time.Now()
 	e.item(ks1, "before grant", "b1")
 	time.Sleep(100 * time.Millisecond)
 	e.grant("acme", "alice")
-	v := next(t, rows, 5*time.Second)
+	v := next(t, g.rows, 5*time.Second)
 	if v["title"] != "before grant" || v["body"] != "b1" {
 		t.Fatalf("after grant: %v", v)
 	}
 	t.Logf("grant picked up in %s", time.Since(start))
 	holds(t, ring, "acme", ks1)
 
-	// Rotation: a cell under the new key arrives before the new keyset.
-	// The rotation runs in a transaction held open while the cell is
-	// written and delivered.
+	g.rotate(ks1)
+
+	// Revocation: the log removes alice and names a rotated keyset, which
+	// is re-wrapped for bob; her row is deleted.
+	reported := len(rowErrs.all())
+	ks3, err := e.admin.Revoke(ctx, "acme", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGen(t, ring, "acme", 0)
+	holds(t, waitGenRing(t, bobRing, "acme", 3), "acme", ks3)
+	g.checkRevokedRead(ks3)
+
+	// No row was refused. Alice's ring reported her revocation (the log no
+	// longer lists her device), and at most, while her grant was in flight,
+	// a key row that arrived before the log.
+	for _, re := range rowErrs.all() {
+		if re.Key != "" || re.Tenant != "acme" || !errors.Is(re, ErrNotMember) && !errors.Is(re, chain.ErrNoLog) {
+			t.Errorf("alice: row error %v", re)
+		}
+	}
+	if !slices.ContainsFunc(rowErrs.all()[reported:], func(re *KeyRowError) bool { return errors.Is(re, ErrNotMember) }) {
+		t.Error("alice's ring did not report that the log no longer lists her device")
+	}
+	if errs := bobErrs.all(); len(errs) != 0 {
+		t.Errorf("bob: row errors %v", errs)
+	}
+}
+
+// grantRing is TestKeyringGrantRotateRevoke's alice's ring, the items
+// she reads through it, and bob's ring.
+type grantRing struct {
+	t             *testing.T
+	ctx           context.Context
+	e             *trustEnv
+	ring, bobRing *Keyring
+	rows          <-chan client.Row
+}
+
+// rotate: a cell under the new key arrives before the new keyset. The
+// rotation runs in a transaction held open while the cell is written and
+// delivered. Old cells still open with the new generation.
+func (g *grantRing) rotate(ks1 *Keyset) {
+	t, ctx, e, ring := g.t, g.ctx, g.e, g.ring
+	t.Helper()
 	tx, err := e.db.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -98,28 +140,25 @@ func TestKeyringGrantRotateRevoke(t *testing.T) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if v := next(t, rows, 5*time.Second); v["title"] != "rotated" || v["body"] != "b2" {
+	if v := next(t, g.rows, 5*time.Second); v["title"] != "rotated" || v["body"] != "b2" {
 		t.Fatalf("after rotation: %v", v)
 	}
-	// Old cells still open with the new generation.
 	e.item(ks1, "old key", "b3")
-	if v := next(t, rows, 5*time.Second); v["title"] != "old key" {
+	if v := next(t, g.rows, 5*time.Second); v["title"] != "old key" {
 		t.Fatalf("old key after rotation: %v", v)
 	}
 	holds(t, ring, "acme", ks2)
+}
 
-	// Revocation: the log removes alice and names a rotated keyset, which
-	// is re-wrapped for bob; her row is deleted.
-	reported := len(rowErrs.all())
-	ks3, err := e.admin.Revoke(ctx, "acme", "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitGen(t, ring, "acme", 0)
-	holds(t, waitGenRing(t, bobRing, "acme", 3), "acme", ks3)
+// checkRevokedRead: a row sealed with ks3, after alice's revocation,
+// reaches her as a no_key error per cell once the wait bound passes, a
+// second cell fails at once, and bob, still a member, opens it.
+func (g *grantRing) checkRevokedRead(ks3 *Keyset) {
+	t, ctx, e := g.t, g.ctx, g.e
+	t.Helper()
 	id := e.item(ks3, "after revoke", "b4")
-	start = time.Now()
-	v = next(t, rows, 10*time.Second)
+	start := time.Now()
+	v := next(t, g.rows, 10*time.Second)
 	for _, col := range []string{"title", "body"} {
 		ce, ok := v[col].(*CellError)
 		if !ok || !errors.Is(ce, ErrNoKey) || ce.Code() != "no_key" {
@@ -134,29 +173,14 @@ func TestKeyringGrantRotateRevoke(t *testing.T) {
 	}
 	// Bob, still a member, opens it.
 	cc, cell := cellContext("acme", id, "title"), e.cellOf(id, "title")
-	pt, err := bobRing.Open(ctx, cc, cell)
+	pt, err := g.bobRing.Open(ctx, cc, cell)
 	if err != nil || string(pt) != "after revoke" {
 		t.Fatalf("bob: %q %v", pt, err)
 	}
 	// A second cell under the same missing key fails at once.
 	start = time.Now()
-	if _, err := ring.Open(ctx, cc, cell); !errors.Is(err, ErrNoKey) || time.Since(start) > time.Second {
+	if _, err := g.ring.Open(ctx, cc, cell); !errors.Is(err, ErrNoKey) || time.Since(start) > time.Second {
 		t.Fatalf("second open: %v after %s", err, time.Since(start))
-	}
-
-	// No row was refused. Alice's ring reported her revocation (the log no
-	// longer lists her device), and at most, while her grant was in flight,
-	// a key row that arrived before the log.
-	for _, re := range rowErrs.all() {
-		if re.Key != "" || re.Tenant != "acme" || !errors.Is(re, ErrNotMember) && !errors.Is(re, chain.ErrNoLog) {
-			t.Errorf("alice: row error %v", re)
-		}
-	}
-	if !slices.ContainsFunc(rowErrs.all()[reported:], func(re *KeyRowError) bool { return errors.Is(re, ErrNotMember) }) {
-		t.Error("alice's ring did not report that the log no longer lists her device")
-	}
-	if errs := bobErrs.all(); len(errs) != 0 {
-		t.Errorf("bob: row errors %v", errs)
 	}
 }
 

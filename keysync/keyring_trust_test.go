@@ -151,18 +151,7 @@ func TestKeyringCrossTenantAdmin(t *testing.T) {
 
 	// adminB appends an entry to acme's log that makes bob a member with
 	// his laptop, and wraps acme's keyset to him.
-	st, err := e.admin.State(ctx, "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	entry, err := chain.Sign(ctx, chain.Entry{Tenant: "acme", Seq: st.Seq() + 1, Prev: st.Head(), Ops: []chain.Op{
-		{Type: chain.OpMemberAdd, User: "bob"},
-		{Type: chain.OpDeviceAdd, User: "bob", Device: "laptop", Recipient: bob.Recipient().String()},
-	}}, adminB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.exec(`INSERT INTO shapeseal_log (tenant_id, seq, entry) VALUES ('acme', $1, $2)`, int64(entry.Seq), entry.Bytes())
+	entry := appendMemberEntry(t, e, "acme", "bob", "laptop", bob.Recipient().String(), adminB)
 	e.putRow("acme", "bob", "laptop", "", acme.Generation(), e.wrapTo(acme, adminB, bob))
 	for name, errs := range map[string]*rowErrors{"bob": bobErrs, "alice": aliceErrs} {
 		re := errs.refusal(t, chain.ErrUnauthorized, "acme")
@@ -177,6 +166,26 @@ func TestKeyringCrossTenantAdmin(t *testing.T) {
 	holds(t, bobRing, "globex", globex)
 	onlyGenuine(t, aliceRing, acme)
 	onlyGenuine(t, carolRing, acme)
+}
+
+// appendMemberEntry signs with by, and inserts as the operator, the next
+// entry of tenant's log, which makes user a member with device and rcpt.
+func appendMemberEntry(t *testing.T, e *trustEnv, tenant, user, device, rcpt string, by chain.Signer) *chain.Entry {
+	t.Helper()
+	ctx := context.Background()
+	st, err := e.admin.State(ctx, tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := chain.Sign(ctx, chain.Entry{Tenant: tenant, Seq: st.Seq() + 1, Prev: st.Head(), Ops: []chain.Op{
+		{Type: chain.OpMemberAdd, User: user},
+		{Type: chain.OpDeviceAdd, User: user, Device: device, Recipient: rcpt},
+	}}, by)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`INSERT INTO shapeseal_log (tenant_id, seq, entry) VALUES ($1, $2, $3)`, tenant, int64(entry.Seq), entry.Bytes())
+	return entry
 }
 
 // TestKeyringPlantedDevice: a device row inserted directly into
