@@ -257,15 +257,7 @@ func TestAttackCrossTenantAdmin(t *testing.T) {
 	id1 := e.mustWrite("acme secret")
 
 	// globex is delegated to adminB, which administers it.
-	adminBFile := filepath.Join(e.dir, "adminB.key")
-	adminB, _ := e.ok(runSignkey, "-o", adminBFile)
-	adminB = strings.TrimSpace(adminB)
-	e.as(e.rootFile, runTenant, "create", "--tenant", "globex", "--kek", e.kek, "--admin", adminB)
-	_, bobRcpt := e.identity("bob")
-	e.as(adminBFile, runDevice, "add", "--user", "bob", "--device", "d1", "--recipient", bobRcpt)
-	if out, _ := e.as(adminBFile, runGrant, "--tenant", "globex", "--user", "bob"); !strings.Contains(out, "(1 devices)") {
-		t.Fatalf("adminB's grant of globex: %s", out)
-	}
+	adminB, adminBFile := delegateGlobex(t, e)
 
 	// On acme, adminB is refused.
 	seq := e.state().Seq()
@@ -333,4 +325,21 @@ func TestAttackCrossTenantAdmin(t *testing.T) {
 			t.Errorf("generation %d: alice's tail did not report the refusal %q:\n%s", c.gen, c.want, r.errOut)
 		}
 	}
+}
+
+// delegateGlobex creates tenant globex with a new admin, adminB, which
+// certifies bob's device and grants him globex. It returns adminB's
+// public key and key file.
+func delegateGlobex(t *testing.T, e *attackEnv) (adminB, adminBFile string) {
+	t.Helper()
+	adminBFile = filepath.Join(e.dir, "adminB.key")
+	adminB, _ = e.ok(runSignkey, "-o", adminBFile)
+	adminB = strings.TrimSpace(adminB)
+	e.as(e.rootFile, runTenant, "create", "--tenant", "globex", "--kek", e.kek, "--admin", adminB)
+	_, bobRcpt := e.identity("bob")
+	e.as(adminBFile, runDevice, "add", "--user", "bob", "--device", "d1", "--recipient", bobRcpt)
+	if out, _ := e.as(adminBFile, runGrant, "--tenant", "globex", "--user", "bob"); !strings.Contains(out, "(1 devices)") {
+		t.Fatalf("adminB's grant of globex: %s", out)
+	}
+	return adminB, adminBFile
 }
