@@ -263,33 +263,7 @@ func FuzzParseMessage(f *testing.F) {
 			}
 		}
 		if raw, ok := top["headers"]; ok && string(raw) != "null" {
-			var h map[string]any
-			if err := json.Unmarshal(raw, &h); err != nil {
-				t.Fatal(err)
-			}
-			if op, ok := h["operation"].(string); ok && op != string(m.Headers.Operation) {
-				t.Fatalf("operation %q, encoding/json %q", m.Headers.Operation, op)
-			}
-			if c, ok := h["control"].(string); ok && c != string(m.Headers.Control) {
-				t.Fatalf("control %q, encoding/json %q", m.Headers.Control, c)
-			}
-			if !json.Valid(m.Headers.Raw()) {
-				t.Fatalf("headers raw %q invalid", m.Headers.Raw())
-			}
-			for name, got := range map[string][]string{"tags": m.Headers.Tags, "removed_tags": m.Headers.RemovedTags} {
-				want, _ := h[name].([]any)
-				if len(want) != len(got) {
-					t.Fatalf("%s %q, encoding/json %v", name, got, want)
-				}
-				for i := range want {
-					if want[i] != got[i] {
-						t.Fatalf("%s %q, encoding/json %v", name, got, want)
-					}
-				}
-			}
-			if ps, ok := h["patterns"].([]any); ok && len(ps) != len(m.Headers.Patterns) {
-				t.Fatalf("patterns %v, encoding/json %v", m.Headers.Patterns, ps)
-			}
+			checkFuzzHeaders(t, raw, m)
 		}
 		// MarshalJSON must produce valid JSON that parses back the same.
 		out, err := json.Marshal(m)
@@ -304,6 +278,39 @@ func FuzzParseMessage(f *testing.F) {
 			t.Fatalf("round trip %q → %s", in, out)
 		}
 	})
+}
+
+// checkFuzzHeaders checks m's headers against what encoding/json makes of
+// raw, the input's headers.
+func checkFuzzHeaders(t *testing.T, raw json.RawMessage, m Message) {
+	t.Helper()
+	var h map[string]any
+	if err := json.Unmarshal(raw, &h); err != nil {
+		t.Fatal(err)
+	}
+	if op, ok := h["operation"].(string); ok && op != string(m.Headers.Operation) {
+		t.Fatalf("operation %q, encoding/json %q", m.Headers.Operation, op)
+	}
+	if c, ok := h["control"].(string); ok && c != string(m.Headers.Control) {
+		t.Fatalf("control %q, encoding/json %q", m.Headers.Control, c)
+	}
+	if !json.Valid(m.Headers.Raw()) {
+		t.Fatalf("headers raw %q invalid", m.Headers.Raw())
+	}
+	for name, got := range map[string][]string{"tags": m.Headers.Tags, "removed_tags": m.Headers.RemovedTags} {
+		want, _ := h[name].([]any)
+		if len(want) != len(got) {
+			t.Fatalf("%s %q, encoding/json %v", name, got, want)
+		}
+		for i := range want {
+			if want[i] != got[i] {
+				t.Fatalf("%s %q, encoding/json %v", name, got, want)
+			}
+		}
+	}
+	if ps, ok := h["patterns"].([]any); ok && len(ps) != len(m.Headers.Patterns) {
+		t.Fatalf("patterns %v, encoding/json %v", m.Headers.Patterns, ps)
+	}
 }
 
 // FuzzArrayReader checks that splitting a body in arbitrary read sizes
