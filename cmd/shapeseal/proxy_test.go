@@ -113,61 +113,28 @@ func TestProxyCommand(t *testing.T) {
 	srv := electrictest.StartTest(t, electrictest.Options{DatabaseURL: db, Secret: proxyTestUpSecret, LongPollTimeout: 500 * time.Millisecond})
 	proxyURL, stop := startProxyCommand(t, srv.URL)
 
-	get := func(path, tok string) (int, http.Header, string) {
-		t.Helper()
-		req, _ := http.NewRequest("GET", proxyURL+path, nil)
-		if tok != "" {
-			req.Header.Set("Authorization", "Bearer "+tok)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, resp.Header, string(b)
-	}
-
-	if code, _, body := get("/healthz", ""); code != 200 {
+	if code, _, body := proxyGet(t, proxyURL, "/healthz", ""); code != 200 {
 		t.Errorf("/healthz: %d %s", code, body)
 	}
-	if code, h, _ := get("/v1/shapes/items?offset=-1", ""); code != 401 || h.Get("WWW-Authenticate") == "" {
+	if code, h, _ := proxyGet(t, proxyURL, "/v1/shapes/items?offset=-1", ""); code != 401 || h.Get("WWW-Authenticate") == "" {
 		t.Errorf("no token: %d %v", code, h)
 	}
 	tok := signHS256(t, proxyTestJWTSecret, exampleClaims("alice", "acme"))
-	if code, _, _ := get("/v1/shapes/items?offset=-1&table=items", tok); code != 400 {
+	if code, _, _ := proxyGet(t, proxyURL, "/v1/shapes/items?offset=-1&table=items", tok); code != 400 {
 		t.Errorf("table param: %d, want 400", code)
 	}
-	if code, _, _ := get("/v1/shapes/items?offset=-1", signHS256(t, "another-secret-another-secret-!!", exampleClaims("alice", "acme"))); code != 401 {
+	if code, _, _ := proxyGet(t, proxyURL, "/v1/shapes/items?offset=-1", signHS256(t, "another-secret-another-secret-!!", exampleClaims("alice", "acme"))); code != 401 {
 		t.Errorf("wrong key: %d, want 401", code)
 	}
-	code, h, body := get("/v1/shapes/items?offset=-1", tok)
+	code, h, body := proxyGet(t, proxyURL, "/v1/shapes/items?offset=-1", tok)
 	if code != 200 || h.Get("electric-handle") == "" {
 		t.Fatalf("items: %d %v %s", code, h, body)
 	}
-	var msgs []struct {
-		Value map[string]any `json:"value"`
-	}
-	if err := json.Unmarshal([]byte(body), &msgs); err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for _, m := range msgs {
-		if m.Value == nil {
-			continue
-		}
-		if m.Value["tenant_id"] != "acme" || m.Value["note"] != nil {
-			t.Errorf("row outside the rule: %v", m.Value)
-		}
-		ids = append(ids, m.Value["id"].(string))
-	}
-	if strings.Join(ids, ",") != "1,2" {
-		t.Errorf("ids %v, want 1,2", ids)
-	}
+	checkAcmeItems(t, body)
 	if strings.Contains(body, proxyTestUpSecret) || strings.Contains(h.Get("Location"), proxyTestUpSecret) {
 		t.Error("the Electric secret leaked")
 	}
-	if code, _, body := get("/metrics", ""); code != 200 || !strings.Contains(body, "items") {
+	if code, _, body := proxyGet(t, proxyURL, "/metrics", ""); code != 200 || !strings.Contains(body, "items") {
 		t.Errorf("/metrics: %d", code)
 	}
 
@@ -191,4 +158,46 @@ func TestProxyCommand(t *testing.T) {
 		t.Errorf("shutdown took %v", d)
 	}
 	<-liveDone
+}
+
+// proxyGet GETs path of the proxy at proxyURL, with the bearer token tok
+// if any.
+func proxyGet(t *testing.T, proxyURL, path, tok string) (int, http.Header, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", proxyURL+path, nil)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// checkAcmeItems checks that a shape response holds acme's items 1 and 2,
+// without their note.
+func checkAcmeItems(t *testing.T, body string) {
+	t.Helper()
+	var msgs []struct {
+		Value map[string]any `json:"value"`
+	}
+	if err := json.Unmarshal([]byte(body), &msgs); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, m := range msgs {
+		if m.Value == nil {
+			continue
+		}
+		if m.Value["tenant_id"] != "acme" || m.Value["note"] != nil {
+			t.Errorf("row outside the rule: %v", m.Value)
+		}
+		ids = append(ids, m.Value["id"].(string))
+	}
+	if strings.Join(ids, ",") != "1,2" {
+		t.Errorf("ids %v, want 1,2", ids)
+	}
 }
