@@ -100,7 +100,6 @@ func benchLive(b *testing.B, pollers int) {
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	handle := resp.Header.Get("electric-handle")
 
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, db)
@@ -109,83 +108,104 @@ func benchLive(b *testing.B, pollers int) {
 	}
 	defer conn.Close(ctx)
 
-	var (
-		mu        sync.Mutex
-		latencies []time.Duration
-		commitAt  time.Time
-	)
-	offsets := make([]string, pollers)
-	for i := range offsets {
-		offsets[i] = "0_0"
+	l := &livePollers{b: b, ctx: ctx, db: conn, handle: resp.Header.Get("electric-handle"),
+		addr: strings.TrimPrefix(srv.URL, "http://"), offsets: make([]string, pollers)}
+	for i := range l.offsets {
+		l.offsets[i] = "0_0"
 	}
 	// Each poller keeps one keep-alive connection and speaks HTTP/1.1 on it
 	// directly, so the measurement is the server's, not a client's pool.
-	addr := strings.TrimPrefix(srv.URL, "http://")
-	conns := make([]*bufio.ReadWriter, pollers)
-	for p := range conns {
-		c, err := net.Dial("tcp", addr)
+	l.conns = make([]*bufio.ReadWriter, pollers)
+	for p := range l.conns {
+		c, err := net.Dial("tcp", l.addr)
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer c.Close()
-		conns[p] = bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c))
+		l.conns[p] = bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c))
 	}
-	round := func() {
-		var started, done sync.WaitGroup
-		started.Add(pollers)
-		done.Add(pollers)
-		for p := 0; p < pollers; p++ {
-			go func(p int) {
-				defer done.Done()
-				rw := conns[p]
-				fmt.Fprintf(rw, "GET /v1/shape?table=items&handle=%s&offset=%s&live=true HTTP/1.1\r\nHost: %s\r\n\r\n", handle, offsets[p], addr)
-				err := rw.Flush()
-				started.Done()
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				resp, err := http.ReadResponse(rw.Reader, nil)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				at := time.Now()
-				if resp.StatusCode != 200 {
-					b.Errorf("status %d", resp.StatusCode)
-				}
-				offsets[p] = resp.Header.Get("electric-offset")
-				mu.Lock()
-				latencies = append(latencies, at.Sub(commitAt))
-				mu.Unlock()
-			}(p)
-		}
-		started.Wait()
-		b.StopTimer()
-		time.Sleep(20*time.Millisecond + time.Duration(pollers)*20*time.Microsecond) // let every poll reach the server
-		b.StartTimer()
-		mu.Lock()
-		commitAt = time.Now()
-		mu.Unlock()
-		if _, err := conn.Exec(ctx, "INSERT INTO items (title) VALUES ('x')"); err != nil {
-			b.Fatal(err)
-		}
-		done.Wait()
-	}
-	round() // warm up: open the connections
-	latencies = latencies[:0]
+	l.round() // warm up: open the connections
+	l.latencies = l.latencies[:0]
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		round()
+		l.round()
 	}
 	b.StopTimer()
-	slices.Sort(latencies)
+	slices.Sort(l.latencies)
 	pct := func(p float64) float64 {
-		return float64(latencies[int(p*float64(len(latencies)-1))]) / float64(time.Millisecond)
+		return float64(l.latencies[int(p*float64(len(l.latencies)-1))]) / float64(time.Millisecond)
 	}
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
 	b.ReportMetric(0, "ns/op")
+}
+
+// livePollers is benchLive's pollers: one connection and offset each,
+// on the shape with handle at addr, and the latencies from each commit
+// on db to each poller's response.
+type livePollers struct {
+	b       *testing.B
+	ctx     context.Context
+	db      *pgx.Conn
+	handle  string
+	addr    string
+	conns   []*bufio.ReadWriter
+	offsets []string
+
+	mu        sync.Mutex
+	latencies []time.Duration
+	commitAt  time.Time
+}
+
+// round sends every poller's live request, commits a row once they all
+// reached the server, and waits for every response.
+func (l *livePollers) round() {
+	b, pollers := l.b, len(l.conns)
+	var started, done sync.WaitGroup
+	started.Add(pollers)
+	done.Add(pollers)
+	for p := 0; p < pollers; p++ {
+		go l.poll(p, &started, &done)
+	}
+	started.Wait()
+	b.StopTimer()
+	time.Sleep(20*time.Millisecond + time.Duration(pollers)*20*time.Microsecond) // let every poll reach the server
+	b.StartTimer()
+	l.mu.Lock()
+	l.commitAt = time.Now()
+	l.mu.Unlock()
+	if _, err := l.db.Exec(l.ctx, "INSERT INTO items (title) VALUES ('x')"); err != nil {
+		b.Fatal(err)
+	}
+	done.Wait()
+}
+
+// poll sends poller p's live request, marks it started, and records its
+// response's offset and latency.
+func (l *livePollers) poll(p int, started, done *sync.WaitGroup) {
+	b := l.b
+	defer done.Done()
+	rw := l.conns[p]
+	fmt.Fprintf(rw, "GET /v1/shape?table=items&handle=%s&offset=%s&live=true HTTP/1.1\r\nHost: %s\r\n\r\n", l.handle, l.offsets[p], l.addr)
+	err := rw.Flush()
+	started.Done()
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	resp, err := http.ReadResponse(rw.Reader, nil)
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	at := time.Now()
+	if resp.StatusCode != 200 {
+		b.Errorf("status %d", resp.StatusCode)
+	}
+	l.offsets[p] = resp.Header.Get("electric-offset")
+	l.mu.Lock()
+	l.latencies = append(l.latencies, at.Sub(l.commitAt))
+	l.mu.Unlock()
 }

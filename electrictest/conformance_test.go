@@ -56,6 +56,23 @@ func TestInitialSync(t *testing.T) {
 	mustJSON(t, r.header.Get("electric-schema"),
 		`{"id":{"type":"int8","pk_index":0,"not_null":true},"title":{"type":"text","not_null":true},"n":{"type":"int4"},"done":{"type":"bool"}}`)
 
+	checkInitialBody(t, r)
+
+	// The same definition again: the same shape, the same body.
+	r2 := e.shape("table", "items", "offset", "-1", "handle", "ignored-with-offset-1")
+	r2.expectStatus(t, 200)
+	if r2.header.Get("electric-handle") != handle || !bytes.Equal(r2.body, r.body) {
+		t.Errorf("second initial request: handle %q body %s", r2.header.Get("electric-handle"), r2.body)
+	}
+
+	checkCatchUp(t, e, r, handle)
+	checkHEAD(t, e, r)
+}
+
+// checkInitialBody checks TestInitialSync's initial body: the three rows,
+// then a snapshot-end with xmin, xmax and xip_list as decimal strings.
+func checkInitialBody(t *testing.T, r response) {
+	t.Helper()
 	msgs := r.msgs(t)
 	if len(msgs) != 4 {
 		t.Fatalf("want 3 inserts + snapshot-end, got %s", r.body)
@@ -96,15 +113,13 @@ func TestInitialSync(t *testing.T) {
 	if len(end) != 4 {
 		t.Errorf("snapshot-end headers %v", end)
 	}
+}
 
-	// The same definition again: the same shape, the same body.
-	r2 := e.shape("table", "items", "offset", "-1", "handle", "ignored-with-offset-1")
-	r2.expectStatus(t, 200)
-	if r2.header.Get("electric-handle") != handle || !bytes.Equal(r2.body, r.body) {
-		t.Errorf("second initial request: handle %q body %s", r2.header.Get("electric-handle"), r2.body)
-	}
-
-	// Catch-up: from 0_0 to up-to-date at 0_inf, with no changes.
+// checkCatchUp: from 0_0, r's shape catches up to up-to-date at 0_inf,
+// with no changes; at 0_inf, and at 0_00 (leading zeros are tolerated:
+// 0_00 is 0_0), it is still up-to-date.
+func checkCatchUp(t *testing.T, e *env, r response, handle string) {
+	t.Helper()
 	c := e.shape("table", "items", "offset", "0_0", "handle", handle)
 	c.expectStatus(t, 200)
 	hdrIs(t, c, "electric-offset", "0_inf")
@@ -132,8 +147,11 @@ func TestInitialSync(t *testing.T) {
 	c3 := e.shape("table", "items", "offset", "0_00", "handle", handle)
 	c3.expectStatus(t, 200)
 	hdrIs(t, c3, "electric-offset", "0_inf")
+}
 
-	// HEAD: the same headers, no body.
+// checkHEAD: HEAD of the initial request answers r's headers, no body.
+func checkHEAD(t *testing.T, e *env, r response) {
+	t.Helper()
 	h := e.request("HEAD", "/v1/shape?"+qs("table", "items", "offset", "-1"))
 	h.expectStatus(t, 200)
 	if len(h.body) != 0 {

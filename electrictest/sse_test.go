@@ -70,23 +70,7 @@ func TestSSE(t *testing.T) {
 	if res.StatusCode != 200 {
 		t.Fatalf("status %d", res.StatusCode)
 	}
-	// Electric's put_resp_headers applies to SSE too: etag, has-data and
-	// up-to-date, besides the SSE headers.
-	if _, ok := res.Header["Electric-Up-To-Date"]; !ok {
-		t.Error("no electric-up-to-date on an SSE response")
-	}
-	for k, want := range map[string]string{"content-type": "text/event-stream", "cache-control": "public, max-age=2", "electric-handle": f.handle, "electric-offset": f.offset,
-		"etag": `"` + f.handle + ":" + f.offset + ":" + f.offset + `"`, "electric-has-data": "true", "electric-up-to-date": ""} {
-		if got := res.Header.Get(k); got != want {
-			t.Errorf("%s = %q, want %q", k, got, want)
-		}
-	}
-	if res.Header.Get("electric-cursor") == "" {
-		t.Error("no electric-cursor")
-	}
-	if res.Header.Get("electric-schema") != "" {
-		t.Error("electric-schema on a live response")
-	}
+	checkSSEHeaders(t, res, f)
 	// Keep-alive comments while nothing happens.
 	ev, _ := next(t, ch, 2*time.Second)
 	if ev.comment != ": keep-alive" {
@@ -94,21 +78,7 @@ func TestSSE(t *testing.T) {
 	}
 	// A change: its message, then up-to-date, as data events.
 	e.exec(`INSERT INTO items VALUES (2, 'b', 2, false)`)
-	var data []msg
-	for len(data) < 2 {
-		ev, ok := next(t, ch, 2*time.Second)
-		if !ok {
-			t.Fatal("stream ended")
-		}
-		if ev.comment != "" {
-			continue
-		}
-		var m msg
-		if err := json.Unmarshal([]byte(ev.data), &m); err != nil {
-			t.Fatalf("data %q: %v", ev.data, err)
-		}
-		data = append(data, m)
-	}
+	data := nextData(t, ch, 2)
 	if data[0].op() != "insert" || data[0].key() != itemKey("2") || data[1].control() != "up-to-date" {
 		t.Fatalf("events %v", data)
 	}
@@ -129,9 +99,61 @@ func TestSSE(t *testing.T) {
 		t.Errorf("stream lasted %v, SSETimeout is 3s", d)
 	}
 
+	checkSSEAfter(t, e, f)
+}
+
+// checkSSEHeaders: Electric's put_resp_headers applies to SSE too: etag,
+// has-data and up-to-date, besides the SSE headers, and a cursor, at f's
+// handle and offset; no schema on a live response.
+func checkSSEHeaders(t *testing.T, res *http.Response, f *follower) {
+	t.Helper()
+	if _, ok := res.Header["Electric-Up-To-Date"]; !ok {
+		t.Error("no electric-up-to-date on an SSE response")
+	}
+	for k, want := range map[string]string{"content-type": "text/event-stream", "cache-control": "public, max-age=2", "electric-handle": f.handle, "electric-offset": f.offset,
+		"etag": `"` + f.handle + ":" + f.offset + ":" + f.offset + `"`, "electric-has-data": "true", "electric-up-to-date": ""} {
+		if got := res.Header.Get(k); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	if res.Header.Get("electric-cursor") == "" {
+		t.Error("no electric-cursor")
+	}
+	if res.Header.Get("electric-schema") != "" {
+		t.Error("electric-schema on a live response")
+	}
+}
+
+// nextData reads ch up to n data events, skipping comments, and returns
+// them as messages.
+func nextData(t *testing.T, ch <-chan sseEvent, n int) []msg {
+	t.Helper()
+	var data []msg
+	for len(data) < n {
+		ev, ok := next(t, ch, 2*time.Second)
+		if !ok {
+			t.Fatal("stream ended")
+		}
+		if ev.comment != "" {
+			continue
+		}
+		var m msg
+		if err := json.Unmarshal([]byte(ev.data), &m); err != nil {
+			t.Fatalf("data %q: %v", ev.data, err)
+		}
+		data = append(data, m)
+	}
+	return data
+}
+
+// checkSSEAfter: at f's old offset, the data already there is sent at
+// once, then the stream ends; and a rotation ends a live stream without an
+// event, after which reconnecting gets 409.
+func checkSSEAfter(t *testing.T, e *env, f *follower) {
+	t.Helper()
 	// Data already there (at the old offset): sent at once, then the end.
-	start = time.Now()
-	_, ch = e.openSSE("table", "items", "offset", f.offset, "handle", f.handle, "live", "", "experimental_live_sse", "true")
+	start := time.Now()
+	_, ch := e.openSSE("table", "items", "offset", f.offset, "handle", f.handle, "live", "", "experimental_live_sse", "true")
 	var n int
 	for ev := range ch {
 		if ev.data != "" {

@@ -71,31 +71,14 @@ func TestSubqueryShape(t *testing.T) {
 	def := []string{"table", "items", "where", memberWhere, "params[1]", "1"}
 
 	// Initial snapshot: rows tagged with the hash of their tenant.
-	r := e.shape(append(def, "offset", "-1")...)
-	r.expectStatus(t, 200)
-	msgs := r.msgs(t)
-	if len(msgs) != 3 || msgs[2].control() != "snapshot-end" {
-		t.Fatalf("snapshot %s", r.body)
-	}
-	tags := map[string]string{}
-	for _, m := range msgs[:2] {
-		tag := tagOf(t, m)
-		if !md5RE.MatchString(tag) {
-			t.Fatalf("tag %q", tag)
-		}
-		tags[m.value()["tenant_id"].(string)] = tag
-		mustJSON(t, mustMarshal(m.headers()), fmt.Sprintf(`{"active_conditions":[true],"tags":[%q],"operation":"insert","relation":["public","items"]}`, tag))
-	}
-	if len(tags) != 2 || tags["10"] == tags["20"] {
-		t.Fatalf("tags %v", tags)
-	}
+	tags := snapshotTags(t, e, def)
 
 	f := e.follow(def...)
 	f.equal(e.rows(`SELECT format('"public"."items"/"%s"', id), id::text, tenant_id::text, title FROM items WHERE tenant_id IN (10, 20)`))
 
 	// An update of a row in the shape keeps its tag.
 	xid := e.commitXid(`UPDATE items SET title = 'a2' WHERE id = 1`)
-	msgs = f.liveMsgs()
+	msgs := f.liveMsgs()
 	lsn := msgs[0].headers()["lsn"].(string)
 	mustJSON(t, mustMarshal(msgs[0]), fmt.Sprintf(`{"key":"\"public\".\"items\"/\"1\"","value":{"id":"1","title":"a2"},
 		"headers":{"operation":"update","relation":["public","items"],"lsn":%q,"op_position":0,"txids":[%s],"last":true,
@@ -103,18 +86,7 @@ func TestSubqueryShape(t *testing.T) {
 
 	// Move-in: a membership brings tenant 30's rows, as inserts after a
 	// move-in event, then snapshot-end.
-	xid = e.commitXid(`INSERT INTO memberships VALUES (1, 30)`)
-	msgs = f.liveMsgs()
-	if len(msgs) != 4 || msgs[3].control() != "up-to-date" || msgs[2].control() != "snapshot-end" {
-		t.Fatalf("move-in %v", msgs)
-	}
-	tag30 := tagOf(t, msgs[1])
-	mustJSON(t, mustMarshal(msgs[0]), fmt.Sprintf(`{"headers":{"event":"move-in","patterns":[{"pos":0,"value":%q}],"txids":[%s]}}`, tag30, xid))
-	mustJSON(t, mustMarshal(msgs[1]), fmt.Sprintf(`{"key":"\"public\".\"items\"/\"3\"","value":{"id":"3","tenant_id":"30","title":"c"},
-		"headers":{"active_conditions":[true],"tags":[%q],"operation":"insert","relation":["public","items"],"is_move_in":true}}`, tag30))
-	if tag30 == tags["10"] || tag30 == tags["20"] {
-		t.Fatal("tag30 not distinct")
-	}
+	tag30 := checkMoveIn(t, e, f, tags)
 
 	// New rows of a tenant in the subquery, and rows changing tenant.
 	e.exec(`INSERT INTO items VALUES (5, 30, 'e')`)
@@ -164,6 +136,51 @@ func TestSubqueryShape(t *testing.T) {
 	e.exec(`INSERT INTO memberships VALUES (2, 10)`)
 	g.converge(`SELECT format('"public"."items"/"%s"', id), id::text, tenant_id::text, title FROM items WHERE tenant_id IN (SELECT tenant_id FROM memberships WHERE user_id = 2)`)
 	f.converge(want)
+}
+
+// snapshotTags checks the initial snapshot of def: rows tagged with the
+// hash of their tenant, then snapshot-end. It returns the tags by tenant.
+func snapshotTags(t *testing.T, e *env, def []string) map[string]string {
+	t.Helper()
+	r := e.shape(append(def, "offset", "-1")...)
+	r.expectStatus(t, 200)
+	msgs := r.msgs(t)
+	if len(msgs) != 3 || msgs[2].control() != "snapshot-end" {
+		t.Fatalf("snapshot %s", r.body)
+	}
+	tags := map[string]string{}
+	for _, m := range msgs[:2] {
+		tag := tagOf(t, m)
+		if !md5RE.MatchString(tag) {
+			t.Fatalf("tag %q", tag)
+		}
+		tags[m.value()["tenant_id"].(string)] = tag
+		mustJSON(t, mustMarshal(m.headers()), fmt.Sprintf(`{"active_conditions":[true],"tags":[%q],"operation":"insert","relation":["public","items"]}`, tag))
+	}
+	if len(tags) != 2 || tags["10"] == tags["20"] {
+		t.Fatalf("tags %v", tags)
+	}
+	return tags
+}
+
+// checkMoveIn: a membership brings tenant 30's rows to f, as inserts after
+// a move-in event, then snapshot-end, tagged apart from tags. It returns
+// tenant 30's tag.
+func checkMoveIn(t *testing.T, e *env, f *follower, tags map[string]string) string {
+	t.Helper()
+	xid := e.commitXid(`INSERT INTO memberships VALUES (1, 30)`)
+	msgs := f.liveMsgs()
+	if len(msgs) != 4 || msgs[3].control() != "up-to-date" || msgs[2].control() != "snapshot-end" {
+		t.Fatalf("move-in %v", msgs)
+	}
+	tag30 := tagOf(t, msgs[1])
+	mustJSON(t, mustMarshal(msgs[0]), fmt.Sprintf(`{"headers":{"event":"move-in","patterns":[{"pos":0,"value":%q}],"txids":[%s]}}`, tag30, xid))
+	mustJSON(t, mustMarshal(msgs[1]), fmt.Sprintf(`{"key":"\"public\".\"items\"/\"3\"","value":{"id":"3","tenant_id":"30","title":"c"},
+		"headers":{"active_conditions":[true],"tags":[%q],"operation":"insert","relation":["public","items"],"is_move_in":true}}`, tag30))
+	if tag30 == tags["10"] || tag30 == tags["20"] {
+		t.Fatal("tag30 not distinct")
+	}
+	return tag30
 }
 
 func TestSubqueryConjunction(t *testing.T) {
