@@ -253,8 +253,14 @@ func TestFollow(t *testing.T) {
 		t.Errorf("Wait after Close, with a view up to date: %v", err)
 	}
 
-	// A string field cannot hold a cell that did not open: by default its
-	// row is left out.
+	checkFollowStrict(t, ctx, opts)
+}
+
+// checkFollowStrict: a string field cannot hold a cell that did not open:
+// by default its row is left out. And a token the proxy refuses stops
+// following with an error. opts is TestFollow's, alice's.
+func checkFollowStrict(t *testing.T, ctx context.Context, opts keysync.FollowOptions) {
+	t.Helper()
 	type strict struct {
 		ID    int64  `shape:"id"`
 		Title string `shape:"title"`

@@ -405,23 +405,13 @@ func TestDecrypterPerCellErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seal := func(tenant *Keyset, id, title string) string {
-		row := map[string]any{"id": id, "tenant_id": tenant.Tenant(), "title": title}
-		if err := ringSpec.SealRow(tenant, row); err != nil {
-			t.Fatal(err)
-		}
-		return row["title"].(string)
-	}
-	good := seal(acme, "1", "hello")
+	good := sealTitle(t, acme, "1", "hello")
 	tampered := []byte(good)
 	i := len(tampered) - 5 // in the GCM tag, not in the last (partial) base64 character
 	if tampered[i] == 'A' {
 		tampered[i] = 'B'
 	} else {
 		tampered[i] = 'A'
-	}
-	msg := func(op client.Operation, key string, v client.Row) *client.Message {
-		return &client.Message{Key: key, Value: v, Headers: client.Headers{Operation: op, Relation: []string{"public", "items"}}}
 	}
 	for _, tc := range []struct {
 		name string
@@ -440,9 +430,9 @@ func TestDecrypterPerCellErrors(t *testing.T) {
 		{"no tenant", client.Row{"id": "9", "title": good}, "invalid_context"},
 		{"empty tenant", client.Row{"id": "1", "tenant_id": "", "title": good}, "invalid_context"},
 		{"NUL in row key", client.Row{"id": "1\x00", "tenant_id": "acme", "title": good}, "invalid_context"},
-		{"empty plaintext", client.Row{"id": "3", "tenant_id": "acme", "title": seal(acme, "3", "")}, ""},
+		{"empty plaintext", client.Row{"id": "3", "tenant_id": "acme", "title": sealTitle(t, acme, "3", "")}, ""},
 	} {
-		m := msg(client.Insert, `"public"."items"/"`+tc.name+`"`, tc.row)
+		m := itemsMsg(client.Insert, `"public"."items"/"`+tc.name+`"`, tc.row)
 		if err := dec.Transform(m); err != nil {
 			t.Fatal(err)
 		}
@@ -450,35 +440,21 @@ func TestDecrypterPerCellErrors(t *testing.T) {
 		if _, ok := tc.row["body"]; ok {
 			col = "body"
 		}
-		got := m.Value[col]
-		if ce, ok := got.(*CellError); ok {
-			if ce.Code() != tc.want {
-				t.Errorf("%s: %v (%s), want %v", tc.name, ce, ce.Code(), tc.want)
-			}
-			b, _ := json.Marshal(m)
-			if !strings.Contains(string(b), `"`+col+`":{"error":"`+ce.Code()+`","message":"keysync: open public.items.`+col) {
-				t.Errorf("%s: JSON %s", tc.name, b)
-			}
-			if len(CellErrors(m.Value)) != 1 {
-				t.Errorf("%s: CellErrors", tc.name)
-			}
-		} else if got != tc.want {
-			t.Errorf("%s: %#v, want %v", tc.name, got, tc.want)
-		}
+		checkCellResult(t, tc.name, m, col, tc.want)
 	}
 
 	// An update with replica=default omits the tenant column: the decrypter
 	// remembers it from the insert.
 	key := `"public"."items"/"1"`
-	dec.Transform(msg(client.Insert, key, client.Row{"id": "1", "tenant_id": "acme", "title": good}))
-	m := msg(client.Update, key, client.Row{"id": "1", "title": seal(acme, "1", "changed")})
+	dec.Transform(itemsMsg(client.Insert, key, client.Row{"id": "1", "tenant_id": "acme", "title": good}))
+	m := itemsMsg(client.Update, key, client.Row{"id": "1", "title": sealTitle(t, acme, "1", "changed")})
 	dec.Transform(m)
 	if m.Value["title"] != "changed" {
 		t.Fatalf("update: %#v", m.Value["title"])
 	}
 	// After a delete it is forgotten.
-	dec.Transform(msg(client.Delete, key, client.Row{"id": "1"}))
-	m = msg(client.Update, key, client.Row{"id": "1", "title": good})
+	dec.Transform(itemsMsg(client.Delete, key, client.Row{"id": "1"}))
+	m = itemsMsg(client.Update, key, client.Row{"id": "1", "title": good})
 	dec.Transform(m)
 	if ce, ok := m.Value["title"].(*CellError); !ok || !errors.Is(ce, ErrInvalidContext) {
 		t.Fatalf("update after delete: %#v", m.Value["title"])
@@ -488,5 +464,42 @@ func TestDecrypterPerCellErrors(t *testing.T) {
 	dec.Transform(m)
 	if m.Value["title"] != "x" {
 		t.Fatal("other table changed")
+	}
+}
+
+// sealTitle returns title sealed as the title cell of ringSpec's row id
+// of ks's tenant.
+func sealTitle(t *testing.T, ks *Keyset, id, title string) string {
+	row := map[string]any{"id": id, "tenant_id": ks.Tenant(), "title": title}
+	if err := ringSpec.SealRow(ks, row); err != nil {
+		t.Fatal(err)
+	}
+	return row["title"].(string)
+}
+
+// itemsMsg is a change of public.items.
+func itemsMsg(op client.Operation, key string, v client.Row) *client.Message {
+	return &client.Message{Key: key, Value: v, Headers: client.Headers{Operation: op, Relation: []string{"public", "items"}}}
+}
+
+// checkCellResult checks m's column col after Transform: the plaintext or
+// nil want, or a *CellError of code want, which m's JSON and CellErrors
+// show.
+func checkCellResult(t *testing.T, name string, m *client.Message, col string, want any) {
+	t.Helper()
+	got := m.Value[col]
+	if ce, ok := got.(*CellError); ok {
+		if ce.Code() != want {
+			t.Errorf("%s: %v (%s), want %v", name, ce, ce.Code(), want)
+		}
+		b, _ := json.Marshal(m)
+		if !strings.Contains(string(b), `"`+col+`":{"error":"`+ce.Code()+`","message":"keysync: open public.items.`+col) {
+			t.Errorf("%s: JSON %s", name, b)
+		}
+		if len(CellErrors(m.Value)) != 1 {
+			t.Errorf("%s: CellErrors", name)
+		}
+	} else if got != want {
+		t.Errorf("%s: %#v, want %v", name, got, want)
 	}
 }

@@ -184,9 +184,18 @@ func TestStoreLoadKeyset(t *testing.T) {
 		t.Errorf("kek_uri = %q, want %q", uri, k.URI())
 	}
 
+	checkLoadKEKErrors(t, conn, log, k)
+	checkLoadTampered(t, url, conn, log, k, lost, enc, ks2)
+}
+
+// checkLoadKEKErrors: LoadKeyset of log with a KEK other than k, named by
+// the log or not, or with a KEK source that fails, says so.
+func checkLoadKEKErrors(t *testing.T, conn *pgx.Conn, log *storeLog, k KEK) {
+	t.Helper()
+	ctx := context.Background()
 	// UseKEK refuses a log that names another KEK, and says which.
 	other := newLocalKEK(t)
-	_, err = LoadKeyset(ctx, conn, log.st, UseKEK(other))
+	_, err := LoadKeyset(ctx, conn, log.st, UseKEK(other))
 	if ke, ok := errors.AsType[*KEKMismatchError](err); !ok || ke.Tenant != "acme" || ke.Log != k.URI() || ke.Configured != other.URI() {
 		t.Fatalf("load with another configured KEK: %v", err)
 	}
@@ -203,7 +212,15 @@ func TestStoreLoadKeyset(t *testing.T) {
 	if _, err := LoadKeyset(ctx, conn, log.st, func(string) (KEK, error) { return nil, boom }); !errors.Is(err, boom) {
 		t.Fatalf("KEK source error: %v", err)
 	}
+}
 
+// checkLoadTampered: generation 2's row (stored as enc under k) replaced
+// by another keyset (lost) or by generation 1's ciphertext, or acme's row
+// moved to globex, does not load; put back, acme's loads ks2 again.
+func checkLoadTampered(t *testing.T, url string, conn *pgx.Conn, log *storeLog, k KEK, lost *Keyset, enc []byte, ks2 *Keyset) {
+	t.Helper()
+	ctx := context.Background()
+	keks := UseKEK(k)
 	// Generation 2 replaced by the keyset that lost the race, validly
 	// encrypted under the KEK (anyone who can use the KEK can make one):
 	// not the keyset the log commits to.

@@ -145,45 +145,12 @@ func TestWriter(t *testing.T) {
 		t.Fatal("a second insert of the same row key")
 	}
 
-	// Update changes the columns given, only in the tenant's row.
-	upd := mustWriter(t, spec, Update, opts)
-	if err := upd.Write(ctx, e.db, map[string]any{"id": canon, "tenant_id": "acme", "title": "Revised", "n": json.Number("8")}); err != nil {
-		t.Fatal(err)
-	}
-	if got := readRow(t, e, spec, ks, canon); got["title"] != "Revised" || got["body"] != "bytes" || got["n"] != 8 {
-		t.Fatalf("after update: %v", got)
-	}
-	if err := upd.Write(ctx, e.db, map[string]any{"id": canon, "tenant_id": "globex", "title": "x"}); err == nil {
-		t.Fatal("updated another tenant's row")
-	}
-	if err := upd.Write(ctx, e.db, map[string]any{"id": "00000000-0000-4000-8000-000000000099", "tenant_id": "acme", "title": "x"}); err == nil {
-		t.Fatal("update of a missing row")
-	}
-	// Setting an encrypted column to NULL.
-	if err := upd.Write(ctx, e.db, map[string]any{"id": canon, "tenant_id": "acme", "body": nil}); err != nil {
-		t.Fatal(err)
-	}
-	if got := readRow(t, e, spec, ks, canon); got["body"] != nil || got["title"] != "Revised" {
-		t.Fatalf("after update to NULL: %v", got)
-	}
-
-	// Upsert inserts, then updates; never another tenant's row.
+	// Update changes the columns given, only in the tenant's row; Upsert
+	// inserts, then updates; never another tenant's row.
+	checkWriterUpdate(t, e, spec, opts, ks, canon)
 	up := mustWriter(t, spec, Upsert, opts)
 	const id2 = "00000000-0000-4000-8000-000000000002"
-	for _, title := range []string{"first", "second"} {
-		if err := up.Write(ctx, e.db, map[string]any{"id": id2, "tenant_id": "acme", "title": title}); err != nil {
-			t.Fatal(err)
-		}
-		if got := readRow(t, e, spec, ks, id2); got["title"] != title {
-			t.Fatalf("after upsert: %v", got)
-		}
-	}
-	if err := up.Write(ctx, e.db, map[string]any{"id": id2, "tenant_id": "globex", "title": "x"}); err == nil {
-		t.Fatal("upsert into another tenant's row")
-	}
-	if got := readRow(t, e, spec, ks, id2); got["tenant_id"] != "acme" || got["title"] != "second" {
-		t.Fatalf("after a refused upsert: %v", got)
-	}
+	checkWriterUpsert(t, e, spec, up, ks, id2)
 
 	// The cells are bound to their row: moved to another row, they fail.
 	var cell string
@@ -224,6 +191,54 @@ func TestWriter(t *testing.T) {
 	e.db.QueryRow(ctx, `SELECT count(*) FROM docs`).Scan(&n)
 	if n != 2 {
 		t.Fatalf("%d rows after a rollback", n)
+	}
+}
+
+// checkWriterUpdate: an Update writer changes the columns given, only in
+// the tenant's row, and sets an encrypted column to NULL.
+func checkWriterUpdate(t *testing.T, e *trustEnv, spec TableSpec, opts WriterOptions, ks *Keyset, canon string) {
+	t.Helper()
+	ctx := context.Background()
+	upd := mustWriter(t, spec, Update, opts)
+	if err := upd.Write(ctx, e.db, map[string]any{"id": canon, "tenant_id": "acme", "title": "Revised", "n": json.Number("8")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readRow(t, e, spec, ks, canon); got["title"] != "Revised" || got["body"] != "bytes" || got["n"] != 8 {
+		t.Fatalf("after update: %v", got)
+	}
+	if err := upd.Write(ctx, e.db, map[string]any{"id": canon, "tenant_id": "globex", "title": "x"}); err == nil {
+		t.Fatal("updated another tenant's row")
+	}
+	if err := upd.Write(ctx, e.db, map[string]any{"id": "00000000-0000-4000-8000-000000000099", "tenant_id": "acme", "title": "x"}); err == nil {
+		t.Fatal("update of a missing row")
+	}
+	// Setting an encrypted column to NULL.
+	if err := upd.Write(ctx, e.db, map[string]any{"id": canon, "tenant_id": "acme", "body": nil}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readRow(t, e, spec, ks, canon); got["body"] != nil || got["title"] != "Revised" {
+		t.Fatalf("after update to NULL: %v", got)
+	}
+}
+
+// checkWriterUpsert: the Upsert writer up inserts row id2, then updates
+// it; never another tenant's row.
+func checkWriterUpsert(t *testing.T, e *trustEnv, spec TableSpec, up *Writer, ks *Keyset, id2 string) {
+	t.Helper()
+	ctx := context.Background()
+	for _, title := range []string{"first", "second"} {
+		if err := up.Write(ctx, e.db, map[string]any{"id": id2, "tenant_id": "acme", "title": title}); err != nil {
+			t.Fatal(err)
+		}
+		if got := readRow(t, e, spec, ks, id2); got["title"] != title {
+			t.Fatalf("after upsert: %v", got)
+		}
+	}
+	if err := up.Write(ctx, e.db, map[string]any{"id": id2, "tenant_id": "globex", "title": "x"}); err == nil {
+		t.Fatal("upsert into another tenant's row")
+	}
+	if got := readRow(t, e, spec, ks, id2); got["tenant_id"] != "acme" || got["title"] != "second" {
+		t.Fatalf("after a refused upsert: %v", got)
 	}
 }
 
