@@ -69,76 +69,24 @@ func TestDecrypterBatch(t *testing.T) {
 	globex, _ := NewKeyset("globex") // not in the ring
 	spec := TableSpec{Table: "items", Columns: []string{"a", "b"}, TenantColumn: "tenant_id", RowKey: []string{"org", "id"}}
 	ring := staticRing(t, acme)
-	messages := func() []*client.Message {
-		var ms []*client.Message
-		for i := range 300 {
-			id := strconv.Itoa(i)
-			ks, tenant := acme, "acme"
-			if i%7 == 3 {
-				ks, tenant = globex, "globex"
-			}
-			seal := func(col, pt string) string {
-				cell, err := Seal(ks, CellContext{Table: "public.items", Column: col, Tenant: tenant, RowKey: []string{"o", id}}, []byte(pt))
-				if err != nil {
-					t.Fatal(err)
-				}
-				return cell
-			}
-			key := `"public"."items"/"o"/"` + id + `"`
-			h := client.Headers{Operation: client.Insert, Relation: []string{"public", "items"}}
-			v := client.Row{"org": "o", "id": id, "tenant_id": tenant, "a": seal("a", "a"+id), "b": nil}
-			switch i % 5 {
-			case 1:
-				v["b"] = seal("a", "b"+id) // sealed for another column: auth
-			case 2:
-				v["b"] = seal("b", strings.Repeat("b", i))
-			}
-			ms = append(ms, &client.Message{Key: key, Headers: h, Value: v})
-			if i%4 == 0 {
-				// An update without the tenant column: its place is the
-				// insert's, just before it in the batch.
-				u := client.Row{"org": "o", "id": id, "b": seal("b", "new b"+id)}
-				ms = append(ms, &client.Message{Key: key, Headers: client.Headers{Operation: client.Update, Relation: h.Relation}, Value: u})
-			}
-			if i%9 == 0 {
-				ms = append(ms, &client.Message{Key: key, Headers: client.Headers{Operation: client.Delete, Relation: h.Relation},
-					Value: client.Row{"org": "o", "id": id}})
-			}
-		}
-		return ms
-	}
-	show := func(ms []*client.Message) []string {
-		var out []string
-		for _, m := range ms {
-			for _, col := range []string{"a", "b"} {
-				v := m.Value[col]
-				if e, ok := v.(*CellError); ok {
-					v = "error " + e.Code()
-				}
-				out = append(out, fmt.Sprintf("%s %s %s: %v", m.Key, m.Headers.Operation, col, v))
-			}
-		}
-		return out
-	}
-
 	one, err := NewDecrypter(ring, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := messages()
+	want := batchMessages(t, acme, globex)
 	for _, m := range want {
 		if err := one.TransformContext(t.Context(), m); err != nil {
 			t.Fatal(err)
 		}
 	}
 	batch, _ := NewDecrypter(ring, spec)
-	got := messages()
+	got := batchMessages(t, acme, globex)
 	for i := 0; i < len(got); i += 128 {
 		if err := batch.TransformBatch(t.Context(), got[i:min(i+128, len(got))]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	w, g := show(want), show(got)
+	w, g := showCells(want), showCells(got)
 	if !slices.Equal(w, g) {
 		for i := range w {
 			if w[i] != g[i] {
@@ -157,6 +105,62 @@ func TestDecrypterBatch(t *testing.T) {
 	if runtime.GOMAXPROCS(0) < 2 {
 		t.Log("GOMAXPROCS is 1: the batches were opened by one goroutine")
 	}
+}
+
+// batchMessages is TestDecrypterBatch's messages: 300 rows of acme and
+// globex, some with cells that fail, updates that omit the tenant, deletes.
+func batchMessages(t *testing.T, acme, globex *Keyset) []*client.Message {
+	var ms []*client.Message
+	for i := range 300 {
+		id := strconv.Itoa(i)
+		ks, tenant := acme, "acme"
+		if i%7 == 3 {
+			ks, tenant = globex, "globex"
+		}
+		seal := func(col, pt string) string {
+			cell, err := Seal(ks, CellContext{Table: "public.items", Column: col, Tenant: tenant, RowKey: []string{"o", id}}, []byte(pt))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cell
+		}
+		key := `"public"."items"/"o"/"` + id + `"`
+		h := client.Headers{Operation: client.Insert, Relation: []string{"public", "items"}}
+		v := client.Row{"org": "o", "id": id, "tenant_id": tenant, "a": seal("a", "a"+id), "b": nil}
+		switch i % 5 {
+		case 1:
+			v["b"] = seal("a", "b"+id) // sealed for another column: auth
+		case 2:
+			v["b"] = seal("b", strings.Repeat("b", i))
+		}
+		ms = append(ms, &client.Message{Key: key, Headers: h, Value: v})
+		if i%4 == 0 {
+			// An update without the tenant column: its place is the
+			// insert's, just before it in the batch.
+			u := client.Row{"org": "o", "id": id, "b": seal("b", "new b"+id)}
+			ms = append(ms, &client.Message{Key: key, Headers: client.Headers{Operation: client.Update, Relation: h.Relation}, Value: u})
+		}
+		if i%9 == 0 {
+			ms = append(ms, &client.Message{Key: key, Headers: client.Headers{Operation: client.Delete, Relation: h.Relation},
+				Value: client.Row{"org": "o", "id": id}})
+		}
+	}
+	return ms
+}
+
+// showCells lists the a and b cells of ms as text, errors by their code.
+func showCells(ms []*client.Message) []string {
+	var out []string
+	for _, m := range ms {
+		for _, col := range []string{"a", "b"} {
+			v := m.Value[col]
+			if e, ok := v.(*CellError); ok {
+				v = "error " + e.Code()
+			}
+			out = append(out, fmt.Sprintf("%s %s %s: %v", m.Key, m.Headers.Operation, col, v))
+		}
+	}
+	return out
 }
 
 // boxString's value is a string like any other: equal to the converted
